@@ -11,6 +11,8 @@ pub mod charset;
 pub mod encode;
 pub mod meta;
 pub mod sop_classes;
+#[cfg(feature = "synth")]
+pub mod synth;
 pub mod tag;
 pub mod ts;
 pub mod walk;

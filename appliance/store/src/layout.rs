@@ -1,0 +1,119 @@
+//! Where things live under the data directory, and how stored files are named.
+//!
+//! ```text
+//! <data_dir>/index.redb                       the index
+//! <data_dir>/tmp/<id>.part                    instances being received, and the in-flight record
+//! <data_dir>/objects/YYYY/MM/DD/HH/<id>.dcm   stored instances (Part 10 files)
+//! ```
+//!
+//! A file id is `YYYYMMDDHH-<16 hex digits>`: the hour it was received and a random part. The
+//! final path follows from the id alone, so a leftover `tmp/<id>.part` names the final file it
+//! was becoming. Grouping by hour keeps the files of one burst of ingest in one directory, so
+//! a group commit syncs one or two directories, not one per instance.
+
+use std::path::{Path, PathBuf};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+#[derive(Clone, Debug)]
+pub struct Layout {
+    root: PathBuf,
+}
+
+/// The name of one stored file.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct FileId(String);
+
+impl FileId {
+    pub fn new(now: SystemTime) -> FileId {
+        let stamp = humantime::format_rfc3339_seconds(now).to_string();
+        // "2026-11-22T07:44:32Z" -> "2026112207"
+        let hour: String = stamp
+            .chars()
+            .filter(char::is_ascii_digit)
+            .take(10)
+            .collect();
+        FileId(format!("{hour}-{:016x}", rand::random::<u64>()))
+    }
+
+    /// Parses the id out of a `tmp/` entry name (`<id>.part`).
+    pub fn from_tmp_name(name: &str) -> Option<FileId> {
+        let id = name.strip_suffix(".part")?;
+        let (hour, random) = id.split_once('-')?;
+        (hour.len() == 10
+            && hour.bytes().all(|b| b.is_ascii_digit())
+            && random.len() == 16
+            && random.bytes().all(|b| b.is_ascii_hexdigit()))
+        .then(|| FileId(id.to_string()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl Layout {
+    pub fn new(root: impl Into<PathBuf>) -> Layout {
+        Layout { root: root.into() }
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    pub fn index(&self) -> PathBuf {
+        self.root.join("index.redb")
+    }
+
+    pub fn tmp_dir(&self) -> PathBuf {
+        self.root.join("tmp")
+    }
+
+    pub fn objects_dir(&self) -> PathBuf {
+        self.root.join("objects")
+    }
+
+    pub fn tmp_path(&self, id: &FileId) -> PathBuf {
+        self.tmp_dir().join(format!("{}.part", id.0))
+    }
+
+    /// The final path of a file, relative to the data directory (as the index stores it).
+    pub fn object_rel(&self, id: &FileId) -> String {
+        let h = &id.0;
+        format!(
+            "objects/{}/{}/{}/{}/{}.dcm",
+            &h[0..4],
+            &h[4..6],
+            &h[6..8],
+            &h[8..10],
+            h
+        )
+    }
+
+    pub fn absolute(&self, rel: &str) -> PathBuf {
+        self.root.join(rel)
+    }
+}
+
+/// Seconds since the Unix epoch.
+pub fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_name_their_final_path() {
+        let l = Layout::new("/data");
+        let id = FileId::new(UNIX_EPOCH + std::time::Duration::from_secs(1_795_000_000));
+        let tmp = l.tmp_path(&id);
+        let name = tmp.file_name().unwrap().to_str().unwrap();
+        assert_eq!(FileId::from_tmp_name(name), Some(id.clone()));
+        assert!(l.object_rel(&id).starts_with("objects/2026/11/18/"));
+        assert_eq!(FileId::from_tmp_name("junk.part"), None);
+        assert_eq!(FileId::from_tmp_name("2026111807-zz.part"), None);
+    }
+}

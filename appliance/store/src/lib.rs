@@ -1,0 +1,384 @@
+//! The archive: DICOM instances as Part 10 files under the data directory, indexed in redb.
+//!
+//! [`Store::begin`] starts storing one instance: its data set streams into a temporary file
+//! while a walker checks it and picks out the attributes to index; [`Ingest::finish`] makes the
+//! file durable, hands it to the group committer and returns only once the instance is as
+//! durable as `durability` promises. [`Store::find`] and [`Store::resolve`] answer C-FIND and
+//! retrieval from the index alone.
+//!
+//! The durable format (file layout, commit order, invariants, assumptions about the disk) is
+//! described in `appliance/store/DESIGN.md`.
+
+pub mod crash;
+pub mod fs;
+pub mod index;
+pub mod layout;
+pub mod query;
+pub mod record;
+
+mod commit;
+mod ingest;
+mod reconcile;
+mod verify;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, StorageBackend};
+use tracing::info;
+
+pub use commit::Outcome;
+pub use ingest::{Ingest, IngestError, IngestRequest};
+pub use reconcile::Reconciled;
+pub use verify::{VerifyProblem, VerifyReport};
+
+use crate::fs::Fs;
+use crate::layout::Layout;
+
+/// When an acknowledged instance is safe.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Durability {
+    /// Acknowledged means on stable storage: file data, its directory entry and its index
+    /// entry were all flushed before the acknowledgement.
+    Full,
+    /// Acknowledged means written to the operating system; everything is flushed at the latest
+    /// `flush_interval` later. A power cut can lose instances acknowledged in that window.
+    Relaxed { flush_interval: Duration },
+}
+
+/// What to do when an instance arrives whose SOP Instance UID is already stored.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DuplicatePolicy {
+    /// Keep the stored copy, answer success, discard the new one.
+    KeepFirst,
+    /// Replace the stored copy with the new one.
+    Overwrite,
+}
+
+#[derive(Clone, Debug)]
+pub struct StoreConfig {
+    pub data_dir: PathBuf,
+    pub durability: Durability,
+    pub duplicates: DuplicatePolicy,
+    /// Refuse new instances while less than this many bytes are free on the data volume.
+    pub min_free_bytes: u64,
+    /// redb page cache size.
+    pub index_cache_bytes: usize,
+    /// Most instances in one group commit.
+    pub max_batch: usize,
+}
+
+impl StoreConfig {
+    pub fn new(data_dir: impl Into<PathBuf>) -> StoreConfig {
+        StoreConfig {
+            data_dir: data_dir.into(),
+            durability: Durability::Full,
+            duplicates: DuplicatePolicy::KeepFirst,
+            min_free_bytes: 1024 * 1024 * 1024,
+            index_cache_bytes: 64 * 1024 * 1024,
+            max_batch: 256,
+        }
+    }
+}
+
+/// Where the index lives: the normal file, or a custom backend (the crash tests' one).
+pub enum IndexBackend {
+    File,
+    Custom(Box<dyn StorageBackend>),
+}
+
+/// Failures of the store as a whole (as opposed to one instance being refused).
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("I/O error on {path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("the index at {0} is in use by another process; is `outpost serve` already running on this data directory?")]
+    Locked(PathBuf),
+    #[error("cannot open the index: {0}")]
+    Open(#[from] redb::DatabaseError),
+    #[error("index transaction failed: {0}")]
+    Transaction(#[from] redb::TransactionError),
+    #[error("index table failed: {0}")]
+    Table(#[from] redb::TableError),
+    #[error("index storage failed: {0}")]
+    Storage(#[from] redb::StorageError),
+    #[error("index commit failed: {0}")]
+    Commit(#[from] redb::CommitError),
+    #[error("{0}")]
+    Record(#[from] record::RecordError),
+    #[error("the index is inconsistent: {0}; run `outpost verify`")]
+    Inconsistent(String),
+    #[error("index schema version {found} is not the version {expected} this build uses")]
+    Schema { found: u32, expected: u32 },
+    #[error("the index writer has stopped after an earlier failure ({0}); restart the service")]
+    WriterFailed(String),
+    #[error("the store is shutting down")]
+    ShuttingDown,
+}
+
+impl StoreError {
+    pub(crate) fn io(path: &Path, source: std::io::Error) -> StoreError {
+        StoreError::Io {
+            path: path.to_path_buf(),
+            source,
+        }
+    }
+}
+
+/// Counters of the work the store did, for logs and benchmarks.
+#[derive(Debug, Default)]
+pub struct Stats {
+    pub stored: AtomicU64,
+    pub duplicates: AtomicU64,
+    pub overwritten: AtomicU64,
+    pub refused: AtomicU64,
+    pub bytes: AtomicU64,
+    /// Group commits (index write transactions) and how many were durable.
+    pub batches: AtomicU64,
+    pub durable_commits: AtomicU64,
+    /// fdatasync calls on instance files, fsync calls on directories, syncfs calls.
+    pub file_syncs: AtomicU64,
+    pub dir_syncs: AtomicU64,
+    pub fs_syncs: AtomicU64,
+}
+
+/// A snapshot of [`Stats`].
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct StatsSnapshot {
+    pub stored: u64,
+    pub duplicates: u64,
+    pub overwritten: u64,
+    pub refused: u64,
+    pub bytes: u64,
+    pub batches: u64,
+    pub durable_commits: u64,
+    pub file_syncs: u64,
+    pub dir_syncs: u64,
+    pub fs_syncs: u64,
+}
+
+impl StatsSnapshot {
+    /// Flushes (file, directory, file system and index syncs) per stored instance. A durable
+    /// redb commit with quick repair costs two syncs.
+    pub fn flushes_per_instance(&self) -> f64 {
+        let n = self.stored + self.overwritten + self.duplicates;
+        if n == 0 {
+            return 0.0;
+        }
+        (self.file_syncs + self.dir_syncs + self.fs_syncs + 2 * self.durable_commits) as f64
+            / n as f64
+    }
+}
+
+impl Stats {
+    pub fn snapshot(&self) -> StatsSnapshot {
+        let g = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        StatsSnapshot {
+            stored: g(&self.stored),
+            duplicates: g(&self.duplicates),
+            overwritten: g(&self.overwritten),
+            refused: g(&self.refused),
+            bytes: g(&self.bytes),
+            batches: g(&self.batches),
+            durable_commits: g(&self.durable_commits),
+            file_syncs: g(&self.file_syncs),
+            dir_syncs: g(&self.dir_syncs),
+            fs_syncs: g(&self.fs_syncs),
+        }
+    }
+}
+
+pub(crate) struct Inner {
+    pub(crate) config: StoreConfig,
+    pub(crate) layout: Layout,
+    pub(crate) fs: Arc<dyn Fs>,
+    pub(crate) db: Arc<Database>,
+    pub(crate) stats: Arc<Stats>,
+    pub(crate) committer: commit::Handle,
+}
+
+/// A handle on the archive; cheap to clone.
+#[derive(Clone)]
+pub struct Store {
+    pub(crate) inner: Arc<Inner>,
+}
+
+/// What opening the store found and did.
+#[derive(Clone, Debug)]
+pub struct Opened {
+    pub reconciled: Reconciled,
+    pub open_time: Duration,
+    pub instances: u64,
+}
+
+impl Store {
+    /// Opens (or creates) the archive under `config.data_dir` on the real file system, repairs
+    /// what a crash left in flight, and starts the index writer.
+    pub fn open(config: StoreConfig) -> Result<(Store, Opened), StoreError> {
+        Store::open_with(config, Arc::new(fs::OsFs), IndexBackend::File)
+    }
+
+    /// Opens the archive over the given file system and index backend.
+    pub fn open_with(
+        config: StoreConfig,
+        fs: Arc<dyn Fs>,
+        backend: IndexBackend,
+    ) -> Result<(Store, Opened), StoreError> {
+        let started = Instant::now();
+        let layout = Layout::new(&config.data_dir);
+        let mut created = Vec::new();
+        for dir in [layout.root().to_path_buf(), layout.tmp_dir(), layout.objects_dir()] {
+            created.extend(fs.create_dir_all(&dir).map_err(|e| StoreError::io(&dir, e))?);
+        }
+        let mut builder = Database::builder();
+        builder.set_cache_size(config.index_cache_bytes);
+        builder.set_repair_callback(|session| {
+            info!(progress = format!("{:.0}%", session.progress() * 100.0), "repairing the index after an unclean shutdown");
+        });
+        let db = match backend {
+            IndexBackend::File => builder.create(layout.index()),
+            IndexBackend::Custom(b) => builder.create_with_backend(BoxedBackend(b)),
+        }
+        .map_err(|e| match e {
+            redb::DatabaseError::DatabaseAlreadyOpen => StoreError::Locked(layout.index()),
+            other => StoreError::Open(other),
+        })?;
+        let db = Arc::new(db);
+        check_schema(&db)?;
+        // New directories, and the index file's name, are durable only once their parent
+        // directories are synced.
+        let mut parents: Vec<PathBuf> = created
+            .iter()
+            .filter_map(|d| d.parent().map(Path::to_path_buf))
+            .collect();
+        parents.push(layout.root().to_path_buf());
+        parents.sort();
+        parents.dedup();
+        for dir in parents {
+            fs.sync_dir(&dir).map_err(|e| StoreError::io(&dir, e))?;
+        }
+        let stats = Arc::new(Stats::default());
+        let reconciled = reconcile::run(&config, &layout, fs.as_ref(), &db)?;
+        let instances = db
+            .begin_read()?
+            .open_table(index::INSTANCES)
+            .map(|t| t.len().unwrap_or(0))
+            .unwrap_or(0);
+        let committer = commit::spawn(
+            config.clone(),
+            layout.clone(),
+            fs.clone(),
+            db.clone(),
+            stats.clone(),
+        );
+        let store = Store {
+            inner: Arc::new(Inner {
+                config,
+                layout,
+                fs,
+                db,
+                stats,
+                committer,
+            }),
+        };
+        let opened = Opened {
+            reconciled,
+            open_time: started.elapsed(),
+            instances,
+        };
+        Ok((store, opened))
+    }
+
+    pub fn config(&self) -> &StoreConfig {
+        &self.inner.config
+    }
+
+    pub fn stats(&self) -> StatsSnapshot {
+        self.inner.stats.snapshot()
+    }
+
+    pub fn layout(&self) -> &Layout {
+        &self.inner.layout
+    }
+
+    /// The index, for read transactions.
+    pub fn db(&self) -> &Database {
+        &self.inner.db
+    }
+
+    /// Opens a stored file for reading.
+    pub fn open_file(&self, rel: &str) -> std::io::Result<Box<dyn fs::FileReader>> {
+        self.inner.fs.open(&self.inner.layout.absolute(rel))
+    }
+
+    /// Checks that the index writer is alive and working (for the service watchdog).
+    pub async fn ping(&self) -> bool {
+        self.inner.committer.ping().await
+    }
+
+    /// Stops the index writer after it made everything durable. Ingests still running fail.
+    pub async fn close(&self) -> Result<(), StoreError> {
+        self.inner.committer.shutdown().await
+    }
+}
+
+/// Lets a boxed backend be handed to redb, which takes backends by value.
+#[derive(Debug)]
+struct BoxedBackend(Box<dyn StorageBackend>);
+
+impl StorageBackend for BoxedBackend {
+    fn len(&self) -> Result<u64, std::io::Error> {
+        self.0.len()
+    }
+    fn read(&self, offset: u64, out: &mut [u8]) -> Result<(), std::io::Error> {
+        self.0.read(offset, out)
+    }
+    fn set_len(&self, len: u64) -> Result<(), std::io::Error> {
+        self.0.set_len(len)
+    }
+    fn sync_data(&self) -> Result<(), std::io::Error> {
+        self.0.sync_data()
+    }
+    fn write(&self, offset: u64, data: &[u8]) -> Result<(), std::io::Error> {
+        self.0.write(offset, data)
+    }
+    fn close(&self) -> Result<(), std::io::Error> {
+        self.0.close()
+    }
+}
+
+fn check_schema(db: &Database) -> Result<(), StoreError> {
+    let mut txn = db.begin_write()?;
+    txn.set_quick_repair(true);
+    {
+        let mut meta = txn.open_table(index::META)?;
+        let found = meta
+            .get("schema_version")?
+            .map(|v| {
+                let b = v.value();
+                u32::from_le_bytes([b[0], b[1], b[2], b[3]])
+            });
+        match found {
+            Some(v) if v != index::SCHEMA_VERSION => {
+                return Err(StoreError::Schema {
+                    found: v,
+                    expected: index::SCHEMA_VERSION,
+                });
+            }
+            Some(_) => {}
+            None => {
+                meta.insert("schema_version", index::SCHEMA_VERSION.to_le_bytes().as_slice())?;
+            }
+        }
+        // Create every table up front so readers never meet a missing one.
+        index::Tables::open(&txn)?;
+    }
+    txn.commit()?;
+    Ok(())
+}

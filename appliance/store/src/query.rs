@@ -1,0 +1,953 @@
+//! C-FIND matching and C-MOVE/C-GET resolution against the index (PS3.4 C.2.2.2, C.4).
+//!
+//! A query picks its candidates through the narrowest index the identifier allows (UID lists,
+//! Patient ID, accession number, study date, patient name prefix), falls back to a scan of
+//! the level's table only when nothing narrower applies, and then checks every key against
+//! each candidate. More matches than the cap refuse the query: never a truncated answer.
+
+use std::collections::HashSet;
+
+use dataset::charset::{Charset, is_charset_neutral};
+use dataset::encode::{text_values, trim_padding};
+use dataset::{Element, Tag, Vr, tags};
+use redb::{
+    ReadOnlyMultimapTable, ReadOnlyTable, ReadTransaction, ReadableDatabase,
+    ReadableTable, ReadableTableMetadata,
+};
+
+use crate::index;
+use crate::record::{
+    self, Attr, InstanceRecord, PatientRecord, SeriesRecord, StudyRecord, patient_id_of,
+};
+use crate::{Store, StoreError};
+
+/// Query/Retrieve information model.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Model {
+    PatientRoot,
+    StudyRoot,
+}
+
+/// Query/Retrieve level (0008,0052).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Level {
+    Patient,
+    Study,
+    Series,
+    Image,
+}
+
+impl Level {
+    pub fn parse(value: &[u8]) -> Option<Level> {
+        match trim_padding(value) {
+            b"PATIENT" => Some(Level::Patient),
+            b"STUDY" => Some(Level::Study),
+            b"SERIES" => Some(Level::Series),
+            b"IMAGE" => Some(Level::Image),
+            _ => None,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Level::Patient => "PATIENT",
+            Level::Study => "STUDY",
+            Level::Series => "SERIES",
+            Level::Image => "IMAGE",
+        }
+    }
+
+    /// The unique key of this level.
+    fn unique_key(self) -> (Tag, &'static str) {
+        match self {
+            Level::Patient => (tags::PATIENT_ID, "PatientID"),
+            Level::Study => (tags::STUDY_INSTANCE_UID, "StudyInstanceUID"),
+            Level::Series => (tags::SERIES_INSTANCE_UID, "SeriesInstanceUID"),
+            Level::Image => (tags::SOP_INSTANCE_UID, "SOPInstanceUID"),
+        }
+    }
+}
+
+/// Why a query or retrieval is refused.
+#[derive(Debug, thiserror::Error)]
+pub enum QueryError {
+    #[error("identifier lacks QueryRetrieveLevel (0008,0052)")]
+    MissingLevel,
+    #[error("QueryRetrieveLevel {0:?} is not one of PATIENT, STUDY, SERIES, IMAGE")]
+    InvalidLevel(String),
+    #[error("level {level} does not exist in the Study Root model")]
+    LevelNotInModel { level: &'static str },
+    #[error("{level} level needs the unique key {name} {tag} of the level above, as one value")]
+    MissingUniqueKey {
+        level: &'static str,
+        name: &'static str,
+        tag: Tag,
+    },
+    #[error("retrieval at {level} level needs {name} {tag}")]
+    MissingRetrieveKey {
+        level: &'static str,
+        name: &'static str,
+        tag: Tag,
+    },
+    #[error("more than {cap} matches; narrow the query")]
+    TooManyMatches { cap: usize },
+    #[error("{0}")]
+    Store(#[from] StoreError),
+}
+
+macro_rules! from_redb {
+    ($($t:ty),*) => {$(
+        impl From<$t> for QueryError {
+            fn from(e: $t) -> QueryError {
+                QueryError::Store(StoreError::from(e))
+            }
+        }
+    )*};
+}
+from_redb!(
+    redb::TransactionError,
+    redb::TableError,
+    redb::StorageError,
+    record::RecordError
+);
+
+/// A parsed C-FIND or retrieve identifier.
+#[derive(Clone, Debug)]
+pub struct Identifier {
+    pub level: Level,
+    pub charset: Charset,
+    /// The keys, without QueryRetrieveLevel and SpecificCharacterSet, in identifier order.
+    pub keys: Vec<Element>,
+}
+
+impl Identifier {
+    /// Builds an identifier from the walked top-level elements of a request data set.
+    pub fn from_elements(model: Model, elements: Vec<Element>) -> Result<Identifier, QueryError> {
+        let mut level = None;
+        let mut charset = Charset::Default;
+        let mut keys = Vec::new();
+        for e in elements {
+            match e.tag {
+                tags::QUERY_RETRIEVE_LEVEL => {
+                    level = Some(Level::parse(&e.value).ok_or_else(|| {
+                        QueryError::InvalidLevel(
+                            String::from_utf8_lossy(trim_padding(&e.value)).into_owned(),
+                        )
+                    })?)
+                }
+                tags::SPECIFIC_CHARACTER_SET => charset = Charset::from_raw(&e.value),
+                // Group lengths carry no key.
+                t if t.element() == 0 => {}
+                _ => keys.push(e),
+            }
+        }
+        let level = level.ok_or(QueryError::MissingLevel)?;
+        if model == Model::StudyRoot && level == Level::Patient {
+            return Err(QueryError::LevelNotInModel { level: "PATIENT" });
+        }
+        Ok(Identifier {
+            level,
+            charset,
+            keys,
+        })
+    }
+
+    fn key(&self, tag: Tag) -> Option<&Element> {
+        self.keys.iter().find(|e| e.tag == tag)
+    }
+
+    /// The decoded single value of a key, if it is present with one non-wildcard value.
+    fn single(&self, tag: Tag) -> Option<String> {
+        let e = self.key(tag)?;
+        let v = self.charset.decode(trim_padding(&e.value))?;
+        (!v.is_empty() && !v.contains(['\\', '*', '?'])).then_some(v)
+    }
+
+    /// The values of a UID list key.
+    fn uids(&self, tag: Tag) -> Option<Vec<String>> {
+        let e = self.key(tag)?;
+        let v: Vec<String> = text_values(&e.value)
+            .filter(|v| !v.is_empty())
+            .map(|v| String::from_utf8_lossy(v).into_owned())
+            .collect();
+        (!v.is_empty()).then_some(v)
+    }
+
+    /// Checks the unique keys the hierarchical model requires above the query level.
+    fn check_hierarchy(&self, model: Model) -> Result<(), QueryError> {
+        let above: &[Level] = match (model, self.level) {
+            (_, Level::Patient) => &[],
+            (Model::PatientRoot, Level::Study) => &[Level::Patient],
+            (Model::PatientRoot, Level::Series) => &[Level::Patient, Level::Study],
+            (Model::PatientRoot, Level::Image) => &[Level::Patient, Level::Study, Level::Series],
+            (Model::StudyRoot, Level::Study) => &[],
+            (Model::StudyRoot, Level::Series) => &[Level::Study],
+            (Model::StudyRoot, Level::Image) => &[Level::Study, Level::Series],
+        };
+        for l in above {
+            let (tag, name) = l.unique_key();
+            if self.single(tag).is_none() {
+                return Err(QueryError::MissingUniqueKey {
+                    level: self.level.as_str(),
+                    name,
+                    tag,
+                });
+            }
+        }
+        Ok(())
+    }
+}
+
+/// One C-FIND match: the response identifier's elements (without QueryRetrieveLevel) and the
+/// character set their text is in.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Found {
+    pub charset: Vec<u8>,
+    pub elements: Vec<Element>,
+}
+
+/// One instance to send for a C-MOVE or C-GET.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Retrievable {
+    pub sop_instance_uid: String,
+    pub sop_class_uid: String,
+    pub transfer_syntax: String,
+    pub file: String,
+    pub dataset_offset: u64,
+    pub size: u64,
+    pub study_uid: String,
+}
+
+struct Tables {
+    patients: ReadOnlyTable<&'static str, &'static [u8]>,
+    studies: ReadOnlyTable<&'static str, &'static [u8]>,
+    series: ReadOnlyTable<&'static str, &'static [u8]>,
+    instances: ReadOnlyTable<&'static str, &'static [u8]>,
+    patient_studies: ReadOnlyMultimapTable<&'static str, &'static str>,
+    study_series: ReadOnlyMultimapTable<&'static str, &'static str>,
+    series_instances: ReadOnlyMultimapTable<&'static str, &'static str>,
+    by_date: ReadOnlyMultimapTable<&'static str, &'static str>,
+    by_accession: ReadOnlyMultimapTable<&'static str, &'static str>,
+    by_name: ReadOnlyMultimapTable<&'static str, &'static str>,
+}
+
+impl Tables {
+    fn open(txn: &ReadTransaction) -> Result<Tables, QueryError> {
+        Ok(Tables {
+            patients: txn.open_table(index::PATIENTS)?,
+            studies: txn.open_table(index::STUDIES)?,
+            series: txn.open_table(index::SERIES)?,
+            instances: txn.open_table(index::INSTANCES)?,
+            patient_studies: txn.open_multimap_table(index::PATIENT_STUDIES)?,
+            study_series: txn.open_multimap_table(index::STUDY_SERIES)?,
+            series_instances: txn.open_multimap_table(index::SERIES_INSTANCES)?,
+            by_date: txn.open_multimap_table(index::STUDIES_BY_DATE)?,
+            by_accession: txn.open_multimap_table(index::STUDIES_BY_ACCESSION)?,
+            by_name: txn.open_multimap_table(index::PATIENTS_BY_NAME)?,
+        })
+    }
+
+    fn get<T: for<'de> serde::Deserialize<'de>>(
+        table: &ReadOnlyTable<&'static str, &'static [u8]>,
+        key: &str,
+    ) -> Result<Option<T>, QueryError> {
+        Ok(match table.get(key)? {
+            Some(v) => Some(record::decode(v.value())?),
+            None => None,
+        })
+    }
+
+    fn children(
+        table: &ReadOnlyMultimapTable<&'static str, &'static str>,
+        key: &str,
+    ) -> Result<Vec<String>, QueryError> {
+        let mut out = Vec::new();
+        for v in table.get(key)? {
+            out.push(v?.value().to_string());
+        }
+        Ok(out)
+    }
+
+    /// Patient keys with this Patient ID, whatever the issuer.
+    fn patients_with_id(&self, id: &str) -> Result<Vec<String>, QueryError> {
+        let start = format!("{id}\u{0}");
+        let end = format!("{id}\u{1}");
+        let mut out = Vec::new();
+        for row in self.patients.range(start.as_str()..end.as_str())? {
+            out.push(row?.0.value().to_string());
+        }
+        Ok(out)
+    }
+
+    /// Patient keys whose indexed name starts with `prefix` (already upper case).
+    fn patients_named(&self, prefix: &str) -> Result<Vec<String>, QueryError> {
+        let mut out = Vec::new();
+        for row in self.by_name.range(prefix..)? {
+            let (k, values) = row?;
+            if !k.value().starts_with(prefix) {
+                break;
+            }
+            for v in values {
+                out.push(v?.value().to_string());
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// A record of some level with the facts matching needs.
+struct Entity<'a> {
+    charset: &'a [u8],
+    attrs: &'a [Attr],
+}
+
+/// Where a key's value comes from: the matched record first, then its ancestors.
+struct Context<'a> {
+    levels: Vec<Entity<'a>>,
+    computed: Vec<Element>,
+}
+
+impl Context<'_> {
+    /// The raw value and its character set, for a tag.
+    fn value(&self, tag: Tag) -> Option<(&[u8], &[u8], Vr)> {
+        if let Some(e) = self.computed.iter().find(|e| e.tag == tag) {
+            return Some((&e.value, b"", e.vr));
+        }
+        for level in &self.levels {
+            if let Some(a) = record::find(level.attrs, tag) {
+                return Some((&a.value, level.charset, a.vr()));
+            }
+        }
+        None
+    }
+}
+
+impl Store {
+    /// Answers a C-FIND. At most `cap` matches are returned; more refuse the query.
+    pub fn find(
+        &self,
+        model: Model,
+        query: &Identifier,
+        cap: usize,
+    ) -> Result<Vec<Found>, QueryError> {
+        query.check_hierarchy(model)?;
+        let txn = self.inner.db.begin_read()?;
+        let t = Tables::open(&txn)?;
+        let matchers: Vec<(Tag, Matcher)> = query
+            .keys
+            .iter()
+            .filter_map(|k| Matcher::new(k, &query.charset).map(|m| (k.tag, m)))
+            .collect();
+        let mut found = Vec::new();
+        let mut push = |ctx: &Context, primary_charset: &[u8]| -> Result<(), QueryError> {
+            if !matchers.iter().all(|(tag, m)| m.matches(ctx.value(*tag))) {
+                return Ok(());
+            }
+            if found.len() >= cap {
+                return Err(QueryError::TooManyMatches { cap });
+            }
+            found.push(respond(query, ctx, primary_charset));
+            Ok(())
+        };
+        match query.level {
+            Level::Patient => {
+                for key in patient_candidates(&t, query)? {
+                    let Some(p) = Tables::get::<PatientRecord>(&t.patients, &key)? else {
+                        continue;
+                    };
+                    let ctx = Context {
+                        levels: vec![Entity {
+                            charset: &p.charset,
+                            attrs: &p.attrs,
+                        }],
+                        computed: vec![
+                            count(tags::NUMBER_OF_PATIENT_RELATED_STUDIES, u64::from(p.studies)),
+                            count(tags::NUMBER_OF_PATIENT_RELATED_SERIES, u64::from(p.series)),
+                            count(tags::NUMBER_OF_PATIENT_RELATED_INSTANCES, p.instances),
+                        ],
+                    };
+                    push(&ctx, &p.charset)?;
+                }
+            }
+            Level::Study => {
+                for uid in study_candidates(&t, query)? {
+                    let Some(s) = Tables::get::<StudyRecord>(&t.studies, &uid)? else {
+                        continue;
+                    };
+                    let ctx = Context {
+                        levels: vec![Entity {
+                            charset: &s.charset,
+                            attrs: &s.attrs,
+                        }],
+                        computed: study_computed(&s),
+                    };
+                    push(&ctx, &s.charset)?;
+                }
+            }
+            Level::Series => {
+                let study_uid = query.single(tags::STUDY_INSTANCE_UID).unwrap_or_default();
+                let Some(study) = Tables::get::<StudyRecord>(&t.studies, &study_uid)? else {
+                    return Ok(found);
+                };
+                if !patient_matches(query, &study.patient_key) {
+                    return Ok(found);
+                }
+                let uids = match query.uids(tags::SERIES_INSTANCE_UID) {
+                    Some(list) if !has_wildcards(query, tags::SERIES_INSTANCE_UID) => list,
+                    _ => Tables::children(&t.study_series, &study_uid)?,
+                };
+                for uid in uids {
+                    let Some(s) = Tables::get::<SeriesRecord>(&t.series, &uid)? else {
+                        continue;
+                    };
+                    if s.study_uid != study_uid {
+                        continue;
+                    }
+                    let ctx = Context {
+                        levels: vec![
+                            Entity {
+                                charset: &s.charset,
+                                attrs: &s.attrs,
+                            },
+                            Entity {
+                                charset: &study.charset,
+                                attrs: &study.attrs,
+                            },
+                        ],
+                        computed: vec![count(
+                            tags::NUMBER_OF_SERIES_RELATED_INSTANCES,
+                            s.instances,
+                        )],
+                    };
+                    push(&ctx, &s.charset)?;
+                }
+            }
+            Level::Image => {
+                let study_uid = query.single(tags::STUDY_INSTANCE_UID).unwrap_or_default();
+                let series_uid = query.single(tags::SERIES_INSTANCE_UID).unwrap_or_default();
+                let Some(study) = Tables::get::<StudyRecord>(&t.studies, &study_uid)? else {
+                    return Ok(found);
+                };
+                let Some(series) = Tables::get::<SeriesRecord>(&t.series, &series_uid)? else {
+                    return Ok(found);
+                };
+                if series.study_uid != study_uid || !patient_matches(query, &study.patient_key) {
+                    return Ok(found);
+                }
+                let uids = match query.uids(tags::SOP_INSTANCE_UID) {
+                    Some(list) if !has_wildcards(query, tags::SOP_INSTANCE_UID) => list,
+                    _ => Tables::children(&t.series_instances, &series_uid)?,
+                };
+                for uid in uids {
+                    let Some(i) = Tables::get::<InstanceRecord>(&t.instances, &uid)? else {
+                        continue;
+                    };
+                    if i.series_uid != series_uid {
+                        continue;
+                    }
+                    let ctx = Context {
+                        levels: vec![
+                            Entity {
+                                charset: &i.charset,
+                                attrs: &i.attrs,
+                            },
+                            Entity {
+                                charset: &series.charset,
+                                attrs: &series.attrs,
+                            },
+                            Entity {
+                                charset: &study.charset,
+                                attrs: &study.attrs,
+                            },
+                        ],
+                        computed: vec![
+                            Element {
+                                tag: tags::AVAILABLE_TRANSFER_SYNTAX_UID,
+                                vr: Vr::UI,
+                                value: i.transfer_syntax.as_bytes().to_vec(),
+                            },
+                            Element {
+                                tag: tags::SOP_INSTANCE_UID,
+                                vr: Vr::UI,
+                                value: uid.as_bytes().to_vec(),
+                            },
+                        ],
+                    };
+                    push(&ctx, &i.charset)?;
+                }
+            }
+        }
+        Ok(found)
+    }
+
+    /// Resolves a C-MOVE or C-GET identifier to the instances to send, in series order.
+    pub fn resolve(&self, model: Model, query: &Identifier) -> Result<Vec<Retrievable>, QueryError> {
+        let txn = self.inner.db.begin_read()?;
+        let t = Tables::open(&txn)?;
+        let need = |tag: Tag, name: &'static str| {
+            query.uids(tag).ok_or(QueryError::MissingRetrieveKey {
+                level: query.level.as_str(),
+                name,
+                tag,
+            })
+        };
+        let mut series: Vec<String> = Vec::new();
+        let mut instances: Vec<String> = Vec::new();
+        match query.level {
+            Level::Patient => {
+                let ids = need(tags::PATIENT_ID, "PatientID")?;
+                let issuer = query.single(tags::ISSUER_OF_PATIENT_ID);
+                for id in ids {
+                    for key in t.patients_with_id(&id)? {
+                        if issuer.as_ref().is_some_and(|i| key != record::patient_key(&id, i)) {
+                            continue;
+                        }
+                        for study in Tables::children(&t.patient_studies, &key)? {
+                            series.extend(Tables::children(&t.study_series, &study)?);
+                        }
+                    }
+                }
+            }
+            Level::Study => {
+                if model == Model::PatientRoot {
+                    need(tags::PATIENT_ID, "PatientID")?;
+                }
+                for study in need(tags::STUDY_INSTANCE_UID, "StudyInstanceUID")? {
+                    series.extend(Tables::children(&t.study_series, &study)?);
+                }
+            }
+            Level::Series => {
+                series = need(tags::SERIES_INSTANCE_UID, "SeriesInstanceUID")?;
+            }
+            Level::Image => {
+                instances = need(tags::SOP_INSTANCE_UID, "SOPInstanceUID")?;
+            }
+        }
+        for s in &series {
+            instances.extend(Tables::children(&t.series_instances, s)?);
+        }
+        let mut seen = HashSet::new();
+        let mut out = Vec::new();
+        for uid in instances {
+            if !seen.insert(uid.clone()) {
+                continue;
+            }
+            if let Some(i) = Tables::get::<InstanceRecord>(&t.instances, &uid)? {
+                out.push(Retrievable {
+                    sop_instance_uid: uid,
+                    sop_class_uid: i.sop_class_uid,
+                    transfer_syntax: i.transfer_syntax,
+                    file: i.file,
+                    dataset_offset: i.dataset_offset,
+                    size: i.size,
+                    study_uid: i.study_uid,
+                });
+            }
+        }
+        Ok(out)
+    }
+
+    /// Number of instances in the index.
+    pub fn instance_count(&self) -> Result<u64, StoreError> {
+        let txn = self.inner.db.begin_read()?;
+        Ok(txn.open_table(index::INSTANCES)?.len()?)
+    }
+
+    /// The recorded patient-demographics conflicts.
+    pub fn conflicts(&self) -> Result<Vec<record::Conflict>, StoreError> {
+        let txn = self.inner.db.begin_read()?;
+        let table = txn.open_table(index::CONFLICTS)?;
+        let mut out = Vec::new();
+        for row in table.iter()? {
+            out.push(record::decode(row?.1.value())?);
+        }
+        Ok(out)
+    }
+}
+
+fn has_wildcards(query: &Identifier, tag: Tag) -> bool {
+    query
+        .key(tag)
+        .is_some_and(|e| e.value.contains(&b'*') || e.value.contains(&b'?'))
+}
+
+/// In the Patient Root model a lower-level query names the patient; the study must belong to
+/// that patient.
+fn patient_matches(query: &Identifier, patient_key: &str) -> bool {
+    match query.single(tags::PATIENT_ID) {
+        Some(id) => patient_id_of(patient_key) == id,
+        None => true,
+    }
+}
+
+fn patient_candidates(t: &Tables, q: &Identifier) -> Result<Vec<String>, QueryError> {
+    if let Some(id) = q.single(tags::PATIENT_ID) {
+        return t.patients_with_id(&id);
+    }
+    if let Some(prefix) = name_prefix(q) {
+        return t.patients_named(&prefix);
+    }
+    let mut out = Vec::new();
+    for row in t.patients.iter()? {
+        out.push(row?.0.value().to_string());
+    }
+    Ok(out)
+}
+
+fn study_candidates(t: &Tables, q: &Identifier) -> Result<Vec<String>, QueryError> {
+    if let Some(list) = q.uids(tags::STUDY_INSTANCE_UID)
+        && !has_wildcards(q, tags::STUDY_INSTANCE_UID)
+    {
+        return Ok(list);
+    }
+    if let Some(id) = q.single(tags::PATIENT_ID) {
+        let mut out = Vec::new();
+        for key in t.patients_with_id(&id)? {
+            out.extend(Tables::children(&t.patient_studies, &key)?);
+        }
+        return Ok(out);
+    }
+    if let Some(acc) = q.single(tags::ACCESSION_NUMBER) {
+        return Tables::children(&t.by_accession, &acc);
+    }
+    if let Some(e) = q.key(tags::STUDY_DATE)
+        && let Some((lo, hi)) = date_bounds(&e.value)
+    {
+        let mut out = Vec::new();
+        for row in t.by_date.range(lo.as_str()..=hi.as_str())? {
+            for v in row?.1 {
+                out.push(v?.value().to_string());
+            }
+        }
+        return Ok(out);
+    }
+    if let Some(prefix) = name_prefix(q) {
+        let mut out = Vec::new();
+        for key in t.patients_named(&prefix)? {
+            out.extend(Tables::children(&t.patient_studies, &key)?);
+        }
+        return Ok(out);
+    }
+    let mut out = Vec::new();
+    for row in t.studies.iter()? {
+        out.push(row?.0.value().to_string());
+    }
+    Ok(out)
+}
+
+/// The literal prefix of a Patient Name key, upper case, for a range over the name index.
+/// Only a prefix followed by at most a trailing `*` narrows safely.
+fn name_prefix(q: &Identifier) -> Option<String> {
+    let e = q.key(tags::PATIENT_NAME)?;
+    let v = q.charset.decode(trim_padding(&e.value))?;
+    if v.is_empty() || v.contains('\\') {
+        return None;
+    }
+    let literal: String = v.chars().take_while(|c| *c != '*' && *c != '?').collect();
+    let prefix = normalize_pn(&literal);
+    (!prefix.is_empty()).then_some(prefix)
+}
+
+/// Inclusive key bounds for a date key: single value or range; `None` for lists or empties.
+fn date_bounds(value: &[u8]) -> Option<(String, String)> {
+    let v = String::from_utf8_lossy(trim_padding(value)).into_owned();
+    if v.is_empty() || v.contains('\\') {
+        return None;
+    }
+    match v.split_once('-') {
+        Some((lo, hi)) => Some((
+            lo.to_string(),
+            if hi.is_empty() { "99999999".to_string() } else { hi.to_string() },
+        )),
+        None => Some((v.clone(), v)),
+    }
+}
+
+fn count(tag: Tag, n: u64) -> Element {
+    Element {
+        tag,
+        vr: Vr::IS,
+        value: n.to_string().into_bytes(),
+    }
+}
+
+fn study_computed(s: &StudyRecord) -> Vec<Element> {
+    vec![
+        count(tags::NUMBER_OF_STUDY_RELATED_SERIES, u64::from(s.series)),
+        count(tags::NUMBER_OF_STUDY_RELATED_INSTANCES, s.instances),
+        Element {
+            tag: tags::MODALITIES_IN_STUDY,
+            vr: Vr::CS,
+            value: s.modalities.join("\\").into_bytes(),
+        },
+        Element {
+            tag: tags::SOP_CLASSES_IN_STUDY,
+            vr: Vr::UI,
+            value: s.sop_classes.join("\\").into_bytes(),
+        },
+    ]
+}
+
+/// Builds the response to one match: every requested key, in the order asked, with the value
+/// this entity has (or empty), in the entity's character set.
+fn respond(query: &Identifier, ctx: &Context, primary: &[u8]) -> Found {
+    let target = Charset::from_raw(primary);
+    let mut elements = Vec::with_capacity(query.keys.len());
+    for key in &query.keys {
+        let value = match ctx.value(key.tag) {
+            Some((raw, source, _)) if key.vr != Vr::SQ => {
+                if source == primary || is_charset_neutral(raw) {
+                    raw.to_vec()
+                } else {
+                    // A value from a record in another character set: convert if possible,
+                    // otherwise leave it empty rather than mislabel its bytes.
+                    Charset::from_raw(source)
+                        .decode(trim_padding(raw))
+                        .and_then(|text| target.encode(&text))
+                        .unwrap_or_default()
+                }
+            }
+            _ => Vec::new(),
+        };
+        let vr = ctx.value(key.tag).map_or(key.vr, |(_, _, vr)| vr);
+        let vr = if key.vr == Vr::SQ { Vr::SQ } else { vr };
+        elements.push(Element {
+            tag: key.tag,
+            vr,
+            value,
+        });
+    }
+    Found {
+        charset: primary.to_vec(),
+        elements,
+    }
+}
+
+/// How one key matches (PS3.4 C.2.2.2).
+#[derive(Debug)]
+enum Matcher {
+    /// Any of the values, compared exactly (UID lists, numbers, codes).
+    Exact(Vec<Vec<u8>>),
+    /// Any of the decoded text values; `fold` for case-insensitive person names.
+    Text { values: Vec<String>, fold: bool },
+    /// A pattern with `*` and `?`.
+    Wildcard { pattern: Vec<char>, fold: bool },
+    /// Date, time or datetime ranges, inclusive, compared on normalized strings. A single
+    /// value is the range its precision covers (`1200` is 12:00:00 to 12:00:59.999999).
+    Ranges { ranges: Vec<(String, String)>, vr: Vr },
+    /// A key whose value the query could not decode: nothing can match it.
+    Never,
+}
+
+impl Matcher {
+    /// `None` for universal matching (empty value) and sequence keys: return keys only.
+    fn new(key: &Element, charset: &Charset) -> Option<Matcher> {
+        let raw = trim_padding(&key.value);
+        if raw.is_empty() || key.vr == Vr::SQ {
+            return None;
+        }
+        // Computed counts are return keys only.
+        if matches!(
+            key.tag,
+            tags::NUMBER_OF_PATIENT_RELATED_STUDIES
+                | tags::NUMBER_OF_PATIENT_RELATED_SERIES
+                | tags::NUMBER_OF_PATIENT_RELATED_INSTANCES
+                | tags::NUMBER_OF_STUDY_RELATED_SERIES
+                | tags::NUMBER_OF_STUDY_RELATED_INSTANCES
+                | tags::NUMBER_OF_SERIES_RELATED_INSTANCES
+                | tags::QUERY_RETRIEVE_LEVEL
+                | tags::RETRIEVE_AE_TITLE
+                | tags::INSTANCE_AVAILABILITY
+                | tags::AVAILABLE_TRANSFER_SYNTAX_UID
+        ) {
+            return None;
+        }
+        let vr = key.vr;
+        if matches!(vr, Vr::DA | Vr::TM | Vr::DT) {
+            let text = String::from_utf8_lossy(raw).into_owned();
+            let ranges = text
+                .split('\\')
+                .map(|v| match v.split_once('-') {
+                    Some((lo, hi)) => (
+                        normalize_time(lo.trim(), vr, false),
+                        normalize_time(hi.trim(), vr, true),
+                    ),
+                    None => (
+                        normalize_time(v.trim(), vr, false),
+                        normalize_time(v.trim(), vr, true),
+                    ),
+                })
+                .collect();
+            return Some(Matcher::Ranges { ranges, vr });
+        }
+        let wildcard_vr = matches!(
+            vr,
+            Vr::AE | Vr::CS | Vr::LO | Vr::LT | Vr::PN | Vr::SH | Vr::ST | Vr::UC | Vr::UT
+        );
+        let fold = vr == Vr::PN;
+        if wildcard_vr {
+            let Some(text) = charset.decode(raw) else {
+                return Some(Matcher::Never);
+            };
+            if text.contains(['*', '?']) && !text.contains('\\') {
+                let text = if fold { normalize_pn(&text) } else { text };
+                return Some(Matcher::Wildcard {
+                    pattern: text.chars().collect(),
+                    fold,
+                });
+            }
+            let values = text
+                .split('\\')
+                .map(|v| {
+                    let v = v.trim();
+                    if fold { normalize_pn(v) } else { v.to_string() }
+                })
+                .collect();
+            return Some(Matcher::Text { values, fold });
+        }
+        Some(Matcher::Exact(
+            text_values(raw).map(<[u8]>::to_vec).collect(),
+        ))
+    }
+
+    /// Whether an entity's value (raw bytes, their character set, VR) matches. A missing
+    /// attribute matches nothing but universal matching, which never gets here.
+    fn matches(&self, value: Option<(&[u8], &[u8], Vr)>) -> bool {
+        let Some((raw, charset, _)) = value else {
+            return false;
+        };
+        let raw = trim_padding(raw);
+        match self {
+            Matcher::Never => false,
+            Matcher::Exact(values) => text_values(raw).any(|v| values.iter().any(|k| k == v)),
+            Matcher::Ranges { ranges, vr } => text_values(raw).any(|v| {
+                let v = normalize_time(&String::from_utf8_lossy(v), *vr, false);
+                !v.is_empty()
+                    && ranges
+                        .iter()
+                        .any(|(lo, hi)| (lo.is_empty() || v >= *lo) && (hi.is_empty() || v <= *hi))
+            }),
+            Matcher::Text { values, fold } => {
+                let Some(text) = Charset::from_raw(charset).decode(raw) else {
+                    return false;
+                };
+                text.split('\\').any(|v| {
+                    let v = if *fold {
+                        normalize_pn(v.trim())
+                    } else {
+                        v.trim().to_string()
+                    };
+                    values.contains(&v)
+                })
+            }
+            Matcher::Wildcard { pattern, fold } => {
+                let Some(text) = Charset::from_raw(charset).decode(raw) else {
+                    return false;
+                };
+                text.split('\\').any(|v| {
+                    let v = if *fold {
+                        normalize_pn(v.trim())
+                    } else {
+                        v.trim().to_string()
+                    };
+                    glob(pattern, &v.chars().collect::<Vec<_>>())
+                })
+            }
+        }
+    }
+}
+
+/// Person names compare case-insensitively and without trailing empty components.
+fn normalize_pn(v: &str) -> String {
+    v.trim_end_matches(['^', '=', ' ']).to_uppercase()
+}
+
+/// Pads dates and times to full precision so that strings compare in time order: a lower
+/// bound with zeros, an upper bound with the largest digits.
+fn normalize_time(v: &str, vr: Vr, upper: bool) -> String {
+    let v: String = v.chars().filter(|c| c.is_ascii_digit() || *c == '.').collect();
+    if v.is_empty() {
+        return v;
+    }
+    let full = match vr {
+        Vr::DA => 8,
+        Vr::TM => 13,
+        _ => 21,
+    };
+    let template_low = match vr {
+        Vr::DA => "00000101".to_string(),
+        Vr::TM => "000000.000000".to_string(),
+        _ => "00000101000000.000000".to_string(),
+    };
+    let template_high = match vr {
+        Vr::DA => "99991231".to_string(),
+        Vr::TM => "235959.999999".to_string(),
+        _ => "99991231235959.999999".to_string(),
+    };
+    let template = if upper { template_high } else { template_low };
+    let mut out = v.clone();
+    if out.len() < full {
+        // Times without fractions may also lack the dot: fill from the template.
+        out.push_str(&template[out.len().min(template.len())..]);
+    }
+    out.truncate(full);
+    out
+}
+
+/// `*` matches any run of characters, `?` exactly one.
+fn glob(pattern: &[char], text: &[char]) -> bool {
+    let (mut p, mut t) = (0, 0);
+    let mut star: Option<(usize, usize)> = None;
+    while t < text.len() {
+        if p < pattern.len() && (pattern[p] == '?' || pattern[p] == text[t]) {
+            p += 1;
+            t += 1;
+        } else if p < pattern.len() && pattern[p] == '*' {
+            star = Some((p, t));
+            p += 1;
+        } else if let Some((sp, st)) = star {
+            p = sp + 1;
+            t = st + 1;
+            star = Some((sp, st + 1));
+        } else {
+            return false;
+        }
+    }
+    while p < pattern.len() && pattern[p] == '*' {
+        p += 1;
+    }
+    p == pattern.len()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn globbing() {
+        let g = |p: &str, t: &str| glob(&p.chars().collect::<Vec<_>>(), &t.chars().collect::<Vec<_>>());
+        assert!(g("DOE*", "DOE^JOHN"));
+        assert!(g("*JOHN", "DOE^JOHN"));
+        assert!(g("D?E*", "DOE"));
+        assert!(!g("D?E", "DOES"));
+        assert!(g("*", ""));
+        assert!(g("M*LLER", "MÜLLER"));
+    }
+
+    #[test]
+    fn times_normalize_for_ranges() {
+        assert_eq!(normalize_time("20260101", Vr::DA, false), "20260101");
+        assert_eq!(normalize_time("1200", Vr::TM, false), "120000.000000");
+        assert_eq!(normalize_time("1200", Vr::TM, true), "120059.999999");
+        assert_eq!(normalize_time("070000", Vr::TM, false), "070000.000000");
+        assert!(normalize_time("0730", Vr::TM, false) > normalize_time("07", Vr::TM, false));
+    }
+
+    #[test]
+    fn date_ranges() {
+        assert_eq!(date_bounds(b"20260101-20260131"), Some(("20260101".into(), "20260131".into())));
+        assert_eq!(date_bounds(b"-20260131"), Some(("".into(), "20260131".into())));
+        assert_eq!(date_bounds(b"20260101-"), Some(("20260101".into(), "99999999".into())));
+        assert_eq!(date_bounds(b""), None);
+    }
+}

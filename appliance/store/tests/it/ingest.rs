@@ -1,0 +1,135 @@
+//! Storing instances: what is acknowledged can be read back byte for byte, duplicates follow
+//! the policy, and refused instances leave nothing behind.
+
+use dataset::synth::SynthInstance;
+use dataset::Encoding;
+use store::{DuplicatePolicy, IngestError, Outcome, Store};
+
+use crate::support::{config, request, store_bytes, store_instance, stored_dataset};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stored_instances_read_back_identical() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, opened) = Store::open(config(dir.path())).unwrap();
+    assert_eq!(opened.instances, 0);
+    let mut big = SynthInstance::ct(1, 1, 1, 1);
+    // Larger than a write chunk, so writes overlap with receiving.
+    big.pixel_bytes = 3 * 1024 * 1024 + 17;
+    let small = SynthInstance::ct(1, 1, 1, 2);
+    for inst in [&big, &small] {
+        let bytes = inst.dataset(Encoding::EXPLICIT_LE);
+        for chunk in [1000, 16 * 1024] {
+            let outcome = store_bytes(&store, request(inst), &bytes, chunk).await.unwrap();
+            let expected = if chunk == 1000 { Outcome::Stored } else { Outcome::Duplicate };
+            assert_eq!(outcome, expected);
+        }
+        assert_eq!(stored_dataset(&store, &inst.sop_uid).unwrap(), bytes);
+    }
+    let stats = store.stats();
+    assert_eq!((stats.stored, stats.duplicates), (2, 2));
+    assert!(stats.file_syncs >= 2);
+    store.close().await.unwrap();
+    drop(store);
+    let report = {
+        let (store, opened) = Store::open(config(dir.path())).unwrap();
+        assert_eq!(opened.instances, 2);
+        store.verify(|_| {}).unwrap()
+    };
+    assert!(report.problems.is_empty(), "{:?}", report.problems);
+    assert_eq!(report.instances, 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn overwrite_replaces_the_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = config(dir.path());
+    c.duplicates = DuplicatePolicy::Overwrite;
+    let (store, _) = Store::open(c).unwrap();
+    let mut inst = SynthInstance::ct(1, 1, 1, 1);
+    assert_eq!(store_instance(&store, &inst).await, Outcome::Stored);
+    inst.seed += 1;
+    assert_eq!(store_instance(&store, &inst).await, Outcome::Overwritten);
+    assert_eq!(
+        stored_dataset(&store, &inst.sop_uid).unwrap(),
+        inst.dataset(Encoding::EXPLICIT_LE)
+    );
+    assert_eq!(store.instance_count().unwrap(), 1);
+    let report = store.verify(|_| {}).unwrap();
+    assert!(report.problems.is_empty(), "the replaced file is gone: {:?}", report.problems);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refusals_leave_nothing_behind() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, _) = Store::open(config(dir.path())).unwrap();
+    let inst = SynthInstance::ct(1, 1, 1, 1);
+    let bytes = inst.dataset(Encoding::EXPLICIT_LE);
+
+    // Truncated in the middle of the pixel data.
+    let r = store_bytes(&store, request(&inst), &bytes[..bytes.len() - 10], 100).await;
+    assert!(matches!(r, Err(IngestError::Unparseable(_))), "{r:?}");
+    // Garbage.
+    let r = store_bytes(&store, request(&inst), b"this is not a data set at all!", 7).await;
+    assert!(matches!(r, Err(IngestError::Unparseable(_))), "{r:?}");
+    // The command names another instance than the data set.
+    let mut req = request(&inst);
+    req.sop_instance_uid = "1.2.3.999".into();
+    let r = store_bytes(&store, req, &bytes, 4096).await;
+    assert!(matches!(r, Err(IngestError::InstanceMismatch { .. })), "{r:?}");
+    // No Study Instance UID.
+    let mut no_study = inst.clone();
+    no_study.study_uid = String::new();
+    let r = store_bytes(&store, request(&no_study), &no_study.dataset(Encoding::EXPLICIT_LE), 4096).await;
+    assert!(matches!(r, Err(IngestError::Unindexable(_))), "{r:?}");
+
+    assert_eq!(store.instance_count().unwrap(), 0);
+    // Removal of temporary files is part of finishing, so the directory is empty now.
+    let tmp: Vec<_> = std::fs::read_dir(dir.path().join("tmp")).unwrap().collect();
+    assert!(tmp.is_empty(), "{tmp:?}");
+    assert_eq!(store.stats().refused, 4);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn below_the_free_space_floor_nothing_is_written() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = config(dir.path());
+    c.min_free_bytes = u64::MAX;
+    let (store, _) = Store::open(c).unwrap();
+    let inst = SynthInstance::ct(1, 1, 1, 1);
+    let r = store.begin(request(&inst)).await;
+    assert!(matches!(r, Err(IngestError::OutOfSpace { .. })));
+    let tmp: Vec<_> = std::fs::read_dir(dir.path().join("tmp")).unwrap().collect();
+    assert!(tmp.is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_process_cannot_open_the_same_archive() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_store, _) = Store::open(config(dir.path())).unwrap();
+    match Store::open(config(dir.path())) {
+        Err(store::StoreError::Locked(_)) => {}
+        other => panic!("expected Locked, got {:?}", other.map(|_| ())),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_ingest_shares_commits() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, _) = Store::open(config(dir.path())).unwrap();
+    let mut tasks = Vec::new();
+    for a in 0..4u32 {
+        let store = store.clone();
+        tasks.push(tokio::spawn(async move {
+            for i in 0..25 {
+                store_instance(&store, &SynthInstance::ct(a, 1, 1, i)).await;
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let s = store.stats();
+    assert_eq!(s.stored, 100);
+    assert!(s.batches <= 100);
+    assert!(s.flushes_per_instance() > 0.0);
+}

@@ -1,0 +1,1 @@
+//! C-FIND matching and retrieval resolution over a real index.
