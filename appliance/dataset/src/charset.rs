@@ -96,7 +96,10 @@ mod tests {
         assert_eq!(utf8.decode("Müller".as_bytes()).as_deref(), Some("Müller"));
         assert_eq!(latin1.encode("Müller").as_deref(), Some(&b"M\xfcller"[..]));
         let jis = Charset::from_raw(b"\\ISO 2022 IR 87");
-        assert_eq!(jis.decode(b"Yamada^Tarou=\x1b$B;3ED\x1b(B^\x1b$BB@O:\x1b(B"), None);
+        assert_eq!(
+            jis.decode(b"Yamada^Tarou=\x1b$B;3ED\x1b(B^\x1b$BB@O:\x1b(B"),
+            None
+        );
         assert_eq!(jis.decode(b"YAMADA").as_deref(), Some("YAMADA"));
     }
 }

@@ -30,7 +30,11 @@ pub fn write_element(out: &mut Vec<u8>, enc: Encoding, tag: Tag, vr: Vr, value: 
     let start = out.len();
     out.extend_from_slice(value);
     if pad {
-        out.push(if vr == Vr::UI || !vr.is_text() { 0 } else { b' ' });
+        out.push(if vr == Vr::UI || !vr.is_text() {
+            0
+        } else {
+            b' '
+        });
     }
     if enc.big_endian
         && let Some(size) = vr.binary_word_size()
@@ -81,10 +85,7 @@ pub fn trim_padding(value: &[u8]) -> &[u8] {
         .iter()
         .rposition(|b| *b != b' ' && *b != 0)
         .map_or(0, |p| p + 1);
-    let start = value[..end]
-        .iter()
-        .position(|b| *b != b' ')
-        .unwrap_or(end);
+    let start = value[..end].iter().position(|b| *b != b' ').unwrap_or(end);
     &value[start..end]
 }
 
@@ -107,7 +108,13 @@ mod tests {
         assert_eq!(&out[8..], b"1.2.3\0");
 
         let mut out = Vec::new();
-        write_str(&mut out, Encoding::IMPLICIT_LE, tags::PATIENT_NAME, Vr::PN, "DOE");
+        write_str(
+            &mut out,
+            Encoding::IMPLICIT_LE,
+            tags::PATIENT_NAME,
+            Vr::PN,
+            "DOE",
+        );
         assert_eq!(&out[4..8], &[4, 0, 0, 0]);
         assert_eq!(&out[8..], b"DOE ");
 

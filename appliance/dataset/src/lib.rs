@@ -24,7 +24,9 @@ pub use walk::{Capture, Element, WalkError, Walked, Walker};
 /// Whether a SOP class UID is one of the standard's Storage SOP Classes.
 pub fn is_storage_sop_class(uid: &str) -> bool {
     let uid = ts::trim_uid(uid);
-    sop_classes::STORAGE_SOP_CLASSES.iter().any(|(u, _)| *u == uid)
+    sop_classes::STORAGE_SOP_CLASSES
+        .iter()
+        .any(|(u, _)| *u == uid)
 }
 
 #[cfg(test)]

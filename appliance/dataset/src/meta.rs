@@ -139,7 +139,10 @@ pub fn read_file_meta(reader: &mut impl Read) -> Result<FileMeta, MetaError> {
             )));
         }
         let vr = Vr::from_bytes([header[4], header[5]]).ok_or_else(|| {
-            MetaError::Malformed(format!("element {tag} has an invalid VR {:?}", &header[4..6]))
+            MetaError::Malformed(format!(
+                "element {tag} has an invalid VR {:?}",
+                &header[4..6]
+            ))
         })?;
         let length = if vr.has_long_length() {
             let mut l = [0u8; 4];
@@ -176,10 +179,10 @@ pub fn read_file_meta(reader: &mut impl Read) -> Result<FileMeta, MetaError> {
         }
     }
     Ok(FileMeta {
-        sop_class_uid: sop_class.ok_or(MetaError::Missing("MediaStorageSOPClassUID (0002,0002)"))?,
-        sop_instance_uid: sop_instance.ok_or(MetaError::Missing(
-            "MediaStorageSOPInstanceUID (0002,0003)",
-        ))?,
+        sop_class_uid: sop_class
+            .ok_or(MetaError::Missing("MediaStorageSOPClassUID (0002,0002)"))?,
+        sop_instance_uid: sop_instance
+            .ok_or(MetaError::Missing("MediaStorageSOPInstanceUID (0002,0003)"))?,
         transfer_syntax: ts.ok_or(MetaError::Missing("TransferSyntaxUID (0002,0010)"))?,
         source_ae_title: source.filter(|s| !s.is_empty()),
         dataset_offset: offset,
@@ -192,7 +195,12 @@ mod tests {
 
     #[test]
     fn round_trip() {
-        let bytes = encode_file_meta("1.2.840.10008.5.1.4.1.1.2", "1.2.3.4", "1.2.840.10008.1.2.1", Some("CT1"));
+        let bytes = encode_file_meta(
+            "1.2.840.10008.5.1.4.1.1.2",
+            "1.2.3.4",
+            "1.2.840.10008.1.2.1",
+            Some("CT1"),
+        );
         let meta = read_file_meta(&mut &bytes[..]).unwrap();
         assert_eq!(meta.sop_class_uid, "1.2.840.10008.5.1.4.1.1.2");
         assert_eq!(meta.sop_instance_uid, "1.2.3.4");
@@ -204,7 +212,10 @@ mod tests {
 
     #[test]
     fn refuses_non_dicom() {
-        let bytes = vec![0u8; 200];
-        assert!(matches!(read_file_meta(&mut &bytes[..]), Err(MetaError::NoMarker)));
+        let bytes = [0u8; 200];
+        assert!(matches!(
+            read_file_meta(&mut &bytes[..]),
+            Err(MetaError::NoMarker)
+        ));
     }
 }

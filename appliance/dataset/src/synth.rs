@@ -68,30 +68,90 @@ impl SynthInstance {
     /// The data set bytes in the given layout.
     pub fn dataset(&self, enc: Encoding) -> Vec<u8> {
         let mut elements: Vec<(Tag, Vr, Vec<u8>)> = vec![
-            (tags::SOP_CLASS_UID, Vr::UI, self.sop_class.clone().into_bytes()),
-            (tags::SOP_INSTANCE_UID, Vr::UI, self.sop_uid.clone().into_bytes()),
-            (tags::STUDY_DATE, Vr::DA, self.study_date.clone().into_bytes()),
-            (tags::CONTENT_DATE, Vr::DA, self.study_date.clone().into_bytes()),
-            (tags::STUDY_TIME, Vr::TM, self.study_time.clone().into_bytes()),
-            (tags::ACCESSION_NUMBER, Vr::SH, self.accession.clone().into_bytes()),
+            (
+                tags::SOP_CLASS_UID,
+                Vr::UI,
+                self.sop_class.clone().into_bytes(),
+            ),
+            (
+                tags::SOP_INSTANCE_UID,
+                Vr::UI,
+                self.sop_uid.clone().into_bytes(),
+            ),
+            (
+                tags::STUDY_DATE,
+                Vr::DA,
+                self.study_date.clone().into_bytes(),
+            ),
+            (
+                tags::CONTENT_DATE,
+                Vr::DA,
+                self.study_date.clone().into_bytes(),
+            ),
+            (
+                tags::STUDY_TIME,
+                Vr::TM,
+                self.study_time.clone().into_bytes(),
+            ),
+            (
+                tags::ACCESSION_NUMBER,
+                Vr::SH,
+                self.accession.clone().into_bytes(),
+            ),
             (tags::MODALITY, Vr::CS, self.modality.clone().into_bytes()),
-            (tags::REFERRING_PHYSICIAN_NAME, Vr::PN, b"REFERRER^DEMO".to_vec()),
-            (tags::STUDY_DESCRIPTION, Vr::LO, self.study_description.clone()),
+            (
+                tags::REFERRING_PHYSICIAN_NAME,
+                Vr::PN,
+                b"REFERRER^DEMO".to_vec(),
+            ),
+            (
+                tags::STUDY_DESCRIPTION,
+                Vr::LO,
+                self.study_description.clone(),
+            ),
             (tags::PATIENT_NAME, Vr::PN, self.patient_name.clone()),
-            (tags::PATIENT_ID, Vr::LO, self.patient_id.clone().into_bytes()),
-            (tags::PATIENT_BIRTH_DATE, Vr::DA, self.birth_date.clone().into_bytes()),
+            (
+                tags::PATIENT_ID,
+                Vr::LO,
+                self.patient_id.clone().into_bytes(),
+            ),
+            (
+                tags::PATIENT_BIRTH_DATE,
+                Vr::DA,
+                self.birth_date.clone().into_bytes(),
+            ),
             (tags::PATIENT_SEX, Vr::CS, self.sex.clone().into_bytes()),
-            (tags::STUDY_INSTANCE_UID, Vr::UI, self.study_uid.clone().into_bytes()),
-            (tags::SERIES_INSTANCE_UID, Vr::UI, self.series_uid.clone().into_bytes()),
+            (
+                tags::STUDY_INSTANCE_UID,
+                Vr::UI,
+                self.study_uid.clone().into_bytes(),
+            ),
+            (
+                tags::SERIES_INSTANCE_UID,
+                Vr::UI,
+                self.series_uid.clone().into_bytes(),
+            ),
             (tags::STUDY_ID, Vr::SH, b"1".to_vec()),
-            (tags::SERIES_NUMBER, Vr::IS, self.series_number.to_string().into_bytes()),
-            (tags::INSTANCE_NUMBER, Vr::IS, self.instance_number.to_string().into_bytes()),
+            (
+                tags::SERIES_NUMBER,
+                Vr::IS,
+                self.series_number.to_string().into_bytes(),
+            ),
+            (
+                tags::INSTANCE_NUMBER,
+                Vr::IS,
+                self.instance_number.to_string().into_bytes(),
+            ),
         ];
         if let Some(cs) = &self.charset {
             elements.push((tags::SPECIFIC_CHARACTER_SET, Vr::CS, cs.clone()));
         }
         if let Some(issuer) = &self.issuer {
-            elements.push((tags::ISSUER_OF_PATIENT_ID, Vr::LO, issuer.clone().into_bytes()));
+            elements.push((
+                tags::ISSUER_OF_PATIENT_ID,
+                Vr::LO,
+                issuer.clone().into_bytes(),
+            ));
         }
         elements.extend(self.extra.iter().cloned());
         elements.sort_by_key(|e| e.0);
@@ -100,14 +160,26 @@ impl SynthInstance {
             write_element(&mut out, enc, *tag, *vr, value);
         }
         write_u16(&mut out, enc, Tag::new(0x0028, 0x0002), &[1]);
-        write_str(&mut out, enc, Tag::new(0x0028, 0x0004), Vr::CS, "MONOCHROME2");
+        write_str(
+            &mut out,
+            enc,
+            Tag::new(0x0028, 0x0004),
+            Vr::CS,
+            "MONOCHROME2",
+        );
         write_u16(&mut out, enc, tags::ROWS, &[self.rows]);
         write_u16(&mut out, enc, tags::COLUMNS, &[self.columns]);
         write_u16(&mut out, enc, tags::BITS_ALLOCATED, &[16]);
         write_u16(&mut out, enc, Tag::new(0x0028, 0x0101), &[12]);
         write_u16(&mut out, enc, Tag::new(0x0028, 0x0102), &[11]);
         write_u16(&mut out, enc, Tag::new(0x0028, 0x0103), &[0]);
-        write_element(&mut out, enc, tags::PIXEL_DATA, Vr::OW, &noise(self.seed, self.pixel_bytes));
+        write_element(
+            &mut out,
+            enc,
+            tags::PIXEL_DATA,
+            Vr::OW,
+            &noise(self.seed, self.pixel_bytes),
+        );
         out
     }
 

@@ -157,7 +157,13 @@ pub fn dictionary_vr(tag: Tag) -> Vr {
         VirtualVr::Lt => dicom_core::VR::US,
         _ => return Vr::UN,
     };
-    Vr::from_bytes(*vr.to_string().as_bytes().first_chunk::<2>().unwrap_or(b"UN")).unwrap_or(Vr::UN)
+    Vr::from_bytes(
+        *vr.to_string()
+            .as_bytes()
+            .first_chunk::<2>()
+            .unwrap_or(b"UN"),
+    )
+    .unwrap_or(Vr::UN)
 }
 
 /// Tags this workspace refers to by name.

@@ -51,8 +51,20 @@ fn header(out: &mut Vec<u8>, enc: Encoding, tag: Tag, vr: Vr, len: u32) {
 /// (optionally encapsulated) pixel data.
 fn sample(enc: Encoding, encapsulated: bool) -> Vec<u8> {
     let mut d = Vec::new();
-    write_str(&mut d, enc, tags::SPECIFIC_CHARACTER_SET, Vr::CS, "ISO_IR 100");
-    write_str(&mut d, enc, tags::SOP_CLASS_UID, Vr::UI, "1.2.840.10008.5.1.4.1.1.2");
+    write_str(
+        &mut d,
+        enc,
+        tags::SPECIFIC_CHARACTER_SET,
+        Vr::CS,
+        "ISO_IR 100",
+    );
+    write_str(
+        &mut d,
+        enc,
+        tags::SOP_CLASS_UID,
+        Vr::UI,
+        "1.2.840.10008.5.1.4.1.1.2",
+    );
     write_str(&mut d, enc, tags::SOP_INSTANCE_UID, Vr::UI, "1.2.3.4.5");
     write_str(&mut d, enc, tags::STUDY_DATE, Vr::DA, "20260101");
     // Referenced Study Sequence (0008,1110), undefined length, one item of undefined length.
@@ -93,7 +105,11 @@ fn index_capture() -> Capture {
 
 #[test]
 fn captures_top_level_only_in_every_layout() {
-    for enc in [Encoding::IMPLICIT_LE, Encoding::EXPLICIT_LE, Encoding::EXPLICIT_BE] {
+    for enc in [
+        Encoding::IMPLICIT_LE,
+        Encoding::EXPLICIT_LE,
+        Encoding::EXPLICIT_BE,
+    ] {
         for encapsulated in [false, true] {
             if encapsulated && !enc.explicit_vr {
                 continue;
@@ -115,7 +131,12 @@ fn captures_top_level_only_in_every_layout() {
 fn truncation_inside_an_element_is_an_error() {
     let data = sample(Encoding::EXPLICIT_LE, true);
     // Where the top-level elements end: a cut there leaves a shorter but valid data set.
-    let all = walk_all(info(Encoding::EXPLICIT_LE), Capture::All { max_len: 0 }, &data).unwrap();
+    let all = walk_all(
+        info(Encoding::EXPLICIT_LE),
+        Capture::All { max_len: 0 },
+        &data,
+    )
+    .unwrap();
     let mut boundaries = Vec::new();
     for cut in 1..data.len() {
         if walk_all(info(Encoding::EXPLICIT_LE), index_capture(), &data[..cut]).is_ok() {
@@ -128,22 +149,44 @@ fn truncation_inside_an_element_is_an_error() {
 
 #[test]
 fn garbage_is_refused() {
-    let r = walk_all(info(Encoding::EXPLICIT_LE), index_capture(), b"\x08\x00\x18\x00ZZ\x02\x00ab");
-    assert!(matches!(r.unwrap_err().kind, WalkErrorKind::InvalidVr { .. }));
+    let r = walk_all(
+        info(Encoding::EXPLICIT_LE),
+        index_capture(),
+        b"\x08\x00\x18\x00ZZ\x02\x00ab",
+    );
+    assert!(matches!(
+        r.unwrap_err().kind,
+        WalkErrorKind::InvalidVr { .. }
+    ));
     // An element that claims more bytes than follow.
     let mut d = Vec::new();
     header(&mut d, Encoding::EXPLICIT_LE, tags::PIXEL_DATA, Vr::OB, 100);
     d.extend_from_slice(&[0; 10]);
     let r = walk_all(info(Encoding::EXPLICIT_LE), index_capture(), &d);
-    assert!(matches!(r.unwrap_err().kind, WalkErrorKind::TruncatedValue { .. }));
+    assert!(matches!(
+        r.unwrap_err().kind,
+        WalkErrorKind::TruncatedValue { .. }
+    ));
 }
 
 #[test]
 fn nesting_is_bounded() {
     let mut d = Vec::new();
     for _ in 0..100 {
-        header(&mut d, Encoding::EXPLICIT_LE, Tag::new(0x0008, 0x1110), Vr::SQ, 0xFFFF_FFFF);
-        header(&mut d, Encoding::EXPLICIT_LE, tags::ITEM, Vr::UN, 0xFFFF_FFFF);
+        header(
+            &mut d,
+            Encoding::EXPLICIT_LE,
+            Tag::new(0x0008, 0x1110),
+            Vr::SQ,
+            0xFFFF_FFFF,
+        );
+        header(
+            &mut d,
+            Encoding::EXPLICIT_LE,
+            tags::ITEM,
+            Vr::UN,
+            0xFFFF_FFFF,
+        );
     }
     let r = walk_all(info(Encoding::EXPLICIT_LE), index_capture(), &d);
     assert!(matches!(r.unwrap_err().kind, WalkErrorKind::TooDeep));
@@ -173,7 +216,12 @@ fn deflated_data_sets_are_inflated() {
 #[test]
 fn capture_all_reports_sequences_empty() {
     let data = sample(Encoding::IMPLICIT_LE, false);
-    let w = walk_all(info(Encoding::IMPLICIT_LE), Capture::All { max_len: 64 }, &data).unwrap();
+    let w = walk_all(
+        info(Encoding::IMPLICIT_LE),
+        Capture::All { max_len: 64 },
+        &data,
+    )
+    .unwrap();
     let seq = w.get(Tag::new(0x0008, 0x1110)).unwrap();
     assert_eq!(seq.vr, Vr::SQ);
     assert!(seq.value.is_empty());

@@ -61,7 +61,9 @@ pub fn syntax_info(uid: &str) -> Option<SyntaxInfo> {
     };
     let deflated = matches!(
         uid,
-        DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN | JPIP_REFERENCED_DEFLATE | JPIP_HTJ2K_REFERENCED_DEFLATE
+        DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN
+            | JPIP_REFERENCED_DEFLATE
+            | JPIP_HTJ2K_REFERENCED_DEFLATE
     );
     Some(SyntaxInfo {
         encoding,

@@ -77,7 +77,9 @@ pub struct WalkError {
 pub enum WalkErrorKind {
     #[error("element {tag} has an invalid value representation {vr:?}")]
     InvalidVr { tag: Tag, vr: [u8; 2] },
-    #[error("element {tag} of VR {vr} has an undefined length, which only sequences and encapsulated pixel data may have")]
+    #[error(
+        "element {tag} of VR {vr} has an undefined length, which only sequences and encapsulated pixel data may have"
+    )]
     UndefinedLength { tag: Tag, vr: Vr },
     #[error("expected an item or a sequence delimiter, found {tag}")]
     ExpectedItem { tag: Tag },
@@ -312,7 +314,10 @@ impl Walker {
 
     /// How many header bytes the current frame needs, given what has been read so far.
     fn header_need(&self) -> usize {
-        let frame = *self.frames.last().expect("the top-level frame is never popped");
+        let frame = *self
+            .frames
+            .last()
+            .expect("the top-level frame is never popped");
         match frame {
             Frame::Sequence { .. } | Frame::Fragments { .. } => 8,
             Frame::Dataset { enc, .. } => {
@@ -332,7 +337,10 @@ impl Walker {
     }
 
     fn on_header(&mut self) -> Result<(), WalkError> {
-        let frame = *self.frames.last().expect("the top-level frame is never popped");
+        let frame = *self
+            .frames
+            .last()
+            .expect("the top-level frame is never popped");
         let enc = frame.encoding();
         let header_start = self.offset - self.header_len as u64;
         let tag = read_tag(&self.header, enc);

@@ -11,7 +11,9 @@ use std::collections::VecDeque;
 use std::future::Future;
 use std::time::Duration;
 
-use dicom_ul::association::{AsyncAssociation, AsyncClientAssociation, AsyncServerAssociation};
+use dicom_ul::association::{
+    Association, AsyncAssociation, AsyncClientAssociation, AsyncServerAssociation,
+};
 use dicom_ul::pdu::{
     AbortRQServiceProviderReason, AbortRQSource, PDataValue, PDataValueType, Pdu,
     PresentationContextNegotiated, PresentationContextResultReason,
@@ -38,6 +40,9 @@ pub trait Link: Send {
     /// The largest PDU the peer accepts (the length field value, header excluded).
     fn peer_max_pdu(&self) -> u32;
     fn contexts(&self) -> &[PresentationContextNegotiated];
+    /// Whether the association requestor may act as SCP for a SOP class (SCP/SCU role
+    /// selection, needed for C-GET sub-operations).
+    fn requestor_is_scp(&self, sop_class: &str) -> bool;
 }
 
 impl<S> Link for AsyncServerAssociation<S>
@@ -61,6 +66,9 @@ where
     fn contexts(&self) -> &[PresentationContextNegotiated] {
         self.presentation_contexts()
     }
+    fn requestor_is_scp(&self, sop_class: &str) -> bool {
+        Association::requestor_roles_for(self, sop_class).scp
+    }
 }
 
 impl<S> Link for AsyncClientAssociation<S>
@@ -83,6 +91,10 @@ where
     }
     fn contexts(&self) -> &[PresentationContextNegotiated] {
         self.presentation_contexts()
+    }
+    fn requestor_is_scp(&self, _sop_class: &str) -> bool {
+        // On our own outgoing associations we are the requestor.
+        false
     }
 }
 
@@ -244,7 +256,10 @@ impl<L: Link> Channel<L> {
                 }
                 return Ok((pdv.data, pdv.is_last));
             }
-            match self.fill(self.dimse_timeout, "receiving a data set").await? {
+            match self
+                .fill(self.dimse_timeout, "receiving a data set")
+                .await?
+            {
                 Filled::Data => {}
                 Filled::Release => return Err(DimseError::ReleaseMidMessage),
                 Filled::Aborted => return Err(DimseError::Aborted),
@@ -446,9 +461,7 @@ impl<L: Link> Channel<L> {
         match pdu {
             Pdu::PData { data } => {
                 if data.is_empty() {
-                    return Err(DimseError::Protocol(
-                        "P-DATA-TF PDU without any PDV".into(),
-                    ));
+                    return Err(DimseError::Protocol("P-DATA-TF PDU without any PDV".into()));
                 }
                 for pdv in data {
                     if !self.accepted.contains(&pdv.presentation_context_id) {

@@ -155,7 +155,11 @@ impl Command {
         if let Some(p) = self.priority {
             write_element(&mut body, enc, tag(0x0700), Vr::US, &u16v(p));
         }
-        let data_set_type = if self.has_data_set { 0x0000 } else { NO_DATA_SET };
+        let data_set_type = if self.has_data_set {
+            0x0000
+        } else {
+            NO_DATA_SET
+        };
         write_element(&mut body, enc, tag(0x0800), Vr::US, &u16v(data_set_type));
         if let Some(status) = self.status {
             write_element(&mut body, enc, tag(0x0900), Vr::US, &u16v(status.0));
@@ -230,7 +234,10 @@ impl Command {
             }
             pos += 8;
             if len > bytes.len() - pos {
-                return Err(CommandError::ValueOverrun { tag: t, length: len });
+                return Err(CommandError::ValueOverrun {
+                    tag: t,
+                    length: len,
+                });
             }
             let value = &bytes[pos..pos + len];
             pos += len;
@@ -250,11 +257,9 @@ impl Command {
                     group_end = Some((pos, v as usize));
                 }
                 0x0002 => c.affected_sop_class_uid = Some(text()),
-                0x0003 => {
-                    // Requested SOP Class UID (N-services); keep it where the class lives.
-                    if c.affected_sop_class_uid.is_none() {
-                        c.affected_sop_class_uid = Some(text())
-                    }
+                // Requested SOP Class UID (N-services); keep it where the class lives.
+                0x0003 if c.affected_sop_class_uid.is_none() => {
+                    c.affected_sop_class_uid = Some(text())
                 }
                 0x0100 => field = Some(CommandField(us()?)),
                 0x0110 => c.message_id = Some(us()?),
@@ -295,9 +300,9 @@ impl Command {
             });
         }
         c.field = field.ok_or(CommandError::Missing("CommandField (0000,0100)"))?;
-        c.has_data_set =
-            data_set_type.ok_or(CommandError::Missing("CommandDataSetType (0000,0800)"))?
-                != NO_DATA_SET;
+        c.has_data_set = data_set_type
+            .ok_or(CommandError::Missing("CommandDataSetType (0000,0800)"))?
+            != NO_DATA_SET;
         Ok(c)
     }
 }

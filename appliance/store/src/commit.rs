@@ -29,7 +29,7 @@ use crate::fs::Fs;
 use crate::index::{self, Filed, Tables};
 use crate::layout::{Layout, unix_now};
 use crate::record::{Extracted, InstanceRecord};
-use crate::{Durability, DuplicatePolicy, Stats, StoreConfig, StoreError};
+use crate::{DuplicatePolicy, Durability, Stats, StoreConfig, StoreError};
 
 /// How storing one instance ended.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -49,7 +49,10 @@ pub(crate) struct CommitRequest {
 }
 
 enum Msg {
-    Commit(Box<CommitRequest>, oneshot::Sender<Result<Outcome, StoreError>>),
+    Commit(
+        Box<CommitRequest>,
+        oneshot::Sender<Result<Outcome, StoreError>>,
+    ),
     Ping(oneshot::Sender<()>),
     Shutdown(oneshot::Sender<Result<(), StoreError>>),
 }
@@ -257,19 +260,22 @@ impl Committer {
         let mut dirs: Vec<PathBuf> = Vec::new();
         for p in commits.iter_mut().filter(|p| p.result.is_none()) {
             let target = self.layout.absolute(&p.request.record.file);
-            let parent = target.parent().expect("object paths have a parent").to_path_buf();
-            let linked = self
-                .fs
-                .create_dir_all(&parent)
-                .and_then(|created| {
-                    for dir in created {
-                        let up = dir.parent().expect("created dirs have a parent").to_path_buf();
-                        if !dirs.contains(&up) {
-                            dirs.push(up);
-                        }
+            let parent = target
+                .parent()
+                .expect("object paths have a parent")
+                .to_path_buf();
+            let linked = self.fs.create_dir_all(&parent).and_then(|created| {
+                for dir in created {
+                    let up = dir
+                        .parent()
+                        .expect("created dirs have a parent")
+                        .to_path_buf();
+                    if !dirs.contains(&up) {
+                        dirs.push(up);
                     }
-                    self.fs.hard_link(&p.request.tmp, &target)
-                });
+                }
+                self.fs.hard_link(&p.request.tmp, &target)
+            });
             match linked {
                 Ok(()) => {
                     p.linked = Some(target);

@@ -147,7 +147,11 @@ impl MemFs {
                 match entry {
                     Entry::Dir => stack.push(path.join(name)),
                     Entry::File(inode) => {
-                        let durable = old.files.get(inode).map(|f| f.durable.clone()).unwrap_or_default();
+                        let durable = old
+                            .files
+                            .get(inode)
+                            .map(|f| f.durable.clone())
+                            .unwrap_or_default();
                         state.files.insert(
                             *inode,
                             FileData {
@@ -248,7 +252,11 @@ impl Fs for MemFs {
         let state = self.state.lock().expect("fs lock");
         match Self::lookup(&state, path) {
             Some(Entry::File(inode)) => Ok(Box::new(Cursor::new(
-                state.files.get(&inode).map(|f| f.volatile.clone()).unwrap_or_default(),
+                state
+                    .files
+                    .get(&inode)
+                    .map(|f| f.volatile.clone())
+                    .unwrap_or_default(),
             ))),
             _ => Err(io::Error::from(io::ErrorKind::NotFound)),
         }
@@ -259,7 +267,10 @@ impl Fs for MemFs {
         let mut state = self.state.lock().expect("fs lock");
         match Self::lookup(&state, path) {
             Some(Entry::File(inode)) => {
-                let f = state.files.get_mut(&inode).ok_or_else(|| io::Error::other("file vanished"))?;
+                let f = state
+                    .files
+                    .get_mut(&inode)
+                    .ok_or_else(|| io::Error::other("file vanished"))?;
                 f.durable = f.volatile.clone();
                 Ok(())
             }
@@ -270,7 +281,10 @@ impl Fs for MemFs {
     fn len(&self, path: &Path) -> io::Result<u64> {
         let state = self.state.lock().expect("fs lock");
         match Self::lookup(&state, path) {
-            Some(Entry::File(inode)) => Ok(state.files.get(&inode).map_or(0, |f| f.volatile.len() as u64)),
+            Some(Entry::File(inode)) => Ok(state
+                .files
+                .get(&inode)
+                .map_or(0, |f| f.volatile.len() as u64)),
             _ => Err(io::Error::from(io::ErrorKind::NotFound)),
         }
     }

@@ -35,6 +35,9 @@ pub const STUDIES_BY_ACCESSION: MultimapTableDefinition<&str, &str> =
     MultimapTableDefinition::new("studies_by_accession");
 pub const PATIENTS_BY_NAME: MultimapTableDefinition<&str, &str> =
     MultimapTableDefinition::new("patients_by_name");
+/// Studies by the patient name each study gave (which may differ from the patient record's).
+pub const STUDIES_BY_NAME: MultimapTableDefinition<&str, &str> =
+    MultimapTableDefinition::new("studies_by_name");
 /// Demographics conflicts, keyed `patient key NUL study UID`.
 pub const CONFLICTS: TableDefinition<&str, &[u8]> = TableDefinition::new("patient_conflicts");
 /// Files replaced by an overwrite, deleted once the overwrite is durable.
@@ -68,6 +71,7 @@ pub struct Tables<'t> {
     pub by_date: MultimapTable<'t, &'static str, &'static str>,
     pub by_accession: MultimapTable<'t, &'static str, &'static str>,
     pub by_name: MultimapTable<'t, &'static str, &'static str>,
+    pub studies_by_name: MultimapTable<'t, &'static str, &'static str>,
     pub conflicts: Table<'t, &'static str, &'static [u8]>,
     pub pending_deletes: Table<'t, &'static str, ()>,
 }
@@ -85,6 +89,7 @@ impl<'t> Tables<'t> {
             by_date: txn.open_multimap_table(STUDIES_BY_DATE)?,
             by_accession: txn.open_multimap_table(STUDIES_BY_ACCESSION)?,
             by_name: txn.open_multimap_table(PATIENTS_BY_NAME)?,
+            studies_by_name: txn.open_multimap_table(STUDIES_BY_NAME)?,
             conflicts: txn.open_table(CONFLICTS)?,
             pending_deletes: txn.open_table(PENDING_DELETES)?,
         })
@@ -202,6 +207,9 @@ impl<'t> Tables<'t> {
                     self.by_accession
                         .insert(accession.as_str(), study_uid.as_str())?;
                 }
+                let name = name_key(&decoded(&s.attrs, &s.charset, tags::PATIENT_NAME));
+                self.studies_by_name
+                    .insert(name.as_str(), study_uid.as_str())?;
                 patient.studies += 1;
                 s
             }
@@ -257,7 +265,11 @@ impl<'t> Tables<'t> {
 
     /// Takes an instance out of every level, removing series, studies and patients it leaves
     /// empty.
-    pub fn unfile_instance(&mut self, sop_uid: &str, old: &InstanceRecord) -> Result<(), StoreError> {
+    pub fn unfile_instance(
+        &mut self,
+        sop_uid: &str,
+        old: &InstanceRecord,
+    ) -> Result<(), StoreError> {
         self.instances.remove(sop_uid)?;
         self.series_instances
             .remove(old.series_uid.as_str(), sop_uid)?;
@@ -273,7 +285,8 @@ impl<'t> Tables<'t> {
                 old.series_uid, series.study_uid
             )));
         };
-        let Some(mut patient) = Self::get::<PatientRecord>(&self.patients, &study.patient_key)? else {
+        let Some(mut patient) = Self::get::<PatientRecord>(&self.patients, &study.patient_key)?
+        else {
             return Err(StoreError::Inconsistent(format!(
                 "study {} names a patient that is not indexed",
                 series.study_uid
@@ -316,6 +329,9 @@ impl<'t> Tables<'t> {
                 text_key(&study.attrs, tags::ACCESSION_NUMBER).as_str(),
                 study_uid.as_str(),
             )?;
+            let name = name_key(&decoded(&study.attrs, &study.charset, tags::PATIENT_NAME));
+            self.studies_by_name
+                .remove(name.as_str(), study_uid.as_str())?;
             patient.studies = patient.studies.saturating_sub(1);
         } else {
             self.studies
@@ -323,12 +339,18 @@ impl<'t> Tables<'t> {
         }
         if patient.studies == 0 {
             self.patients.remove(study.patient_key.as_str())?;
-            let name = name_key(&decoded(&patient.attrs, &patient.charset, tags::PATIENT_NAME));
+            let name = name_key(&decoded(
+                &patient.attrs,
+                &patient.charset,
+                tags::PATIENT_NAME,
+            ));
             self.by_name
                 .remove(name.as_str(), study.patient_key.as_str())?;
         } else {
-            self.patients
-                .insert(study.patient_key.as_str(), record::encode(&patient).as_slice())?;
+            self.patients.insert(
+                study.patient_key.as_str(),
+                record::encode(&patient).as_slice(),
+            )?;
         }
         Ok(())
     }
@@ -362,7 +384,7 @@ impl<'t> Tables<'t> {
 /// The key under which a patient name is indexed: decoded, upper case, so that name prefix
 /// queries (`DOE*`) become key ranges.
 pub fn name_key(name: &str) -> String {
-    name.trim().to_uppercase()
+    name.trim().trim_end_matches(['^', '=', ' ']).to_uppercase()
 }
 
 /// An ASCII text attribute as an index key (dates, accession numbers).

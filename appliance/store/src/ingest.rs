@@ -24,6 +24,9 @@ const WRITE_CHUNK: usize = 256 * 1024;
 /// How often, in bytes written, free space is checked again during a large instance.
 const SPACE_RECHECK: u64 = 64 * 1024 * 1024;
 
+/// A write running on the blocking pool; it hands the writer back with its result.
+type WriteTask = JoinHandle<(Box<dyn FileWriter>, std::io::Result<()>)>;
+
 /// What the sender says about the instance before its data set arrives.
 #[derive(Clone, Debug)]
 pub struct IngestRequest {
@@ -37,10 +40,23 @@ pub struct IngestRequest {
     pub source_ae: String,
 }
 
+/// What storing one instance did.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Receipt {
+    pub outcome: Outcome,
+    pub sop_instance_uid: String,
+    pub study_uid: String,
+    pub patient_id: String,
+    /// Bytes of the stored file.
+    pub bytes: u64,
+}
+
 /// Why one instance was not stored. Nothing of it remains on disk or in the index.
 #[derive(Debug, thiserror::Error)]
 pub enum IngestError {
-    #[error("only {available} bytes free on the data volume, below the floor of {floor}; refusing new instances until space is freed")]
+    #[error(
+        "only {available} bytes free on the data volume, below the floor of {floor}; refusing new instances until space is freed"
+    )]
     OutOfSpace { available: u64, floor: u64 },
     #[error("transfer syntax {0} is not known, so the data set cannot be read")]
     UnknownTransferSyntax(String),
@@ -66,7 +82,7 @@ pub struct Ingest {
     tmp: PathBuf,
     /// The writer, when no write is in flight.
     writer: Option<Box<dyn FileWriter>>,
-    in_flight: Option<JoinHandle<(Box<dyn FileWriter>, std::io::Result<()>)>>,
+    in_flight: Option<WriteTask>,
     buffer: Vec<u8>,
     /// Taken when the data set ends.
     walker: Option<Walker>,
@@ -191,7 +207,10 @@ impl Ingest {
 
     async fn flush_buffer(&mut self) -> std::io::Result<()> {
         self.wait_in_flight().await?;
-        let mut writer = self.writer.take().expect("writer present when nothing is in flight");
+        let mut writer = self
+            .writer
+            .take()
+            .expect("writer present when nothing is in flight");
         let chunk = std::mem::replace(&mut self.buffer, Vec::with_capacity(WRITE_CHUNK));
         self.written += chunk.len() as u64;
         self.in_flight = Some(tokio::task::spawn_blocking(move || {
@@ -203,16 +222,20 @@ impl Ingest {
 
     /// Completes the instance: checks it, makes it durable and files it in the index. Returns
     /// once the instance is as durable as the store's durability setting promises.
-    pub async fn finish(mut self) -> Result<Outcome, IngestError> {
+    pub async fn finish(mut self) -> Result<Receipt, IngestError> {
         let result = self.finish_inner().await;
         if result.is_err() {
-            self.store.inner.stats.refused.fetch_add(1, Ordering::Relaxed);
+            self.store
+                .inner
+                .stats
+                .refused
+                .fetch_add(1, Ordering::Relaxed);
             self.discard().await;
         }
         result
     }
 
-    async fn finish_inner(&mut self) -> Result<Outcome, IngestError> {
+    async fn finish_inner(&mut self) -> Result<Receipt, IngestError> {
         if let Some(e) = self.failed.take() {
             return Err(e);
         }
@@ -239,7 +262,10 @@ impl Ingest {
         }
         let inner = &self.store.inner;
         if inner.config.durability == Durability::Full {
-            let mut writer = self.writer.take().expect("writer back after the last write");
+            let mut writer = self
+                .writer
+                .take()
+                .expect("writer back after the last write");
             let (writer, r) = tokio::task::spawn_blocking(move || {
                 let r = writer.sync();
                 (writer, r)
@@ -267,6 +293,13 @@ impl Ingest {
             source_ae: self.request.source_ae.clone(),
         };
         debug!(sop = %x.sop_instance_uid, bytes = self.written, "instance received, committing");
+        let mut receipt = Receipt {
+            outcome: Outcome::Stored,
+            sop_instance_uid: x.sop_instance_uid.clone(),
+            study_uid: x.study_uid.clone(),
+            patient_id: record::patient_id_of(&x.patient_key).to_string(),
+            bytes: self.written,
+        };
         let request = CommitRequest {
             tmp: self.tmp.clone(),
             extracted: x,
@@ -282,7 +315,8 @@ impl Ingest {
         };
         counter.fetch_add(1, Ordering::Relaxed);
         inner.stats.bytes.fetch_add(self.written, Ordering::Relaxed);
-        Ok(outcome)
+        receipt.outcome = outcome;
+        Ok(receipt)
     }
 
     /// Gives up on the instance and removes what was written.

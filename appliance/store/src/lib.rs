@@ -30,7 +30,7 @@ use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, Sto
 use tracing::info;
 
 pub use commit::Outcome;
-pub use ingest::{Ingest, IngestError, IngestRequest};
+pub use ingest::{Ingest, IngestError, IngestRequest, Receipt};
 pub use reconcile::Reconciled;
 pub use verify::{VerifyProblem, VerifyReport};
 
@@ -98,7 +98,9 @@ pub enum StoreError {
         #[source]
         source: std::io::Error,
     },
-    #[error("the index at {0} is in use by another process; is `outpost serve` already running on this data directory?")]
+    #[error(
+        "the index at {0} is in use by another process; is `outpost serve` already running on this data directory?"
+    )]
     Locked(PathBuf),
     #[error("cannot open the index: {0}")]
     Open(#[from] redb::DatabaseError),
@@ -233,13 +235,23 @@ impl Store {
         let started = Instant::now();
         let layout = Layout::new(&config.data_dir);
         let mut created = Vec::new();
-        for dir in [layout.root().to_path_buf(), layout.tmp_dir(), layout.objects_dir()] {
-            created.extend(fs.create_dir_all(&dir).map_err(|e| StoreError::io(&dir, e))?);
+        for dir in [
+            layout.root().to_path_buf(),
+            layout.tmp_dir(),
+            layout.objects_dir(),
+        ] {
+            created.extend(
+                fs.create_dir_all(&dir)
+                    .map_err(|e| StoreError::io(&dir, e))?,
+            );
         }
         let mut builder = Database::builder();
         builder.set_cache_size(config.index_cache_bytes);
         builder.set_repair_callback(|session| {
-            info!(progress = format!("{:.0}%", session.progress() * 100.0), "repairing the index after an unclean shutdown");
+            info!(
+                progress = format!("{:.0}%", session.progress() * 100.0),
+                "repairing the index after an unclean shutdown"
+            );
         });
         let db = match backend {
             IndexBackend::File => builder.create(layout.index()),
@@ -358,12 +370,10 @@ fn check_schema(db: &Database) -> Result<(), StoreError> {
     txn.set_quick_repair(true);
     {
         let mut meta = txn.open_table(index::META)?;
-        let found = meta
-            .get("schema_version")?
-            .map(|v| {
-                let b = v.value();
-                u32::from_le_bytes([b[0], b[1], b[2], b[3]])
-            });
+        let found = meta.get("schema_version")?.map(|v| {
+            let b = v.value();
+            u32::from_le_bytes([b[0], b[1], b[2], b[3]])
+        });
         match found {
             Some(v) if v != index::SCHEMA_VERSION => {
                 return Err(StoreError::Schema {
@@ -373,7 +383,10 @@ fn check_schema(db: &Database) -> Result<(), StoreError> {
             }
             Some(_) => {}
             None => {
-                meta.insert("schema_version", index::SCHEMA_VERSION.to_le_bytes().as_slice())?;
+                meta.insert(
+                    "schema_version",
+                    index::SCHEMA_VERSION.to_le_bytes().as_slice(),
+                )?;
             }
         }
         // Create every table up front so readers never meet a missing one.

@@ -11,8 +11,8 @@ use dataset::charset::{Charset, is_charset_neutral};
 use dataset::encode::{text_values, trim_padding};
 use dataset::{Element, Tag, Vr, tags};
 use redb::{
-    ReadOnlyMultimapTable, ReadOnlyTable, ReadTransaction, ReadableDatabase,
-    ReadableTable, ReadableTableMetadata,
+    ReadOnlyMultimapTable, ReadOnlyTable, ReadTransaction, ReadableDatabase, ReadableTable,
+    ReadableTableMetadata,
 };
 
 use crate::index;
@@ -163,18 +163,30 @@ impl Identifier {
         (!v.is_empty() && !v.contains(['\\', '*', '?'])).then_some(v)
     }
 
-    /// The values of a UID list key.
+    /// The distinct values of a UID list key, in list order: a UID listed twice is still one
+    /// entity, answered once.
     fn uids(&self, tag: Tag) -> Option<Vec<String>> {
         let e = self.key(tag)?;
+        let mut seen = HashSet::new();
         let v: Vec<String> = text_values(&e.value)
-            .filter(|v| !v.is_empty())
+            .filter(|v| !v.is_empty() && seen.insert(*v))
             .map(|v| String::from_utf8_lossy(v).into_owned())
             .collect();
         (!v.is_empty()).then_some(v)
     }
 
+    /// Checks that the level exists in the model (identifiers need not come from
+    /// `from_elements`).
+    fn check_model(&self, model: Model) -> Result<(), QueryError> {
+        if model == Model::StudyRoot && self.level == Level::Patient {
+            return Err(QueryError::LevelNotInModel { level: "PATIENT" });
+        }
+        Ok(())
+    }
+
     /// Checks the unique keys the hierarchical model requires above the query level.
     fn check_hierarchy(&self, model: Model) -> Result<(), QueryError> {
+        self.check_model(model)?;
         let above: &[Level] = match (model, self.level) {
             (_, Level::Patient) => &[],
             (Model::PatientRoot, Level::Study) => &[Level::Patient],
@@ -229,6 +241,7 @@ struct Tables {
     by_date: ReadOnlyMultimapTable<&'static str, &'static str>,
     by_accession: ReadOnlyMultimapTable<&'static str, &'static str>,
     by_name: ReadOnlyMultimapTable<&'static str, &'static str>,
+    studies_by_name: ReadOnlyMultimapTable<&'static str, &'static str>,
 }
 
 impl Tables {
@@ -244,6 +257,7 @@ impl Tables {
             by_date: txn.open_multimap_table(index::STUDIES_BY_DATE)?,
             by_accession: txn.open_multimap_table(index::STUDIES_BY_ACCESSION)?,
             by_name: txn.open_multimap_table(index::PATIENTS_BY_NAME)?,
+            studies_by_name: txn.open_multimap_table(index::STUDIES_BY_NAME)?,
         })
     }
 
@@ -361,7 +375,10 @@ impl Store {
                             attrs: &p.attrs,
                         }],
                         computed: vec![
-                            count(tags::NUMBER_OF_PATIENT_RELATED_STUDIES, u64::from(p.studies)),
+                            count(
+                                tags::NUMBER_OF_PATIENT_RELATED_STUDIES,
+                                u64::from(p.studies),
+                            ),
                             count(tags::NUMBER_OF_PATIENT_RELATED_SERIES, u64::from(p.series)),
                             count(tags::NUMBER_OF_PATIENT_RELATED_INSTANCES, p.instances),
                         ],
@@ -481,7 +498,12 @@ impl Store {
     }
 
     /// Resolves a C-MOVE or C-GET identifier to the instances to send, in series order.
-    pub fn resolve(&self, model: Model, query: &Identifier) -> Result<Vec<Retrievable>, QueryError> {
+    pub fn resolve(
+        &self,
+        model: Model,
+        query: &Identifier,
+    ) -> Result<Vec<Retrievable>, QueryError> {
+        query.check_model(model)?;
         let txn = self.inner.db.begin_read()?;
         let t = Tables::open(&txn)?;
         let need = |tag: Tag, name: &'static str| {
@@ -499,7 +521,10 @@ impl Store {
                 let issuer = query.single(tags::ISSUER_OF_PATIENT_ID);
                 for id in ids {
                     for key in t.patients_with_id(&id)? {
-                        if issuer.as_ref().is_some_and(|i| key != record::patient_key(&id, i)) {
+                        if issuer
+                            .as_ref()
+                            .is_some_and(|i| key != record::patient_key(&id, i))
+                        {
                             continue;
                         }
                         for study in Tables::children(&t.patient_studies, &key)? {
@@ -526,6 +551,15 @@ impl Store {
         for s in &series {
             instances.extend(Tables::children(&t.series_instances, s)?);
         }
+        // In the Patient Root model the identifier names the patient: only that patient's
+        // instances are sent, whatever UIDs the lower levels list.
+        let owner = match (model, query.level) {
+            (Model::PatientRoot, Level::Study | Level::Series | Level::Image) => {
+                Some(need(tags::PATIENT_ID, "PatientID")?)
+            }
+            _ => None,
+        };
+        let mut owned_studies: std::collections::HashMap<String, bool> = Default::default();
         let mut seen = HashSet::new();
         let mut out = Vec::new();
         for uid in instances {
@@ -533,6 +567,22 @@ impl Store {
                 continue;
             }
             if let Some(i) = Tables::get::<InstanceRecord>(&t.instances, &uid)? {
+                if let Some(ids) = &owner {
+                    let owned = match owned_studies.get(&i.study_uid) {
+                        Some(o) => *o,
+                        None => {
+                            let o = Tables::get::<StudyRecord>(&t.studies, &i.study_uid)?
+                                .is_some_and(|s| {
+                                    ids.iter().any(|id| patient_id_of(&s.patient_key) == id)
+                                });
+                            owned_studies.insert(i.study_uid.clone(), o);
+                            o
+                        }
+                    };
+                    if !owned {
+                        continue;
+                    }
+                }
                 out.push(Retrievable {
                     sop_instance_uid: uid,
                     sop_class_uid: i.sop_class_uid,
@@ -622,9 +672,17 @@ fn study_candidates(t: &Tables, q: &Identifier) -> Result<Vec<String>, QueryErro
         return Ok(out);
     }
     if let Some(prefix) = name_prefix(q) {
+        // Studies are matched on the patient name each study gave, so they have their own
+        // name index.
         let mut out = Vec::new();
-        for key in t.patients_named(&prefix)? {
-            out.extend(Tables::children(&t.patient_studies, &key)?);
+        for row in t.studies_by_name.range(prefix.as_str()..)? {
+            let (k, values) = row?;
+            if !k.value().starts_with(prefix.as_str()) {
+                break;
+            }
+            for v in values {
+                out.push(v?.value().to_string());
+            }
         }
         return Ok(out);
     }
@@ -654,13 +712,19 @@ fn date_bounds(value: &[u8]) -> Option<(String, String)> {
     if v.is_empty() || v.contains('\\') {
         return None;
     }
-    match v.split_once('-') {
-        Some((lo, hi)) => Some((
-            lo.to_string(),
-            if hi.is_empty() { "99999999".to_string() } else { hi.to_string() },
-        )),
-        None => Some((v.clone(), v)),
-    }
+    // The same normal forms the matcher uses, so that a partial date narrows to the range
+    // it will match whichever index picks the candidates.
+    let (lo, hi) = v.split_once('-').unwrap_or((&v, &v));
+    let lo = normalize_time(lo.trim(), Vr::DA, false);
+    let hi = normalize_time(hi.trim(), Vr::DA, true);
+    Some((
+        lo,
+        if hi.is_empty() {
+            "99999999".to_string()
+        } else {
+            hi
+        },
+    ))
 }
 
 fn count(tag: Tag, n: u64) -> Element {
@@ -734,7 +798,10 @@ enum Matcher {
     Wildcard { pattern: Vec<char>, fold: bool },
     /// Date, time or datetime ranges, inclusive, compared on normalized strings. A single
     /// value is the range its precision covers (`1200` is 12:00:00 to 12:00:59.999999).
-    Ranges { ranges: Vec<(String, String)>, vr: Vr },
+    Ranges {
+        ranges: Vec<(String, String)>,
+        vr: Vr,
+    },
     /// A key whose value the query could not decode: nothing can match it.
     Never,
 }
@@ -764,6 +831,13 @@ impl Matcher {
         }
         let vr = key.vr;
         if matches!(vr, Vr::DA | Vr::TM | Vr::DT) {
+            // `*` and `?` are no wildcards in dates and times (C.2.2.2.4): such a value is
+            // compared literally, and so matches no valid value.
+            if raw.contains(&b'*') || raw.contains(&b'?') {
+                return Some(Matcher::Exact(
+                    text_values(raw).map(<[u8]>::to_vec).collect(),
+                ));
+            }
             let text = String::from_utf8_lossy(raw).into_owned();
             let ranges = text
                 .split('\\')
@@ -785,6 +859,11 @@ impl Matcher {
             Vr::AE | Vr::CS | Vr::LO | Vr::LT | Vr::PN | Vr::SH | Vr::ST | Vr::UC | Vr::UT
         );
         let fold = vr == Vr::PN;
+        // Wild Card Matching on `*` is Universal Matching (C.2.2.2.4): it also matches
+        // entities without the attribute, or with a value that cannot be decoded.
+        if wildcard_vr && raw.iter().all(|b| *b == b'*') {
+            return None;
+        }
         if wildcard_vr {
             let Some(text) = charset.decode(raw) else {
                 return Some(Matcher::Never);
@@ -865,7 +944,10 @@ fn normalize_pn(v: &str) -> String {
 /// Pads dates and times to full precision so that strings compare in time order: a lower
 /// bound with zeros, an upper bound with the largest digits.
 fn normalize_time(v: &str, vr: Vr, upper: bool) -> String {
-    let v: String = v.chars().filter(|c| c.is_ascii_digit() || *c == '.').collect();
+    let v: String = v
+        .chars()
+        .filter(|c| c.is_ascii_digit() || *c == '.')
+        .collect();
     if v.is_empty() {
         return v;
     }
@@ -925,7 +1007,12 @@ mod tests {
 
     #[test]
     fn globbing() {
-        let g = |p: &str, t: &str| glob(&p.chars().collect::<Vec<_>>(), &t.chars().collect::<Vec<_>>());
+        let g = |p: &str, t: &str| {
+            glob(
+                &p.chars().collect::<Vec<_>>(),
+                &t.chars().collect::<Vec<_>>(),
+            )
+        };
         assert!(g("DOE*", "DOE^JOHN"));
         assert!(g("*JOHN", "DOE^JOHN"));
         assert!(g("D?E*", "DOE"));
@@ -945,9 +1032,22 @@ mod tests {
 
     #[test]
     fn date_ranges() {
-        assert_eq!(date_bounds(b"20260101-20260131"), Some(("20260101".into(), "20260131".into())));
-        assert_eq!(date_bounds(b"-20260131"), Some(("".into(), "20260131".into())));
-        assert_eq!(date_bounds(b"20260101-"), Some(("20260101".into(), "99999999".into())));
+        assert_eq!(
+            date_bounds(b"20260101-20260131"),
+            Some(("20260101".into(), "20260131".into()))
+        );
+        assert_eq!(
+            date_bounds(b"-20260131"),
+            Some(("".into(), "20260131".into()))
+        );
+        assert_eq!(
+            date_bounds(b"20260101-"),
+            Some(("20260101".into(), "99999999".into()))
+        );
+        assert_eq!(
+            date_bounds(b"202601"),
+            Some(("20260101".into(), "20260131".into()))
+        );
         assert_eq!(date_bounds(b""), None);
     }
 }

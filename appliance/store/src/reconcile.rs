@@ -63,7 +63,9 @@ pub(crate) fn run(
         }
     }
 
-    let names = fs.list_dir(&tmp_dir).map_err(|e| StoreError::io(&tmp_dir, e))?;
+    let names = fs
+        .list_dir(&tmp_dir)
+        .map_err(|e| StoreError::io(&tmp_dir, e))?;
     let mut to_remove = Vec::new();
     let mut to_file = Vec::new();
     {
@@ -119,7 +121,8 @@ pub(crate) fn run(
     if !to_file.is_empty() || !pending.is_empty() {
         let mut replaced = Vec::new();
         for (_, target, ..) in &to_file {
-            fs.sync_file(target).map_err(|e| StoreError::io(target, e))?;
+            fs.sync_file(target)
+                .map_err(|e| StoreError::io(target, e))?;
             let dir = target.parent().unwrap_or(Path::new("/"));
             fs.sync_dir(dir).map_err(|e| StoreError::io(dir, e))?;
         }

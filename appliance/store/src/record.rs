@@ -351,25 +351,33 @@ mod tests {
 
     #[test]
     fn splits_levels_and_checks_uids() {
-        let mut w = Walked::default();
-        w.elements = vec![
-            el(tags::SPECIFIC_CHARACTER_SET, Vr::CS, b"ISO_IR 100"),
-            el(tags::SOP_CLASS_UID, Vr::UI, b"1.2.840.10008.5.1.4.1.1.2\0"),
-            el(tags::SOP_INSTANCE_UID, Vr::UI, b"1.2.3.4\0"),
-            el(tags::MODALITY, Vr::CS, b"CT"),
-            el(tags::PATIENT_NAME, Vr::PN, b"M\xfcller"),
-            el(tags::PATIENT_ID, Vr::LO, b"PID1"),
-            el(tags::STUDY_INSTANCE_UID, Vr::UI, b"1.2.3\0"),
-            el(tags::SERIES_INSTANCE_UID, Vr::UI, b"1.2.3.1"),
-        ];
+        let mut w = Walked {
+            elements: vec![
+                el(tags::SPECIFIC_CHARACTER_SET, Vr::CS, b"ISO_IR 100"),
+                el(tags::SOP_CLASS_UID, Vr::UI, b"1.2.840.10008.5.1.4.1.1.2\0"),
+                el(tags::SOP_INSTANCE_UID, Vr::UI, b"1.2.3.4\0"),
+                el(tags::MODALITY, Vr::CS, b"CT"),
+                el(tags::PATIENT_NAME, Vr::PN, b"M\xfcller"),
+                el(tags::PATIENT_ID, Vr::LO, b"PID1"),
+                el(tags::STUDY_INSTANCE_UID, Vr::UI, b"1.2.3\0"),
+                el(tags::SERIES_INSTANCE_UID, Vr::UI, b"1.2.3.1"),
+            ],
+            ..Walked::default()
+        };
         let x = extract(&w).unwrap();
         assert_eq!(x.sop_instance_uid, "1.2.3.4");
         assert_eq!(x.patient_key, "PID1\u{0}");
         assert_eq!(x.modality, "CT");
-        assert_eq!(find(&x.patient, tags::PATIENT_NAME).unwrap().value, b"M\xfcller");
+        assert_eq!(
+            find(&x.patient, tags::PATIENT_NAME).unwrap().value,
+            b"M\xfcller"
+        );
         assert!(find(&x.study, tags::PATIENT_NAME).is_some());
         assert!(find(&x.series, tags::PATIENT_NAME).is_none());
-        assert_eq!(decoded(&x.patient, &x.charset, tags::PATIENT_NAME), "Müller");
+        assert_eq!(
+            decoded(&x.patient, &x.charset, tags::PATIENT_NAME),
+            "Müller"
+        );
 
         w.elements[2] = el(tags::SOP_INSTANCE_UID, Vr::UI, b"1.2.3\\4");
         assert!(matches!(extract(&w), Err(ExtractError::InvalidUid { .. })));
@@ -390,6 +398,9 @@ mod tests {
         assert_eq!(decode::<SeriesRecord>(&bytes).unwrap(), r);
         let mut other = bytes.clone();
         other[0] = 9;
-        assert!(matches!(decode::<SeriesRecord>(&other), Err(RecordError::Version(9))));
+        assert!(matches!(
+            decode::<SeriesRecord>(&other),
+            Err(RecordError::Version(9))
+        ));
     }
 }

@@ -93,7 +93,10 @@ impl<R: Read + ?Sized> Read for TeeReader<'_, R> {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum VerifyProblem {
     /// The index names a file that is not there.
-    Missing { sop_instance_uid: String, file: String },
+    Missing {
+        sop_instance_uid: String,
+        file: String,
+    },
     /// The file's size or checksum differs from what the index recorded at ingest.
     Damaged {
         sop_instance_uid: String,
@@ -110,12 +113,18 @@ impl std::fmt::Display for VerifyProblem {
             VerifyProblem::Missing {
                 sop_instance_uid,
                 file,
-            } => write!(f, "missing: instance {sop_instance_uid} is indexed at {file}, which does not exist"),
+            } => write!(
+                f,
+                "missing: instance {sop_instance_uid} is indexed at {file}, which does not exist"
+            ),
             VerifyProblem::Damaged {
                 sop_instance_uid,
                 file,
                 reason,
-            } => write!(f, "damaged: instance {sop_instance_uid} at {file}: {reason}"),
+            } => write!(
+                f,
+                "damaged: instance {sop_instance_uid} at {file}: {reason}"
+            ),
             VerifyProblem::Orphan { file } => write!(
                 f,
                 "orphan: {} is not in the index (left by a relaxed-durability crash or copied in by hand)",

@@ -1,8 +1,8 @@
 //! Storing instances: what is acknowledged can be read back byte for byte, duplicates follow
 //! the policy, and refused instances leave nothing behind.
 
-use dataset::synth::SynthInstance;
 use dataset::Encoding;
+use dataset::synth::SynthInstance;
 use store::{DuplicatePolicy, IngestError, Outcome, Store};
 
 use crate::support::{config, request, store_bytes, store_instance, stored_dataset};
@@ -19,8 +19,14 @@ async fn stored_instances_read_back_identical() {
     for inst in [&big, &small] {
         let bytes = inst.dataset(Encoding::EXPLICIT_LE);
         for chunk in [1000, 16 * 1024] {
-            let outcome = store_bytes(&store, request(inst), &bytes, chunk).await.unwrap();
-            let expected = if chunk == 1000 { Outcome::Stored } else { Outcome::Duplicate };
+            let outcome = store_bytes(&store, request(inst), &bytes, chunk)
+                .await
+                .unwrap();
+            let expected = if chunk == 1000 {
+                Outcome::Stored
+            } else {
+                Outcome::Duplicate
+            };
             assert_eq!(outcome, expected);
         }
         assert_eq!(stored_dataset(&store, &inst.sop_uid).unwrap(), bytes);
@@ -55,7 +61,11 @@ async fn overwrite_replaces_the_file() {
     );
     assert_eq!(store.instance_count().unwrap(), 1);
     let report = store.verify(|_| {}).unwrap();
-    assert!(report.problems.is_empty(), "the replaced file is gone: {:?}", report.problems);
+    assert!(
+        report.problems.is_empty(),
+        "the replaced file is gone: {:?}",
+        report.problems
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -75,11 +85,20 @@ async fn refusals_leave_nothing_behind() {
     let mut req = request(&inst);
     req.sop_instance_uid = "1.2.3.999".into();
     let r = store_bytes(&store, req, &bytes, 4096).await;
-    assert!(matches!(r, Err(IngestError::InstanceMismatch { .. })), "{r:?}");
+    assert!(
+        matches!(r, Err(IngestError::InstanceMismatch { .. })),
+        "{r:?}"
+    );
     // No Study Instance UID.
     let mut no_study = inst.clone();
     no_study.study_uid = String::new();
-    let r = store_bytes(&store, request(&no_study), &no_study.dataset(Encoding::EXPLICIT_LE), 4096).await;
+    let r = store_bytes(
+        &store,
+        request(&no_study),
+        &no_study.dataset(Encoding::EXPLICIT_LE),
+        4096,
+    )
+    .await;
     assert!(matches!(r, Err(IngestError::Unindexable(_))), "{r:?}");
 
     assert_eq!(store.instance_count().unwrap(), 0);

@@ -10,8 +10,8 @@
 
 use std::sync::{Arc, Mutex};
 
-use dataset::synth::SynthInstance;
 use dataset::Encoding;
+use dataset::synth::SynthInstance;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use store::crash::{MemBackend, MemFs, Power};
@@ -53,9 +53,11 @@ async fn ingest(
     work: &[Vec<SynthInstance>],
 ) -> Vec<(String, Vec<u8>)> {
     let acked = Arc::new(Mutex::new(Vec::new()));
-    let Ok((store, _)) =
-        Store::open_with(config(durability), Arc::new(fs), IndexBackend::Custom(Box::new(backend)))
-    else {
+    let Ok((store, _)) = Store::open_with(
+        config(durability),
+        Arc::new(fs),
+        IndexBackend::Custom(Box::new(backend)),
+    ) else {
         return Vec::new();
     };
     let mut tasks = Vec::new();
@@ -66,7 +68,10 @@ async fn ingest(
         tasks.push(tokio::spawn(async move {
             for inst in batch {
                 let bytes = inst.dataset(Encoding::EXPLICIT_LE);
-                if store_bytes(&store, request(&inst), &bytes, 32 * 1024).await.is_ok() {
+                if store_bytes(&store, request(&inst), &bytes, 32 * 1024)
+                    .await
+                    .is_ok()
+                {
                     acked.lock().unwrap().push((inst.sop_uid.clone(), bytes));
                 }
             }
@@ -80,7 +85,12 @@ async fn ingest(
     Arc::try_unwrap(acked).unwrap().into_inner().unwrap()
 }
 
-async fn reboot(fs: &MemFs, backend: &MemBackend, durability: Durability, power: Arc<Power>) -> Option<(Store, MemFs, MemBackend)> {
+async fn reboot(
+    fs: &MemFs,
+    backend: &MemBackend,
+    durability: Durability,
+    power: Arc<Power>,
+) -> Option<(Store, MemFs, MemBackend)> {
     let fs = fs.after_power_cut(power.clone());
     let backend = backend.after_power_cut(power);
     let opened = Store::open_with(
@@ -97,7 +107,13 @@ async fn one_cut(seed: u64, durability: Durability) {
 
     // A dry run counts the operations, to cut somewhere inside the work.
     let dry = Power::steady();
-    let all = ingest(MemFs::new(dry.clone()), MemBackend::new(dry.clone()), durability, &work).await;
+    let all = ingest(
+        MemFs::new(dry.clone()),
+        MemBackend::new(dry.clone()),
+        durability,
+        &work,
+    )
+    .await;
     assert_eq!(all.len() as u32, WRITERS * PER_WRITER);
     let cut_at = rng.random_range(1..=dry.ticks());
 
@@ -128,22 +144,34 @@ async fn one_cut(seed: u64, durability: Durability) {
         for (sop, bytes) in &acked {
             let back = stored_dataset(&store, sop)
                 .unwrap_or_else(|| panic!("seed {seed}, cut at {cut_at}: acknowledged {sop} lost"));
-            assert!(back == *bytes, "seed {seed}: acknowledged {sop} came back different");
+            assert!(
+                back == *bytes,
+                "seed {seed}: acknowledged {sop} came back different"
+            );
         }
     }
     let report = store.verify(|_| {}).unwrap();
     let partial: Vec<_> = report
         .problems
         .iter()
-        .filter(|p| durability == Durability::Full || !matches!(p, store::VerifyProblem::Orphan { .. }))
+        .filter(|p| {
+            durability == Durability::Full || !matches!(p, store::VerifyProblem::Orphan { .. })
+        })
         .collect();
-    assert!(partial.is_empty(), "seed {seed}, cut at {cut_at}: {partial:?}");
+    assert!(
+        partial.is_empty(),
+        "seed {seed}, cut at {cut_at}: {partial:?}"
+    );
     assert!(report.instances >= acked.len() as u64 || durability != Durability::Full);
     // Whatever the index holds is whole: each indexed instance reads back as one of ours.
     for batch in &work {
         for inst in batch {
             if let Some(back) = stored_dataset(&store, &inst.sop_uid) {
-                assert_eq!(back, inst.dataset(Encoding::EXPLICIT_LE), "seed {seed}: partial instance visible");
+                assert_eq!(
+                    back,
+                    inst.dataset(Encoding::EXPLICIT_LE),
+                    "seed {seed}: partial instance visible"
+                );
             }
         }
     }

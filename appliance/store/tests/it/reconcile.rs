@@ -5,11 +5,11 @@
 
 use std::path::Path;
 
+use dataset::Encoding;
 use dataset::synth::SynthInstance;
 use dataset::ts::EXPLICIT_VR_LITTLE_ENDIAN;
-use dataset::Encoding;
-use store::layout::{FileId, Layout};
 use store::Store;
+use store::layout::{FileId, Layout};
 
 use crate::support::{config, store_instance, stored_dataset};
 
@@ -59,7 +59,14 @@ async fn in_flight_files_are_finished_or_removed() {
 
     let (store, opened) = Store::open(config(dir.path())).unwrap();
     let r = opened.reconciled;
-    assert_eq!((r.incomplete_removed, r.finished_indexed, r.finished_discarded), (1, 1, 1));
+    assert_eq!(
+        (
+            r.incomplete_removed,
+            r.finished_indexed,
+            r.finished_discarded
+        ),
+        (1, 1, 1)
+    );
     assert!(tmp_is_empty(dir.path()));
     assert_eq!(store.instance_count().unwrap(), 2);
     assert_eq!(

@@ -1,8 +1,8 @@
 //! Helpers shared by the store tests.
 
+use dataset::Encoding;
 use dataset::synth::SynthInstance;
 use dataset::ts::EXPLICIT_VR_LITTLE_ENDIAN;
-use dataset::Encoding;
 use store::{IngestRequest, Outcome, Store, StoreConfig};
 
 pub fn config(dir: &std::path::Path) -> StoreConfig {
@@ -32,13 +32,18 @@ pub async fn store_bytes(
     for piece in bytes.chunks(chunk.max(1)) {
         ingest.write(piece).await;
     }
-    ingest.finish().await
+    ingest.finish().await.map(|r| r.outcome)
 }
 
 pub async fn store_instance(store: &Store, inst: &SynthInstance) -> Outcome {
-    store_bytes(store, request(inst), &inst.dataset(Encoding::EXPLICIT_LE), 16 * 1024)
-        .await
-        .expect("instance stored")
+    store_bytes(
+        store,
+        request(inst),
+        &inst.dataset(Encoding::EXPLICIT_LE),
+        16 * 1024,
+    )
+    .await
+    .expect("instance stored")
 }
 
 /// The data set bytes of a stored instance, read back from its file.

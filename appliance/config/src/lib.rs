@@ -1,0 +1,430 @@
+//! Outpost's configuration, in two stages: the TOML is parsed into a document, then every key
+//! is checked and converted into the typed values below. Every problem is collected and
+//! reported at once (file, key, what is wrong), so a technician fixes a file in one pass.
+//!
+//! The key names of `[dicom]`, `[[dicom.remote]]` and `[storage]` are a contract with site
+//! provisioning; `configs/example.toml` documents all of them.
+
+mod read;
+
+use std::fmt;
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use read::Reader;
+
+/// The configuration used when `outpost serve` runs without `--config`: loopback only, data
+/// in `./outpost-data`, so a newcomer sees it work with one command.
+pub const EMBEDDED_DEFAULT: &str = include_str!("../embedded.toml");
+
+/// A validated configuration.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// Where it came from ("embedded default" or a file path), for logs and the audit trail.
+    pub source: String,
+    pub dicom: Dicom,
+    pub storage: Storage,
+    pub audit: Audit,
+    pub log: Log,
+}
+
+/// An AE title: 1 to 16 characters of the default repertoire, no backslash or controls,
+/// stored without its insignificant leading and trailing spaces.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct AeTitle(String);
+
+impl AeTitle {
+    pub fn parse(s: &str) -> Result<AeTitle, String> {
+        let t = s.trim();
+        if t.is_empty() {
+            return Err("an AE title must not be empty".into());
+        }
+        if t.len() > 16 {
+            return Err(format!(
+                "AE title {t:?} is {} characters long; at most 16 are allowed",
+                t.len()
+            ));
+        }
+        if let Some(c) = t
+            .chars()
+            .find(|c| !c.is_ascii() || c.is_ascii_control() || *c == '\\')
+        {
+            return Err(format!(
+                "AE title {t:?} contains {c:?}; use letters, digits, spaces and punctuation other than backslash"
+            ));
+        }
+        Ok(AeTitle(t.to_string()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// Whether a title received on the wire (with padding) names this AE.
+    pub fn matches(&self, wire: &str) -> bool {
+        wire.trim() == self.0
+    }
+}
+
+impl fmt::Display for AeTitle {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// Which callers that are not listed in `[[dicom.remote]]` may associate.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum UnknownCallers {
+    /// Only listed remotes.
+    Reject,
+    /// Unlisted callers too, but only from a loopback address.
+    Loopback,
+    /// Anyone.
+    Any,
+}
+
+#[derive(Clone, Debug)]
+pub struct Dicom {
+    pub ae_title: AeTitle,
+    pub bind: IpAddr,
+    pub port: u16,
+    pub accept_unknown_callers: UnknownCallers,
+    pub accept_unknown_sop_classes: bool,
+    /// Refuse associations whose called AE title is not ours.
+    pub check_called_ae: bool,
+    pub max_associations: usize,
+    /// The largest PDU we accept.
+    pub max_pdu: u32,
+    pub association_timeout: Duration,
+    pub idle_timeout: Duration,
+    pub dimse_timeout: Duration,
+    /// A C-FIND with more matches is refused with 0xA700.
+    pub max_find_results: usize,
+    /// How long in-flight associations may run on after SIGTERM before they are aborted.
+    pub shutdown_grace: Duration,
+    /// The most memory one C-MOVE/C-GET sub-operation may use to decompress an instance.
+    pub transcode_memory_limit: u64,
+    pub tls: Option<Tls>,
+    pub remotes: Vec<Remote>,
+}
+
+impl Dicom {
+    pub fn remote(&self, ae_title: &str) -> Option<&Remote> {
+        self.remotes.iter().find(|r| r.ae_title.matches(ae_title))
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct Tls {
+    pub port: u16,
+    pub certificate: PathBuf,
+    pub private_key: PathBuf,
+    /// When set, callers must present a certificate issued by one of these CAs; the bundle
+    /// also verifies the peers Outpost calls over TLS.
+    pub client_ca: Option<PathBuf>,
+}
+
+/// DIMSE services a remote may use.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Permissions {
+    pub store: bool,
+    pub find: bool,
+    pub move_: bool,
+    pub get: bool,
+}
+
+impl Permissions {
+    pub const ALL: Permissions = Permissions {
+        store: true,
+        find: true,
+        move_: true,
+        get: true,
+    };
+}
+
+/// A known peer: an allowed caller and a C-MOVE destination.
+#[derive(Clone, Debug)]
+pub struct Remote {
+    pub ae_title: AeTitle,
+    pub host: String,
+    pub port: u16,
+    /// Accept this AE title only from `host`.
+    pub check_host: bool,
+    pub permissions: Permissions,
+    /// This peer speaks DICOM TLS: refused on the plain port, called over TLS.
+    pub tls: bool,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Durability {
+    Full,
+    Relaxed { flush_interval: Duration },
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Duplicates {
+    KeepFirst,
+    Overwrite,
+}
+
+#[derive(Clone, Debug)]
+pub struct Storage {
+    pub data_dir: PathBuf,
+    pub durability: Durability,
+    pub duplicates: Duplicates,
+    pub min_free_bytes: u64,
+    pub index_cache_bytes: u64,
+}
+
+#[derive(Clone, Debug)]
+pub struct Audit {
+    pub path: PathBuf,
+}
+
+#[derive(Clone, Debug)]
+pub struct Log {
+    /// A tracing filter directive such as `info` or `outpost=debug,info`.
+    pub filter: String,
+    pub json: bool,
+}
+
+/// One problem with a configuration.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Problem {
+    pub file: String,
+    /// Dotted key path, such as `dicom.remote[2].port`.
+    pub key: String,
+    pub message: String,
+}
+
+impl fmt::Display for Problem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.key.is_empty() {
+            write!(f, "{}: {}", self.file, self.message)
+        } else {
+            write!(f, "{}: {}: {}", self.file, self.key, self.message)
+        }
+    }
+}
+
+/// Every problem found in a configuration.
+#[derive(Debug, thiserror::Error)]
+pub struct Problems(pub Vec<Problem>);
+
+impl fmt::Display for Problems {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let n = self.0.len();
+        writeln!(
+            f,
+            "{n} problem{} in the configuration:",
+            if n == 1 { "" } else { "s" }
+        )?;
+        for p in &self.0 {
+            writeln!(f, "  {p}")?;
+        }
+        Ok(())
+    }
+}
+
+impl Config {
+    /// Reads and validates a configuration file.
+    pub fn load(path: &Path) -> Result<Config, Problems> {
+        let name = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            Problems(vec![Problem {
+                file: name.clone(),
+                key: String::new(),
+                message: format!("cannot read the file: {e}"),
+            }])
+        })?;
+        Config::parse(&text, &name)
+    }
+
+    /// The embedded default configuration.
+    pub fn embedded() -> Config {
+        Config::parse(EMBEDDED_DEFAULT, "embedded default").expect("the embedded default is valid")
+    }
+
+    /// Parses and validates configuration text; `source` names it in messages.
+    pub fn parse(text: &str, source: &str) -> Result<Config, Problems> {
+        let doc: toml::Table = toml::from_str(text).map_err(|e| {
+            Problems(vec![Problem {
+                file: source.to_string(),
+                key: String::new(),
+                message: format!("not valid TOML: {}", e.to_string().trim()),
+            }])
+        })?;
+        let problems = std::cell::RefCell::new(Vec::new());
+        let config = {
+            let mut root = Reader::root(&doc, source, &problems);
+            let config = build(&mut root, source);
+            root.finish();
+            config
+        };
+        let problems = problems.into_inner();
+        if problems.is_empty() {
+            Ok(config.expect("no problems means every value was read"))
+        } else {
+            Err(Problems(problems))
+        }
+    }
+}
+
+fn build(root: &mut Reader, source: &str) -> Option<Config> {
+    let mut d = root.table("dicom");
+    let ae_title = d.parse_str("ae_title", Some("OUTPOST"), AeTitle::parse);
+    let bind = d.parse_str("bind", Some("0.0.0.0"), |s| {
+        s.parse::<IpAddr>()
+            .map_err(|_| format!("{s:?} is not an IP address; use 0.0.0.0 for every interface or 127.0.0.1 for loopback"))
+    });
+    let port = d.port("port", Some(11112));
+    let accept_unknown_callers = d.unknown_callers("accept_unknown_callers");
+    let accept_unknown_sop_classes = d.bool("accept_unknown_sop_classes", false);
+    let check_called_ae = d.bool("check_called_ae", true);
+    let max_associations = d.int("max_associations", 32, 1, 10_000);
+    let max_pdu = d.int("max_pdu", 262_144, 4096, 16 * 1024 * 1024);
+    let association_timeout = d.seconds("association_timeout_s", 30, 1, 3600);
+    let idle_timeout = d.seconds("idle_timeout_s", 300, 1, 86_400);
+    let dimse_timeout = d.seconds("dimse_timeout_s", 60, 1, 3600);
+    let max_find_results = d.int("max_find_results", 10_000, 1, 10_000_000);
+    let shutdown_grace = d.seconds("shutdown_grace_s", 20, 0, 3600);
+    let transcode_memory_limit = d
+        .int("transcode_memory_limit_mb", 512, 16, 65_536)
+        .map(|mb| mb * 1024 * 1024);
+    let tls = if d.has("tls") {
+        let mut t = d.table("tls");
+        let tls = (|| {
+            Some(Tls {
+                port: t.port("port", Some(2762))?,
+                certificate: t.path("certificate", None)?,
+                private_key: t.path("private_key", None)?,
+                client_ca: t.optional_path("client_ca"),
+            })
+        })();
+        t.finish();
+        tls
+    } else {
+        None
+    };
+    let mut remotes = Vec::new();
+    for mut r in d.array_of_tables("remote") {
+        let remote = (|| {
+            let ae = r.parse_str("ae_title", None, AeTitle::parse);
+            let host = r.string("host", None);
+            let port = r.port("port", None);
+            let check_host = r.bool("check_host", false);
+            let permissions = r.permissions("permissions");
+            let tls = r.bool("tls", false);
+            Some(Remote {
+                ae_title: ae?,
+                host: host?,
+                port: port?,
+                check_host: check_host?,
+                permissions: permissions?,
+                tls: tls?,
+            })
+        })();
+        if let Some(remote) = &remote {
+            let dup = remotes
+                .iter()
+                .any(|o: &Remote| o.ae_title == remote.ae_title);
+            if dup {
+                r.problem(
+                    "ae_title",
+                    format!(
+                        "AE title {} is listed twice in [[dicom.remote]]",
+                        remote.ae_title
+                    ),
+                );
+            }
+            if remote.tls && tls.is_none() {
+                r.problem(
+                    "tls",
+                    "this remote requires DICOM TLS but [dicom.tls] is not configured".into(),
+                );
+            }
+        }
+        r.finish();
+        remotes.extend(remote);
+    }
+    d.finish();
+
+    let mut s = root.table("storage");
+    let data_dir = s.path("data_dir", Some("/var/lib/outpost"));
+    let durability = s.parse_str("durability", Some("full"), |v| match v {
+        "full" => Ok(true),
+        "relaxed" => Ok(false),
+        other => Err(format!("{other:?} is not a durability; use \"full\" (acknowledged means on stable storage) or \"relaxed\"")),
+    });
+    let flush_ms = s.int("relaxed_flush_ms", 1000, 10, 60_000);
+    let duplicates = s.parse_str("duplicates", Some("keep-first"), |v| match v {
+        "keep-first" => Ok(Duplicates::KeepFirst),
+        "overwrite" => Ok(Duplicates::Overwrite),
+        other => Err(format!(
+            "{other:?} is not a duplicate policy; use \"keep-first\" or \"overwrite\""
+        )),
+    });
+    let min_free = s.int("min_free_mb", 1024, 0, u64::MAX / (1024 * 1024));
+    let cache = s.int("index_cache_mb", 64, 4, 65_536);
+    s.finish();
+
+    let mut a = root.table("audit");
+    let audit_path = a.optional_path("path");
+    a.finish();
+
+    let mut l = root.table("log");
+    let filter = l.string("level", Some("info"));
+    let json = l.parse_str("format", Some("text"), |v| match v {
+        "text" => Ok(false),
+        "json" => Ok(true),
+        other => Err(format!(
+            "{other:?} is not a log format; use \"text\" or \"json\""
+        )),
+    });
+    l.finish();
+
+    let data_dir = data_dir?;
+    let durability = if durability? {
+        Durability::Full
+    } else {
+        Durability::Relaxed {
+            flush_interval: Duration::from_millis(flush_ms?),
+        }
+    };
+    Some(Config {
+        source: source.to_string(),
+        dicom: Dicom {
+            ae_title: ae_title?,
+            bind: bind?,
+            port: port?,
+            accept_unknown_callers: accept_unknown_callers?,
+            accept_unknown_sop_classes: accept_unknown_sop_classes?,
+            check_called_ae: check_called_ae?,
+            max_associations: max_associations? as usize,
+            max_pdu: max_pdu? as u32,
+            association_timeout: association_timeout?,
+            idle_timeout: idle_timeout?,
+            dimse_timeout: dimse_timeout?,
+            max_find_results: max_find_results? as usize,
+            shutdown_grace: shutdown_grace?,
+            transcode_memory_limit: transcode_memory_limit?,
+            tls,
+            remotes,
+        },
+        storage: Storage {
+            data_dir: data_dir.clone(),
+            durability,
+            duplicates: duplicates?,
+            min_free_bytes: min_free? * 1024 * 1024,
+            index_cache_bytes: cache? * 1024 * 1024,
+        },
+        audit: Audit {
+            path: audit_path.unwrap_or_else(|| data_dir.join("audit").join("audit.jsonl")),
+        },
+        log: Log {
+            filter: filter?,
+            json: json?,
+        },
+    })
+}

@@ -1,0 +1,112 @@
+//! The shipped configurations are valid, and a broken one gets every problem reported at once.
+
+use config::{Config, Durability, UnknownCallers};
+
+#[test]
+fn shipped_configurations_are_valid() {
+    let embedded = Config::embedded();
+    assert_eq!(embedded.dicom.ae_title.as_str(), "OUTPOST");
+    assert_eq!(embedded.dicom.port, 11112);
+    assert!(embedded.dicom.bind.is_loopback());
+    assert_eq!(
+        embedded.dicom.accept_unknown_callers,
+        UnknownCallers::Loopback
+    );
+    assert_eq!(embedded.storage.durability, Durability::Full);
+    assert_eq!(
+        embedded.storage.data_dir,
+        std::path::PathBuf::from("./outpost-data")
+    );
+    let root = concat!(env!("CARGO_MANIFEST_DIR"), "/../../configs/");
+    for name in ["example.toml", "dev.toml"] {
+        let c = Config::load(std::path::Path::new(&format!("{root}{name}")))
+            .unwrap_or_else(|e| panic!("{name}: {e}"));
+        assert!(!c.dicom.remotes.is_empty(), "{name}");
+    }
+}
+
+#[test]
+fn every_problem_is_reported_at_once() {
+    let text = r#"
+[dicom]
+ae_title = "A-TITLE-THAT-IS-FAR-TOO-LONG"
+port = 70000
+bind = "localhost"
+max_asociations = 3
+accept_unknown_callers = "sometimes"
+
+[[dicom.remote]]
+ae_title = "CT1"
+port = "104"
+
+[[dicom.remote]]
+ae_title = "CT1"
+host = "10.0.0.6"
+port = 104
+permissions = ["store", "delete"]
+tls = true
+
+[storage]
+durability = "eventually"
+duplicates = "keep-first"
+"#;
+    let problems = Config::parse(text, "site.toml").unwrap_err().0;
+    let keys: Vec<&str> = problems.iter().map(|p| p.key.as_str()).collect();
+    for expected in [
+        "dicom.ae_title",
+        "dicom.port",
+        "dicom.bind",
+        "dicom.max_asociations",
+        "dicom.accept_unknown_callers",
+        "dicom.remote[1].host",
+        "dicom.remote[1].port",
+        "dicom.remote[2].permissions",
+        "storage.durability",
+    ] {
+        assert!(
+            keys.contains(&expected),
+            "no problem reported for {expected}: {problems:#?}"
+        );
+    }
+    let typo = problems
+        .iter()
+        .find(|p| p.key == "dicom.max_asociations")
+        .unwrap();
+    assert!(
+        typo.message.contains("max_associations"),
+        "{}",
+        typo.message
+    );
+    assert!(problems.iter().all(|p| p.file == "site.toml"));
+    // The duplicate title is only noticed once the second remote is otherwise valid.
+    let dup = r#"
+[[dicom.remote]]
+ae_title = "CT1"
+host = "a"
+port = 1
+[[dicom.remote]]
+ae_title = "CT1"
+host = "b"
+port = 2
+tls = true
+"#;
+    let problems = Config::parse(dup, "dup.toml").unwrap_err().0;
+    let messages: Vec<String> = problems.iter().map(ToString::to_string).collect();
+    assert!(
+        messages.iter().any(|m| m.contains("listed twice")),
+        "{messages:?}"
+    );
+    assert!(
+        messages
+            .iter()
+            .any(|m| m.contains("[dicom.tls] is not configured")),
+        "{messages:?}"
+    );
+}
+
+#[test]
+fn invalid_toml_is_reported_with_the_file_name() {
+    let e = Config::parse("[dicom\nport = 1", "broken.toml").unwrap_err();
+    assert_eq!(e.0.len(), 1);
+    assert!(e.to_string().contains("broken.toml"), "{e}");
+}
