@@ -1,0 +1,141 @@
+//! The `outpost` binary: command-line parsing and the wiring of the appliance. Only this
+//! crate knows all the others; it parses, builds, spawns and stops, and holds no domain logic.
+
+mod import;
+mod serve;
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(
+    name = "outpost",
+    version,
+    about = "An edge DICOM archive for imaging departments"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the appliance (the embedded default configuration without --config).
+    Serve {
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
+    /// Validate a configuration file and print every problem found.
+    CheckConfig { file: PathBuf },
+    /// Store a folder of DICOM files through the same ingest path as the network.
+    Import {
+        dir: PathBuf,
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Files stored at the same time.
+        #[arg(long, default_value_t = 4)]
+        jobs: usize,
+    },
+    /// Check every stored file against the index, and look for files the index lacks.
+    Verify {
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Serve { config } => load(config.as_deref()).and_then(serve::serve),
+        Command::CheckConfig { file } => check_config(&file),
+        Command::Import { dir, config, jobs } => {
+            load(config.as_deref()).and_then(|c| import::import(c, &dir, jobs))
+        }
+        Command::Verify { config } => load(config.as_deref()).and_then(verify),
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("outpost: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// The configuration from a file, or the embedded default.
+fn load(path: Option<&Path>) -> anyhow::Result<config::Config> {
+    match path {
+        None => Ok(config::Config::embedded()),
+        Some(p) => config::Config::load(p).map_err(|problems| anyhow::anyhow!("{problems}")),
+    }
+}
+
+fn check_config(file: &Path) -> anyhow::Result<ExitCode> {
+    match config::Config::load(file) {
+        Ok(c) => {
+            println!(
+                "{}: ok (AE {} on {}:{}, {} remote(s), data in {})",
+                file.display(),
+                c.dicom.ae_title,
+                c.dicom.bind,
+                c.dicom.port,
+                c.dicom.remotes.len(),
+                c.storage.data_dir.display()
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(problems) => {
+            eprint!("{problems}");
+            Ok(ExitCode::FAILURE)
+        }
+    }
+}
+
+/// The store's settings from the configuration.
+pub(crate) fn store_config(c: &config::Config) -> store::StoreConfig {
+    let mut s = store::StoreConfig::new(&c.storage.data_dir);
+    s.durability = match c.storage.durability {
+        config::Durability::Full => store::Durability::Full,
+        config::Durability::Relaxed { flush_interval } => {
+            store::Durability::Relaxed { flush_interval }
+        }
+    };
+    s.duplicates = match c.storage.duplicates {
+        config::Duplicates::KeepFirst => store::DuplicatePolicy::KeepFirst,
+        config::Duplicates::Overwrite => store::DuplicatePolicy::Overwrite,
+    };
+    s.min_free_bytes = c.storage.min_free_bytes;
+    s.index_cache_bytes = c.storage.index_cache_bytes as usize;
+    s
+}
+
+fn verify(c: config::Config) -> anyhow::Result<ExitCode> {
+    let (store, _) = store::Store::open(store_config(&c))
+        .with_context(|| format!("opening the archive in {}", c.storage.data_dir.display()))?;
+    let bar = indicatif::ProgressBar::new(store.instance_count()?);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template(
+            "verifying {bar:40} {pos}/{len} instances ({per_sec})",
+        )
+        .expect("valid template"),
+    );
+    let report = store.verify(|n| bar.set_position(n))?;
+    bar.finish_and_clear();
+    for p in &report.problems {
+        println!("{p}");
+    }
+    println!(
+        "verified {} instances ({:.1} MB): {} problem(s)",
+        report.instances,
+        report.bytes as f64 / 1e6,
+        report.problems.len()
+    );
+    Ok(if report.problems.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}

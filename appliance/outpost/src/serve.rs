@@ -1,0 +1,198 @@
+//! `outpost serve`: open the archive, bind the listeners, serve, and stop in three steps:
+//! decide (a signal), tell everyone (one cancellation token), wait with a deadline (the
+//! listener's grace period, then the index writer's final flush).
+
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use anyhow::Context;
+use audit::{Audit, Event, EventKind, Outcome};
+use tokio::net::TcpListener;
+use tokio::signal::unix::{SignalKind, signal};
+use tokio_util::sync::CancellationToken;
+use tracing::{error, info, warn};
+
+use crate::store_config;
+
+pub fn serve(c: config::Config) -> anyhow::Result<ExitCode> {
+    init_logging(&c.log);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("outpost")
+        .build()
+        .context("starting the async runtime")?;
+    runtime.block_on(run(c))
+}
+
+fn init_logging(log: &config::Log) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .or_else(|_| tracing_subscriber::EnvFilter::try_new(&log.filter))
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_target(false);
+    if log.json {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}
+
+async fn run(c: config::Config) -> anyhow::Result<ExitCode> {
+    // dicom-ul and reqwest may both link a rustls provider; name ours once, first.
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    info!(config = %c.source, version = env!("CARGO_PKG_VERSION"), "starting outpost");
+    let audit = Audit::open(&c.audit.path).context("opening the audit trail")?;
+    audit.record(
+        Event::new(EventKind::ConfigurationLoaded, Outcome::Success)
+            .detail(format!("configuration loaded from {}", c.source)),
+    );
+
+    notify::status("opening the archive");
+    // A repair after a crash is quick (redb quick-repair, in-flight files only), but the
+    // unit's start timeout should not decide that.
+    notify::extend_timeout(Duration::from_secs(300));
+    let data_dir = c.storage.data_dir.clone();
+    let store_cfg = store_config(&c);
+    let (store, opened) = tokio::task::spawn_blocking(move || store::Store::open(store_cfg))
+        .await
+        .context("opening the archive")?
+        .with_context(|| format!("opening the archive in {}", data_dir.display()))?;
+    info!(
+        data_dir = %data_dir.display(),
+        instances = opened.instances,
+        open_ms = opened.open_time.as_millis() as u64,
+        incomplete_removed = opened.reconciled.incomplete_removed,
+        finished_indexed = opened.reconciled.finished_indexed,
+        "archive open"
+    );
+
+    let dicom = c.dicom.clone();
+    let plain = TcpListener::bind((dicom.bind, dicom.port)).await.with_context(|| {
+        format!(
+            "cannot listen on {}:{} (another DICOM service on the port? ports below 1024 need CAP_NET_BIND_SERVICE)",
+            dicom.bind, dicom.port
+        )
+    })?;
+    let (tls_listener, tls) = match &dicom.tls {
+        None => (None, None),
+        Some(t) => {
+            let configs = scp::tls::load(t).context("loading the DICOM TLS certificate and key")?;
+            let l = TcpListener::bind((dicom.bind, t.port))
+                .await
+                .with_context(|| {
+                    format!("cannot listen for DICOM TLS on {}:{}", dicom.bind, t.port)
+                })?;
+            (Some(l), Some(configs))
+        }
+    };
+    let plain_addr = plain.local_addr()?;
+    let tls_addr = tls_listener.as_ref().map(|l| l.local_addr()).transpose()?;
+    let services = Arc::new(scp::Services {
+        config: dicom.clone(),
+        store: store.clone(),
+        audit: audit.clone(),
+        tls,
+    });
+
+    let shutdown = CancellationToken::new();
+    let listener_alive = Arc::new(AtomicBool::new(true));
+    let mut listener = {
+        let (services, shutdown, alive) =
+            (services.clone(), shutdown.clone(), listener_alive.clone());
+        tokio::spawn(async move {
+            let stopped = scp::run(
+                scp::Listeners {
+                    plain,
+                    tls: tls_listener,
+                },
+                services,
+                shutdown,
+            )
+            .await;
+            alive.store(false, Ordering::SeqCst);
+            stopped
+        })
+    };
+
+    let ready = format!(
+        "serving {} on {plain_addr}{}; {} instances",
+        dicom.ae_title,
+        tls_addr
+            .map(|a| format!(" and TLS on {a}"))
+            .unwrap_or_default(),
+        opened.instances
+    );
+    notify::ready(&ready);
+    audit.record(Event::new(EventKind::ApplicationStart, Outcome::Success).detail(ready.clone()));
+    info!("{ready}");
+
+    let watchdog = notify::watchdog_interval().map(|interval| {
+        let (store, alive) = (store.clone(), listener_alive.clone());
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(interval / 2);
+            loop {
+                tick.tick().await;
+                // Only the process's own liveness counts: the listener accepts and the
+                // index writer answers. Hardware and upstream faults raise alerts instead.
+                if alive.load(Ordering::SeqCst) && store.ping().await {
+                    notify::watchdog();
+                } else {
+                    error!("withholding the watchdog ping: the listener or the index writer has stopped");
+                }
+            }
+        })
+    });
+
+    // 1. Decide.
+    let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+    let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
+    let mut ended = None;
+    let reason = tokio::select! {
+        _ = term.recv() => "SIGTERM",
+        _ = int.recv() => "SIGINT",
+        r = &mut listener => {
+            ended = Some(r);
+            "the DICOM listener stopped unexpectedly"
+        }
+    };
+    // 2. Tell everyone.
+    info!(reason, grace = ?dicom.shutdown_grace, "stopping: no new associations; running ones may finish");
+    notify::stopping("stopping: finishing running associations");
+    shutdown.cancel();
+    // 3. Wait, with deadlines: the listener's grace period, then the index writer's flush.
+    let stopped = match ended {
+        Some(r) => r.unwrap_or_default(),
+        None => listener.await.context("the DICOM listener task failed")?,
+    };
+    if let Some(w) = watchdog {
+        w.abort();
+    }
+    let closed = tokio::time::timeout(Duration::from_secs(30), store.close()).await;
+    let outcome = match closed {
+        Ok(Ok(())) => Outcome::Success,
+        Ok(Err(e)) => {
+            warn!(error = %e, "the index writer reported an error while stopping");
+            Outcome::SeriousFailure
+        }
+        Err(_) => {
+            warn!("the index writer did not finish its flush in 30 s");
+            Outcome::SeriousFailure
+        }
+    };
+    audit.record(
+        Event::new(EventKind::ApplicationStop, outcome).detail(format!(
+            "stopped on {reason}; {} association(s) aborted at the deadline",
+            stopped.aborted
+        )),
+    );
+    audit.close();
+    info!("outpost stopped");
+    Ok(if reason.starts_with("SIG") {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
