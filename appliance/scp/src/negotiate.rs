@@ -14,7 +14,10 @@ use dicom_ul::pdu::{AssociationRJServiceUserReason, AssociationRQ, RequestorRole
 use crate::policy::{self, Admitted, Refusal, Resolved};
 use crate::{PortKind, Services};
 
-const QR_CLASSES: [(&str, fn(&Permissions) -> bool); 6] = [
+/// Which permission a Query/Retrieve SOP class needs.
+type Needs = fn(&Permissions) -> bool;
+
+const QR_CLASSES: [(&str, Needs); 6] = [
     (dimse::PATIENT_ROOT_FIND, |p| p.find),
     (dimse::STUDY_ROOT_FIND, |p| p.find),
     (dimse::PATIENT_ROOT_MOVE, |p| p.move_),

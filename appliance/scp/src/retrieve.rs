@@ -96,8 +96,8 @@ enum Payload {
 
 /// An association Outpost opened to a C-MOVE destination.
 enum Destination {
-    Plain(Channel<AsyncClientAssociation<tokio::net::TcpStream>>),
-    Tls(Channel<AsyncClientAssociation<AsyncTlsStream>>),
+    Plain(Box<Channel<AsyncClientAssociation<tokio::net::TcpStream>>>),
+    Tls(Box<Channel<AsyncClientAssociation<AsyncTlsStream>>>),
 }
 
 /// Picks the presentation context to send an instance on: one with the stored transfer
@@ -199,7 +199,7 @@ impl<L: Link> Session<L> {
                 .map(|r| {
                     r.map(|mut assoc| {
                         let _ = assoc.inner_stream().get_ref().0.set_nodelay(true);
-                        Destination::Tls(Channel::new(assoc, dimse_timeout))
+                        Destination::Tls(Box::new(Channel::new(assoc, dimse_timeout)))
                     })
                 })
         } else {
@@ -208,7 +208,7 @@ impl<L: Link> Session<L> {
                 .map(|r| {
                     r.map(|mut assoc| {
                         let _ = assoc.inner_stream().set_nodelay(true);
-                        Destination::Plain(Channel::new(assoc, dimse_timeout))
+                        Destination::Plain(Box::new(Channel::new(assoc, dimse_timeout)))
                     })
                 })
         };
@@ -754,26 +754,20 @@ async fn wait_store_response<L: Link>(
     message_id: u16,
     timeout: Duration,
 ) -> Result<Status, DimseError> {
-    loop {
-        match channel.next(timeout).await? {
-            Incoming::Command { command, .. }
-                if command.field == CommandField::C_STORE_RSP
-                    && command.message_id_responded_to == Some(message_id) =>
-            {
-                return Ok(command.status.unwrap_or(Status::PROCESSING_FAILURE));
-            }
-            Incoming::Command { command, .. } => {
-                return Err(DimseError::Protocol(format!(
-                    "expected C-STORE-RSP to message {message_id}, got {}",
-                    command.field.name()
-                )));
-            }
-            Incoming::Release => {
-                return Err(DimseError::Protocol(
-                    "the destination released mid-transfer".into(),
-                ));
-            }
-            Incoming::Aborted => return Err(DimseError::Aborted),
+    match channel.next(timeout).await? {
+        Incoming::Command { command, .. }
+            if command.field == CommandField::C_STORE_RSP
+                && command.message_id_responded_to == Some(message_id) =>
+        {
+            Ok(command.status.unwrap_or(Status::PROCESSING_FAILURE))
         }
+        Incoming::Command { command, .. } => Err(DimseError::Protocol(format!(
+            "expected C-STORE-RSP to message {message_id}, got {}",
+            command.field.name()
+        ))),
+        Incoming::Release => Err(DimseError::Protocol(
+            "the destination released mid-transfer".into(),
+        )),
+        Incoming::Aborted => Err(DimseError::Aborted),
     }
 }

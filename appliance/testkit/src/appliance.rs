@@ -1,0 +1,124 @@
+//! A whole appliance (store, audit trail, DICOM listener) in a temporary directory.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+/// A running appliance. Dropping it stops nothing cleanly; call [`Appliance::stop`].
+pub struct Appliance {
+    pub dir: tempfile::TempDir,
+    pub addr: SocketAddr,
+    pub tls_addr: Option<SocketAddr>,
+    pub store: store::Store,
+    pub config: config::Config,
+    pub audit_path: PathBuf,
+    shutdown: CancellationToken,
+    task: Option<JoinHandle<scp::Stopped>>,
+    audit: audit::Audit,
+}
+
+impl Appliance {
+    /// Starts an appliance from configuration text. `data_dir` and the audit path are set to
+    /// a fresh temporary directory; ports given in the text are ignored (127.0.0.1:0 is used).
+    pub async fn start(config_toml: &str) -> Appliance {
+        let dir = tempfile::tempdir().expect("temporary directory");
+        Appliance::start_in(dir, config_toml).await
+    }
+
+    /// Like [`Appliance::start`], in an existing directory (to restart on the same data).
+    pub async fn start_in(dir: tempfile::TempDir, config_toml: &str) -> Appliance {
+        let mut config =
+            config::Config::parse(config_toml, "test config").unwrap_or_else(|p| panic!("{p}"));
+        config.storage.data_dir = dir.path().join("data");
+        config.storage.min_free_bytes = 0;
+        config.audit.path = dir.path().join("audit.jsonl");
+        let mut store_config = store::StoreConfig::new(&config.storage.data_dir);
+        store_config.min_free_bytes = 0;
+        store_config.duplicates = match config.storage.duplicates {
+            config::Duplicates::KeepFirst => store::DuplicatePolicy::KeepFirst,
+            config::Duplicates::Overwrite => store::DuplicatePolicy::Overwrite,
+        };
+        store_config.durability = match config.storage.durability {
+            config::Durability::Full => store::Durability::Full,
+            config::Durability::Relaxed { flush_interval } => {
+                store::Durability::Relaxed { flush_interval }
+            }
+        };
+        let (store, _) = store::Store::open(store_config).expect("store opens");
+        let audit = audit::Audit::open(&config.audit.path).expect("audit trail opens");
+        let plain = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = plain.local_addr().expect("local addr");
+        let (tls_listener, tls) = match &config.dicom.tls {
+            Some(t) => {
+                let l = TcpListener::bind("127.0.0.1:0").await.expect("bind TLS");
+                (
+                    Some(l),
+                    Some(scp::tls::load(t).expect("TLS configuration loads")),
+                )
+            }
+            None => (None, None),
+        };
+        let tls_addr = tls_listener
+            .as_ref()
+            .map(|l| l.local_addr().expect("local addr"));
+        if let Some(t) = config.dicom.tls.as_mut() {
+            t.port = tls_addr.expect("bound").port();
+        }
+        config.dicom.port = addr.port();
+        let services = Arc::new(scp::Services {
+            config: config.dicom.clone(),
+            store: store.clone(),
+            audit: audit.clone(),
+            tls,
+        });
+        let shutdown = CancellationToken::new();
+        let task = tokio::spawn(scp::run(
+            scp::Listeners {
+                plain,
+                tls: tls_listener,
+            },
+            services,
+            shutdown.clone(),
+        ));
+        Appliance {
+            audit_path: config.audit.path.clone(),
+            dir,
+            addr,
+            tls_addr,
+            store,
+            config,
+            shutdown,
+            task: Some(task),
+            audit,
+        }
+    }
+
+    /// Stops the listener (with its grace period) and the index writer, and returns the
+    /// directory so the same data can be reopened.
+    pub async fn stop(mut self) -> (tempfile::TempDir, scp::Stopped) {
+        self.shutdown.cancel();
+        let stopped = self
+            .task
+            .take()
+            .expect("running")
+            .await
+            .expect("listener task");
+        self.store.close().await.expect("store closes");
+        self.audit.close();
+        (self.dir, stopped)
+    }
+
+    /// The audit trail's lines so far, parsed.
+    pub fn audit_lines(&self) -> Vec<String> {
+        self.audit.close();
+        std::fs::read_to_string(&self.audit_path)
+            .unwrap_or_default()
+            .lines()
+            .map(str::to_string)
+            .collect()
+    }
+}
