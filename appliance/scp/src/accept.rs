@@ -213,7 +213,7 @@ async fn finish_gated<S>(
     permit: OwnedSemaphorePermit,
 ) -> Result<(), &'static str>
 where
-    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send,
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + dimse::channel::Socket,
 {
     let decision = decision.lock().expect("decision lock").take();
     match (established, decision) {

@@ -60,7 +60,7 @@ enum End {
 
 impl<S> Session<AsyncServerAssociation<S>>
 where
-    S: AsyncRead + AsyncWrite + Unpin + Send,
+    S: AsyncRead + AsyncWrite + Unpin + Send + dimse::channel::Socket,
 {
     /// Runs an accepted association to its end. The permit holds its place in the
     /// association limit until then.
