@@ -1,18 +1,24 @@
 //! The group committer: one thread that files finished instances into the index in batches,
-//! so that concurrent associations share directory syncs and index commits.
+//! so that concurrent associations share syncs, and settles them in checkpoints.
 //!
 //! Whatever requests queued while the previous batch was being committed form the next batch;
-//! nothing waits on a timer. A batch, with `durability = "full"`:
+//! nothing waits on a timer. An instance reaches the committer as `tmp/<id>.<crc>.<size>.ready`,
+//! its data already synced by the ingest task (`durability = "full"`). A batch:
 //!
-//! 1. sync `tmp/`, making every in-flight name of the batch durable;
-//! 2. link each temporary file to its final name (the data was synced by the ingest task);
-//! 3. sync each final directory (and the parents of directories just created);
-//! 4. file every instance in one redb write transaction, committed durably;
-//! 5. answer every waiting ingest, then remove the temporary names.
+//! 1. syncs `tmp/`, making the `.ready` names of the batch durable: from here a power cut
+//!    cannot lose the instance, because start-up repair rebuilds everything else from them;
+//! 2. links each `.ready` file to its final name;
+//! 3. files every instance in one redb write transaction, committed without a sync;
+//! 4. answers every waiting ingest.
 //!
-//! With `"relaxed"` steps 1 and 3 are skipped, the index commit is not durable, and a flush
-//! at most `flush_interval` later syncs the whole data volume and commits durably; only then
-//! are temporary names and replaced files removed.
+//! A checkpoint, at most a second after the first unsettled batch, after 512 unsettled
+//! instances, when ingest pauses for 100 ms, and at shutdown, syncs the final directories,
+//! commits the index durably, and only then removes the `.ready` names and deletes files
+//! replaced by overwrites. Start-up repair therefore never has more than one checkpoint's
+//! worth of instances to redo.
+//!
+//! With `"relaxed"`, step 1 is skipped (and the ingest task does not sync the file); the
+//! checkpoint, at most `flush_interval` apart, syncs the whole data volume instead.
 
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
@@ -31,6 +37,13 @@ use crate::layout::{Layout, unix_now};
 use crate::record::{Extracted, InstanceRecord};
 use crate::{DuplicatePolicy, Durability, Stats, StoreConfig, StoreError};
 
+/// Most instances acknowledged but not yet checkpointed: bounds the repair after a crash.
+const MAX_UNSETTLED: usize = 512;
+/// Longest time an acknowledged instance waits for its checkpoint with full durability.
+const CHECKPOINT_INTERVAL: Duration = Duration::from_secs(1);
+/// A pause in ingest this long settles what is pending.
+const IDLE_CHECKPOINT: Duration = Duration::from_millis(100);
+
 /// How storing one instance ended.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Outcome {
@@ -43,6 +56,7 @@ pub enum Outcome {
 }
 
 pub(crate) struct CommitRequest {
+    /// The `.ready` file.
     pub tmp: PathBuf,
     pub extracted: Extracted,
     pub record: InstanceRecord,
@@ -84,8 +98,8 @@ impl Handle {
         )
     }
 
-    /// Stops the writer once everything acknowledged is durable, and waits for its thread to
-    /// end, so the index file is released when this returns (the store's other handles
+    /// Stops the writer once everything acknowledged is checkpointed, and waits for its thread
+    /// to end, so the index file is released when this returns (the store's other handles
     /// permitting).
     pub async fn shutdown(&self) -> Result<(), StoreError> {
         let (reply, rx) = oneshot::channel();
@@ -118,9 +132,7 @@ pub(crate) fn spawn(
         stats,
         failed: None,
         deleted_pending: Vec::new(),
-        deferred_tmp: Vec::new(),
-        deferred_deletes: Vec::new(),
-        dirty_since: None,
+        unsettled: Unsettled::default(),
     };
     let thread = std::thread::Builder::new()
         .name("index-writer".into())
@@ -132,6 +144,19 @@ pub(crate) fn spawn(
     }
 }
 
+/// What acknowledged instances still wait for from the next checkpoint.
+#[derive(Default)]
+struct Unsettled {
+    /// `.ready` names to remove.
+    ready: Vec<PathBuf>,
+    /// Final directories (and parents of new ones) whose entries are not yet durable.
+    dirs: Vec<PathBuf>,
+    /// Files replaced by overwrites, to delete once the index no longer needs them.
+    replaced: Vec<String>,
+    /// When the oldest unsettled commit was made.
+    since: Option<Instant>,
+}
+
 struct Committer {
     config: StoreConfig,
     layout: Layout,
@@ -140,13 +165,9 @@ struct Committer {
     stats: Arc<Stats>,
     /// Set after a failure the writer cannot recover from; every later request gets it.
     failed: Option<String>,
-    /// Replaced files deleted after the last commit, whose `pending_deletes` rows go next.
+    /// Replaced files deleted at the last checkpoint, whose `pending_deletes` rows go next.
     deleted_pending: Vec<String>,
-    /// Relaxed mode: temporary names and replaced files to remove after the next flush.
-    deferred_tmp: Vec<PathBuf>,
-    deferred_deletes: Vec<String>,
-    /// Relaxed mode: when the first commit not yet flushed was made.
-    dirty_since: Option<Instant>,
+    unsettled: Unsettled,
 }
 
 struct Pending {
@@ -157,28 +178,40 @@ struct Pending {
 }
 
 impl Committer {
-    fn flush_interval(&self) -> Option<Duration> {
+    fn full(&self) -> bool {
+        self.config.durability == Durability::Full
+    }
+
+    fn interval(&self) -> Duration {
         match self.config.durability {
-            Durability::Full => None,
-            Durability::Relaxed { flush_interval } => Some(flush_interval),
+            Durability::Full => CHECKPOINT_INTERVAL,
+            Durability::Relaxed { flush_interval } => flush_interval,
         }
+    }
+
+    fn checkpoint_due(&self) -> bool {
+        self.unsettled.ready.len() >= MAX_UNSETTLED
+            || self
+                .unsettled
+                .since
+                .is_some_and(|t| t.elapsed() >= self.interval())
     }
 
     fn run(mut self, rx: mpsc::Receiver<Msg>) {
         loop {
-            let wait = match (self.flush_interval(), self.dirty_since) {
-                (Some(interval), Some(since)) => interval.saturating_sub(since.elapsed()),
-                _ => Duration::from_secs(3600),
+            let wait = match self.unsettled.since {
+                Some(t) => IDLE_CHECKPOINT.min(self.interval().saturating_sub(t.elapsed())),
+                None => Duration::from_secs(3600),
             };
             let first = match rx.recv_timeout(wait) {
                 Ok(msg) => msg,
-                // A failed flush is logged and stops the writer; later requests report it.
+                // A failed checkpoint is logged and stops the writer; later requests report it.
                 Err(RecvTimeoutError::Timeout) => {
-                    let _ = self.flush();
+                    let _ = self.checkpoint();
                     continue;
                 }
                 Err(RecvTimeoutError::Disconnected) => {
-                    let _ = self.flush();
+                    let _ = self.checkpoint();
                     return;
                 }
             };
@@ -210,12 +243,8 @@ impl Committer {
             if !commits.is_empty() {
                 self.batch(commits);
             }
-            if self
-                .flush_interval()
-                .zip(self.dirty_since)
-                .is_some_and(|(interval, since)| since.elapsed() >= interval)
-            {
-                let _ = self.flush();
+            if self.checkpoint_due() {
+                let _ = self.checkpoint();
             }
             if let Some(reply) = shutdown {
                 // Requests that raced with the shutdown are refused, never left hanging.
@@ -225,8 +254,8 @@ impl Committer {
                         let _ = reply.send(Err(StoreError::ShuttingDown));
                     }
                 }
-                let result = self.flush();
-                info!("index writer stopped; everything acknowledged is durable");
+                let result = self.checkpoint();
+                info!("index writer stopped; everything acknowledged is checkpointed");
                 let _ = reply.send(result);
                 return;
             }
@@ -241,14 +270,13 @@ impl Committer {
             }
             return;
         }
-        let full = self.config.durability == Durability::Full;
         if let Err(e) = self.mark_duplicates(&mut commits) {
             self.fail_all(commits, e);
             return;
         }
 
-        // 1. In-flight names durable: a crash after the links below must find their record.
-        if full && commits.iter().any(|p| p.result.is_none()) {
+        // 1. The `.ready` names durable: from here the instances survive a power cut.
+        if self.full() && commits.iter().any(|p| p.result.is_none()) {
             let tmp_dir = self.layout.tmp_dir();
             if let Err(e) = self.sync_dir(&tmp_dir) {
                 self.fail_all(commits, e);
@@ -256,8 +284,7 @@ impl Committer {
             }
         }
 
-        // 2. Final names.
-        let mut dirs: Vec<PathBuf> = Vec::new();
+        // 2. Final names (made durable by the checkpoint).
         for p in commits.iter_mut().filter(|p| p.result.is_none()) {
             let target = self.layout.absolute(&p.request.record.file);
             let parent = target
@@ -270,45 +297,26 @@ impl Committer {
                         .parent()
                         .expect("created dirs have a parent")
                         .to_path_buf();
-                    if !dirs.contains(&up) {
-                        dirs.push(up);
-                    }
+                    push_unique(&mut self.unsettled.dirs, up);
                 }
                 self.fs.hard_link(&p.request.tmp, &target)
             });
             match linked {
                 Ok(()) => {
                     p.linked = Some(target);
-                    if !dirs.contains(&parent) {
-                        dirs.push(parent);
-                    }
+                    push_unique(&mut self.unsettled.dirs, parent);
                 }
                 Err(e) => p.result = Some(Err(StoreError::io(&target, e))),
             }
         }
 
-        // 3. Final names durable.
-        if full {
-            // Parents first: a directory's own entry must be durable before its contents matter.
-            dirs.sort_by_key(|d| d.components().count());
-            for dir in &dirs {
-                if let Err(e) = self.sync_dir(dir) {
-                    self.fail_all(commits, e);
-                    return;
-                }
-            }
-        }
-
-        // 4. The index.
+        // 3. The index, visible at once, durable at the checkpoint.
         let now = unix_now();
         let mut replaced = Vec::new();
         let committed = (|| -> Result<(), StoreError> {
             let mut txn = self.db.begin_write()?;
-            txn.set_quick_repair(true);
-            if !full {
-                txn.set_durability(RedbDurability::None)
-                    .map_err(|e| StoreError::Inconsistent(e.to_string()))?;
-            }
+            txn.set_durability(RedbDurability::None)
+                .map_err(|e| StoreError::Inconsistent(e.to_string()))?;
             {
                 let mut tables = Tables::open(&txn)?;
                 for rel in &self.deleted_pending {
@@ -342,37 +350,30 @@ impl Committer {
             return;
         }
         self.deleted_pending.clear();
-        if full {
-            self.stats.durable_commits.fetch_add(1, Ordering::Relaxed);
-        } else {
-            self.dirty_since.get_or_insert_with(Instant::now);
-        }
+        self.unsettled.replaced.extend(replaced);
 
-        // 5. Answers, then clean-up that no longer matters for durability.
+        // 4. Answers.
         for p in commits {
             let result = p.result.unwrap_or(Err(StoreError::Inconsistent(
                 "instance left unfiled".into(),
             )));
-            if matches!(result, Ok(Outcome::Duplicate)) {
-                if let Some(linked) = &p.linked {
-                    let _ = self.fs.remove_file(linked);
+            match &result {
+                Ok(Outcome::Duplicate) => {
+                    if let Some(linked) = &p.linked {
+                        let _ = self.fs.remove_file(linked);
+                    }
+                    let _ = self.fs.remove_file(&p.request.tmp);
                 }
-                let _ = self.fs.remove_file(&p.request.tmp);
-            } else if result.is_ok() && !full {
-                self.deferred_tmp.push(p.request.tmp.clone());
-            } else {
-                let _ = self.fs.remove_file(&p.request.tmp);
-            }
-            if let Err(e) = &result {
-                warn!(error = %e, "instance not stored");
+                Ok(_) => {
+                    self.unsettled.ready.push(p.request.tmp.clone());
+                    self.unsettled.since.get_or_insert_with(Instant::now);
+                }
+                Err(e) => {
+                    warn!(error = %e, "instance not stored");
+                    let _ = self.fs.remove_file(&p.request.tmp);
+                }
             }
             let _ = p.reply.send(result);
-        }
-        if full {
-            self.delete_replaced(&replaced);
-            self.deleted_pending = replaced;
-        } else {
-            self.deferred_deletes.extend(replaced);
         }
     }
 
@@ -402,15 +403,6 @@ impl Committer {
         self.fs.sync_dir(dir).map_err(|e| StoreError::io(dir, e))
     }
 
-    fn delete_replaced(&self, files: &[String]) {
-        for rel in files {
-            let path = self.layout.absolute(rel);
-            if let Err(e) = self.fs.remove_file(&path) {
-                warn!(file = %path.display(), error = %e, "could not delete a replaced file; `outpost verify` will list it");
-            }
-        }
-    }
-
     /// Fails every request of a batch after a failure of the store itself. Files linked for
     /// them are unlinked again; their index entries were never committed.
     fn fail_all(&mut self, commits: Vec<Pending>, e: StoreError) {
@@ -426,18 +418,30 @@ impl Committer {
         }
     }
 
-    /// Relaxed mode: makes everything acknowledged durable, then removes what only waited
-    /// for that.
-    fn flush(&mut self) -> Result<(), StoreError> {
-        if self.dirty_since.is_none() || self.failed.is_some() {
+    /// Makes everything acknowledged durable in its final form, then removes what only
+    /// waited for that.
+    fn checkpoint(&mut self) -> Result<(), StoreError> {
+        if self.failed.is_some()
+            || (self.unsettled.since.is_none() && self.deleted_pending.is_empty())
+        {
             return Ok(());
         }
-        let root = self.layout.root().to_path_buf();
         let result = (|| -> Result<(), StoreError> {
-            self.stats.fs_syncs.fetch_add(1, Ordering::Relaxed);
-            self.fs
-                .sync_all(&root)
-                .map_err(|e| StoreError::io(&root, e))?;
+            if self.full() {
+                // Parents first: a directory's own entry must be durable before its contents.
+                let mut dirs = std::mem::take(&mut self.unsettled.dirs);
+                dirs.sort_by_key(|d| d.components().count());
+                for dir in &dirs {
+                    self.sync_dir(dir)?;
+                }
+            } else {
+                let root = self.layout.root().to_path_buf();
+                self.stats.fs_syncs.fetch_add(1, Ordering::Relaxed);
+                self.fs
+                    .sync_all(&root)
+                    .map_err(|e| StoreError::io(&root, e))?;
+                self.unsettled.dirs.clear();
+            }
             let mut txn = self.db.begin_write()?;
             txn.set_quick_repair(true);
             {
@@ -451,18 +455,29 @@ impl Committer {
             Ok(())
         })();
         if let Err(e) = result {
-            error!(error = %e, "flushing the archive failed; refusing instances until the service restarts");
+            error!(error = %e, "checkpointing the archive failed; refusing instances until the service restarts");
             self.failed = Some(e.to_string());
             return Err(e);
         }
-        self.dirty_since = None;
         self.deleted_pending.clear();
-        for tmp in self.deferred_tmp.drain(..) {
-            let _ = self.fs.remove_file(&tmp);
+        for ready in self.unsettled.ready.drain(..) {
+            let _ = self.fs.remove_file(&ready);
         }
-        let deletes = std::mem::take(&mut self.deferred_deletes);
-        self.delete_replaced(&deletes);
-        self.deleted_pending = deletes;
+        let replaced = std::mem::take(&mut self.unsettled.replaced);
+        for rel in &replaced {
+            let path = self.layout.absolute(rel);
+            if let Err(e) = self.fs.remove_file(&path) {
+                warn!(file = %path.display(), error = %e, "could not delete a replaced file; `outpost verify` will list it");
+            }
+        }
+        self.deleted_pending = replaced;
+        self.unsettled.since = None;
         Ok(())
+    }
+}
+
+fn push_unique(v: &mut Vec<PathBuf>, p: PathBuf) {
+    if !v.contains(&p) {
+        v.push(p);
     }
 }

@@ -311,6 +311,28 @@ impl Fs for MemFs {
         Ok(())
     }
 
+    fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
+        self.power.tick()?;
+        let mut state = self.state.lock().expect("fs lock");
+        let (from_dir, from_name) = Self::split(from)?;
+        let (to_dir, to_name) = Self::split(to)?;
+        if from_dir != to_dir {
+            return Err(io::Error::other(
+                "renames across directories are not modelled",
+            ));
+        }
+        let dir = state
+            .dirs
+            .get_mut(&from_dir)
+            .ok_or_else(|| io::Error::from(io::ErrorKind::NotFound))?;
+        let entry = dir
+            .volatile
+            .remove(&from_name)
+            .ok_or_else(|| io::Error::from(io::ErrorKind::NotFound))?;
+        dir.volatile.insert(to_name, entry);
+        Ok(())
+    }
+
     fn remove_file(&self, path: &Path) -> io::Result<()> {
         self.power.tick()?;
         let mut state = self.state.lock().expect("fs lock");

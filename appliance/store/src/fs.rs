@@ -33,6 +33,8 @@ pub trait Fs: Send + Sync + fmt::Debug + 'static {
     fn exists(&self, path: &Path) -> bool;
     /// Adds a second name for a file; fails if `to` exists. Durable once `to`'s directory is synced.
     fn hard_link(&self, from: &Path, to: &Path) -> io::Result<()>;
+    /// Renames a file within a directory. Durable once the directory is synced.
+    fn rename(&self, from: &Path, to: &Path) -> io::Result<()>;
     /// Removes a name. Durable once its directory is synced.
     fn remove_file(&self, path: &Path) -> io::Result<()>;
     /// Creates a directory and its missing parents; returns the directories it created,
@@ -83,6 +85,9 @@ impl Fs for OsFs {
     }
     fn hard_link(&self, from: &Path, to: &Path) -> io::Result<()> {
         std::fs::hard_link(from, to)
+    }
+    fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
+        std::fs::rename(from, to)
     }
     fn remove_file(&self, path: &Path) -> io::Result<()> {
         std::fs::remove_file(path)

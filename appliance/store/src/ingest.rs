@@ -1,6 +1,7 @@
 //! Receiving one instance: data set bytes stream into `tmp/<id>.part` behind a Part 10 header,
 //! through a walker that checks them and captures the indexed attributes, with at most two
-//! write buffers in memory whatever the instance's size.
+//! write buffers in memory whatever the instance's size. A whole instance is renamed
+//! `tmp/<id>.<crc>.<size>.ready` and handed to the committer.
 
 use std::path::PathBuf;
 use std::sync::atomic::Ordering;
@@ -261,7 +262,18 @@ impl Ingest {
             });
         }
         let inner = &self.store.inner;
+        // The file is whole: its name says so, with the CRC and size that prove it (start-up
+        // repair trusts a `.ready` name only if the contents match).
+        let ready = inner.layout.ready_path(&self.id, self.crc, self.written);
+        let (fs, from, to) = (inner.fs.clone(), self.tmp.clone(), ready.clone());
+        tokio::task::spawn_blocking(move || fs.rename(&from, &to))
+            .await
+            .expect("rename task panicked")
+            .map_err(IngestError::Write)?;
+        self.tmp = ready;
         if inner.config.durability == Durability::Full {
+            // After the rename, so that on ext4 the journal commit this forces carries the new
+            // name too, and the committer's sync of tmp/ finds little left to do.
             let mut writer = self
                 .writer
                 .take()

@@ -2,13 +2,15 @@
 //!
 //! ```text
 //! <data_dir>/index.redb                       the index
-//! <data_dir>/tmp/<id>.part                    instances being received, and the in-flight record
+//! <data_dir>/tmp/<id>.part                    instances being received
+//! <data_dir>/tmp/<id>.<crc>.<size>.ready      received instances not yet checkpointed
 //! <data_dir>/objects/YYYY/MM/DD/HH/<id>.dcm   stored instances (Part 10 files)
 //! ```
 //!
 //! A file id is `YYYYMMDDHH-<16 hex digits>`: the hour it was received and a random part. The
-//! final path follows from the id alone, so a leftover `tmp/<id>.part` names the final file it
-//! was becoming. Grouping by hour keeps the files of one burst of ingest in one directory, so
+//! final path follows from the id alone, so a leftover temporary name says which final file it
+//! was becoming. A `.ready` name also carries the file's CRC-32C and size, so start-up repair
+//! can tell a complete file from one whose name outlived its data. Grouping by hour keeps the files of one burst of ingest in one directory, so
 //! a group commit syncs one or two directories, not one per instance.
 
 use std::path::{Path, PathBuf};
@@ -35,9 +37,7 @@ impl FileId {
         FileId(format!("{hour}-{:016x}", rand::random::<u64>()))
     }
 
-    /// Parses the id out of a `tmp/` entry name (`<id>.part`).
-    pub fn from_tmp_name(name: &str) -> Option<FileId> {
-        let id = name.strip_suffix(".part")?;
+    fn parse(id: &str) -> Option<FileId> {
         let (hour, random) = id.split_once('-')?;
         (hour.len() == 10
             && hour.bytes().all(|b| b.is_ascii_digit())
@@ -48,6 +48,35 @@ impl FileId {
 
     pub fn as_str(&self) -> &str {
         &self.0
+    }
+}
+
+/// What a name in `tmp/` says.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum TmpName {
+    /// Still being received.
+    Part(FileId),
+    /// Received whole: the file should have this CRC-32C and size.
+    Ready { id: FileId, crc32c: u32, size: u64 },
+}
+
+impl TmpName {
+    pub fn parse(name: &str) -> Option<TmpName> {
+        if let Some(id) = name.strip_suffix(".part") {
+            return FileId::parse(id).map(TmpName::Part);
+        }
+        let rest = name.strip_suffix(".ready")?;
+        let mut parts = rest.rsplitn(3, '.');
+        let size = parts.next()?.parse().ok()?;
+        let crc32c = u32::from_str_radix(parts.next()?, 16).ok()?;
+        let id = FileId::parse(parts.next()?)?;
+        Some(TmpName::Ready { id, crc32c, size })
+    }
+
+    pub fn id(&self) -> &FileId {
+        match self {
+            TmpName::Part(id) | TmpName::Ready { id, .. } => id,
+        }
     }
 }
 
@@ -74,6 +103,11 @@ impl Layout {
 
     pub fn tmp_path(&self, id: &FileId) -> PathBuf {
         self.tmp_dir().join(format!("{}.part", id.0))
+    }
+
+    pub fn ready_path(&self, id: &FileId, crc32c: u32, size: u64) -> PathBuf {
+        self.tmp_dir()
+            .join(format!("{}.{crc32c:08x}.{size}.ready", id.0))
     }
 
     /// The final path of a file, relative to the data directory (as the index stores it).
@@ -111,9 +145,23 @@ mod tests {
         let id = FileId::new(UNIX_EPOCH + std::time::Duration::from_secs(1_795_000_000));
         let tmp = l.tmp_path(&id);
         let name = tmp.file_name().unwrap().to_str().unwrap();
-        assert_eq!(FileId::from_tmp_name(name), Some(id.clone()));
+        assert_eq!(TmpName::parse(name), Some(TmpName::Part(id.clone())));
+        let ready = l.ready_path(&id, 0xdeadbeef, 12345);
+        let name = ready.file_name().unwrap().to_str().unwrap();
+        assert_eq!(
+            TmpName::parse(name),
+            Some(TmpName::Ready {
+                id: id.clone(),
+                crc32c: 0xdeadbeef,
+                size: 12345
+            })
+        );
         assert!(l.object_rel(&id).starts_with("objects/2026/11/18/"));
-        assert_eq!(FileId::from_tmp_name("junk.part"), None);
-        assert_eq!(FileId::from_tmp_name("2026111807-zz.part"), None);
+        assert_eq!(TmpName::parse("junk.part"), None);
+        assert_eq!(TmpName::parse("2026111807-zz.part"), None);
+        assert_eq!(
+            TmpName::parse("2026111807-0123456789abcdef.zz.1.ready"),
+            None
+        );
     }
 }

@@ -254,7 +254,12 @@ impl Store {
             );
         });
         let db = match backend {
-            IndexBackend::File => builder.create(layout.index()),
+            IndexBackend::File => {
+                if !fs.exists(&layout.index()) {
+                    create_index_atomically(&layout, fs.as_ref(), &mut builder)?;
+                }
+                builder.create(layout.index())
+            }
             IndexBackend::Custom(b) => builder.create_with_backend(BoxedBackend(b)),
         }
         .map_err(|e| match e {
@@ -338,6 +343,27 @@ impl Store {
     pub async fn close(&self) -> Result<(), StoreError> {
         self.inner.committer.shutdown().await
     }
+}
+
+/// Creates a new index under a temporary name and renames it into place once it is durable,
+/// so that a power cut during the very first start leaves either no index or a whole one.
+fn create_index_atomically(
+    layout: &Layout,
+    fs: &dyn Fs,
+    builder: &mut redb::Builder,
+) -> Result<(), StoreError> {
+    let creating = layout.root().join("index.redb.creating");
+    let _ = fs.remove_file(&creating);
+    {
+        let db = builder.create(&creating)?;
+        check_schema(&db)?;
+    }
+    fs.sync_file(&creating)
+        .map_err(|e| StoreError::io(&creating, e))?;
+    fs.rename(&creating, &layout.index())
+        .map_err(|e| StoreError::io(&layout.index(), e))?;
+    fs.sync_dir(layout.root())
+        .map_err(|e| StoreError::io(layout.root(), e))
 }
 
 /// Lets a boxed backend be handed to redb, which takes backends by value.

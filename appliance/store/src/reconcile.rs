@@ -1,24 +1,25 @@
 //! Start-up repair of what a crash left in flight, and nothing more: its cost depends on how
-//! many instances were being received, never on the size of the archive.
+//! many instances were unsettled (at most one checkpoint's worth), never on the size of the
+//! archive.
 //!
-//! The record of in-flight writes is `tmp/` itself (see the commit order in `commit.rs`):
-//! every file that may have a final name without an index entry still has its temporary name.
-//! For each `tmp/<id>.part`:
-//! - no final file: the instance never got past receiving and was never acknowledged; remove it;
-//! - a final file the index already points to: only the clean-up was lost; remove the name;
-//! - a final file the index lacks: the crash came between linking and committing; sync the
-//!   file and its directory, then file it in the index (applying the duplicate policy).
+//! The record of in-flight work is `tmp/` itself (see `commit.rs`):
+//! - `<id>.part`: the instance was still arriving and was never acknowledged; remove it;
+//! - `<id>.<crc>.<size>.ready`: the instance arrived whole. If its contents match the CRC and
+//!   size its name carries, it may have been acknowledged: give it its final name if it lacks
+//!   one, file it in the index if the index lacks it (the duplicate policy applies), make both
+//!   durable, then remove the temporary name. If they do not match, the name outlived its
+//!   data (possible only with relaxed durability, or before the acknowledgement): remove it.
 //!
-//! Replaced files listed in `pending_deletes` are deleted too.
+//! Files listed in `pending_deletes` (replaced by an overwrite) are deleted too.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use redb::{Database, ReadableDatabase, ReadableTable};
 use tracing::{info, warn};
 
 use crate::fs::Fs;
 use crate::index::{self, Filed, Tables};
-use crate::layout::{FileId, Layout, unix_now};
+use crate::layout::{Layout, TmpName, unix_now};
 use crate::record::{self, InstanceRecord};
 use crate::verify::scan_file;
 use crate::{DuplicatePolicy, StoreConfig, StoreError};
@@ -28,9 +29,9 @@ use crate::{DuplicatePolicy, StoreConfig, StoreError};
 pub struct Reconciled {
     /// Temporary files of instances that were still being received, removed.
     pub incomplete_removed: usize,
-    /// Finished files that lacked their index entry, now indexed.
+    /// Received instances whose final name or index entry a crash had lost, restored.
     pub finished_indexed: usize,
-    /// Finished files that turned out to be duplicates or unreadable, removed.
+    /// Received files that turned out to be duplicates or damaged, removed.
     pub finished_discarded: usize,
     /// Files replaced by overwrites, deleted.
     pub replaced_deleted: usize,
@@ -44,6 +45,10 @@ pub(crate) fn run(
 ) -> Result<Reconciled, StoreError> {
     let mut done = Reconciled::default();
     let tmp_dir = layout.tmp_dir();
+    let io = |path: &Path| {
+        let path = path.to_path_buf();
+        move |e| StoreError::io(&path, e)
+    };
 
     // Replaced files whose deletion a crash may have interrupted.
     let pending: Vec<String> = {
@@ -63,69 +68,89 @@ pub(crate) fn run(
         }
     }
 
-    let names = fs
-        .list_dir(&tmp_dir)
-        .map_err(|e| StoreError::io(&tmp_dir, e))?;
-    let mut to_remove = Vec::new();
+    let names = fs.list_dir(&tmp_dir).map_err(io(&tmp_dir))?;
+    let mut to_remove: Vec<PathBuf> = Vec::new();
     let mut to_file = Vec::new();
+    let mut dirs: Vec<PathBuf> = Vec::new();
     {
         let txn = db.begin_read()?;
         let instances = txn.open_table(index::INSTANCES)?;
         for name in names {
             let tmp = tmp_dir.join(&name);
-            let Some(id) = FileId::from_tmp_name(&name) else {
-                warn!(file = %tmp.display(), "removing a stray file from the temporary directory");
-                to_remove.push(tmp);
-                continue;
+            let (id, crc32c, size) = match TmpName::parse(&name) {
+                None => {
+                    warn!(file = %tmp.display(), "removing a stray file from the temporary directory");
+                    to_remove.push(tmp);
+                    continue;
+                }
+                Some(TmpName::Part(_)) => {
+                    done.incomplete_removed += 1;
+                    to_remove.push(tmp);
+                    continue;
+                }
+                Some(TmpName::Ready { id, crc32c, size }) => (id, crc32c, size),
             };
             let rel = layout.object_rel(&id);
             let target = layout.absolute(&rel);
-            if !fs.exists(&target) {
-                done.incomplete_removed += 1;
-                to_remove.push(tmp);
-                continue;
-            }
-            match scan_file(fs, &target) {
-                Ok(scan) => {
-                    let x = match record::extract(&scan.walked) {
-                        Ok(x) => x,
-                        Err(e) => {
-                            warn!(file = %target.display(), error = %e, "removing a finished file that cannot be indexed");
-                            done.finished_discarded += 1;
-                            to_remove.push(target);
-                            to_remove.push(tmp);
-                            continue;
-                        }
+            let scan = match scan_file(fs, &tmp) {
+                Ok(scan) if scan.crc32c == crc32c && scan.size == size => scan,
+                outcome => {
+                    let why = match outcome {
+                        Ok(scan) => format!(
+                            "holds {} bytes with CRC {:08x}, its name promises {size} and {crc32c:08x}",
+                            scan.size, scan.crc32c
+                        ),
+                        Err(e) => e.to_string(),
                     };
-                    let indexed = match instances.get(x.sop_instance_uid.as_str())? {
-                        Some(v) => record::decode::<InstanceRecord>(v.value())?.file == rel,
-                        None => false,
-                    };
-                    if indexed {
-                        to_remove.push(tmp);
-                    } else {
-                        to_file.push((tmp, target, rel, scan, x));
-                    }
-                }
-                Err(e) => {
-                    // Only possible with relaxed durability, whose loss window this is.
-                    warn!(file = %target.display(), error = %e, "removing an unreadable finished file (an instance acknowledged under relaxed durability was lost)");
+                    warn!(file = %tmp.display(), "removing a received file whose data did not survive: {why}");
                     done.finished_discarded += 1;
-                    to_remove.push(target);
                     to_remove.push(tmp);
+                    to_remove.push(target);
+                    continue;
                 }
+            };
+            let x = match record::extract(&scan.walked) {
+                Ok(x) => x,
+                Err(e) => {
+                    warn!(file = %tmp.display(), error = %e, "removing a received file that cannot be indexed");
+                    done.finished_discarded += 1;
+                    to_remove.push(tmp);
+                    to_remove.push(target);
+                    continue;
+                }
+            };
+            if !fs.exists(&target) {
+                let parent = target.parent().expect("object paths have a parent");
+                for created in fs.create_dir_all(parent).map_err(io(parent))? {
+                    push_unique(
+                        &mut dirs,
+                        created.parent().expect("has a parent").to_path_buf(),
+                    );
+                }
+                fs.hard_link(&tmp, &target).map_err(io(&target))?;
             }
+            push_unique(
+                &mut dirs,
+                target.parent().expect("has a parent").to_path_buf(),
+            );
+            let indexed = match instances.get(x.sop_instance_uid.as_str())? {
+                Some(v) => record::decode::<InstanceRecord>(v.value())?.file == rel,
+                None => false,
+            };
+            if !indexed {
+                to_file.push((target, rel, scan, x));
+            }
+            to_remove.push(tmp);
         }
     }
 
-    if !to_file.is_empty() || !pending.is_empty() {
-        let mut replaced = Vec::new();
-        for (_, target, ..) in &to_file {
-            fs.sync_file(target)
-                .map_err(|e| StoreError::io(target, e))?;
-            let dir = target.parent().unwrap_or(Path::new("/"));
-            fs.sync_dir(dir).map_err(|e| StoreError::io(dir, e))?;
+    if !to_remove.is_empty() || !pending.is_empty() {
+        // The final names and the index durable before any temporary name goes.
+        dirs.sort_by_key(|d| d.components().count());
+        for dir in &dirs {
+            fs.sync_dir(dir).map_err(io(dir))?;
         }
+        let mut replaced = Vec::new();
         let mut txn = db.begin_write()?;
         txn.set_quick_repair(true);
         {
@@ -134,7 +159,7 @@ pub(crate) fn run(
                 tables.pending_deletes.remove(rel.as_str())?;
             }
             let overwrite = config.duplicates == DuplicatePolicy::Overwrite;
-            for (tmp, target, rel, scan, x) in &to_file {
+            for (target, rel, scan, x) in &to_file {
                 let record = InstanceRecord {
                     study_uid: String::new(),
                     series_uid: String::new(),
@@ -161,7 +186,6 @@ pub(crate) fn run(
                         replaced.push(old_file);
                     }
                 }
-                to_remove.push(tmp.clone());
             }
         }
         txn.commit()?;
@@ -186,4 +210,10 @@ pub(crate) fn run(
         );
     }
     Ok(done)
+}
+
+fn push_unique(v: &mut Vec<PathBuf>, p: PathBuf) {
+    if !v.contains(&p) {
+        v.push(p);
+    }
 }

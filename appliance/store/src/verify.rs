@@ -149,6 +149,11 @@ impl Store {
         let mut report = VerifyReport::default();
         let mut known = std::collections::HashSet::new();
         let txn = inner.db.begin_read()?;
+        // Files replaced by overwrites wait for the next checkpoint to be deleted; they are
+        // neither orphans nor problems.
+        for row in txn.open_table(index::PENDING_DELETES)?.iter()? {
+            known.insert(inner.layout.absolute(row?.0.value()));
+        }
         let instances = txn.open_table(index::INSTANCES)?;
         for row in instances.iter()? {
             let (key, value) = row?;

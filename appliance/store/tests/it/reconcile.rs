@@ -1,7 +1,8 @@
 //! Start-up repair after a crash between the steps of a commit, with the real file system.
 //!
-//! The crash states are made by hand: the commit order promises that any final file without
-//! an index entry still has its temporary name, and these tests build exactly those states.
+//! The crash states are made by hand: the commit order promises that any acknowledged instance
+//! whose final name or index entry is not yet durable still has its `.ready` name, and these
+//! tests build exactly those states, plus the ones that must be discarded.
 
 use std::path::Path;
 
@@ -13,18 +14,25 @@ use store::layout::{FileId, Layout};
 
 use crate::support::{config, store_instance, stored_dataset};
 
-fn write_tmp(layout: &Layout, inst: &SynthInstance, id: &FileId) {
-    std::fs::write(
-        layout.tmp_path(id),
-        inst.part10(EXPLICIT_VR_LITTLE_ENDIAN, Encoding::EXPLICIT_LE),
-    )
-    .unwrap();
+/// Writes an instance as a received `.ready` file (or a damaged one, whose name promises
+/// another CRC), as the ingest path leaves it before its checkpoint.
+fn write_ready(
+    layout: &Layout,
+    inst: &SynthInstance,
+    id: &FileId,
+    damaged: bool,
+) -> std::path::PathBuf {
+    let bytes = inst.part10(EXPLICIT_VR_LITTLE_ENDIAN, Encoding::EXPLICIT_LE);
+    let crc = crc32c::crc32c(&bytes) ^ u32::from(damaged);
+    let path = layout.ready_path(id, crc, bytes.len() as u64);
+    std::fs::write(&path, bytes).unwrap();
+    path
 }
 
-fn link_final(layout: &Layout, id: &FileId) {
+fn link_final(layout: &Layout, ready: &Path, id: &FileId) {
     let target = layout.absolute(&layout.object_rel(id));
     std::fs::create_dir_all(target.parent().unwrap()).unwrap();
-    std::fs::hard_link(layout.tmp_path(id), target).unwrap();
+    std::fs::hard_link(ready, target).unwrap();
 }
 
 fn tmp_is_empty(dir: &Path) -> bool {
@@ -41,20 +49,28 @@ async fn in_flight_files_are_finished_or_removed() {
         store.close().await.unwrap();
     }
     let now = std::time::SystemTime::now();
-    // 1. Still being received: only a (partial) temporary file.
+    // 1. Still being received: only a (partial) `.part` file.
     let receiving = FileId::new(now);
     std::fs::write(layout.tmp_path(&receiving), b"partial").unwrap();
-    // 2. Linked but not yet indexed.
+    // 2. Received and linked, but the index entry was not yet checkpointed.
     let linked = SynthInstance::ct(1, 1, 1, 2);
     let linked_id = FileId::new(now);
-    write_tmp(&layout, &linked, &linked_id);
-    link_final(&layout, &linked_id);
-    // 3. A duplicate of an indexed instance, linked but not indexed: keep-first removes it.
+    let ready = write_ready(&layout, &linked, &linked_id, false);
+    link_final(&layout, &ready, &linked_id);
+    // 3. Received; neither its final name nor its index entry survived.
+    let unlinked = SynthInstance::ct(1, 1, 1, 3);
+    let unlinked_id = FileId::new(now);
+    write_ready(&layout, &unlinked, &unlinked_id, false);
+    // 4. A duplicate of an indexed instance: keep-first removes it.
     let dup = SynthInstance::ct(1, 1, 1, 1);
     let dup_id = FileId::new(now);
-    write_tmp(&layout, &dup, &dup_id);
-    link_final(&layout, &dup_id);
-    // 4. Something that is not ours.
+    let ready = write_ready(&layout, &dup, &dup_id, false);
+    link_final(&layout, &ready, &dup_id);
+    // 5. A name that outlived its data (the CRC it promises does not match).
+    let damaged = SynthInstance::ct(1, 1, 1, 4);
+    let damaged_id = FileId::new(now);
+    write_ready(&layout, &damaged, &damaged_id, true);
+    // 6. Something that is not ours.
     std::fs::write(dir.path().join("tmp/stray.txt"), b"?").unwrap();
 
     let (store, opened) = Store::open(config(dir.path())).unwrap();
@@ -65,14 +81,18 @@ async fn in_flight_files_are_finished_or_removed() {
             r.finished_indexed,
             r.finished_discarded
         ),
-        (1, 1, 1)
+        (1, 2, 2),
+        "{r:?}"
     );
     assert!(tmp_is_empty(dir.path()));
-    assert_eq!(store.instance_count().unwrap(), 2);
-    assert_eq!(
-        stored_dataset(&store, &linked.sop_uid).unwrap(),
-        linked.dataset(Encoding::EXPLICIT_LE)
-    );
+    assert_eq!(store.instance_count().unwrap(), 3);
+    for inst in [&linked, &unlinked] {
+        assert_eq!(
+            stored_dataset(&store, &inst.sop_uid).unwrap(),
+            inst.dataset(Encoding::EXPLICIT_LE)
+        );
+    }
+    assert!(stored_dataset(&store, &damaged.sop_uid).is_none());
     assert!(!layout.absolute(&layout.object_rel(&dup_id)).exists());
     let report = store.verify(|_| {}).unwrap();
     assert!(report.problems.is_empty(), "{:?}", report.problems);
