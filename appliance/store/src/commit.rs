@@ -3,13 +3,13 @@
 //!
 //! Whatever requests queued while the previous batch was being committed form the next batch;
 //! nothing waits on a timer. An instance reaches the committer as `tmp/<id>.<crc>.<size>.ready`,
-//! its data already synced by the ingest task (`durability = "full"`). A batch:
+//! its data and that name already durable (the ingest task synced both, with
+//! `durability = "full"`): from there a power cut cannot lose it, because start-up repair
+//! rebuilds everything else from the `.ready` file. A batch:
 //!
-//! 1. syncs `tmp/`, making the `.ready` names of the batch durable: from here a power cut
-//!    cannot lose the instance, because start-up repair rebuilds everything else from them;
-//! 2. links each `.ready` file to its final name;
-//! 3. files every instance in one redb write transaction, committed without a sync;
-//! 4. answers every waiting ingest.
+//! 1. links each `.ready` file to its final name;
+//! 2. files every instance in one redb write transaction, committed without a sync;
+//! 3. answers every waiting ingest.
 //!
 //! A checkpoint, at most a second after the first unsettled batch, after 512 unsettled
 //! instances, when ingest pauses for 100 ms, and at shutdown, syncs the final directories,
@@ -17,8 +17,9 @@
 //! replaced by overwrites. Start-up repair therefore never has more than one checkpoint's
 //! worth of instances to redo.
 //!
-//! With `"relaxed"`, step 1 is skipped (and the ingest task does not sync the file); the
-//! checkpoint, at most `flush_interval` apart, syncs the whole data volume instead.
+//! With `"relaxed"`, the ingest task syncs the file in the background after the
+//! acknowledgement, and checkpoints come at most `flush_interval` apart; a checkpoint first
+//! waits for the background syncs, so no index entry becomes durable before its data.
 
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
@@ -35,7 +36,7 @@ use crate::fs::Fs;
 use crate::index::{self, Filed, Tables};
 use crate::layout::{Layout, unix_now};
 use crate::record::{Extracted, InstanceRecord};
-use crate::{DuplicatePolicy, Durability, Stats, StoreConfig, StoreError};
+use crate::{Background, DuplicatePolicy, Durability, Stats, StoreConfig, StoreError};
 
 /// Most instances acknowledged but not yet checkpointed: bounds the repair after a crash.
 const MAX_UNSETTLED: usize = 512;
@@ -122,14 +123,23 @@ pub(crate) fn spawn(
     fs: Arc<dyn Fs>,
     db: Arc<Database>,
     stats: Arc<Stats>,
+    background: Arc<Background>,
 ) -> Handle {
     let (tx, rx) = mpsc::channel();
+    let syncer = match config.durability {
+        Durability::Full => None,
+        Durability::Relaxed { .. } => {
+            Some(Syncer::spawn(fs.clone(), stats.clone(), background.clone()))
+        }
+    };
     let committer = Committer {
+        syncer,
         config,
         layout,
         fs,
         db,
         stats,
+        background,
         failed: None,
         deleted_pending: Vec::new(),
         unsettled: Unsettled::default(),
@@ -163,6 +173,9 @@ struct Committer {
     fs: Arc<dyn Fs>,
     db: Arc<Database>,
     stats: Arc<Stats>,
+    background: Arc<Background>,
+    /// Relaxed durability: syncs acknowledged files in the background.
+    syncer: Option<Syncer>,
     /// Set after a failure the writer cannot recover from; every later request gets it.
     failed: Option<String>,
     /// Replaced files deleted at the last checkpoint, whose `pending_deletes` rows go next.
@@ -178,10 +191,6 @@ struct Pending {
 }
 
 impl Committer {
-    fn full(&self) -> bool {
-        self.config.durability == Durability::Full
-    }
-
     fn interval(&self) -> Duration {
         match self.config.durability {
             Durability::Full => CHECKPOINT_INTERVAL,
@@ -275,16 +284,7 @@ impl Committer {
             return;
         }
 
-        // 1. The `.ready` names durable: from here the instances survive a power cut.
-        if self.full() && commits.iter().any(|p| p.result.is_none()) {
-            let tmp_dir = self.layout.tmp_dir();
-            if let Err(e) = self.sync_dir(&tmp_dir) {
-                self.fail_all(commits, e);
-                return;
-            }
-        }
-
-        // 2. Final names (made durable by the checkpoint).
+        // 1. Final names (made durable by the checkpoint).
         for p in commits.iter_mut().filter(|p| p.result.is_none()) {
             let target = self.layout.absolute(&p.request.record.file);
             let parent = target
@@ -310,7 +310,7 @@ impl Committer {
             }
         }
 
-        // 3. The index, visible at once, durable at the checkpoint.
+        // 2. The index, visible at once, durable at the checkpoint.
         let now = unix_now();
         let mut replaced = Vec::new();
         let committed = (|| -> Result<(), StoreError> {
@@ -352,7 +352,7 @@ impl Committer {
         self.deleted_pending.clear();
         self.unsettled.replaced.extend(replaced);
 
-        // 4. Answers.
+        // 3. Answers.
         for p in commits {
             let result = p.result.unwrap_or(Err(StoreError::Inconsistent(
                 "instance left unfiled".into(),
@@ -365,6 +365,9 @@ impl Committer {
                     let _ = self.fs.remove_file(&p.request.tmp);
                 }
                 Ok(_) => {
+                    if let Some(syncer) = &self.syncer {
+                        syncer.sync(p.request.tmp.clone());
+                    }
                     self.unsettled.ready.push(p.request.tmp.clone());
                     self.unsettled.since.get_or_insert_with(Instant::now);
                 }
@@ -427,20 +430,28 @@ impl Committer {
             return Ok(());
         }
         let result = (|| -> Result<(), StoreError> {
-            if self.full() {
-                // Parents first: a directory's own entry must be durable before its contents.
-                let mut dirs = std::mem::take(&mut self.unsettled.dirs);
-                dirs.sort_by_key(|d| d.components().count());
-                for dir in &dirs {
-                    self.sync_dir(dir)?;
+            // With relaxed durability, file data is synced in the background after the
+            // acknowledgement: wait for those syncs, so that no index entry becomes durable
+            // before its data. New requests wait meanwhile; the syncs are already running.
+            let waited = Instant::now();
+            while self.background.outstanding.load(Ordering::SeqCst) > 0 {
+                std::thread::sleep(Duration::from_micros(200));
+                if waited.elapsed() > Duration::from_secs(60) {
+                    return Err(StoreError::WriterFailed(
+                        "background file syncs did not finish in 60 s".into(),
+                    ));
                 }
-            } else {
-                let root = self.layout.root().to_path_buf();
-                self.stats.fs_syncs.fetch_add(1, Ordering::Relaxed);
-                self.fs
-                    .sync_all(&root)
-                    .map_err(|e| StoreError::io(&root, e))?;
-                self.unsettled.dirs.clear();
+            }
+            if let Some(e) = self.background.failed.lock().expect("failure lock").take() {
+                return Err(StoreError::WriterFailed(format!(
+                    "syncing a received file failed: {e}"
+                )));
+            }
+            // Parents first: a directory's own entry must be durable before its contents.
+            let mut dirs = std::mem::take(&mut self.unsettled.dirs);
+            dirs.sort_by_key(|d| d.components().count());
+            for dir in &dirs {
+                self.sync_dir(dir)?;
             }
             let mut txn = self.db.begin_write()?;
             txn.set_quick_repair(true);
@@ -473,6 +484,52 @@ impl Committer {
         self.deleted_pending = replaced;
         self.unsettled.since = None;
         Ok(())
+    }
+}
+
+/// Background file syncs for relaxed durability: two threads taking paths from a queue. Each
+/// queued file is counted in `Background::outstanding` until its sync is done, and a
+/// checkpoint waits for the count to reach zero.
+struct Syncer {
+    tx: mpsc::Sender<PathBuf>,
+    background: Arc<Background>,
+}
+
+impl Syncer {
+    fn spawn(fs: Arc<dyn Fs>, stats: Arc<Stats>, background: Arc<Background>) -> Syncer {
+        let (tx, rx) = mpsc::channel::<PathBuf>();
+        let rx = Arc::new(std::sync::Mutex::new(rx));
+        for n in 0..2 {
+            let (fs, stats, background, rx) =
+                (fs.clone(), stats.clone(), background.clone(), rx.clone());
+            std::thread::Builder::new()
+                .name(format!("file-syncer-{n}"))
+                .spawn(move || {
+                    loop {
+                        let next = rx.lock().expect("syncer queue lock").recv();
+                        let Ok(path) = next else { return };
+                        match fs.sync_file(&path) {
+                            Ok(()) => {
+                                stats.file_syncs.fetch_add(1, Ordering::Relaxed);
+                            }
+                            Err(e) => {
+                                *background.failed.lock().expect("failure lock") =
+                                    Some(format!("{}: {e}", path.display()));
+                            }
+                        }
+                        background.outstanding.fetch_sub(1, Ordering::SeqCst);
+                    }
+                })
+                .expect("spawning a file syncer thread");
+        }
+        Syncer { tx, background }
+    }
+
+    fn sync(&self, path: PathBuf) {
+        self.background.outstanding.fetch_add(1, Ordering::SeqCst);
+        if self.tx.send(path).is_err() {
+            self.background.outstanding.fetch_sub(1, Ordering::SeqCst);
+        }
     }
 }
 

@@ -391,18 +391,6 @@ impl Fs for MemFs {
         Ok(())
     }
 
-    fn sync_all(&self, _path: &Path) -> io::Result<()> {
-        self.power.tick()?;
-        let mut state = self.state.lock().expect("fs lock");
-        for dir in state.dirs.values_mut() {
-            dir.durable = dir.volatile.clone();
-        }
-        for f in state.files.values_mut() {
-            f.durable = f.volatile.clone();
-        }
-        Ok(())
-    }
-
     fn list_dir(&self, path: &Path) -> io::Result<Vec<String>> {
         let state = self.state.lock().expect("fs lock");
         state

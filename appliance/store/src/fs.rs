@@ -42,8 +42,6 @@ pub trait Fs: Send + Sync + fmt::Debug + 'static {
     fn create_dir_all(&self, path: &Path) -> io::Result<Vec<PathBuf>>;
     /// Makes a directory's entries (creations, links, removals) durable.
     fn sync_dir(&self, path: &Path) -> io::Result<()>;
-    /// Makes everything written on the file system holding `path` durable (syncfs).
-    fn sync_all(&self, path: &Path) -> io::Result<()>;
     /// Names in a directory (files and directories), unsorted.
     fn list_dir(&self, path: &Path) -> io::Result<Vec<String>>;
     fn is_dir(&self, path: &Path) -> bool;
@@ -115,10 +113,6 @@ impl Fs for OsFs {
     }
     fn sync_dir(&self, path: &Path) -> io::Result<()> {
         File::open(path)?.sync_all()
-    }
-    fn sync_all(&self, path: &Path) -> io::Result<()> {
-        let f = File::open(path)?;
-        nix::unistd::syncfs(&f).map_err(io::Error::from)
     }
     fn list_dir(&self, path: &Path) -> io::Result<Vec<String>> {
         let mut names = Vec::new();

@@ -19,7 +19,7 @@ use crate::layout::{FileId, unix_now};
 use crate::record::{self, ExtractError, InstanceRecord, MAX_INDEXED_VALUE};
 use crate::{Durability, Store, StoreError};
 
-/// Bytes gathered before one write to the file; one write may be in flight while the next
+/// Most bytes gathered while a write is in flight; one write may be in flight while the next
 /// buffer fills.
 const WRITE_CHUNK: usize = 256 * 1024;
 /// How often, in bytes written, free space is checked again during a large instance.
@@ -185,7 +185,10 @@ impl Ingest {
                 return;
             }
         }
-        if self.buffer.len() >= WRITE_CHUNK
+        // Write as soon as the previous write is done (so little is left to write when the
+        // data set ends), and wait for it only when a whole chunk is waiting.
+        let idle = self.in_flight.as_ref().is_none_or(JoinHandle::is_finished);
+        if (idle || self.buffer.len() >= WRITE_CHUNK)
             && let Err(e) = self.flush_buffer().await
         {
             self.failed = Some(IngestError::Write(e));
@@ -272,14 +275,16 @@ impl Ingest {
             .map_err(IngestError::Write)?;
         self.tmp = ready;
         if inner.config.durability == Durability::Full {
-            // After the rename, so that on ext4 the journal commit this forces carries the new
-            // name too, and the committer's sync of tmp/ finds little left to do.
+            // The data, then the `.ready` name: once both are durable the instance survives a
+            // power cut. Syncing after the rename lets ext4's journal commit carry the name
+            // with the data, so the directory sync finds little left to do.
             let mut writer = self
                 .writer
                 .take()
                 .expect("writer back after the last write");
+            let (fs, tmp_dir) = (inner.fs.clone(), inner.layout.tmp_dir());
             let (writer, r) = tokio::task::spawn_blocking(move || {
-                let r = writer.sync();
+                let r = writer.sync().and_then(|()| fs.sync_dir(&tmp_dir));
                 (writer, r)
             })
             .await
@@ -287,8 +292,10 @@ impl Ingest {
             self.writer = Some(writer);
             r.map_err(IngestError::Write)?;
             inner.stats.file_syncs.fetch_add(1, Ordering::Relaxed);
+            inner.stats.dir_syncs.fetch_add(1, Ordering::Relaxed);
         }
-        // The file is complete; close it before it gets its final name.
+        // The file is complete; close it. (With relaxed durability the committer has it
+        // synced in the background once it is acknowledged.)
         self.writer = None;
         let record = InstanceRecord {
             study_uid: String::new(),
