@@ -171,6 +171,17 @@ async fn run(c: config::Config) -> anyhow::Result<ExitCode> {
         w.abort();
     }
     let closed = tokio::time::timeout(Duration::from_secs(30), store.close()).await;
+    let stats = store.stats();
+    info!(
+        stored = stats.stored,
+        duplicates = stats.duplicates,
+        refused = stats.refused,
+        megabytes = stats.bytes / 1_000_000,
+        batches = stats.batches,
+        checkpoints = stats.durable_commits,
+        flushes_per_instance = format!("{:.2}", stats.flushes_per_instance()),
+        "archive closed"
+    );
     let outcome = match closed {
         Ok(Ok(())) => Outcome::Success,
         Ok(Err(e)) => {
