@@ -10,7 +10,7 @@ use dicom_ul::pdu::{
     AbortRQServiceProviderReason, AbortRQSource, AssociationRJ, AssociationRJResult,
     AssociationRJServiceProviderPresentationReason, AssociationRJSource, AssociationRQ, Pdu,
 };
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncReadExt, AsyncWriteExt, Interest};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
@@ -66,16 +66,38 @@ pub(crate) async fn accept_loop(
         let permit = slots.clone().try_acquire_owned().ok();
         let services = services.clone();
         let force = force.clone();
+        let stopping = shutdown.clone();
         tracker.spawn(async move {
             let timeout = services.config.association_timeout;
             let result = match kind {
-                PortKind::Plain => plain(socket, peer, services, permit, force).await,
-                PortKind::Tls => tls(socket, peer, services, permit, force, timeout).await,
+                PortKind::Plain => plain(socket, peer, services, permit, force, stopping).await,
+                PortKind::Tls => {
+                    tls(socket, peer, services, permit, force, stopping, timeout).await
+                }
             };
             if let Err(why) = result {
                 debug!(%peer, why, "connection closed before an association");
             }
         });
+    }
+}
+
+/// How a wait for a caller that is not associated yet ended early.
+enum Cut {
+    TimedOut,
+    Stopping,
+}
+
+/// Waits for a caller for at most `timeout`. A connection that is not an association yet has
+/// nothing to finish, so the wait also ends as soon as the service starts stopping.
+async fn wait_caller<F: std::future::Future>(
+    shutdown: &CancellationToken,
+    timeout: Duration,
+    f: F,
+) -> Result<F::Output, Cut> {
+    tokio::select! {
+        _ = shutdown.cancelled() => Err(Cut::Stopping),
+        r = tokio::time::timeout(timeout, f) => r.map_err(|_| Cut::TimedOut),
     }
 }
 
@@ -85,11 +107,14 @@ async fn plain(
     services: Arc<Services>,
     permit: Option<OwnedSemaphorePermit>,
     force: CancellationToken,
+    shutdown: CancellationToken,
 ) -> Result<(), &'static str> {
     let dicom = &services.config;
-    let peeked = match tokio::time::timeout(dicom.association_timeout, peek_request(&socket)).await
+    let peeked = match wait_caller(&shutdown, dicom.association_timeout, peek_request(&socket))
+        .await
     {
-        Err(_) => {
+        Err(Cut::Stopping) => return Err("the service is stopping"),
+        Err(Cut::TimedOut) => {
             warn!(%peer, timeout = ?dicom.association_timeout, "no association request arrived in time; closing");
             return Err("timeout");
         }
@@ -153,9 +178,12 @@ async fn plain(
         None => {
             let (gate, decision) = Gate::new(services.clone(), peer.ip(), resolved);
             let options = negotiate::options(&services, gate, config::Permissions::ALL, None);
-            let established =
-                tokio::time::timeout(dicom.association_timeout, options.establish_async(socket))
-                    .await;
+            let established = wait_caller(
+                &shutdown,
+                dicom.association_timeout,
+                options.establish_async(socket),
+            )
+            .await;
             return finish_gated(
                 established,
                 &decision,
@@ -203,7 +231,7 @@ async fn plain(
 async fn finish_gated<S>(
     established: Result<
         Result<dicom_ul::association::AsyncServerAssociation<S>, dicom_ul::association::Error>,
-        tokio::time::error::Elapsed,
+        Cut,
     >,
     decision: &Decision,
     services: &Arc<Services>,
@@ -245,7 +273,8 @@ where
             }
             Err("negotiation failed")
         }
-        (Err(_), _) => {
+        (Err(Cut::Stopping), _) => Err("the service is stopping"),
+        (Err(Cut::TimedOut), _) => {
             warn!(%peer, ?port, "association negotiation timed out");
             Err("timeout")
         }
@@ -262,13 +291,14 @@ async fn tls(
     services: Arc<Services>,
     permit: Option<OwnedSemaphorePermit>,
     force: CancellationToken,
+    shutdown: CancellationToken,
     timeout: Duration,
 ) -> Result<(), &'static str> {
     let Some(tls) = services.tls.clone() else {
         return Err("no TLS configuration");
     };
     let mut first = [0u8; 1];
-    match tokio::time::timeout(timeout, socket.peek(&mut first)).await {
+    match wait_caller(&shutdown, timeout, socket.peek(&mut first)).await {
         Ok(Ok(1)) if first[0] == 0x01 => {
             warn!(
                 %peer,
@@ -279,13 +309,14 @@ async fn tls(
             return Err("plain DICOM on the TLS port");
         }
         Ok(Ok(n)) if n > 0 => {}
+        Err(Cut::Stopping) => return Err("the service is stopping"),
         _ => return Err("closed"),
     }
     let Some(permit) = permit else {
         // The limit is answered in DICOM terms, so the handshake has to happen first.
         let acceptor = tokio_rustls::TlsAcceptor::from(tls.server.clone());
-        if let Ok(Ok(mut stream)) = tokio::time::timeout(timeout, acceptor.accept(socket)).await {
-            let rq = tokio::time::timeout(timeout, read_request(&mut stream)).await;
+        if let Ok(Ok(mut stream)) = wait_caller(&shutdown, timeout, acceptor.accept(socket)).await {
+            let rq = wait_caller(&shutdown, timeout, read_request(&mut stream)).await;
             let (calling, called) = match &rq {
                 Ok(Some(rq)) => (rq.calling_ae_title.clone(), rq.called_ae_title.clone()),
                 _ => Default::default(),
@@ -298,8 +329,9 @@ async fn tls(
     };
     let resolved = policy::resolve_checked_hosts(&services).await;
     let (gate, decision) = Gate::new(services.clone(), peer.ip(), resolved);
-    let options = negotiate::options(&services, gate, config::Permissions::ALL, None);
-    let established = tokio::time::timeout(timeout, options.establish_tls_async(socket)).await;
+    let options = negotiate::options(&services, gate, config::Permissions::ALL, None)
+        .tls_config(tls.server.clone());
+    let established = wait_caller(&shutdown, timeout, options.establish_tls_async(socket)).await;
     finish_gated(
         established,
         &decision,
@@ -351,7 +383,16 @@ async fn peek_request(socket: &TcpStream) -> Peeked {
                 };
             }
         }
-        // Part of the request is still on its way; peeking again at once would spin.
+        // Part of the request is still on its way; peeking again at once would spin. Peeking
+        // shows the same bytes forever once the caller has closed its side, so ask whether it
+        // did: the rest will never come.
+        if socket
+            .ready(Interest::READABLE)
+            .await
+            .is_ok_and(|r| r.is_read_closed())
+        {
+            return Peeked::Closed;
+        }
         tokio::time::sleep(Duration::from_millis(2)).await;
     }
 }

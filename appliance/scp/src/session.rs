@@ -278,6 +278,16 @@ impl<L: Link> Session<L> {
                 Status::SOP_CLASS_NOT_SUPPORTED,
                 format!("SOP class {sop_class} was not negotiated on this presentation context"),
             ))
+        } else if !crate::negotiate::is_storage_class(
+            &sop_class,
+            self.services.config.accept_unknown_sop_classes,
+        ) {
+            // The TLS port negotiates unknown classes promiscuously, so a context of another
+            // service (worklist, MPPS) can be open; it still carries nothing to store.
+            Some((
+                Status::SOP_CLASS_NOT_SUPPORTED,
+                format!("SOP class {sop_class} is not a storage SOP class"),
+            ))
         } else {
             None
         };

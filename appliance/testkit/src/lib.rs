@@ -8,7 +8,7 @@ mod scu;
 
 pub use appliance::Appliance;
 pub use notify_socket::NotifySocket;
-pub use scu::{Received, Scu};
+pub use scu::{Received, Scu, options};
 
 /// Transfer syntaxes tests propose most.
 pub const EXPLICIT_LE: &str = dataset::ts::EXPLICIT_VR_LITTLE_ENDIAN;

@@ -6,8 +6,10 @@ use std::time::Duration;
 
 use dicom_ul::ClientAssociationOptions;
 use dicom_ul::association::AsyncClientAssociation;
+use dicom_ul::association::client::AsyncTlsStream;
 use dicom_ul::pdu::PresentationContextResultReason;
 use dimse::{Channel, Command, CommandField, DimseError, Incoming, Status};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 
 const TIMEOUT: Duration = Duration::from_secs(30);
@@ -20,12 +22,40 @@ pub struct Received {
     pub transfer_syntax: String,
 }
 
-pub struct Scu {
-    channel: Channel<AsyncClientAssociation<TcpStream>>,
+pub struct Scu<S = TcpStream>
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + dimse::channel::Socket,
+{
+    channel: Channel<AsyncClientAssociation<S>>,
     next_id: u16,
 }
 
-impl Scu {
+/// Association options proposing `contexts` (abstract syntax, transfer syntaxes) and, for
+/// C-GET, the SCP role for `scp_roles`; tests add to them (TLS, other settings) and pass
+/// them to [`Scu::establish`] or [`Scu::establish_tls`].
+pub fn options(
+    calling: &str,
+    called: &str,
+    contexts: &[(&str, &[&str])],
+    scp_roles: &[&str],
+) -> ClientAssociationOptions<'static> {
+    let mut options = ClientAssociationOptions::new()
+        .calling_ae_title(calling.to_string())
+        .called_ae_title(called.to_string())
+        .max_pdu_length(16_384);
+    for (abstract_syntax, syntaxes) in contexts {
+        options = options.with_presentation_context(
+            abstract_syntax.to_string(),
+            syntaxes.iter().map(|s| s.to_string()).collect(),
+        );
+    }
+    for sop in scp_roles {
+        options = options.with_role_selection(sop.to_string(), false, true);
+    }
+    options
+}
+
+impl Scu<TcpStream> {
     /// Opens an association proposing `contexts` (abstract syntax, transfer syntaxes) and,
     /// for C-GET, the SCP role for `scp_roles`.
     pub async fn connect(
@@ -35,28 +65,45 @@ impl Scu {
         contexts: &[(&str, &[&str])],
         scp_roles: &[&str],
     ) -> Result<Scu, dicom_ul::association::Error> {
-        let mut options = ClientAssociationOptions::new()
-            .calling_ae_title(calling.to_string())
-            .called_ae_title(called.to_string())
-            .max_pdu_length(16_384);
-        for (abstract_syntax, syntaxes) in contexts {
-            options = options.with_presentation_context(
-                abstract_syntax.to_string(),
-                syntaxes.iter().map(|s| s.to_string()).collect(),
-            );
-        }
-        for sop in scp_roles {
-            options = options.with_role_selection(sop.to_string(), false, true);
-        }
-        let mut assoc = options.establish_async(addr).await?;
-        let _ = assoc.inner_stream().set_nodelay(true);
-        Ok(Scu {
-            channel: Channel::new(assoc, TIMEOUT),
-            next_id: 1,
-        })
+        Scu::establish(options(calling, called, contexts, scp_roles), addr).await
     }
 
-    pub fn channel(&mut self) -> &mut Channel<AsyncClientAssociation<TcpStream>> {
+    /// Opens an association with options of the test's making.
+    pub async fn establish(
+        options: ClientAssociationOptions<'static>,
+        addr: SocketAddr,
+    ) -> Result<Scu, dicom_ul::association::Error> {
+        let mut assoc = options.establish_async(addr).await?;
+        let _ = assoc.inner_stream().set_nodelay(true);
+        Ok(Scu::new(assoc))
+    }
+}
+
+impl Scu<AsyncTlsStream> {
+    /// Opens an association over DICOM TLS; `options` carry the TLS client configuration
+    /// and server name.
+    pub async fn establish_tls(
+        options: ClientAssociationOptions<'static>,
+        addr: SocketAddr,
+    ) -> Result<Scu<AsyncTlsStream>, dicom_ul::association::Error> {
+        let mut assoc = options.establish_tls_async(addr).await?;
+        let _ = assoc.inner_stream().get_ref().0.set_nodelay(true);
+        Ok(Scu::new(assoc))
+    }
+}
+
+impl<S> Scu<S>
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + dimse::channel::Socket,
+{
+    fn new(assoc: AsyncClientAssociation<S>) -> Scu<S> {
+        Scu {
+            channel: Channel::new(assoc, TIMEOUT),
+            next_id: 1,
+        }
+    }
+
+    pub fn channel(&mut self) -> &mut Channel<AsyncClientAssociation<S>> {
         &mut self.channel
     }
 

@@ -1,0 +1,315 @@
+//! Who may associate and what is negotiated: caller and called AE checks, host and TLS
+//! restrictions, the association limit, per-remote permissions, and the audit trail of
+//! rejections.
+
+use dataset::synth::SynthInstance;
+use dataset::{Encoding, Vr, tags};
+use dicom_ul::pdu::{
+    AssociationRJResult, AssociationRJServiceProviderPresentationReason,
+    AssociationRJServiceUserReason, AssociationRJSource, Pdu, PresentationContextResultReason,
+};
+use dimse::Status;
+use testkit::{Appliance, CT, EXPLICIT_LE, IMPLICIT_LE, Scu};
+
+use crate::support::{
+    RawPeer, association_rq, context_result, identifier, instance_count, open_config, rejection,
+    rejections, start_tls, wait_until,
+};
+
+const ECHO: &[(&str, &[&str])] = &[(dimse::VERIFICATION, &[IMPLICIT_LE])];
+
+fn listed_only(remote: &str) -> String {
+    format!(
+        "[dicom]\nae_title = \"OUTPOST\"\naccept_unknown_callers = false\n\n[[dicom.remote]]\n{remote}\n"
+    )
+}
+
+fn service_user(reason: AssociationRJServiceUserReason) -> AssociationRJSource {
+    AssociationRJSource::ServiceUser(reason)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unknown_calling_ae_is_rejected_permanently() {
+    let app = Appliance::start(&listed_only(
+        "ae_title = \"CT1\"\nhost = \"127.0.0.1\"\nport = 104",
+    ))
+    .await;
+    let rj = rejection(Scu::connect(app.addr, "STRANGER", "OUTPOST", ECHO, &[]).await);
+    assert_eq!(rj.result, AssociationRJResult::Permanent);
+    assert_eq!(
+        rj.source,
+        service_user(AssociationRJServiceUserReason::CallingAETitleNotRecognized)
+    );
+    let lines = rejections(&app);
+    assert_eq!(lines.len(), 1, "{lines:?}");
+    assert!(
+        lines[0].contains("\"calling_ae\":\"STRANGER\""),
+        "{}",
+        lines[0]
+    );
+    assert!(
+        lines[0].contains("\"called_ae\":\"OUTPOST\""),
+        "{}",
+        lines[0]
+    );
+    assert!(lines[0].contains("not in [[dicom.remote]]"), "{}", lines[0]);
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn listed_remote_is_accepted() {
+    let app = Appliance::start(&listed_only(
+        "ae_title = \"CT1\"\nhost = \"127.0.0.1\"\nport = 104",
+    ))
+    .await;
+    let mut scu = Scu::connect(app.addr, "CT1", "OUTPOST", ECHO, &[])
+        .await
+        .unwrap();
+    assert_eq!(scu.echo().await.unwrap(), Status::SUCCESS);
+    scu.release().await.unwrap();
+    assert!(rejections(&app).is_empty());
+    assert!(
+        app.audit_lines()
+            .iter()
+            .any(|l| l.contains("\"event\":\"association-accepted\"")
+                && l.contains("\"calling_ae\":\"CT1\""))
+    );
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wrong_called_ae_is_rejected_when_checked() {
+    let app = Appliance::start(&open_config("check_called_ae = true")).await;
+    let rj = rejection(Scu::connect(app.addr, "CT1", "SOMEONE", ECHO, &[]).await);
+    assert_eq!(rj.result, AssociationRJResult::Permanent);
+    assert_eq!(
+        rj.source,
+        service_user(AssociationRJServiceUserReason::CalledAETitleNotRecognized)
+    );
+    let lines = rejections(&app);
+    assert_eq!(lines.len(), 1, "{lines:?}");
+    assert!(
+        lines[0].contains("\"called_ae\":\"SOMEONE\""),
+        "{}",
+        lines[0]
+    );
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wrong_called_ae_is_accepted_when_not_checked() {
+    let app = Appliance::start(&open_config("check_called_ae = false")).await;
+    let mut scu = Scu::connect(app.addr, "CT1", "SOMEONE", ECHO, &[])
+        .await
+        .unwrap();
+    assert_eq!(scu.echo().await.unwrap(), Status::SUCCESS);
+    scu.release().await.unwrap();
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn check_host_rejects_another_address() {
+    let app = Appliance::start(&listed_only(
+        "ae_title = \"CT1\"\nhost = \"10.255.255.1\"\nport = 104\ncheck_host = true",
+    ))
+    .await;
+    let rj = rejection(Scu::connect(app.addr, "CT1", "OUTPOST", ECHO, &[]).await);
+    assert_eq!(rj.result, AssociationRJResult::Permanent);
+    assert_eq!(
+        rj.source,
+        service_user(AssociationRJServiceUserReason::CallingAETitleNotRecognized)
+    );
+    let lines = rejections(&app);
+    assert_eq!(lines.len(), 1, "{lines:?}");
+    assert!(
+        lines[0].contains("only accepted from 10.255.255.1"),
+        "{}",
+        lines[0]
+    );
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn check_host_accepts_the_listed_address() {
+    let app = Appliance::start(&listed_only(
+        "ae_title = \"CT1\"\nhost = \"127.0.0.1\"\nport = 104\ncheck_host = true",
+    ))
+    .await;
+    let mut scu = Scu::connect(app.addr, "CT1", "OUTPOST", ECHO, &[])
+        .await
+        .unwrap();
+    assert_eq!(scu.echo().await.unwrap(), Status::SUCCESS);
+    scu.release().await.unwrap();
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_remote_is_rejected_on_the_plain_port() {
+    let (app, _pki) = start_tls(
+        "accept_unknown_callers = false",
+        false,
+        "[[dicom.remote]]\nae_title = \"CT1\"\nhost = \"127.0.0.1\"\nport = 104\ntls = true",
+    )
+    .await;
+    let rj = rejection(Scu::connect(app.addr, "CT1", "OUTPOST", ECHO, &[]).await);
+    assert_eq!(rj.result, AssociationRJResult::Permanent);
+    assert_eq!(
+        rj.source,
+        service_user(AssociationRJServiceUserReason::CallingAETitleNotRecognized)
+    );
+    let lines = rejections(&app);
+    assert_eq!(lines.len(), 1, "{lines:?}");
+    assert!(
+        lines[0].contains("configured to use DICOM TLS"),
+        "{}",
+        lines[0]
+    );
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn loopback_unknown_callers_are_accepted_from_loopback() {
+    let app = Appliance::start(
+        "[dicom]\nae_title = \"OUTPOST\"\naccept_unknown_callers = \"loopback\"\n",
+    )
+    .await;
+    let mut scu = Scu::connect(app.addr, "STRANGER", "OUTPOST", ECHO, &[])
+        .await
+        .unwrap();
+    assert_eq!(scu.echo().await.unwrap(), Status::SUCCESS);
+    scu.release().await.unwrap();
+    assert!(rejections(&app).is_empty());
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn association_limit_rejects_transiently_and_the_others_go_on() {
+    let app = Appliance::start(&open_config("max_associations = 2")).await;
+    let mut first = Scu::connect(app.addr, "A", "OUTPOST", ECHO, &[])
+        .await
+        .unwrap();
+    let mut second = Scu::connect(app.addr, "B", "OUTPOST", ECHO, &[])
+        .await
+        .unwrap();
+    let rj = rejection(Scu::connect(app.addr, "C", "OUTPOST", ECHO, &[]).await);
+    assert_eq!(rj.result, AssociationRJResult::Transient);
+    assert_eq!(
+        rj.source,
+        AssociationRJSource::ServiceProviderPresentation(
+            AssociationRJServiceProviderPresentationReason::LocalLimitExceeded
+        )
+    );
+    assert_eq!(first.echo().await.unwrap(), Status::SUCCESS);
+    assert_eq!(second.echo().await.unwrap(), Status::SUCCESS);
+    let lines = rejections(&app);
+    assert_eq!(lines.len(), 1, "{lines:?}");
+    assert!(lines[0].contains("\"calling_ae\":\"C\""), "{}", lines[0]);
+    assert!(lines[0].contains("max_associations"), "{}", lines[0]);
+    // A released association frees its place.
+    first.release().await.unwrap();
+    let mut third = None;
+    for _ in 0..100 {
+        match Scu::connect(app.addr, "C", "OUTPOST", ECHO, &[]).await {
+            Ok(s) => {
+                third = Some(s);
+                break;
+            }
+            Err(_) => tokio::time::sleep(std::time::Duration::from_millis(20)).await,
+        }
+    }
+    let mut third = third.expect("a place frees up after a release");
+    assert_eq!(third.echo().await.unwrap(), Status::SUCCESS);
+    assert_eq!(second.echo().await.unwrap(), Status::SUCCESS);
+    third.release().await.unwrap();
+    second.release().await.unwrap();
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn find_only_remote_gets_only_find_contexts() {
+    let app = Appliance::start(&listed_only(
+        "ae_title = \"CT1\"\nhost = \"127.0.0.1\"\nport = 104\npermissions = [\"find\"]",
+    ))
+    .await;
+    let rq = association_rq(
+        "CT1",
+        "OUTPOST",
+        &[
+            (CT, &[EXPLICIT_LE]),
+            (dimse::STUDY_ROOT_FIND, &[IMPLICIT_LE]),
+            (dimse::PATIENT_ROOT_FIND, &[IMPLICIT_LE]),
+            (dimse::STUDY_ROOT_MOVE, &[IMPLICIT_LE]),
+            (dimse::STUDY_ROOT_GET, &[IMPLICIT_LE]),
+            (dimse::VERIFICATION, &[IMPLICIT_LE]),
+        ],
+    );
+    let (mut peer, ac) = RawPeer::accepted(app.addr, rq).await;
+    use PresentationContextResultReason::{AbstractSyntaxNotSupported, Acceptance};
+    assert_eq!(context_result(&ac, 1), AbstractSyntaxNotSupported);
+    assert_eq!(context_result(&ac, 3), Acceptance);
+    assert_eq!(context_result(&ac, 5), Acceptance);
+    assert_eq!(context_result(&ac, 7), AbstractSyntaxNotSupported);
+    assert_eq!(context_result(&ac, 9), AbstractSyntaxNotSupported);
+    assert_eq!(context_result(&ac, 11), Acceptance);
+    peer.send(&Pdu::ReleaseRQ).await;
+    assert_eq!(peer.next().await, Some(Pdu::ReleaseRP));
+
+    // The query itself works.
+    let mut scu = Scu::connect(
+        app.addr,
+        "CT1",
+        "OUTPOST",
+        &[(dimse::STUDY_ROOT_FIND, &[IMPLICIT_LE])],
+        &[],
+    )
+    .await
+    .unwrap();
+    let q = identifier(
+        Encoding::IMPLICIT_LE,
+        &[
+            (tags::QUERY_RETRIEVE_LEVEL, Vr::CS, b"STUDY"),
+            (tags::STUDY_INSTANCE_UID, Vr::UI, b""),
+        ],
+    );
+    let (matches, last) = scu.find(dimse::STUDY_ROOT_FIND, &q).await.unwrap();
+    assert!(matches.is_empty());
+    assert_eq!(last.status, Some(Status::SUCCESS));
+    scu.release().await.unwrap();
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn store_by_a_remote_without_store_permission_is_not_authorized() {
+    // C-GET needs the storage contexts, so a get-only remote has them, but may not store.
+    let app = Appliance::start(&listed_only(
+        "ae_title = \"CT1\"\nhost = \"127.0.0.1\"\nport = 104\npermissions = [\"get\"]",
+    ))
+    .await;
+    let mut scu = Scu::connect(app.addr, "CT1", "OUTPOST", &[(CT, &[EXPLICIT_LE])], &[])
+        .await
+        .unwrap();
+    let inst = SynthInstance::ct(1, 1, 1, 1);
+    let rsp = scu
+        .store(
+            CT,
+            &inst.sop_uid,
+            None,
+            &inst.dataset(Encoding::EXPLICIT_LE),
+        )
+        .await
+        .unwrap();
+    assert_eq!(rsp.status, Some(Status::NOT_AUTHORIZED));
+    assert_eq!(
+        rsp.affected_sop_instance_uid.as_deref(),
+        Some(inst.sop_uid.as_str())
+    );
+    assert_eq!(instance_count(&app), 0);
+    scu.release().await.unwrap();
+    wait_until("the refusal is audited", crate::support::WAIT, || {
+        app.audit_lines()
+            .iter()
+            .any(|l| l.contains("\"event\":\"instances-stored\"") && l.contains("minor-failure"))
+    })
+    .await;
+    app.stop().await;
+}

@@ -1,0 +1,449 @@
+//! C-MOVE (to a second appliance) and C-GET (on the requestor's association): instances
+//! arrive byte for byte or converted as negotiated, progress counts, refusals, receivers that
+//! fail sub-operations, and C-CANCEL.
+
+use std::collections::BTreeMap;
+
+use dataset::synth::SynthInstance;
+use dataset::{Encoding, Vr, tags};
+use dimse::{Command, CommandField, Status};
+use testkit::{Appliance, CT, EXPLICIT_LE, IMPLICIT_LE, Scu};
+
+use crate::support::{identifier, instance_count, open_config, store_all, stored, value, walk};
+
+fn series(n: u32) -> Vec<SynthInstance> {
+    (1..=n).map(|i| SynthInstance::ct(1, 1, 1, i)).collect()
+}
+
+/// An appliance holding `instances` (Explicit LE) that knows `remotes` as move destinations.
+async fn source(instances: &[SynthInstance], remotes: &str) -> Appliance {
+    let app = Appliance::start(&format!("{}\n{remotes}", open_config(""))).await;
+    let mut scu = Scu::connect(
+        app.addr,
+        "MODALITY",
+        "OUTPOST",
+        &[(CT, &[EXPLICIT_LE])],
+        &[],
+    )
+    .await
+    .unwrap();
+    store_all(&mut scu, instances, EXPLICIT_LE, Encoding::EXPLICIT_LE).await;
+    scu.release().await.unwrap();
+    app
+}
+
+fn remote(ae: &str, port: u16) -> String {
+    format!("[[dicom.remote]]\nae_title = \"{ae}\"\nhost = \"127.0.0.1\"\nport = {port}\n")
+}
+
+/// A destination appliance called DEST.
+async fn destination(adjust: impl FnOnce(&mut store::StoreConfig)) -> Appliance {
+    Appliance::start_with(
+        "[dicom]\nae_title = \"DEST\"\naccept_unknown_callers = true\n",
+        adjust,
+    )
+    .await
+}
+
+fn study_identifier(inst: &SynthInstance) -> Vec<u8> {
+    identifier(
+        Encoding::IMPLICIT_LE,
+        &[
+            (tags::QUERY_RETRIEVE_LEVEL, Vr::CS, b"STUDY"),
+            (tags::STUDY_INSTANCE_UID, Vr::UI, inst.study_uid.as_bytes()),
+        ],
+    )
+}
+
+async fn mover(app: &Appliance) -> Scu {
+    Scu::connect(
+        app.addr,
+        "WORKSTATION",
+        "OUTPOST",
+        &[(dimse::STUDY_ROOT_MOVE, &[IMPLICIT_LE])],
+        &[],
+    )
+    .await
+    .unwrap()
+}
+
+/// (status, remaining, completed, failed, warning) of a C-MOVE or C-GET response.
+fn progress(rsp: &Command) -> (Status, Option<u16>, Option<u16>, Option<u16>, Option<u16>) {
+    (
+        rsp.status.expect("status"),
+        rsp.remaining,
+        rsp.completed,
+        rsp.failed,
+        rsp.warning,
+    )
+}
+
+/// The Failed SOP Instance UID List of a final response's identifier.
+fn failed_list(data: &Option<Vec<u8>>) -> Vec<u8> {
+    let data = data
+        .as_ref()
+        .expect("a final response with failures lists them");
+    let w = walk(IMPLICIT_LE, data);
+    dataset::encode::trim_padding(&value(&w, tags::FAILED_SOP_INSTANCE_UID_LIST)).to_vec()
+}
+
+fn joined_uids(instances: &[SynthInstance]) -> Vec<u8> {
+    instances
+        .iter()
+        .map(|i| i.sop_uid.as_str())
+        .collect::<Vec<_>>()
+        .join("\\")
+        .into_bytes()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn move_to_a_second_appliance_delivers_every_instance_byte_for_byte() {
+    let dest = destination(|_| {}).await;
+    let instances = series(3);
+    let app = source(&instances, &remote("DEST", dest.addr.port())).await;
+    let mut scu = mover(&app).await;
+    let responses = scu
+        .move_(
+            dimse::STUDY_ROOT_MOVE,
+            "DEST",
+            &study_identifier(&instances[0]),
+        )
+        .await
+        .unwrap();
+    let got: Vec<_> = responses.iter().map(|(r, _)| progress(r)).collect();
+    assert_eq!(
+        got,
+        vec![
+            (Status::PENDING, Some(2), Some(1), Some(0), Some(0)),
+            (Status::PENDING, Some(1), Some(2), Some(0), Some(0)),
+            (Status::SUCCESS, None, Some(3), Some(0), Some(0)),
+        ]
+    );
+    for (rsp, data) in &responses {
+        assert_eq!(rsp.field, CommandField::C_MOVE_RSP);
+        assert_eq!(
+            rsp.affected_sop_class_uid.as_deref(),
+            Some(dimse::STUDY_ROOT_MOVE)
+        );
+        assert!(data.is_none());
+    }
+    scu.release().await.unwrap();
+    assert_eq!(instance_count(&dest), 3);
+    for inst in &instances {
+        assert_eq!(
+            stored(&dest, &inst.sop_uid),
+            Some((EXPLICIT_LE.into(), inst.dataset(Encoding::EXPLICIT_LE))),
+            "{}",
+            inst.sop_uid
+        );
+    }
+    app.stop().await;
+    dest.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn move_to_an_unknown_destination_is_refused_with_a801() {
+    let instances = series(1);
+    let app = source(&instances, "").await;
+    let mut scu = mover(&app).await;
+    let responses = scu
+        .move_(
+            dimse::STUDY_ROOT_MOVE,
+            "NOWHERE",
+            &study_identifier(&instances[0]),
+        )
+        .await
+        .unwrap();
+    assert_eq!(responses.len(), 1);
+    let rsp = &responses[0].0;
+    assert_eq!(rsp.status, Some(Status::MOVE_DESTINATION_UNKNOWN));
+    assert!(
+        rsp.error_comment
+            .as_deref()
+            .is_some_and(|c| c.contains("NOWHERE")),
+        "{:?}",
+        rsp.error_comment
+    );
+    scu.release().await.unwrap();
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn move_to_a_destination_that_is_down_is_refused_with_a702() {
+    // A port nothing listens on.
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let instances = series(2);
+    let app = source(&instances, &remote("DOWN", port)).await;
+    let mut scu = mover(&app).await;
+    let responses = scu
+        .move_(
+            dimse::STUDY_ROOT_MOVE,
+            "DOWN",
+            &study_identifier(&instances[0]),
+        )
+        .await
+        .unwrap();
+    assert_eq!(responses.len(), 1);
+    assert_eq!(responses[0].0.status, Some(Status::OUT_OF_RESOURCES_SUBOPS));
+    // The association goes on.
+    let mut again = mover(&app).await;
+    let responses = again
+        .move_(
+            dimse::STUDY_ROOT_MOVE,
+            "NOWHERE",
+            &study_identifier(&instances[0]),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        responses[0].0.status,
+        Some(Status::MOVE_DESTINATION_UNKNOWN)
+    );
+    again.release().await.unwrap();
+    scu.release().await.unwrap();
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn move_to_a_receiver_that_refuses_ends_with_b000() {
+    // The destination's disk is "full": it answers every C-STORE with 0xA700.
+    let dest = destination(|s| s.min_free_bytes = u64::MAX).await;
+    let instances = series(2);
+    let app = source(&instances, &remote("DEST", dest.addr.port())).await;
+    let mut scu = mover(&app).await;
+    let responses = scu
+        .move_(
+            dimse::STUDY_ROOT_MOVE,
+            "DEST",
+            &study_identifier(&instances[0]),
+        )
+        .await
+        .unwrap();
+    let got: Vec<_> = responses.iter().map(|(r, _)| progress(r)).collect();
+    assert_eq!(
+        got,
+        vec![
+            (Status::PENDING, Some(1), Some(0), Some(1), Some(0)),
+            (
+                Status::SUBOPS_WITH_FAILURES,
+                None,
+                Some(0),
+                Some(2),
+                Some(0)
+            ),
+        ]
+    );
+    assert_eq!(
+        failed_list(&responses.last().unwrap().1),
+        joined_uids(&instances)
+    );
+    scu.release().await.unwrap();
+    assert_eq!(instance_count(&dest), 0);
+    app.stop().await;
+    dest.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancel_during_a_move_ends_it_with_fe00() {
+    let dest = destination(|_| {}).await;
+    let instances = series(40);
+    let app = source(&instances, &remote("DEST", dest.addr.port())).await;
+    let mut scu = mover(&app).await;
+    let id = scu
+        .start_move(
+            dimse::STUDY_ROOT_MOVE,
+            "DEST",
+            &study_identifier(&instances[0]),
+        )
+        .await
+        .unwrap();
+    scu.cancel(dimse::STUDY_ROOT_MOVE, id).await.unwrap();
+    let mut responses = Vec::new();
+    let last = loop {
+        let (rsp, _) = scu.response_with_data().await.unwrap();
+        assert_eq!(rsp.message_id_responded_to, Some(id));
+        if rsp.status == Some(Status::PENDING) {
+            responses.push(rsp);
+        } else {
+            break rsp;
+        }
+    };
+    assert_eq!(last.status, Some(Status::CANCEL));
+    let completed = last.completed.expect("completed count");
+    assert!(completed < 40, "{completed} of 40 sent despite the cancel");
+    assert_eq!(last.failed, Some(0));
+    assert_eq!(usize::from(completed), responses.len());
+    scu.release().await.unwrap();
+    app.stop().await;
+    // What was reported sent did arrive.
+    assert_eq!(instance_count(&dest), u64::from(completed));
+    dest.stop().await;
+}
+
+async fn getter(app: &Appliance, ct_syntaxes: &[&str], roles: &[&str]) -> Scu {
+    Scu::connect(
+        app.addr,
+        "VIEWER",
+        "OUTPOST",
+        &[(dimse::STUDY_ROOT_GET, &[IMPLICIT_LE]), (CT, ct_syntaxes)],
+        roles,
+    )
+    .await
+    .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn get_with_role_selection_delivers_on_the_same_association() {
+    let instances = series(3);
+    let app = source(&instances, "").await;
+    let mut scu = getter(&app, &[EXPLICIT_LE], &[CT]).await;
+    let (received, responses) = scu
+        .get(
+            dimse::STUDY_ROOT_GET,
+            &study_identifier(&instances[0]),
+            Status::SUCCESS,
+        )
+        .await
+        .unwrap();
+    let got: Vec<_> = responses.iter().map(|(r, _)| progress(r)).collect();
+    assert_eq!(
+        got,
+        vec![
+            (Status::PENDING, Some(2), Some(1), Some(0), Some(0)),
+            (Status::PENDING, Some(1), Some(2), Some(0), Some(0)),
+            (Status::SUCCESS, None, Some(3), Some(0), Some(0)),
+        ]
+    );
+    assert!(
+        responses
+            .iter()
+            .all(|(r, _)| r.field == CommandField::C_GET_RSP)
+    );
+    let by_uid: BTreeMap<String, &testkit::Received> = received
+        .iter()
+        .map(|r| (r.command.affected_sop_instance_uid.clone().unwrap(), r))
+        .collect();
+    assert_eq!(by_uid.len(), 3);
+    for inst in &instances {
+        let r = by_uid[&inst.sop_uid];
+        assert_eq!(r.transfer_syntax, EXPLICIT_LE);
+        assert_eq!(r.command.affected_sop_class_uid.as_deref(), Some(CT));
+        assert!(r.command.move_originator_ae.is_none());
+        assert!(
+            r.data == inst.dataset(Encoding::EXPLICIT_LE),
+            "{} altered",
+            inst.sop_uid
+        );
+    }
+    scu.release().await.unwrap();
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn get_converts_to_implicit_le_when_only_that_is_accepted() {
+    let instances = series(1);
+    let app = source(&instances, "").await;
+    let mut scu = getter(&app, &[IMPLICIT_LE], &[CT]).await;
+    let (received, responses) = scu
+        .get(
+            dimse::STUDY_ROOT_GET,
+            &study_identifier(&instances[0]),
+            Status::SUCCESS,
+        )
+        .await
+        .unwrap();
+    assert_eq!(responses.len(), 1);
+    assert_eq!(
+        progress(&responses[0].0),
+        (Status::SUCCESS, None, Some(1), Some(0), Some(0))
+    );
+    assert_eq!(received.len(), 1);
+    assert_eq!(received[0].transfer_syntax, IMPLICIT_LE);
+    assert!(
+        received[0].data == instances[0].dataset(Encoding::IMPLICIT_LE),
+        "not the Implicit LE encoding of the instance"
+    );
+    // The archive keeps what it received.
+    assert_eq!(
+        stored(&app, &instances[0].sop_uid).map(|(ts, _)| ts),
+        Some(EXPLICIT_LE.to_string())
+    );
+    scu.release().await.unwrap();
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn get_without_role_selection_fails_every_sub_operation() {
+    let instances = series(3);
+    let app = source(&instances, "").await;
+    let mut scu = getter(&app, &[EXPLICIT_LE], &[]).await;
+    let (received, responses) = scu
+        .get(
+            dimse::STUDY_ROOT_GET,
+            &study_identifier(&instances[0]),
+            Status::SUCCESS,
+        )
+        .await
+        .unwrap();
+    assert!(received.is_empty());
+    let got: Vec<_> = responses.iter().map(|(r, _)| progress(r)).collect();
+    assert_eq!(
+        got,
+        vec![
+            (Status::PENDING, Some(2), Some(0), Some(1), Some(0)),
+            (Status::PENDING, Some(1), Some(0), Some(2), Some(0)),
+            (
+                Status::SUBOPS_WITH_FAILURES,
+                None,
+                Some(0),
+                Some(3),
+                Some(0)
+            ),
+        ]
+    );
+    assert_eq!(
+        failed_list(&responses.last().unwrap().1),
+        joined_uids(&instances)
+    );
+    scu.release().await.unwrap();
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn get_whose_receiver_refuses_ends_with_b000() {
+    let instances = series(2);
+    let app = source(&instances, "").await;
+    let mut scu = getter(&app, &[EXPLICIT_LE], &[CT]).await;
+    let (received, responses) = scu
+        .get(
+            dimse::STUDY_ROOT_GET,
+            &study_identifier(&instances[0]),
+            Status::OUT_OF_RESOURCES,
+        )
+        .await
+        .unwrap();
+    assert_eq!(received.len(), 2);
+    let got: Vec<_> = responses.iter().map(|(r, _)| progress(r)).collect();
+    assert_eq!(
+        got,
+        vec![
+            (Status::PENDING, Some(1), Some(0), Some(1), Some(0)),
+            (
+                Status::SUBOPS_WITH_FAILURES,
+                None,
+                Some(0),
+                Some(2),
+                Some(0)
+            ),
+        ]
+    );
+    assert_eq!(
+        failed_list(&responses.last().unwrap().1),
+        joined_uids(&instances)
+    );
+    scu.release().await.unwrap();
+    app.stop().await;
+}
