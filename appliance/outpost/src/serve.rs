@@ -30,9 +30,13 @@ fn init_logging(log: &config::Log) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .or_else(|_| tracing_subscriber::EnvFilter::try_new(&log.filter))
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    // Logs are diagnostics, so they go to stderr (the journal keeps both streams), with
+    // colours only for a person at a terminal: escape codes are noise in a journal or a file.
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_target(false);
+        .with_target(false)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
     if log.json {
         builder.json().init();
     } else {

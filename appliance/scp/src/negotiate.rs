@@ -9,7 +9,9 @@ use dicom_core::dictionary::UidDictionary;
 use dicom_dictionary_std::StandardSopClassDictionary;
 use dicom_ul::ServerAssociationOptions;
 use dicom_ul::association::server::{AccessControl, Negotiation};
-use dicom_ul::pdu::{AssociationRJServiceUserReason, AssociationRQ, RequestorRoles, UserIdentity};
+use dicom_ul::pdu::{
+    AssociationRJServiceUserReason, AssociationRQ, RequestorRoles, UserIdentity, UserVariableItem,
+};
 
 use crate::policy::{self, Admitted, Refusal, Resolved};
 use crate::{PortKind, Services};
@@ -175,8 +177,123 @@ pub fn options<A: AccessControl>(
             }
         }
     }
+    let avoided = request.map(avoided_syntaxes).unwrap_or_default();
     for ts in dataset::ts::all_known() {
-        o = o.with_transfer_syntax(ts);
+        if !avoided.iter().any(|a| a == ts) {
+            o = o.with_transfer_syntax(ts);
+        }
     }
     o
+}
+
+/// Transfer syntaxes to refuse so that a C-GET requestor's storage contexts settle on one we
+/// can always send in.
+///
+/// The acceptor picks a context's transfer syntax, and dicom-ul picks the first the
+/// requestor listed among those the acceptor supports. A C-GET requestor that lists RLE or
+/// Big Endian ahead of Little Endian in one context (DCMTK's `getscu +xr`, `+xb`) would then
+/// get a context that instances stored in any other syntax cannot travel on: nothing encodes
+/// into those syntaxes here. So, on an association that only retrieves (every storage
+/// context asks for the SCP role alone, so the caller will not store), a syntax other than
+/// Explicit or Implicit VR Little Endian is refused when some context lists it ahead of one
+/// of those two. A context that proposes a compressed syntax on its own keeps it, so
+/// instances stored that way still travel as stored.
+fn avoided_syntaxes(rq: &AssociationRQ) -> Vec<String> {
+    let roles: Vec<(&str, &RequestorRoles)> = rq
+        .user_variables
+        .iter()
+        .filter_map(|v| match v {
+            UserVariableItem::ScuScpRoleSelectionSubItem(uid, roles) => {
+                Some((uid.trim_end_matches('\0'), roles))
+            }
+            _ => None,
+        })
+        .collect();
+    let storage: Vec<_> = rq
+        .presentation_contexts
+        .iter()
+        .filter(|pc| dataset::is_storage_sop_class(pc.abstract_syntax.trim_end_matches('\0')))
+        .collect();
+    let retrieves_only = !storage.is_empty()
+        && storage.iter().all(|pc| {
+            let uid = pc.abstract_syntax.trim_end_matches('\0');
+            roles
+                .iter()
+                .any(|(class, r)| *class == uid && r.scp && !r.scu)
+        });
+    if !retrieves_only {
+        return Vec::new();
+    }
+    let little = |ts: &str| {
+        matches!(
+            dataset::ts::trim_uid(ts),
+            dataset::ts::EXPLICIT_VR_LITTLE_ENDIAN | dataset::ts::IMPLICIT_VR_LITTLE_ENDIAN
+        )
+    };
+    let mut avoided: Vec<String> = Vec::new();
+    for pc in storage {
+        let Some(first_little) = pc.transfer_syntaxes.iter().position(|ts| little(ts)) else {
+            continue;
+        };
+        for ts in &pc.transfer_syntaxes[..first_little] {
+            let ts = dataset::ts::trim_uid(ts).to_string();
+            if !avoided.contains(&ts) {
+                avoided.push(ts);
+            }
+        }
+    }
+    avoided
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use dicom_ul::pdu::PresentationContextProposed;
+
+    const CT: &str = "1.2.840.10008.5.1.4.1.1.2";
+    const RLE: &str = "1.2.840.10008.1.2.5";
+    const BE: &str = "1.2.840.10008.1.2.2";
+    const ELE: &str = "1.2.840.10008.1.2.1";
+    const ILE: &str = "1.2.840.10008.1.2";
+    const JPEG: &str = "1.2.840.10008.1.2.4.50";
+
+    fn request(contexts: &[&[&str]], scu: bool, scp: bool) -> AssociationRQ {
+        AssociationRQ {
+            protocol_version: 1,
+            calling_ae_title: "GETSCU".into(),
+            called_ae_title: "OUTPOST".into(),
+            application_context_name: "1.2.840.10008.3.1.1.1".into(),
+            presentation_contexts: contexts
+                .iter()
+                .enumerate()
+                .map(|(i, syntaxes)| PresentationContextProposed {
+                    id: 2 * i as u8 + 1,
+                    abstract_syntax: CT.into(),
+                    transfer_syntaxes: syntaxes.iter().map(|s| s.to_string()).collect(),
+                })
+                .collect(),
+            user_variables: vec![UserVariableItem::ScuScpRoleSelectionSubItem(
+                CT.into(),
+                RequestorRoles { scu, scp },
+            )],
+        }
+    }
+
+    #[test]
+    fn a_retrieve_only_association_settles_on_little_endian() {
+        let rq = request(&[&[RLE, ELE, BE, ILE], &[JPEG]], false, true);
+        assert_eq!(avoided_syntaxes(&rq), vec![RLE.to_string()]);
+        let rq = request(&[&[BE, ILE]], false, true);
+        assert_eq!(avoided_syntaxes(&rq), vec![BE.to_string()]);
+    }
+
+    #[test]
+    fn a_caller_that_stores_keeps_its_preference() {
+        // Instances are stored as received, so a storing caller's first choice stands.
+        let rq = request(&[&[RLE, ELE]], true, true);
+        assert!(avoided_syntaxes(&rq).is_empty());
+        let mut rq = request(&[&[RLE, ELE]], false, true);
+        rq.user_variables.clear();
+        assert!(avoided_syntaxes(&rq).is_empty());
+    }
 }

@@ -100,13 +100,30 @@ enum Destination {
     Tls(Box<Channel<AsyncClientAssociation<AsyncTlsStream>>>),
 }
 
+/// Why no presentation context can carry an instance.
+enum NoContext {
+    /// The receiver accepted no context for the SOP class at all.
+    ForClass(String),
+    /// It accepted the class, but only in syntaxes the stored one cannot be converted into.
+    ForSyntax(String),
+}
+
+impl NoContext {
+    fn into_reason(self) -> String {
+        match self {
+            NoContext::ForClass(why) | NoContext::ForSyntax(why) => why,
+        }
+    }
+}
+
 /// Picks the presentation context to send an instance on: one with the stored transfer
-/// syntax if the receiver accepted it, else one with a native syntax it can be converted to.
+/// syntax if the receiver accepted it, else one with a Little Endian syntax the stored one
+/// can be decoded into.
 fn choose_context(
     contexts: &[PresentationContextNegotiated],
     item: &Retrievable,
     usable: impl Fn(&PresentationContextNegotiated) -> bool,
-) -> Result<(u8, String), String> {
+) -> Result<(u8, String), NoContext> {
     let accepted: Vec<&PresentationContextNegotiated> = contexts
         .iter()
         .filter(|pc| {
@@ -116,10 +133,10 @@ fn choose_context(
         })
         .collect();
     if accepted.is_empty() {
-        return Err(format!(
+        return Err(NoContext::ForClass(format!(
             "the receiver accepted no presentation context for SOP class {}",
             item.sop_class_uid
-        ));
+        )));
     }
     if let Some(pc) = accepted
         .iter()
@@ -128,23 +145,31 @@ fn choose_context(
         return Ok((pc.id, item.transfer_syntax.clone()));
     }
     for native in [EXPLICIT_VR_LITTLE_ENDIAN, IMPLICIT_VR_LITTLE_ENDIAN] {
-        if let Some(pc) = accepted
+        let pc = accepted
             .iter()
-            .find(|pc| trim_uid(&pc.transfer_syntax) == native)
+            .find(|pc| trim_uid(&pc.transfer_syntax) == native);
+        if let Some(pc) = pc
+            && transcode::can_convert(&item.transfer_syntax, native)
         {
-            if transcode::can_convert(&item.transfer_syntax, native) {
-                return Ok((pc.id, native.to_string()));
-            }
-            return Err(format!(
-                "the receiver does not accept transfer syntax {} and no codec in this build decodes it",
-                item.transfer_syntax
-            ));
+            return Ok((pc.id, native.to_string()));
         }
     }
-    Err(format!(
-        "the receiver accepted neither transfer syntax {} nor a native one for SOP class {}",
-        item.transfer_syntax, item.sop_class_uid
-    ))
+    let offered: Vec<&str> = accepted
+        .iter()
+        .map(|pc| trim_uid(&pc.transfer_syntax))
+        .collect();
+    let why = if transcode::can_convert(&item.transfer_syntax, EXPLICIT_VR_LITTLE_ENDIAN) {
+        "it can only be converted to Explicit or Implicit VR Little Endian"
+    } else {
+        "no codec in this build decodes it"
+    };
+    Err(NoContext::ForSyntax(format!(
+        "the receiver accepted SOP class {} only in transfer syntax {}, not in the stored {}, \
+         and {why}",
+        item.sop_class_uid,
+        offered.join(", "),
+        item.transfer_syntax
+    )))
 }
 
 impl<L: Link> Session<L> {
@@ -304,7 +329,7 @@ impl<L: Link> Session<L> {
             }
             let mut lost = false;
             let outcome = match choose_context(dest.link().contexts(), item, |_| true) {
-                Err(why) => SubOutcome::NotSent(why),
+                Err(no) => SubOutcome::NotSent(no.into_reason()),
                 Ok((sub_pc, ts)) => match self.payload(item, &ts).await {
                     Err(why) => SubOutcome::NotSent(why),
                     Ok(payload) => {
@@ -370,10 +395,11 @@ impl<L: Link> Session<L> {
             let chosen = choose_context(link.contexts(), item, |pc| {
                 link.requestor_is_scp(&pc.abstract_syntax)
             })
-            .map_err(|why| {
-                format!(
+            .map_err(|no| match no {
+                NoContext::ForClass(why) => format!(
                     "{why} with the SCP role for the requestor (C-GET needs SCP/SCU role selection)"
-                )
+                ),
+                NoContext::ForSyntax(why) => why,
             });
             let outcome = match chosen {
                 Err(why) => SubOutcome::NotSent(why),
@@ -620,12 +646,15 @@ impl<L: Link> Session<L> {
                 IMPLICIT_VR_LITTLE_ENDIAN.to_string(),
             ]
         };
-        // One context per stored syntax lets the receiver take each one it supports, with a
-        // native context per class as the fallback. An association carries at most 128
-        // contexts; beyond that, one context per class lists all its syntaxes.
+        // One context per stored syntax lets the receiver take each one it supports, so every
+        // instance can travel as stored, with a Little Endian context per class as the
+        // fallback. Explicit VR Little Endian needs no context of its own: the fallback lists
+        // it first. An association carries at most 128 contexts; beyond that, one context per
+        // class lists all its syntaxes.
+        let own_context = |t: &String| t != EXPLICIT_VR_LITTLE_ENDIAN;
         let separate: usize = classes
             .iter()
-            .map(|(_, s)| 1 + s.iter().filter(|t| !dataset::ts::is_native(t)).count())
+            .map(|(_, s)| 1 + s.iter().filter(|t| own_context(t)).count())
             .sum();
         if classes.len() > 128 {
             return Err(format!(
@@ -635,7 +664,7 @@ impl<L: Link> Session<L> {
         }
         for (class, syntaxes) in classes {
             if separate <= 128 {
-                for ts in syntaxes.iter().filter(|t| !dataset::ts::is_native(t)) {
+                for ts in syntaxes.iter().filter(|t| own_context(t)) {
                     options = options.with_presentation_context(class.clone(), vec![ts.clone()]);
                 }
                 options = options.with_presentation_context(class, natives());
