@@ -163,7 +163,7 @@ async fn populate(
                         source_ae: "BENCH".into(),
                     })
                     .await?;
-                ingest.write(&inst.dataset(Encoding::EXPLICIT_LE)).await;
+                ingest.write(inst.dataset(Encoding::EXPLICIT_LE)).await;
                 ingest.finish().await?;
                 n += jobs as u64;
             }

@@ -149,7 +149,7 @@ async fn import_one(store: &Store, path: &Path, accept_unknown: bool) -> Importe
         file = f;
         match chunk {
             Ok(bytes) if bytes.is_empty() => break,
-            Ok(bytes) => ingest.write(&bytes).await,
+            Ok(bytes) => ingest.write(bytes).await,
             Err(e) => {
                 ingest.discard().await;
                 return Imported::Rejected(format!("read error: {e}"));

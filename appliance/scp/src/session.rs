@@ -349,7 +349,7 @@ impl<L: Link> Session<L> {
         loop {
             // Dropping the ingest on an error removes its temporary file.
             let (bytes, last) = self.next_data(pc_id).await?;
-            ingest.write(&bytes).await;
+            ingest.write(bytes).await;
             if last {
                 break;
             }

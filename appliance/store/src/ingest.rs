@@ -22,11 +22,20 @@ use crate::{Durability, Store, StoreError};
 /// Most bytes gathered while a write is in flight; one write may be in flight while the next
 /// buffer fills.
 const WRITE_CHUNK: usize = 256 * 1024;
+/// Fewest bytes worth a write of their own before the data set ends. Every write is a trip to
+/// the blocking pool and back; on a small machine those trips, not the copying, are what an
+/// instance costs, so bytes wait for company unless a whole chunk is ready.
+const WRITE_MIN: usize = 128 * 1024;
+/// Fragments smaller than this are copied together; larger ones are written as they came,
+/// without a copy (at the size of a P-DATA fragment, the copy costs more than the extra
+/// `write` call).
+const COALESCE_BELOW: usize = 32 * 1024;
 /// How often, in bytes written, free space is checked again during a large instance.
 const SPACE_RECHECK: u64 = 64 * 1024 * 1024;
 
-/// A write running on the blocking pool; it hands the writer back with its result.
-type WriteTask = JoinHandle<(Box<dyn FileWriter>, std::io::Result<()>)>;
+/// A write running on the blocking pool; it hands the writer back (once the file exists)
+/// with its result.
+type WriteTask = JoinHandle<(Option<Box<dyn FileWriter>>, std::io::Result<()>)>;
 
 /// What the sender says about the instance before its data set arrives.
 #[derive(Clone, Debug)]
@@ -81,10 +90,13 @@ pub struct Ingest {
     request: IngestRequest,
     id: FileId,
     tmp: PathBuf,
-    /// The writer, when no write is in flight.
+    /// The writer, when the file exists and no write is in flight. The file is created by the
+    /// first write, so that creating it costs no trip to the blocking pool of its own.
     writer: Option<Box<dyn FileWriter>>,
     in_flight: Option<WriteTask>,
-    buffer: Vec<u8>,
+    /// Bytes waiting for the next write: fragments as received, small ones joined.
+    buffer: Vec<Vec<u8>>,
+    buffered: usize,
     /// Taken when the data set ends.
     walker: Option<Walker>,
     crc: u32,
@@ -115,24 +127,17 @@ impl Store {
         );
         let crc = crc32c::crc32c(&header);
         let header_len = header.len() as u64;
-        let fs = self.inner.fs.clone();
-        let path = tmp.clone();
-        let writer = tokio::task::spawn_blocking(move || {
-            let mut w = fs.create_new(&path)?;
-            w.write_all(&header)?;
-            Ok::<_, std::io::Error>(w)
-        })
-        .await
-        .expect("file creation task panicked")
-        .map_err(IngestError::Write)?;
+        let buffered = header.len();
+        let buffer = vec![header];
         Ok(Ingest {
             store: self.clone(),
             request,
             id,
             tmp,
-            writer: Some(writer),
+            writer: None,
             in_flight: None,
-            buffer: Vec::with_capacity(WRITE_CHUNK),
+            buffer,
+            buffered,
             walker: Some(Walker::new(
                 info,
                 Capture::Tags {
@@ -142,7 +147,7 @@ impl Store {
             )),
             crc,
             header_len,
-            written: header_len,
+            written: 0,
             since_space_check: 0,
             failed: None,
             settled: false,
@@ -165,19 +170,26 @@ impl Store {
 }
 
 impl Ingest {
-    /// Appends the next bytes of the data set.
-    pub async fn write(&mut self, data: &[u8]) {
+    /// Appends the next bytes of the data set. The bytes are taken, not copied: a fragment
+    /// of a P-DATA PDU goes to the file as it came off the wire.
+    pub async fn write(&mut self, data: Vec<u8>) {
         if self.failed.is_some() {
             return;
         }
         let walker = self.walker.as_mut().expect("walker present until finish");
-        if let Err(e) = walker.feed(data) {
+        if let Err(e) = walker.feed(&data) {
             self.failed = Some(e.into());
             return;
         }
-        self.crc = crc32c::crc32c_append(self.crc, data);
-        self.buffer.extend_from_slice(data);
+        self.crc = crc32c::crc32c_append(self.crc, &data);
+        self.buffered += data.len();
         self.since_space_check += data.len() as u64;
+        match self.buffer.last_mut() {
+            Some(last) if data.len() < COALESCE_BELOW && last.len() < COALESCE_BELOW => {
+                last.extend_from_slice(&data)
+            }
+            _ => self.buffer.push(data),
+        }
         if self.since_space_check >= SPACE_RECHECK {
             self.since_space_check = 0;
             if let Err(e) = self.store.check_space() {
@@ -188,7 +200,7 @@ impl Ingest {
         // Write as soon as the previous write is done (so little is left to write when the
         // data set ends), and wait for it only when a whole chunk is waiting.
         let idle = self.in_flight.as_ref().is_none_or(JoinHandle::is_finished);
-        if (idle || self.buffer.len() >= WRITE_CHUNK)
+        if ((idle && self.buffered >= WRITE_MIN) || self.buffered >= WRITE_CHUNK)
             && let Err(e) = self.flush_buffer().await
         {
             self.failed = Some(IngestError::Write(e));
@@ -203,7 +215,7 @@ impl Ingest {
     async fn wait_in_flight(&mut self) -> std::io::Result<()> {
         if let Some(task) = self.in_flight.take() {
             let (writer, result) = task.await.expect("write task panicked");
-            self.writer = Some(writer);
+            self.writer = writer;
             result?;
         }
         Ok(())
@@ -211,15 +223,17 @@ impl Ingest {
 
     async fn flush_buffer(&mut self) -> std::io::Result<()> {
         self.wait_in_flight().await?;
-        let mut writer = self
-            .writer
-            .take()
-            .expect("writer present when nothing is in flight");
-        let chunk = std::mem::replace(&mut self.buffer, Vec::with_capacity(WRITE_CHUNK));
-        self.written += chunk.len() as u64;
+        let writer = self.writer.take();
+        let chunks = std::mem::take(&mut self.buffer);
+        self.written += std::mem::take(&mut self.buffered) as u64;
+        let (fs, path) = (self.store.inner.fs.clone(), self.tmp.clone());
         self.in_flight = Some(tokio::task::spawn_blocking(move || {
-            let r = writer.write_all(&chunk);
-            (writer, r)
+            let mut writer = match writer.map_or_else(|| fs.create_new(&path), Ok) {
+                Ok(w) => w,
+                Err(e) => return (None, Err(e)),
+            };
+            let r = write_chunks(writer.as_mut(), &chunks);
+            (Some(writer), r)
         }));
         Ok(())
     }
@@ -243,9 +257,6 @@ impl Ingest {
         if let Some(e) = self.failed.take() {
             return Err(e);
         }
-        if !self.buffer.is_empty() {
-            self.flush_buffer().await.map_err(IngestError::Write)?;
-        }
         self.wait_in_flight().await.map_err(IngestError::Write)?;
         let walker = self.walker.take().expect("walker present until finish");
         let walked = walker.finish()?;
@@ -265,38 +276,53 @@ impl Ingest {
             });
         }
         let inner = &self.store.inner;
-        // The file is whole: its name says so, with the CRC and size that prove it (start-up
-        // repair trusts a `.ready` name only if the contents match).
+        // The rest of the bytes, the `.ready` name (the file is whole: its name says so, with
+        // the CRC and size that prove it, since start-up repair trusts a `.ready` name only if
+        // the contents match) and, with full durability, the syncs all go in one trip to the
+        // blocking pool. The data, then the `.ready` name: once both are durable the instance
+        // survives a power cut. Syncing after the rename lets ext4's journal commit carry the
+        // name with the data, so the directory sync finds little left to do.
+        let rest = std::mem::take(&mut self.buffer);
+        self.written += std::mem::take(&mut self.buffered) as u64;
         let ready = inner.layout.ready_path(&self.id, self.crc, self.written);
-        let (fs, from, to) = (inner.fs.clone(), self.tmp.clone(), ready.clone());
-        tokio::task::spawn_blocking(move || fs.rename(&from, &to))
-            .await
-            .expect("rename task panicked")
-            .map_err(IngestError::Write)?;
-        self.tmp = ready;
-        if inner.config.durability == Durability::Full {
-            // The data, then the `.ready` name: once both are durable the instance survives a
-            // power cut. Syncing after the rename lets ext4's journal commit carry the name
-            // with the data, so the directory sync finds little left to do.
-            let mut writer = self
-                .writer
-                .take()
-                .expect("writer back after the last write");
-            let (fs, tmp_dir) = (inner.fs.clone(), inner.layout.tmp_dir());
-            let (writer, r) = tokio::task::spawn_blocking(move || {
-                let r = writer.sync().and_then(|()| fs.sync_dir(&tmp_dir));
-                (writer, r)
-            })
-            .await
-            .expect("sync task panicked");
-            self.writer = Some(writer);
-            r.map_err(IngestError::Write)?;
+        let full = inner.config.durability == Durability::Full;
+        let writer = self.writer.take();
+        let (fs, from, to, tmp_dir) = (
+            inner.fs.clone(),
+            self.tmp.clone(),
+            ready.clone(),
+            inner.layout.tmp_dir(),
+        );
+        let (renamed, result) = tokio::task::spawn_blocking(move || {
+            let mut writer = match writer.map_or_else(|| fs.create_new(&from), Ok) {
+                Ok(w) => w,
+                Err(e) => return (false, Err(e)),
+            };
+            if let Err(e) = write_chunks(writer.as_mut(), &rest) {
+                return (false, Err(e));
+            }
+            if let Err(e) = fs.rename(&from, &to) {
+                return (false, Err(e));
+            }
+            // The file is complete; the writer closes it when dropped here. (With relaxed
+            // durability the committer has it synced in the background once acknowledged.)
+            let synced = if full {
+                writer.sync().and_then(|()| fs.sync_dir(&tmp_dir))
+            } else {
+                Ok(())
+            };
+            (true, synced)
+        })
+        .await
+        .expect("final write task panicked");
+        if renamed {
+            self.tmp = ready;
+        }
+        result.map_err(IngestError::Write)?;
+        if full {
             inner.stats.file_syncs.fetch_add(1, Ordering::Relaxed);
             inner.stats.dir_syncs.fetch_add(1, Ordering::Relaxed);
         }
-        // The file is complete; close it. (With relaxed durability the committer has it
-        // synced in the background once it is acknowledged.)
-        self.writer = None;
         let record = InstanceRecord {
             study_uid: String::new(),
             series_uid: String::new(),
@@ -349,6 +375,10 @@ impl Ingest {
             let _ = tokio::task::spawn_blocking(move || fs.remove_file(&tmp)).await;
         }
     }
+}
+
+fn write_chunks(writer: &mut dyn FileWriter, chunks: &[Vec<u8>]) -> std::io::Result<()> {
+    chunks.iter().try_for_each(|c| writer.write_all(c))
 }
 
 impl Drop for Ingest {

@@ -30,7 +30,7 @@ pub async fn store_bytes(
 ) -> Result<Outcome, store::IngestError> {
     let mut ingest = store.begin(req).await?;
     for piece in bytes.chunks(chunk.max(1)) {
-        ingest.write(piece).await;
+        ingest.write(piece.to_vec()).await;
     }
     ingest.finish().await.map(|r| r.outcome)
 }
