@@ -261,18 +261,23 @@ impl<L: Link> Channel<L> {
             if let Some(incoming) = self.take_command()? {
                 return Ok(Some(incoming));
             }
-            // A zero timeout polls the receive future once. Receiving is cancel-safe: bytes
-            // of a partly arrived PDU stay in the association's read buffer.
-            match tokio::time::timeout(Duration::ZERO, self.link.receive_pdu()).await {
-                Err(_elapsed) => return Ok(None),
-                Ok(pdu) => match self.absorb(pdu?)? {
-                    Filled::Data => {}
-                    Filled::Release if self.partial_command.is_none() => {
-                        return Ok(Some(Incoming::Release));
-                    }
-                    Filled::Release => return Err(DimseError::ReleaseMidMessage),
-                    Filled::Aborted => return Ok(Some(Incoming::Aborted)),
-                },
+            // Poll the receive future once, and give up at once if nothing is there. (A zero
+            // `tokio::time::timeout` is no substitute: the timer wheel counts in milliseconds,
+            // so it waited about 1 ms, and every C-FIND match and every retrieval
+            // sub-operation paid that.) Receiving is cancel-safe: bytes of a partly arrived
+            // PDU stay in the association's read buffer.
+            let pdu = tokio::select! {
+                biased;
+                pdu = self.link.receive_pdu() => pdu,
+                () = std::future::ready(()) => return Ok(None),
+            };
+            match self.absorb(pdu?)? {
+                Filled::Data => {}
+                Filled::Release if self.partial_command.is_none() => {
+                    return Ok(Some(Incoming::Release));
+                }
+                Filled::Release => return Err(DimseError::ReleaseMidMessage),
+                Filled::Aborted => return Ok(Some(Incoming::Aborted)),
             }
         }
     }
@@ -534,4 +539,49 @@ enum Filled {
     Data,
     Release,
     Aborted,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A link on which nothing ever arrives.
+    struct Silent;
+
+    impl Link for Silent {
+        async fn send_pdu(&mut self, _pdu: &Pdu) -> Result<(), dicom_ul::association::Error> {
+            Ok(())
+        }
+        async fn receive_pdu(&mut self) -> Result<Pdu, dicom_ul::association::Error> {
+            std::future::pending().await
+        }
+        fn peer_max_pdu(&self) -> u32 {
+            16_384
+        }
+        fn contexts(&self) -> &[PresentationContextNegotiated] {
+            &[]
+        }
+        fn requestor_is_scp(&self, _sop_class: &str) -> bool {
+            false
+        }
+        fn quickack(&mut self) {}
+    }
+
+    // `poll_next` once asked for the next PDU under `tokio::time::timeout(Duration::ZERO)`.
+    // Tokio's timer counts whole milliseconds, so each check for a C-CANCEL waited about a
+    // millisecond: a C-FIND with five matches took 6 ms instead of 0.4 ms, and every C-MOVE
+    // and C-GET sub-operation paid it too. A check that does not wait is ready the first
+    // time it is polled.
+    #[tokio::test]
+    async fn poll_next_is_ready_at_the_first_poll() {
+        let mut channel = Channel::new(Silent, Duration::from_secs(30));
+        for _ in 0..3 {
+            let check = std::pin::pin!(channel.poll_next());
+            let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+            match check.poll(&mut cx) {
+                std::task::Poll::Ready(r) => assert!(r.unwrap().is_none()),
+                std::task::Poll::Pending => panic!("poll_next waited for something"),
+            }
+        }
+    }
 }
