@@ -152,6 +152,7 @@ class Orthanc(Server):
                     "DicomCheckCalledAet": False,
                     "DicomAlwaysAllowStore": True,
                     "DicomAlwaysAllowFind": True,
+                    "DicomAlwaysAllowGet": True,
                     "StorageCompression": False,
                     "Plugins": [],
                     "SaveJobs": False,
