@@ -96,6 +96,32 @@ fn joined_uids(instances: &[SynthInstance]) -> Vec<u8> {
         .into_bytes()
 }
 
+/// Checks the responses of a retrieval of two instances whose receiver refused both: one
+/// pending response after the first failure, then 0xB000 listing both instances.
+fn assert_both_sub_operations_failed(
+    responses: &[(Command, Option<Vec<u8>>)],
+    instances: &[SynthInstance],
+) {
+    let got: Vec<_> = responses.iter().map(|(r, _)| progress(r)).collect();
+    assert_eq!(
+        got,
+        vec![
+            (Status::PENDING, Some(1), Some(0), Some(1), Some(0)),
+            (
+                Status::SUBOPS_WITH_FAILURES,
+                None,
+                Some(0),
+                Some(2),
+                Some(0)
+            ),
+        ]
+    );
+    assert_eq!(
+        failed_list(&responses.last().unwrap().1),
+        joined_uids(instances)
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn move_to_a_second_appliance_delivers_every_instance_byte_for_byte() {
     let dest = destination(|_| {}).await;
@@ -222,24 +248,7 @@ async fn move_to_a_receiver_that_refuses_ends_with_b000() {
         )
         .await
         .unwrap();
-    let got: Vec<_> = responses.iter().map(|(r, _)| progress(r)).collect();
-    assert_eq!(
-        got,
-        vec![
-            (Status::PENDING, Some(1), Some(0), Some(1), Some(0)),
-            (
-                Status::SUBOPS_WITH_FAILURES,
-                None,
-                Some(0),
-                Some(2),
-                Some(0)
-            ),
-        ]
-    );
-    assert_eq!(
-        failed_list(&responses.last().unwrap().1),
-        joined_uids(&instances)
-    );
+    assert_both_sub_operations_failed(&responses, &instances);
     scu.release().await.unwrap();
     assert_eq!(instance_count(&dest), 0);
     app.stop().await;
@@ -426,24 +435,7 @@ async fn get_whose_receiver_refuses_ends_with_b000() {
         .await
         .unwrap();
     assert_eq!(received.len(), 2);
-    let got: Vec<_> = responses.iter().map(|(r, _)| progress(r)).collect();
-    assert_eq!(
-        got,
-        vec![
-            (Status::PENDING, Some(1), Some(0), Some(1), Some(0)),
-            (
-                Status::SUBOPS_WITH_FAILURES,
-                None,
-                Some(0),
-                Some(2),
-                Some(0)
-            ),
-        ]
-    );
-    assert_eq!(
-        failed_list(&responses.last().unwrap().1),
-        joined_uids(&instances)
-    );
+    assert_both_sub_operations_failed(&responses, &instances);
     scu.release().await.unwrap();
     app.stop().await;
 }
