@@ -86,8 +86,8 @@ fuzz_target!(|data: &[u8]| {
                 if d.value_type != PDataValueType::Data {
                     break;
                 }
-                ingest.write(&d.data).await;
                 sent.extend_from_slice(&d.data);
+                ingest.write(d.data).await;
                 if d.is_last {
                     break;
                 }
