@@ -197,8 +197,9 @@ impl Ingest {
                 return;
             }
         }
-        // Write as soon as the previous write is done (so little is left to write when the
-        // data set ends), and wait for it only when a whole chunk is waiting.
+        // Write once WRITE_MIN bytes wait and the previous write is done (so little is left
+        // to write when the data set ends), and wait for that write only when a whole chunk
+        // is waiting.
         let idle = self.in_flight.as_ref().is_none_or(JoinHandle::is_finished);
         if ((idle && self.buffered >= WRITE_MIN) || self.buffered >= WRITE_CHUNK)
             && let Err(e) = self.flush_buffer().await
