@@ -196,8 +196,9 @@ pub fn options<A: AccessControl>(
 /// into those syntaxes here. So, on an association that only retrieves (every storage
 /// context asks for the SCP role alone, so the caller will not store), a syntax other than
 /// Explicit or Implicit VR Little Endian is refused when some context lists it ahead of one
-/// of those two. A context that proposes a compressed syntax on its own keeps it, so
-/// instances stored that way still travel as stored.
+/// of those two and this build can decode it into them. A context that proposes a
+/// compressed syntax on its own keeps it, so instances stored that way still travel as
+/// stored.
 fn avoided_syntaxes(rq: &AssociationRQ) -> Vec<String> {
     let roles: Vec<(&str, &RequestorRoles)> = rq
         .user_variables
@@ -237,7 +238,10 @@ fn avoided_syntaxes(rq: &AssociationRQ) -> Vec<String> {
         };
         for ts in &pc.transfer_syntaxes[..first_little] {
             let ts = dataset::ts::trim_uid(ts).to_string();
-            if !avoided.contains(&ts) {
+            // A syntax nothing here decodes stays: instances stored in it can travel in no
+            // other, so refusing it would strand them instead.
+            let decodable = transcode::can_convert(&ts, dataset::ts::EXPLICIT_VR_LITTLE_ENDIAN);
+            if decodable && !avoided.contains(&ts) {
                 avoided.push(ts);
             }
         }
@@ -285,6 +289,14 @@ mod tests {
         assert_eq!(avoided_syntaxes(&rq), vec![RLE.to_string()]);
         let rq = request(&[&[BE, ILE]], false, true);
         assert_eq!(avoided_syntaxes(&rq), vec![BE.to_string()]);
+    }
+
+    #[test]
+    fn a_syntax_nothing_decodes_is_kept() {
+        // MPEG-2 has no decoder here: refusing it would strand instances stored that way.
+        const MPEG2: &str = "1.2.840.10008.1.2.4.100";
+        let rq = request(&[&[MPEG2, RLE, ELE]], false, true);
+        assert_eq!(avoided_syntaxes(&rq), vec![RLE.to_string()]);
     }
 
     #[test]
