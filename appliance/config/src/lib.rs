@@ -5,7 +5,13 @@
 //! The key names of `[dicom]`, `[[dicom.remote]]` and `[storage]` are a contract with site
 //! provisioning; `configs/example.toml` documents all of them.
 
+mod forward;
 mod read;
+
+pub use forward::{
+    Destination, DestinationKind, DicomDestination, DicomWebDestination, Forward, Priority,
+    RetryPolicy, Rule, WebAuth,
+};
 
 use std::fmt;
 use std::net::IpAddr;
@@ -25,6 +31,7 @@ pub struct Config {
     pub source: String,
     pub dicom: Dicom,
     pub storage: Storage,
+    pub forward: Forward,
     pub audit: Audit,
     pub log: Log,
 }
@@ -154,6 +161,9 @@ pub struct Remote {
     pub permissions: Permissions,
     /// This peer speaks DICOM TLS: refused on the plain port, called over TLS.
     pub tls: bool,
+    /// What this peer sends came from upstream (priors pushed by the central PACS): it is
+    /// kept but never forwarded.
+    pub upstream: bool,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -316,6 +326,7 @@ fn build(root: &mut Reader, source: &str) -> Option<Config> {
             let check_host = r.bool("check_host", false);
             let permissions = r.permissions("permissions");
             let tls = r.bool("tls", false);
+            let upstream = r.bool("upstream", false);
             Some(Remote {
                 ae_title: ae?,
                 host: host?,
@@ -323,6 +334,7 @@ fn build(root: &mut Reader, source: &str) -> Option<Config> {
                 check_host: check_host?,
                 permissions: permissions?,
                 tls: tls?,
+                upstream: upstream?,
             })
         })();
         if let Some(remote) = &remote {
@@ -368,6 +380,8 @@ fn build(root: &mut Reader, source: &str) -> Option<Config> {
     let min_free = s.int("min_free_mb", 1024, 0, u64::MAX / (1024 * 1024));
     let cache = s.int("index_cache_mb", 64, 4, 65_536);
     s.finish();
+
+    let forward = forward::read(root);
 
     let mut a = root.table("audit");
     let audit_path = a.optional_path("path");
@@ -419,6 +433,7 @@ fn build(root: &mut Reader, source: &str) -> Option<Config> {
             min_free_bytes: min_free? * 1024 * 1024,
             index_cache_bytes: cache? * 1024 * 1024,
         },
+        forward: forward?,
         audit: Audit {
             path: audit_path.unwrap_or_else(|| data_dir.join("audit").join("audit.jsonl")),
         },

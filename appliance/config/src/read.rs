@@ -189,6 +189,93 @@ impl<'a> Reader<'a> {
         }
     }
 
+    pub fn float(&mut self, key: &str, default: f64, min: f64, max: f64) -> Option<f64> {
+        let v = match self.get(key) {
+            None => return Some(default),
+            Some(Value::Float(f)) => *f,
+            Some(Value::Integer(i)) => *i as f64,
+            Some(other) => {
+                self.problem(
+                    key,
+                    format!("expected a number, found {}", other.type_str()),
+                );
+                return None;
+            }
+        };
+        if v.is_finite() && v >= min && v <= max {
+            Some(v)
+        } else {
+            self.problem(key, format!("{v} is out of range; use {min} to {max}"));
+            None
+        }
+    }
+
+    /// A list of strings; a missing key reads as an empty list.
+    pub fn string_list(&mut self, key: &str) -> Option<Vec<String>> {
+        match self.get(key) {
+            None => Some(Vec::new()),
+            Some(Value::Array(items)) => {
+                let mut out = Vec::new();
+                for item in items {
+                    match item.as_str() {
+                        Some(s) => out.push(s.to_string()),
+                        None => {
+                            self.problem(
+                                key,
+                                format!("expected a list of strings, found {item} in it"),
+                            );
+                            return None;
+                        }
+                    }
+                }
+                Some(out)
+            }
+            Some(other) => {
+                self.problem(
+                    key,
+                    format!(
+                        "expected a list of strings such as [\"a\", \"b\"], found {}",
+                        other.type_str()
+                    ),
+                );
+                None
+            }
+        }
+    }
+
+    /// A table of string values; a missing key reads as empty.
+    pub fn string_map(&mut self, key: &str) -> Option<Vec<(String, String)>> {
+        match self.get(key) {
+            None => Some(Vec::new()),
+            Some(Value::Table(t)) => {
+                let mut out = Vec::new();
+                for (k, v) in t {
+                    match v.as_str() {
+                        Some(s) => out.push((k.clone(), s.to_string())),
+                        None => {
+                            self.problem(
+                                key,
+                                format!("{k} should be a string pattern, found {}", v.type_str()),
+                            );
+                            return None;
+                        }
+                    }
+                }
+                Some(out)
+            }
+            Some(other) => {
+                self.problem(
+                    key,
+                    format!(
+                        "expected a table such as {{ \"(0008,1030)\" = \"*HEAD*\" }}, found {}",
+                        other.type_str()
+                    ),
+                );
+                None
+            }
+        }
+    }
+
     pub fn port(&mut self, key: &str, default: Option<u16>) -> Option<u16> {
         if default.is_none() && !self.has(key) {
             self.used.insert(key.to_string());

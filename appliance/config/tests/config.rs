@@ -110,3 +110,108 @@ fn invalid_toml_is_reported_with_the_file_name() {
     assert_eq!(e.0.len(), 1);
     assert!(e.to_string().contains("broken.toml"), "{e}");
 }
+
+#[test]
+fn forwarding_is_read_into_typed_destinations_and_rules() {
+    let text = r#"
+[[dicom.remote]]
+ae_title = "PACS"
+host = "10.0.0.9"
+port = 104
+upstream = true
+
+[[forward.destination]]
+name = "central"
+kind = "dicom"
+ae_title = "PACS"
+host = "pacs.example"
+port = 104
+concurrency = 4
+max_attempts = 5
+
+[[forward.destination]]
+name = "cloud"
+kind = "dicomweb"
+url = "https://cloud.example/dicom-web/"
+auth = "oauth2"
+token_url = "https://login.example/token"
+client_id = "outpost"
+client_secret = "s3cret"
+retry_multiplier = 1.5
+
+[[forward.rule]]
+name = "stat CT"
+calling_ae = ["CT1"]
+modality = ["ct"]
+match = { "(0008,1030)" = "*HEAD*" }
+destinations = ["central"]
+priority = "stat"
+"#;
+    let c = Config::parse(text, "site.toml").unwrap_or_else(|e| panic!("{e}"));
+    assert!(c.dicom.remotes[0].upstream);
+    let [central, cloud] = &c.forward.destinations[..] else {
+        panic!("two destinations expected")
+    };
+    assert_eq!(central.concurrency, 4);
+    assert_eq!(central.retry.max_attempts, Some(5));
+    assert!(matches!(&central.kind, config::DestinationKind::Dicom(d) if d.port == 104));
+    let config::DestinationKind::DicomWeb(web) = &cloud.kind else {
+        panic!("cloud is dicomweb")
+    };
+    assert_eq!(web.url, "https://cloud.example/dicom-web");
+    assert_eq!(web.auth.kind(), "oauth2");
+    assert!(
+        !format!("{web:?}").contains("s3cret"),
+        "secrets stay out of Debug"
+    );
+    assert_eq!(cloud.retry.max_attempts, None, "forever by default");
+    assert_eq!(
+        cloud.retry.delay(1),
+        std::time::Duration::from_secs(10),
+        "first retry after the initial delay"
+    );
+    assert_eq!(cloud.retry.delay(3), std::time::Duration::from_secs_f64(22.5));
+    assert_eq!(cloud.retry.delay(100), std::time::Duration::from_secs(3600));
+    let rule = &c.forward.rules[0];
+    assert_eq!(rule.modality, ["CT"]);
+    assert_eq!(rule.matches, [(0x0008_1030, "*HEAD*".to_string())]);
+    assert_eq!(rule.priority, config::Priority::Stat);
+}
+
+#[test]
+fn forwarding_problems_are_reported_at_once() {
+    let text = r#"
+[[forward.destination]]
+name = "central pacs"
+kind = "dimse"
+
+[[forward.destination]]
+name = "cloud"
+kind = "dicomweb"
+url = "ftp://x"
+auth = "basic"
+username = "u"
+retry_initial_s = 60
+retry_max_s = 10
+
+[[forward.rule]]
+destinations = ["nowhere"]
+priority = "urgent"
+match = { "PatientName" = "X*" }
+"#;
+    let problems = Config::parse(text, "site.toml").unwrap_err().0;
+    let keys: Vec<&str> = problems.iter().map(|p| p.key.as_str()).collect();
+    for expected in [
+        "forward.destination[1].name",
+        "forward.destination[1].kind",
+        "forward.destination[2].url",
+        "forward.destination[2].password",
+        "forward.rule[1].priority",
+        "forward.rule[1].match",
+    ] {
+        assert!(
+            keys.contains(&expected),
+            "no problem reported for {expected}: {problems:#?}"
+        );
+    }
+}

@@ -34,6 +34,7 @@ use tracing::{error, info, warn};
 
 use crate::fs::Fs;
 use crate::index::{self, Filed, Tables};
+use crate::outbox::{self, Enqueuer, QueueOp};
 use crate::layout::{Layout, unix_now};
 use crate::record::{Extracted, InstanceRecord};
 use crate::{Background, DuplicatePolicy, Durability, Stats, StoreConfig, StoreError};
@@ -56,6 +57,9 @@ pub enum Outcome {
     Overwritten,
 }
 
+/// Queue changes from one caller, and where to answer it.
+type QueueRequest = (Vec<QueueOp>, oneshot::Sender<Result<(), StoreError>>);
+
 pub(crate) struct CommitRequest {
     /// The `.ready` file.
     pub tmp: PathBuf,
@@ -68,6 +72,7 @@ enum Msg {
         Box<CommitRequest>,
         oneshot::Sender<Result<Outcome, StoreError>>,
     ),
+    Queue(Vec<QueueOp>, oneshot::Sender<Result<(), StoreError>>),
     Ping(oneshot::Sender<()>),
     Shutdown(oneshot::Sender<Result<(), StoreError>>),
 }
@@ -82,6 +87,14 @@ impl Handle {
         let (reply, rx) = oneshot::channel();
         self.tx
             .send(Msg::Commit(Box::new(request), reply))
+            .map_err(|_| StoreError::ShuttingDown)?;
+        rx.await.map_err(|_| StoreError::ShuttingDown)?
+    }
+
+    pub async fn queue(&self, ops: Vec<QueueOp>) -> Result<(), StoreError> {
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .send(Msg::Queue(ops, reply))
             .map_err(|_| StoreError::ShuttingDown)?;
         rx.await.map_err(|_| StoreError::ShuttingDown)?
     }
@@ -124,6 +137,7 @@ pub(crate) fn spawn(
     db: Arc<Database>,
     stats: Arc<Stats>,
     background: Arc<Background>,
+    outbox_changes: Arc<tokio::sync::watch::Sender<u64>>,
 ) -> Handle {
     let (tx, rx) = mpsc::channel();
     let syncer = match config.durability {
@@ -140,6 +154,7 @@ pub(crate) fn spawn(
         db,
         stats,
         background,
+        outbox_changes,
         failed: None,
         deleted_pending: Vec::new(),
         unsettled: Unsettled::default(),
@@ -174,6 +189,8 @@ struct Committer {
     db: Arc<Database>,
     stats: Arc<Stats>,
     background: Arc<Background>,
+    /// Bumped after every transaction that queued deliveries or changed the queues.
+    outbox_changes: Arc<tokio::sync::watch::Sender<u64>>,
     /// Relaxed durability: syncs acknowledged files in the background.
     syncer: Option<Syncer>,
     /// Set after a failure the writer cannot recover from; every later request gets it.
@@ -225,6 +242,7 @@ impl Committer {
                 }
             };
             let mut commits = Vec::new();
+            let mut queue_ops: Vec<QueueRequest> = Vec::new();
             let mut shutdown = None;
             let mut next = Some(first);
             while let Some(msg) = next.take() {
@@ -235,6 +253,7 @@ impl Committer {
                         result: None,
                         linked: None,
                     }),
+                    Msg::Queue(ops, reply) => queue_ops.push((ops, reply)),
                     Msg::Ping(reply) => {
                         if self.failed.is_none() {
                             let _ = reply.send(());
@@ -249,6 +268,9 @@ impl Committer {
                     next = rx.try_recv().ok();
                 }
             }
+            if !queue_ops.is_empty() {
+                self.apply_queue_ops(queue_ops);
+            }
             if !commits.is_empty() {
                 self.batch(commits);
             }
@@ -258,9 +280,15 @@ impl Committer {
             if let Some(reply) = shutdown {
                 // Requests that raced with the shutdown are refused, never left hanging.
                 while let Ok(msg) = rx.try_recv() {
-                    if let Msg::Commit(request, reply) = msg {
-                        let _ = self.fs.remove_file(&request.tmp);
-                        let _ = reply.send(Err(StoreError::ShuttingDown));
+                    match msg {
+                        Msg::Commit(request, reply) => {
+                            let _ = self.fs.remove_file(&request.tmp);
+                            let _ = reply.send(Err(StoreError::ShuttingDown));
+                        }
+                        Msg::Queue(_, reply) => {
+                            let _ = reply.send(Err(StoreError::ShuttingDown));
+                        }
+                        Msg::Ping(_) | Msg::Shutdown(_) => {}
                     }
                 }
                 let result = self.checkpoint();
@@ -313,10 +341,15 @@ impl Committer {
         // 2. The index, visible at once, durable at the checkpoint.
         let now = unix_now();
         let mut replaced = Vec::new();
+        let mut queued = 0;
         let committed = (|| -> Result<(), StoreError> {
             let mut txn = self.db.begin_write()?;
             txn.set_durability(RedbDurability::None)
                 .map_err(|e| StoreError::Inconsistent(e.to_string()))?;
+            let mut enqueuer = match &self.config.router {
+                Some(router) => Some(Enqueuer::new(router.as_ref(), &txn)?),
+                None => None,
+            };
             {
                 let mut tables = Tables::open(&txn)?;
                 for rel in &self.deleted_pending {
@@ -330,6 +363,17 @@ impl Committer {
                         overwrite,
                         now,
                     )?;
+                    // Stored implies queued: the outbox entries go in this same transaction.
+                    if filed != Filed::KeptFirst
+                        && let Some(enqueuer) = enqueuer.as_mut()
+                    {
+                        enqueuer.enqueue(
+                            &txn,
+                            &p.request.extracted,
+                            &p.request.record.source_ae,
+                            now,
+                        )?;
+                    }
                     p.result = Some(Ok(match filed {
                         Filed::New => Outcome::Stored,
                         Filed::KeptFirst => Outcome::Duplicate,
@@ -341,10 +385,16 @@ impl Committer {
                     }));
                 }
             }
+            if let Some(enqueuer) = enqueuer {
+                queued = enqueuer.finish(&txn)?;
+            }
             txn.commit()?;
             Ok(())
         })();
         self.stats.batches.fetch_add(1, Ordering::Relaxed);
+        if queued > 0 {
+            self.outbox_changes.send_modify(|n| *n = n.wrapping_add(1));
+        }
         if let Err(e) = committed {
             self.fail_all(commits, e);
             return;
@@ -377,6 +427,51 @@ impl Committer {
                 }
             }
             let _ = p.reply.send(result);
+        }
+    }
+
+    /// Applies workers' queue changes (acks, retries, dead letters) and people's (pause,
+    /// resubmit) in one transaction, made durable by the next checkpoint like everything
+    /// else: a lost ack after a power cut means a delivery is repeated, never lost.
+    fn apply_queue_ops(
+        &mut self,
+        requests: Vec<QueueRequest>,
+    ) {
+        if let Some(why) = &self.failed {
+            for (_, reply) in requests {
+                let _ = reply.send(Err(StoreError::WriterFailed(why.clone())));
+            }
+            return;
+        }
+        let now = unix_now();
+        let applied = (|| -> Result<(), StoreError> {
+            let mut txn = self.db.begin_write()?;
+            txn.set_durability(RedbDurability::None)
+                .map_err(|e| StoreError::Inconsistent(e.to_string()))?;
+            for (ops, _) in &requests {
+                outbox::apply(&txn, ops, now)?;
+            }
+            txn.commit()?;
+            Ok(())
+        })();
+        match applied {
+            Ok(()) => {
+                self.unsettled.since.get_or_insert_with(Instant::now);
+                self.outbox_changes.send_modify(|n| *n = n.wrapping_add(1));
+                for (_, reply) in requests {
+                    let _ = reply.send(Ok(()));
+                }
+            }
+            Err(e) => {
+                // A queue change that cannot be written is the index failing, like a failed
+                // batch: refuse everything until a restart rather than guess.
+                error!(error = %e, "index writer failed applying queue changes; refusing instances until the service restarts");
+                let why = e.to_string();
+                self.failed = Some(why.clone());
+                for (_, reply) in requests {
+                    let _ = reply.send(Err(StoreError::WriterFailed(why.clone())));
+                }
+            }
         }
     }
 

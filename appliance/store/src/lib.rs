@@ -18,6 +18,7 @@ pub mod record;
 
 mod commit;
 mod ingest;
+pub mod outbox;
 mod reconcile;
 mod verify;
 
@@ -31,6 +32,7 @@ use tracing::info;
 
 pub use commit::Outcome;
 pub use ingest::{Ingest, IngestError, IngestRequest, Receipt};
+pub use outbox::{Route, Router};
 pub use reconcile::Reconciled;
 pub use verify::{VerifyProblem, VerifyReport};
 
@@ -68,6 +70,8 @@ pub struct StoreConfig {
     pub index_cache_bytes: usize,
     /// Most instances in one group commit.
     pub max_batch: usize,
+    /// Where filed instances are forwarded; `None` queues nothing.
+    pub router: Option<Arc<dyn Router>>,
 }
 
 impl StoreConfig {
@@ -79,6 +83,7 @@ impl StoreConfig {
             min_free_bytes: 1024 * 1024 * 1024,
             index_cache_bytes: 64 * 1024 * 1024,
             max_batch: 256,
+            router: None,
         }
     }
 }
@@ -208,6 +213,7 @@ pub(crate) struct Inner {
     pub(crate) db: Arc<Database>,
     pub(crate) stats: Arc<Stats>,
     pub(crate) committer: commit::Handle,
+    pub(crate) outbox_changes: Arc<tokio::sync::watch::Sender<u64>>,
 }
 
 /// A handle on the archive; cheap to clone.
@@ -272,7 +278,7 @@ impl Store {
             other => StoreError::Open(other),
         })?;
         let db = Arc::new(db);
-        check_schema(&db)?;
+        check_schema(&db, &config)?;
         // New directories, and the index file's name, are durable only once their parent
         // directories are synced.
         let mut parents: Vec<PathBuf> = created
@@ -293,6 +299,7 @@ impl Store {
             .map(|t| t.len().unwrap_or(0))
             .unwrap_or(0);
         let background = Arc::new(Background::default());
+        let outbox_changes = Arc::new(tokio::sync::watch::Sender::new(0));
         let committer = commit::spawn(
             config.clone(),
             layout.clone(),
@@ -300,6 +307,7 @@ impl Store {
             db.clone(),
             stats.clone(),
             background,
+            outbox_changes.clone(),
         );
         let store = Store {
             inner: Arc::new(Inner {
@@ -309,6 +317,7 @@ impl Store {
                 db,
                 stats,
                 committer,
+                outbox_changes,
             }),
         };
         let opened = Opened {
@@ -363,7 +372,7 @@ fn create_index_atomically(
     let _ = fs.remove_file(&creating);
     {
         let db = builder.create(&creating)?;
-        check_schema(&db)?;
+        check_schema(&db, &StoreConfig::new(layout.root()))?;
     }
     fs.sync_file(&creating)
         .map_err(|e| StoreError::io(&creating, e))?;
@@ -398,7 +407,7 @@ impl StorageBackend for BoxedBackend {
     }
 }
 
-fn check_schema(db: &Database) -> Result<(), StoreError> {
+fn check_schema(db: &Database, config: &StoreConfig) -> Result<(), StoreError> {
     let mut txn = db.begin_write()?;
     txn.set_quick_repair(true);
     {
@@ -424,6 +433,12 @@ fn check_schema(db: &Database) -> Result<(), StoreError> {
         }
         // Create every table up front so readers never meet a missing one.
         index::Tables::open(&txn)?;
+        let destinations = config
+            .router
+            .as_ref()
+            .map(|r| r.destinations())
+            .unwrap_or_default();
+        outbox::create_tables(&txn, &destinations)?;
     }
     txn.commit()?;
     Ok(())

@@ -18,6 +18,7 @@ use redb::{Database, ReadableDatabase, ReadableTable};
 use tracing::{info, warn};
 
 use crate::fs::Fs;
+use crate::outbox::Enqueuer;
 use crate::index::{self, Filed, Tables};
 use crate::layout::{Layout, TmpName, unix_now};
 use crate::record::{self, InstanceRecord};
@@ -159,6 +160,10 @@ pub(crate) fn run(
                 tables.pending_deletes.remove(rel.as_str())?;
             }
             let overwrite = config.duplicates == DuplicatePolicy::Overwrite;
+            let mut enqueuer = match &config.router {
+                Some(router) => Some(Enqueuer::new(router.as_ref(), &txn)?),
+                None => None,
+            };
             for (target, rel, scan, x) in &to_file {
                 let record = InstanceRecord {
                     study_uid: String::new(),
@@ -174,7 +179,16 @@ pub(crate) fn run(
                     received_at: unix_now(),
                     source_ae: scan.meta.source_ae_title.clone().unwrap_or_default(),
                 };
-                match tables.file_instance(x, record, overwrite, unix_now())? {
+                let source_ae = record.source_ae.clone();
+                let filed = tables.file_instance(x, record, overwrite, unix_now())?;
+                // Stored implies queued: an instance filed here was never filed before (or
+                // replaces what was), so it is queued in the same transaction.
+                if filed != Filed::KeptFirst
+                    && let Some(enqueuer) = enqueuer.as_mut()
+                {
+                    enqueuer.enqueue(&txn, x, &source_ae, unix_now())?;
+                }
+                match filed {
                     Filed::New => done.finished_indexed += 1,
                     Filed::KeptFirst => {
                         done.finished_discarded += 1;
@@ -186,6 +200,9 @@ pub(crate) fn run(
                         replaced.push(old_file);
                     }
                 }
+            }
+            if let Some(enqueuer) = enqueuer {
+                enqueuer.finish(&txn)?;
             }
         }
         txn.commit()?;

@@ -2,7 +2,8 @@
 //! power cuts at the I/O seam, and C-FIND matching over a real index.
 
 mod ingest;
+mod outbox;
 mod power_cut;
 mod query;
-mod reconcile;
+pub(crate) mod reconcile;
 mod support;

@@ -27,6 +27,7 @@ fn config(durability: Durability) -> StoreConfig {
     c.min_free_bytes = 0;
     c.durability = durability;
     c.index_cache_bytes = 1024 * 1024;
+    c.router = Some(Arc::new(crate::support::EveryInstanceTo("central")));
     c
 }
 
@@ -189,6 +190,8 @@ async fn one_cut(seed: u64, durability: Durability) {
     );
     assert!(report.instances >= acked.len() as u64 || durability != Durability::Full);
     // Whatever the index holds is whole: each indexed instance reads back as one of ours.
+    // And stored implies queued: each one has its outbox entry.
+    let queued = crate::support::queued_uids(&store, "central");
     for batch in &work {
         for inst in batch {
             if let Some(back) = stored_dataset(&store, &inst.sop_uid) {
@@ -196,6 +199,11 @@ async fn one_cut(seed: u64, durability: Durability) {
                     back,
                     inst.dataset(Encoding::EXPLICIT_LE),
                     "seed {seed}: partial instance visible"
+                );
+                assert!(
+                    queued.contains(&inst.sop_uid),
+                    "seed {seed}, cut at {cut_at}: {} stored but not queued",
+                    inst.sop_uid
                 );
             }
         }

@@ -16,7 +16,7 @@ use crate::support::{config, store_instance, stored_dataset};
 
 /// Writes an instance as a received `.ready` file (or a damaged one, whose name promises
 /// another CRC), as the ingest path leaves it before its checkpoint.
-fn write_ready(
+pub(crate) fn write_ready(
     layout: &Layout,
     inst: &SynthInstance,
     id: &FileId,

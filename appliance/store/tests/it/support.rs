@@ -66,3 +66,33 @@ pub fn stored_dataset(store: &Store, sop: &str) -> Option<Vec<u8>> {
     f.read_to_end(&mut out).ok()?;
     Some(out)
 }
+
+/// A router sending every instance to one destination, except those from `UPSTREAM`.
+#[derive(Debug)]
+pub struct EveryInstanceTo(pub &'static str);
+
+impl store::Router for EveryInstanceTo {
+    fn destinations(&self) -> Vec<String> {
+        vec![self.0.to_string()]
+    }
+    fn route(&self, source_ae: &str, _instance: &store::record::Extracted) -> Vec<store::Route> {
+        if source_ae == "UPSTREAM" {
+            return Vec::new();
+        }
+        vec![store::Route {
+            destination: self.0.to_string(),
+            rank: 2,
+        }]
+    }
+}
+
+/// The SOP Instance UIDs queued for a destination (due or not).
+pub fn queued_uids(store: &Store, destination: &str) -> std::collections::HashSet<String> {
+    store
+        .outbox_peek(destination, usize::MAX, &Default::default(), u64::MAX, usize::MAX)
+        .expect("reading the outbox")
+        .ready
+        .into_iter()
+        .map(|q| q.entry.sop_instance_uid)
+        .collect()
+}

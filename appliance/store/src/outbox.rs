@@ -1,0 +1,569 @@
+//! The outbox: per-destination queues of instances to forward, kept in the index file and
+//! written in the same transaction as the index entry, so that stored implies queued.
+//!
+//! The store knows destinations only by name. Which destinations an instance goes to is
+//! decided by a [`Router`] the process hands in (`forward` implements it from the routing
+//! rules); the store calls it while filing a new or overwritten instance and writes one entry
+//! per route. Delivery state that only matters while the process runs (which entries a worker
+//! holds) stays in the worker's memory: after a restart every entry is simply pending again,
+//! which is what at-least-once delivery asks for.
+//!
+//! Tables, per destination `d`:
+//! - `outbox/d`: key `(rank, seq)`, value a [`QueueEntry`]. Lower rank goes first (a STAT
+//!   rule has rank 0); within a rank, arrival order (seq is one counter for the whole store).
+//! - `dead/d`: key `seq`, value a [`DeadLetter`].
+//!
+//! And for all destinations: `upstream_copies` (SOP Instance UID to the destinations that
+//! confirmed a copy, which is what cache eviction will rely on), `outbox_paused` (names of
+//! paused destinations), and `outbox_seq` in `meta`.
+
+use std::collections::HashSet;
+
+use redb::{ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
+use serde::{Deserialize, Serialize};
+
+use crate::index::{INSTANCES, META};
+use crate::query::Retrievable;
+use crate::record::{self, Extracted, InstanceRecord};
+use crate::{Store, StoreError};
+
+pub(crate) const UPSTREAM_COPIES: TableDefinition<&str, &[u8]> =
+    TableDefinition::new("upstream_copies");
+pub(crate) const PAUSED: TableDefinition<&str, ()> = TableDefinition::new("outbox_paused");
+const SEQ_KEY: &str = "outbox_seq";
+
+/// Decides where a newly filed instance is forwarded. Called by the index writer inside its
+/// transaction, so it must be quick and must not block.
+pub trait Router: Send + Sync + std::fmt::Debug {
+    /// Every destination that can ever be routed to (their queues are created up front).
+    fn destinations(&self) -> Vec<String>;
+    /// The destinations (and rank, 0 most urgent) for an instance received from `source_ae`.
+    fn route(&self, source_ae: &str, instance: &Extracted) -> Vec<Route>;
+}
+
+/// One destination an instance is queued for.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Route {
+    pub destination: String,
+    pub rank: u8,
+}
+
+/// Where an entry sits in its destination's queue.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct QueueKey {
+    pub rank: u8,
+    pub seq: u64,
+}
+
+/// One queued delivery.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct QueueEntry {
+    pub sop_instance_uid: String,
+    pub study_uid: String,
+    /// Unix seconds when it was first queued.
+    pub enqueued_at: u64,
+    /// Failed attempts that counted against the retry policy.
+    pub attempts: u32,
+    pub last_error: Option<String>,
+    /// Unix milliseconds before which it is not to be tried again.
+    pub not_before_ms: u64,
+}
+
+/// A delivery given up on, with the reason.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeadLetter {
+    pub entry: QueueEntry,
+    pub rank: u8,
+    pub reason: String,
+    /// Unix seconds.
+    pub at: u64,
+}
+
+/// A queued delivery ready to be attempted, with the instance as it is stored now (`None`
+/// when the instance is no longer in the archive).
+#[derive(Clone, Debug)]
+pub struct Queued {
+    pub key: QueueKey,
+    pub entry: QueueEntry,
+    pub instance: Option<Retrievable>,
+}
+
+/// The ready entries at the head of a queue.
+#[derive(Clone, Debug, Default)]
+pub struct Peeked {
+    pub ready: Vec<Queued>,
+    /// The earliest `not_before_ms` among the entries skipped because they were not due.
+    pub next_due_ms: Option<u64>,
+}
+
+/// A queue's state, for people.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct QueueSummary {
+    pub destination: String,
+    pub depth: u64,
+    pub dead: u64,
+    pub paused: bool,
+    /// Unix seconds when the oldest pending entry was queued.
+    pub oldest_enqueued_at: Option<u64>,
+    /// The most recent per-instance error among pending entries.
+    pub last_error: Option<String>,
+}
+
+/// A change to the queues, applied by the index writer.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum QueueOp {
+    /// Delivered: remove the entry; `confirmed` records the upstream copy for eviction.
+    Ack {
+        destination: String,
+        key: QueueKey,
+        sop_instance_uid: String,
+        confirmed: bool,
+    },
+    /// Try again at `not_before_ms`; the entry moves behind its rank's newer entries.
+    Retry {
+        destination: String,
+        key: QueueKey,
+        reason: String,
+        not_before_ms: u64,
+        counts: bool,
+    },
+    /// Give up: move the entry to the dead letters with the reason.
+    Dead {
+        destination: String,
+        key: QueueKey,
+        reason: String,
+    },
+    /// Remove the entry without delivering (the instance is gone from the archive).
+    Drop { destination: String, key: QueueKey },
+    /// Move dead letters back into the queue (all of them when `seqs` is empty).
+    Resubmit {
+        destination: String,
+        seqs: Vec<u64>,
+    },
+    /// Make every waiting entry due now.
+    RetryNow { destination: String },
+    Pause { destination: String, paused: bool },
+}
+
+impl QueueOp {
+    pub fn destination(&self) -> &str {
+        match self {
+            QueueOp::Ack { destination, .. }
+            | QueueOp::Retry { destination, .. }
+            | QueueOp::Dead { destination, .. }
+            | QueueOp::Drop { destination, .. }
+            | QueueOp::Resubmit { destination, .. }
+            | QueueOp::RetryNow { destination }
+            | QueueOp::Pause { destination, .. } => destination,
+        }
+    }
+}
+
+fn queue_name(destination: &str) -> String {
+    format!("outbox/{destination}")
+}
+
+fn dead_name(destination: &str) -> String {
+    format!("dead/{destination}")
+}
+
+fn queue_def(name: &str) -> TableDefinition<'_, (u8, u64), &'static [u8]> {
+    TableDefinition::new(name)
+}
+
+fn dead_def(name: &str) -> TableDefinition<'_, u64, &'static [u8]> {
+    TableDefinition::new(name)
+}
+
+/// Creates the queues of every destination the router knows, so readers never meet a
+/// missing table.
+pub(crate) fn create_tables(
+    txn: &redb::WriteTransaction,
+    destinations: &[String],
+) -> Result<(), StoreError> {
+    txn.open_table(UPSTREAM_COPIES)?;
+    txn.open_table(PAUSED)?;
+    for d in destinations {
+        txn.open_table(queue_def(&queue_name(d)))?;
+        txn.open_table(dead_def(&dead_name(d)))?;
+    }
+    Ok(())
+}
+
+fn read_seq(txn: &redb::WriteTransaction) -> Result<u64, StoreError> {
+    let meta = txn.open_table(META)?;
+    let seq = meta.get(SEQ_KEY)?.map(|v| {
+        let mut b = [0u8; 8];
+        let v = v.value();
+        let n = v.len().min(8);
+        b[..n].copy_from_slice(&v[..n]);
+        u64::from_le_bytes(b)
+    });
+    Ok(seq.unwrap_or(0))
+}
+
+fn write_seq(txn: &redb::WriteTransaction, seq: u64) -> Result<(), StoreError> {
+    let mut meta = txn.open_table(META)?;
+    meta.insert(SEQ_KEY, seq.to_le_bytes().as_slice())?;
+    Ok(())
+}
+
+/// Queues filed instances within the index writer's transaction. Built once per
+/// transaction: it reads the sequence counter at the start and writes it back at the end.
+pub(crate) struct Enqueuer<'r> {
+    router: &'r dyn Router,
+    seq: u64,
+    queued: usize,
+}
+
+impl<'r> Enqueuer<'r> {
+    pub fn new(
+        router: &'r dyn Router,
+        txn: &redb::WriteTransaction,
+    ) -> Result<Enqueuer<'r>, StoreError> {
+        Ok(Enqueuer {
+            router,
+            seq: read_seq(txn)?,
+            queued: 0,
+        })
+    }
+
+    /// Queues one instance, new or overwritten, for every destination it routes to.
+    pub fn enqueue(
+        &mut self,
+        txn: &redb::WriteTransaction,
+        x: &Extracted,
+        source_ae: &str,
+        now: u64,
+    ) -> Result<(), StoreError> {
+        for route in self.router.route(source_ae, x) {
+            self.seq += 1;
+            let entry = QueueEntry {
+                sop_instance_uid: x.sop_instance_uid.clone(),
+                study_uid: x.study_uid.clone(),
+                enqueued_at: now,
+                attempts: 0,
+                last_error: None,
+                not_before_ms: 0,
+            };
+            let name = queue_name(&route.destination);
+            let mut table = txn.open_table(queue_def(&name))?;
+            table.insert((route.rank, self.seq), record::encode(&entry).as_slice())?;
+            self.queued += 1;
+        }
+        Ok(())
+    }
+
+    /// Saves the sequence counter; returns how many entries were queued.
+    pub fn finish(self, txn: &redb::WriteTransaction) -> Result<usize, StoreError> {
+        if self.queued > 0 {
+            write_seq(txn, self.seq)?;
+        }
+        Ok(self.queued)
+    }
+}
+
+/// Applies queue operations within the index writer's transaction.
+pub(crate) fn apply(
+    txn: &redb::WriteTransaction,
+    ops: &[QueueOp],
+    now: u64,
+) -> Result<(), StoreError> {
+    let mut seq = None;
+    for op in ops {
+        let name = queue_name(op.destination());
+        let mut queue = txn.open_table(queue_def(&name))?;
+        match op {
+            QueueOp::Ack {
+                destination,
+                key,
+                sop_instance_uid,
+                confirmed,
+            } => {
+                queue.remove((key.rank, key.seq))?;
+                if *confirmed {
+                    let mut copies = txn.open_table(UPSTREAM_COPIES)?;
+                    let mut list: Vec<String> = match copies.get(sop_instance_uid.as_str())? {
+                        Some(v) => record::decode(v.value())?,
+                        None => Vec::new(),
+                    };
+                    if !list.contains(destination) {
+                        list.push(destination.clone());
+                        copies
+                            .insert(sop_instance_uid.as_str(), record::encode(&list).as_slice())?;
+                    }
+                }
+            }
+            QueueOp::Retry {
+                key,
+                reason,
+                not_before_ms,
+                counts,
+                ..
+            } => {
+                let Some(old) = queue.remove((key.rank, key.seq))? else {
+                    continue;
+                };
+                let mut entry: QueueEntry = record::decode(old.value())?;
+                drop(old);
+                if *counts {
+                    entry.attempts = entry.attempts.saturating_add(1);
+                }
+                entry.last_error = Some(reason.clone());
+                entry.not_before_ms = *not_before_ms;
+                let next = next_seq(txn, &mut seq)?;
+                queue.insert((key.rank, next), record::encode(&entry).as_slice())?;
+            }
+            QueueOp::Dead {
+                destination,
+                key,
+                reason,
+            } => {
+                let Some(old) = queue.remove((key.rank, key.seq))? else {
+                    continue;
+                };
+                let mut entry: QueueEntry = record::decode(old.value())?;
+                drop(old);
+                entry.attempts = entry.attempts.saturating_add(1);
+                entry.last_error = Some(reason.clone());
+                let letter = DeadLetter {
+                    entry,
+                    rank: key.rank,
+                    reason: reason.clone(),
+                    at: now,
+                };
+                let dname = dead_name(destination);
+                let mut dead = txn.open_table(dead_def(&dname))?;
+                dead.insert(key.seq, record::encode(&letter).as_slice())?;
+            }
+            QueueOp::Drop { key, .. } => {
+                queue.remove((key.rank, key.seq))?;
+            }
+            QueueOp::Resubmit { destination, seqs } => {
+                let dname = dead_name(destination);
+                let mut dead = txn.open_table(dead_def(&dname))?;
+                let chosen: Vec<u64> = if seqs.is_empty() {
+                    dead.iter()?
+                        .map(|r| r.map(|(k, _)| k.value()))
+                        .collect::<Result<_, _>>()?
+                } else {
+                    seqs.clone()
+                };
+                for s in chosen {
+                    let Some(v) = dead.remove(s)? else { continue };
+                    let letter: DeadLetter = record::decode(v.value())?;
+                    drop(v);
+                    let mut entry = letter.entry;
+                    entry.attempts = 0;
+                    entry.not_before_ms = 0;
+                    let next = next_seq(txn, &mut seq)?;
+                    queue.insert((letter.rank, next), record::encode(&entry).as_slice())?;
+                }
+            }
+            QueueOp::RetryNow { .. } => {
+                let waiting: Vec<((u8, u64), QueueEntry)> = queue
+                    .iter()?
+                    .filter_map(|r| match r {
+                        Ok((k, v)) => match record::decode::<QueueEntry>(v.value()) {
+                            Ok(e) if e.not_before_ms > 0 => Some(Ok((k.value(), e))),
+                            Ok(_) => None,
+                            Err(e) => Some(Err(StoreError::from(e))),
+                        },
+                        Err(e) => Some(Err(e.into())),
+                    })
+                    .collect::<Result<_, StoreError>>()?;
+                for (k, mut e) in waiting {
+                    e.not_before_ms = 0;
+                    queue.insert(k, record::encode(&e).as_slice())?;
+                }
+            }
+            QueueOp::Pause {
+                destination,
+                paused,
+            } => {
+                let mut table = txn.open_table(PAUSED)?;
+                if *paused {
+                    table.insert(destination.as_str(), ())?;
+                } else {
+                    table.remove(destination.as_str())?;
+                }
+            }
+        }
+    }
+    if let Some(s) = seq {
+        write_seq(txn, s)?;
+    }
+    Ok(())
+}
+
+fn next_seq(txn: &redb::WriteTransaction, seq: &mut Option<u64>) -> Result<u64, StoreError> {
+    let next = match *seq {
+        Some(s) => s + 1,
+        None => read_seq(txn)? + 1,
+    };
+    *seq = Some(next);
+    Ok(next)
+}
+
+fn missing_is_empty<T: Default>(r: Result<T, redb::TableError>) -> Result<T, StoreError> {
+    match r {
+        Ok(t) => Ok(t),
+        Err(redb::TableError::TableDoesNotExist(_)) => Ok(T::default()),
+        Err(e) => Err(e.into()),
+    }
+}
+
+impl Store {
+    /// The ready entries at the head of a destination's queue, most urgent first, skipping
+    /// those in `held` (leased by a worker) and those not due at `now_ms`. Looks at no more
+    /// than `scan` entries, so a long queue of waiting entries costs a bounded read.
+    pub fn outbox_peek(
+        &self,
+        destination: &str,
+        limit: usize,
+        held: &HashSet<QueueKey>,
+        now_ms: u64,
+        scan: usize,
+    ) -> Result<Peeked, StoreError> {
+        let txn = self.db().begin_read()?;
+        let name = queue_name(destination);
+        let queue = match txn.open_table(queue_def(&name)) {
+            Ok(t) => t,
+            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(Peeked::default()),
+            Err(e) => return Err(e.into()),
+        };
+        let instances = txn.open_table(INSTANCES)?;
+        let mut out = Peeked::default();
+        for row in queue.iter()?.take(scan) {
+            let (k, v) = row?;
+            let (rank, seq) = k.value();
+            let key = QueueKey { rank, seq };
+            if held.contains(&key) {
+                continue;
+            }
+            let entry: QueueEntry = record::decode(v.value())?;
+            if entry.not_before_ms > now_ms {
+                out.next_due_ms = Some(
+                    out.next_due_ms
+                        .map_or(entry.not_before_ms, |d| d.min(entry.not_before_ms)),
+                );
+                continue;
+            }
+            let instance = match instances.get(entry.sop_instance_uid.as_str())? {
+                Some(v) => {
+                    let i: InstanceRecord = record::decode(v.value())?;
+                    Some(Retrievable {
+                        sop_instance_uid: entry.sop_instance_uid.clone(),
+                        sop_class_uid: i.sop_class_uid,
+                        transfer_syntax: i.transfer_syntax,
+                        file: i.file,
+                        dataset_offset: i.dataset_offset,
+                        size: i.size,
+                        study_uid: i.study_uid,
+                    })
+                }
+                None => None,
+            };
+            out.ready.push(Queued {
+                key,
+                entry,
+                instance,
+            });
+            if out.ready.len() >= limit {
+                break;
+            }
+        }
+        Ok(out)
+    }
+
+    /// Depth, dead letters, pause state, oldest entry and last error of a destination's queue.
+    /// Reads every pending entry (for the oldest and the last error): meant for people, not
+    /// for the delivery path.
+    pub fn outbox_summary(&self, destination: &str) -> Result<QueueSummary, StoreError> {
+        let txn = self.db().begin_read()?;
+        let mut summary = QueueSummary {
+            destination: destination.to_string(),
+            ..QueueSummary::default()
+        };
+        let name = queue_name(destination);
+        if let Some(queue) = missing_is_empty(txn.open_table(queue_def(&name)).map(Some))? {
+            summary.depth = queue.len()?;
+            let mut latest_error_seq = 0;
+            for row in queue.iter()? {
+                let (k, v) = row?;
+                let entry: QueueEntry = record::decode(v.value())?;
+                summary.oldest_enqueued_at = Some(
+                    summary
+                        .oldest_enqueued_at
+                        .map_or(entry.enqueued_at, |o| o.min(entry.enqueued_at)),
+                );
+                let seq = k.value().1;
+                if entry.last_error.is_some() && seq >= latest_error_seq {
+                    latest_error_seq = seq;
+                    summary.last_error = entry.last_error;
+                }
+            }
+        }
+        let dname = dead_name(destination);
+        if let Some(dead) = missing_is_empty(txn.open_table(dead_def(&dname)).map(Some))? {
+            summary.dead = dead.len()?;
+        }
+        if let Some(paused) = missing_is_empty(txn.open_table(PAUSED).map(Some))? {
+            summary.paused = paused.get(destination)?.is_some();
+        }
+        Ok(summary)
+    }
+
+    /// Whether a destination is paused.
+    pub fn outbox_paused(&self, destination: &str) -> Result<bool, StoreError> {
+        let txn = self.db().begin_read()?;
+        match missing_is_empty(txn.open_table(PAUSED).map(Some))? {
+            Some(t) => Ok(t.get(destination)?.is_some()),
+            None => Ok(false),
+        }
+    }
+
+    /// A destination's dead letters, oldest first, at most `limit`.
+    pub fn dead_letters(
+        &self,
+        destination: &str,
+        limit: usize,
+    ) -> Result<Vec<(u64, DeadLetter)>, StoreError> {
+        let txn = self.db().begin_read()?;
+        let dname = dead_name(destination);
+        let Some(dead) = missing_is_empty(txn.open_table(dead_def(&dname)).map(Some))? else {
+            return Ok(Vec::new());
+        };
+        let mut out = Vec::new();
+        for row in dead.iter()?.take(limit) {
+            let (k, v) = row?;
+            out.push((k.value(), record::decode(v.value())?));
+        }
+        Ok(out)
+    }
+
+    /// The destinations that confirmed a copy of an instance.
+    pub fn upstream_copies(&self, sop_instance_uid: &str) -> Result<Vec<String>, StoreError> {
+        let txn = self.db().begin_read()?;
+        let Some(copies) = missing_is_empty(txn.open_table(UPSTREAM_COPIES).map(Some))? else {
+            return Ok(Vec::new());
+        };
+        match copies.get(sop_instance_uid)? {
+            Some(v) => Ok(record::decode(v.value())?),
+            None => Ok(Vec::new()),
+        }
+    }
+
+    /// Applies queue operations through the index writer (durable at its next checkpoint).
+    pub async fn outbox_apply(&self, ops: Vec<QueueOp>) -> Result<(), StoreError> {
+        if ops.is_empty() {
+            return Ok(());
+        }
+        self.inner.committer.queue(ops).await
+    }
+
+    /// Changes whenever entries are queued or made due, so idle workers can wait on it.
+    pub fn outbox_changes(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.inner.outbox_changes.subscribe()
+    }
+}

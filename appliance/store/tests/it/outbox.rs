@@ -1,0 +1,209 @@
+//! The outbox: stored implies queued (through the ingest path and through start-up repair),
+//! no queueing of instances from upstream or of kept-first duplicates, and the queue
+//! operations the forwarder and the CLI use, across a restart.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+
+use dataset::synth::SynthInstance;
+use store::layout::{FileId, Layout};
+use store::outbox::{QueueKey, QueueOp};
+use store::{DuplicatePolicy, Outcome, Store, StoreConfig};
+
+use crate::reconcile::write_ready;
+use crate::support::{EveryInstanceTo, config, queued_uids, request, store_bytes};
+
+fn routed(dir: &std::path::Path) -> StoreConfig {
+    let mut c = config(dir);
+    c.router = Some(Arc::new(EveryInstanceTo("central")));
+    c
+}
+
+async fn store_from(store: &Store, inst: &SynthInstance, source: &str) -> Outcome {
+    let mut req = request(inst);
+    req.source_ae = source.into();
+    store_bytes(
+        store,
+        req,
+        &inst.dataset(dataset::Encoding::EXPLICIT_LE),
+        64 * 1024,
+    )
+    .await
+    .unwrap()
+}
+
+fn head(store: &Store, limit: usize) -> Vec<store::outbox::Queued> {
+    store
+        .outbox_peek("central", limit, &HashSet::new(), u64::MAX / 2, usize::MAX)
+        .unwrap()
+        .ready
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stored_instances_are_queued_once_and_upstream_ones_never() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, _) = Store::open(routed(dir.path())).unwrap();
+    let a = SynthInstance::ct(1, 1, 1, 1);
+    let b = SynthInstance::ct(1, 1, 1, 2);
+    let prior = SynthInstance::ct(2, 1, 1, 1);
+    assert_eq!(store_from(&store, &a, "MODALITY").await, Outcome::Stored);
+    assert_eq!(store_from(&store, &b, "MODALITY").await, Outcome::Stored);
+    // A kept-first duplicate changes nothing, so it is not queued again.
+    assert_eq!(store_from(&store, &a, "MODALITY").await, Outcome::Duplicate);
+    // Priors pushed by the central PACS must not travel back to it.
+    assert_eq!(store_from(&store, &prior, "UPSTREAM").await, Outcome::Stored);
+
+    let queued = head(&store, 100);
+    let uids: Vec<&str> = queued
+        .iter()
+        .map(|q| q.entry.sop_instance_uid.as_str())
+        .collect();
+    assert_eq!(uids, [a.sop_uid.as_str(), b.sop_uid.as_str()]);
+    let first = &queued[0];
+    let instance = first.instance.as_ref().expect("the queued instance resolves");
+    assert_eq!(instance.sop_class_uid, a.sop_class);
+    assert_eq!(first.entry.study_uid, a.study_uid);
+    let summary = store.outbox_summary("central").unwrap();
+    assert_eq!((summary.depth, summary.dead, summary.paused), (2, 0, false));
+    assert!(summary.oldest_enqueued_at.is_some());
+    store.close().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_overwritten_instance_is_queued_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = routed(dir.path());
+    c.duplicates = DuplicatePolicy::Overwrite;
+    let (store, _) = Store::open(c).unwrap();
+    let a = SynthInstance::ct(1, 1, 1, 1);
+    store_from(&store, &a, "MODALITY").await;
+    let first = head(&store, 10);
+    store
+        .outbox_apply(vec![QueueOp::Ack {
+            destination: "central".into(),
+            key: first[0].key,
+            sop_instance_uid: a.sop_uid.clone(),
+            confirmed: true,
+        }])
+        .await
+        .unwrap();
+    assert!(head(&store, 10).is_empty());
+    assert_eq!(store.upstream_copies(&a.sop_uid).unwrap(), ["central"]);
+    assert_eq!(
+        store_from(&store, &a, "MODALITY").await,
+        Outcome::Overwritten
+    );
+    let again = head(&store, 10);
+    assert_eq!(again.len(), 1, "the new copy must travel too");
+    assert!(again[0].key.seq > first[0].key.seq);
+    store.close().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retries_dead_letters_resubmission_and_pause_survive_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let insts: Vec<SynthInstance> = (0..4).map(|i| SynthInstance::ct(1, 1, 1, i)).collect();
+    let keys: Vec<QueueKey>;
+    {
+        let (store, _) = Store::open(routed(dir.path())).unwrap();
+        for inst in &insts {
+            store_from(&store, inst, "MODALITY").await;
+        }
+        keys = head(&store, 10).iter().map(|q| q.key).collect();
+        let far = u64::MAX / 4;
+        store
+            .outbox_apply(vec![
+                QueueOp::Retry {
+                    destination: "central".into(),
+                    key: keys[0],
+                    reason: "status 0xA700".into(),
+                    not_before_ms: far,
+                    counts: true,
+                },
+                QueueOp::Dead {
+                    destination: "central".into(),
+                    key: keys[1],
+                    reason: "SOP class not supported".into(),
+                },
+                QueueOp::Pause {
+                    destination: "central".into(),
+                    paused: true,
+                },
+            ])
+            .await
+            .unwrap();
+        // The retried entry waits behind the others and is not due.
+        let due = store
+            .outbox_peek("central", 10, &HashSet::new(), 1_000, usize::MAX)
+            .unwrap();
+        let due_uids: Vec<&str> = due
+            .ready
+            .iter()
+            .map(|q| q.entry.sop_instance_uid.as_str())
+            .collect();
+        assert_eq!(due_uids, [insts[2].sop_uid.as_str(), insts[3].sop_uid.as_str()]);
+        assert_eq!(due.next_due_ms, Some(far));
+        // A worker's held entries are skipped.
+        let held: HashSet<QueueKey> = [keys[2]].into();
+        let rest = store
+            .outbox_peek("central", 10, &held, 1_000, usize::MAX)
+            .unwrap();
+        assert_eq!(rest.ready.len(), 1);
+        store.close().await.unwrap();
+    }
+    let (store, _) = Store::open(routed(dir.path())).unwrap();
+    let summary = store.outbox_summary("central").unwrap();
+    assert_eq!((summary.depth, summary.dead, summary.paused), (3, 1, true));
+    assert_eq!(summary.last_error.as_deref(), Some("status 0xA700"));
+    let dead = store.dead_letters("central", 10).unwrap();
+    assert_eq!(dead.len(), 1);
+    assert_eq!(dead[0].1.reason, "SOP class not supported");
+    assert_eq!(dead[0].1.entry.sop_instance_uid, insts[1].sop_uid);
+    let retried = head(&store, 10)
+        .into_iter()
+        .find(|q| q.entry.sop_instance_uid == insts[0].sop_uid)
+        .unwrap();
+    assert_eq!(retried.entry.attempts, 1);
+
+    store
+        .outbox_apply(vec![
+            QueueOp::Resubmit {
+                destination: "central".into(),
+                seqs: Vec::new(),
+            },
+            QueueOp::RetryNow {
+                destination: "central".into(),
+            },
+            QueueOp::Pause {
+                destination: "central".into(),
+                paused: false,
+            },
+        ])
+        .await
+        .unwrap();
+    let due = store
+        .outbox_peek("central", 10, &HashSet::new(), 1_000, usize::MAX)
+        .unwrap();
+    assert_eq!(due.ready.len(), 4, "everything is due again");
+    assert!(!store.outbox_paused("central").unwrap());
+    assert_eq!(store.outbox_summary("central").unwrap().dead, 0);
+    store.close().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn start_up_repair_queues_what_it_files() {
+    // An instance acknowledged just before a crash exists only as its `.ready` file; the
+    // repair that files it must queue it as well, or it would be stored and never forwarded.
+    let dir = tempfile::tempdir().unwrap();
+    let layout = Layout::new(dir.path());
+    {
+        let (store, _) = Store::open(routed(dir.path())).unwrap();
+        store.close().await.unwrap();
+    }
+    let inst = SynthInstance::ct(1, 1, 1, 7);
+    write_ready(&layout, &inst, &FileId::new(std::time::SystemTime::now()), false);
+    let (store, opened) = Store::open(routed(dir.path())).unwrap();
+    assert_eq!(opened.reconciled.finished_indexed, 1);
+    assert!(queued_uids(&store, "central").contains(&inst.sop_uid));
+    store.close().await.unwrap();
+}
