@@ -170,7 +170,10 @@ priority = "stat"
         std::time::Duration::from_secs(10),
         "first retry after the initial delay"
     );
-    assert_eq!(cloud.retry.delay(3), std::time::Duration::from_secs_f64(22.5));
+    assert_eq!(
+        cloud.retry.delay(3),
+        std::time::Duration::from_secs_f64(22.5)
+    );
     assert_eq!(cloud.retry.delay(100), std::time::Duration::from_secs(3600));
     let rule = &c.forward.rules[0];
     assert_eq!(rule.modality, ["CT"]);

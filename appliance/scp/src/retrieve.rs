@@ -1,22 +1,15 @@
 //! C-MOVE and C-GET SCPs: the requested instances are sent as C-STORE sub-operations, on an
 //! association Outpost opens to the destination (C-MOVE) or on the requestor's own (C-GET),
-//! each in a transfer syntax the receiver accepted, streamed from disk.
-
-use std::io::{Read, Seek, SeekFrom};
-use std::time::Duration;
+//! each in a transfer syntax the receiver accepted, streamed from disk. The sending itself
+//! (contexts, payloads, the C-STORE exchange, the outgoing association) is the `storescu`
+//! crate's; this module runs the retrieval around it.
 
 use audit::{Event, EventKind, Outcome as AuditOutcome};
 use dataset::tags;
-use dataset::ts::{EXPLICIT_VR_LITTLE_ENDIAN, IMPLICIT_VR_LITTLE_ENDIAN, trim_uid};
 use dataset::{Element, Vr};
-use dicom_ul::ClientAssociationOptions;
-use dicom_ul::association::AsyncClientAssociation;
-use dicom_ul::association::client::AsyncTlsStream;
-use dicom_ul::pdu::{PresentationContextNegotiated, PresentationContextResultReason};
-use dimse::command::PRIORITY_MEDIUM;
-use dimse::{Channel, Command, CommandField, DimseError, Incoming, Link, Status, StatusKind};
-use store::fs::FileReader;
+use dimse::{Command, CommandField, DimseError, Incoming, Link, Status, StatusKind};
 use store::query::{Identifier, Retrievable};
+use storescu::{ConnectError, MoveOriginator, NoContext, Peer, SendError};
 use tracing::{info, warn};
 
 use crate::find::{Syntax, key_text};
@@ -86,92 +79,6 @@ enum SubOutcome {
     NotSent(String),
 }
 
-/// What one instance is sent as.
-enum Payload {
-    /// The stored data set, streamed from the file as it is.
-    File(Box<dyn FileReader>, u64),
-    /// The data set converted to another transfer syntax, in memory.
-    Converted(Vec<u8>),
-}
-
-/// An association Outpost opened to a C-MOVE destination.
-enum Destination {
-    Plain(Box<Channel<AsyncClientAssociation<tokio::net::TcpStream>>>),
-    Tls(Box<Channel<AsyncClientAssociation<AsyncTlsStream>>>),
-}
-
-/// Why no presentation context can carry an instance.
-enum NoContext {
-    /// The receiver accepted no context for the SOP class at all.
-    ForClass(String),
-    /// It accepted the class, but only in syntaxes the stored one cannot be converted into.
-    ForSyntax(String),
-}
-
-impl NoContext {
-    fn into_reason(self) -> String {
-        match self {
-            NoContext::ForClass(why) | NoContext::ForSyntax(why) => why,
-        }
-    }
-}
-
-/// Picks the presentation context to send an instance on: one with the stored transfer
-/// syntax if the receiver accepted it, else one with a Little Endian syntax the stored one
-/// can be decoded into.
-fn choose_context(
-    contexts: &[PresentationContextNegotiated],
-    item: &Retrievable,
-    usable: impl Fn(&PresentationContextNegotiated) -> bool,
-) -> Result<(u8, String), NoContext> {
-    let accepted: Vec<&PresentationContextNegotiated> = contexts
-        .iter()
-        .filter(|pc| {
-            pc.reason == PresentationContextResultReason::Acceptance
-                && trim_uid(&pc.abstract_syntax) == item.sop_class_uid
-                && usable(pc)
-        })
-        .collect();
-    if accepted.is_empty() {
-        return Err(NoContext::ForClass(format!(
-            "the receiver accepted no presentation context for SOP class {}",
-            item.sop_class_uid
-        )));
-    }
-    if let Some(pc) = accepted
-        .iter()
-        .find(|pc| trim_uid(&pc.transfer_syntax) == item.transfer_syntax)
-    {
-        return Ok((pc.id, item.transfer_syntax.clone()));
-    }
-    for native in [EXPLICIT_VR_LITTLE_ENDIAN, IMPLICIT_VR_LITTLE_ENDIAN] {
-        let pc = accepted
-            .iter()
-            .find(|pc| trim_uid(&pc.transfer_syntax) == native);
-        if let Some(pc) = pc
-            && transcode::can_convert(&item.transfer_syntax, native)
-        {
-            return Ok((pc.id, native.to_string()));
-        }
-    }
-    let offered: Vec<&str> = accepted
-        .iter()
-        .map(|pc| trim_uid(&pc.transfer_syntax))
-        .collect();
-    let why = if transcode::can_convert(&item.transfer_syntax, EXPLICIT_VR_LITTLE_ENDIAN) {
-        "it can only be converted to Explicit or Implicit VR Little Endian"
-    } else {
-        "no codec in this build decodes it"
-    };
-    Err(NoContext::ForSyntax(format!(
-        "the receiver accepted SOP class {} only in transfer syntax {}, not in the stored {}, \
-         and {why}",
-        item.sop_class_uid,
-        offered.join(", "),
-        item.transfer_syntax
-    )))
-}
-
 impl<L: Link> Session<L> {
     pub(crate) async fn c_move(&mut self, pc_id: u8, command: Command) -> Result<(), DimseError> {
         self.tally.retrieves += 1;
@@ -197,19 +104,25 @@ impl<L: Link> Session<L> {
             let rsp = Progress::default().response(&command, field, Status::SUCCESS);
             return self.channel.send_command(pc_id, &rsp).await;
         }
-        let options = match self.destination_options(&remote, &items) {
+        let dicom = &self.services.config;
+        let options = match storescu::association_options(
+            dicom.ae_title.as_str(),
+            remote.ae_title.as_str(),
+            dicom.max_pdu,
+            dicom.association_timeout,
+            &items,
+        ) {
             Ok(o) => o,
-            Err(why) => {
+            Err(e) => {
                 return self
-                    .move_unreachable(pc_id, &command, &identifier, destination, why)
+                    .move_unreachable(pc_id, &command, &identifier, destination, e.to_string())
                     .await;
             }
         };
-        let dicom = &self.services.config;
         let address = format!("{}:{}", remote.host, remote.port);
         let (timeout, dimse_timeout) = (dicom.association_timeout, dicom.dimse_timeout);
-        let established = if remote.tls {
-            let Some(tls) = self.services.tls.clone() else {
+        let tls = if remote.tls {
+            let Some(tls) = self.services.tls.as_ref() else {
                 let why = format!(
                     "{} requires DICOM TLS but [dicom.tls] is not configured",
                     remote.ae_title
@@ -218,37 +131,18 @@ impl<L: Link> Session<L> {
                     .move_unreachable(pc_id, &command, &identifier, destination, why)
                     .await;
             };
-            let options = options.tls_config(tls.client).server_name(&remote.host);
-            tokio::time::timeout(timeout, options.establish_tls_async(address.as_str()))
-                .await
-                .map(|r| {
-                    r.map(|mut assoc| {
-                        let _ = assoc.inner_stream().get_ref().0.set_nodelay(true);
-                        Destination::Tls(Box::new(Channel::new(assoc, dimse_timeout)))
-                    })
-                })
+            Some(storescu::Tls {
+                config: tls.client.clone(),
+                server_name: remote.host.clone(),
+            })
         } else {
-            tokio::time::timeout(timeout, options.establish_async(address.as_str()))
-                .await
-                .map(|r| {
-                    r.map(|mut assoc| {
-                        let _ = assoc.inner_stream().set_nodelay(true);
-                        Destination::Plain(Box::new(Channel::new(assoc, dimse_timeout)))
-                    })
-                })
+            None
         };
-        let dest = match established {
-            Ok(Ok(dest)) => dest,
-            Ok(Err(e)) => {
-                let why = format!(
-                    "association with {} at {address} failed: {e}",
-                    remote.ae_title
-                );
-                return self
-                    .move_unreachable(pc_id, &command, &identifier, destination, why)
-                    .await;
-            }
-            Err(_) => {
+        let connected =
+            storescu::connect(options, &address, tls.as_ref(), timeout, dimse_timeout).await;
+        let mut peer = match connected {
+            Ok(peer) => peer,
+            Err(ConnectError::TimedOut { .. }) => {
                 let why = format!(
                     "association with {} at {address} timed out",
                     remote.ae_title
@@ -257,23 +151,18 @@ impl<L: Link> Session<L> {
                     .move_unreachable(pc_id, &command, &identifier, destination, why)
                     .await;
             }
-        };
-        let (progress, cancelled) = match dest {
-            Destination::Plain(mut ch) => {
-                let r = self
-                    .move_sub_operations(pc_id, &command, &mut ch, &items, destination)
+            Err(e) => {
+                let why = format!("association with {} failed: {e}", remote.ae_title);
+                return self
+                    .move_unreachable(pc_id, &command, &identifier, destination, why)
                     .await;
-                let _ = ch.release().await;
-                r?
-            }
-            Destination::Tls(mut ch) => {
-                let r = self
-                    .move_sub_operations(pc_id, &command, &mut ch, &items, destination)
-                    .await;
-                let _ = ch.release().await;
-                r?
             }
         };
+        let r = self
+            .move_sub_operations(pc_id, &command, &mut peer, &items, destination)
+            .await;
+        let _ = peer.release().await;
+        let (progress, cancelled) = r?;
         self.finish_retrieval(
             pc_id,
             &command,
@@ -307,11 +196,11 @@ impl<L: Link> Session<L> {
 
     /// Sends every instance to the destination, reporting progress to the requestor after
     /// each and stopping on its C-CANCEL.
-    async fn move_sub_operations<D: Link>(
+    async fn move_sub_operations(
         &mut self,
         pc_id: u8,
         command: &Command,
-        dest: &mut Channel<D>,
+        peer: &mut Peer,
         items: &[Retrievable],
         destination: &str,
     ) -> Result<(Progress, bool), DimseError> {
@@ -320,39 +209,25 @@ impl<L: Link> Session<L> {
             total: items.len(),
             ..Progress::default()
         };
-        let originator = (self.calling.clone(), command.message_id.unwrap_or(0));
-        let dimse_timeout = self.services.config.dimse_timeout;
-        let mut next_id: u16 = 1;
+        let originator = MoveOriginator {
+            ae_title: self.calling.clone(),
+            message_id: command.message_id.unwrap_or(0),
+        };
+        let limit = self.services.config.transcode_memory_limit;
         for item in items {
             if self.cancel_requested(command.message_id).await? {
                 return Ok((progress, true));
             }
-            let mut lost = false;
-            let outcome = match choose_context(dest.link().contexts(), item, |_| true) {
-                Err(no) => SubOutcome::NotSent(no.into_reason()),
-                Ok((sub_pc, ts)) => match self.payload(item, &ts).await {
-                    Err(why) => SubOutcome::NotSent(why),
-                    Ok(payload) => {
-                        let id = next_id;
-                        next_id = next_id.wrapping_add(1).max(1);
-                        let sent =
-                            match send_store(dest, sub_pc, id, item, Some(&originator), payload)
-                                .await
-                            {
-                                Ok(()) => wait_store_response(dest, id, dimse_timeout).await,
-                                Err(e) => Err(e),
-                            };
-                        match sent {
-                            Ok(status) => SubOutcome::Stored(status),
-                            Err(e) => {
-                                lost = true;
-                                SubOutcome::NotSent(format!(
-                                    "the association with the destination failed: {e}"
-                                ))
-                            }
-                        }
-                    }
-                },
+            let sent = peer
+                .send(&self.services.store, item, limit, Some(&originator))
+                .await;
+            let lost = sent.as_ref().is_err_and(SendError::association_lost);
+            let outcome = match sent {
+                Ok(status) => SubOutcome::Stored(status),
+                Err(SendError::Association { source, .. }) => SubOutcome::NotSent(format!(
+                    "the association with the destination failed: {source}"
+                )),
+                Err(e) => SubOutcome::NotSent(e.to_string()),
             };
             self.note_sub_outcome(item, destination, &outcome);
             progress.record(&item.sop_instance_uid, &outcome);
@@ -392,7 +267,7 @@ impl<L: Link> Session<L> {
                 break;
             }
             let link = self.channel.link();
-            let chosen = choose_context(link.contexts(), item, |pc| {
+            let chosen = storescu::choose_context(link.contexts(), item, |pc| {
                 link.requestor_is_scp(&pc.abstract_syntax)
             })
             .map_err(|no| match no {
@@ -403,11 +278,19 @@ impl<L: Link> Session<L> {
             });
             let outcome = match chosen {
                 Err(why) => SubOutcome::NotSent(why),
-                Ok((sub_pc, ts)) => match self.payload(item, &ts).await {
-                    Err(why) => SubOutcome::NotSent(why),
+                Ok((sub_pc, ts)) => match storescu::payload(
+                    &self.services.store,
+                    item,
+                    &ts,
+                    self.services.config.transcode_memory_limit,
+                )
+                .await
+                {
+                    Err(e) => SubOutcome::NotSent(e.to_string()),
                     Ok(payload) => {
                         let id = self.next_message_id();
-                        send_store(&mut self.channel, sub_pc, id, item, None, payload).await?;
+                        storescu::send_store(&mut self.channel, sub_pc, id, item, None, payload)
+                            .await?;
                         // The requestor may cancel while it stores; keep waiting for the
                         // response either way (PS3.7 9.1.3.2).
                         loop {
@@ -574,113 +457,6 @@ impl<L: Link> Session<L> {
         }
     }
 
-    /// Opens the file of an instance, or converts it when the receiver needs another syntax.
-    async fn payload(&self, item: &Retrievable, target_ts: &str) -> Result<Payload, String> {
-        let store = self.services.store.clone();
-        let item = item.clone();
-        let target = target_ts.to_string();
-        let limit = self.services.config.transcode_memory_limit;
-        tokio::task::spawn_blocking(move || {
-            let mut file = store
-                .open_file(&item.file)
-                .map_err(|e| format!("cannot open {}: {e}", item.file))?;
-            if target == item.transfer_syntax {
-                file.seek(SeekFrom::Start(item.dataset_offset))
-                    .map_err(|e| format!("cannot read {}: {e}", item.file))?;
-                return Ok(Payload::File(file, item.size - item.dataset_offset));
-            }
-            if item.size > limit {
-                return Err(format!(
-                    "converting from {} needs more than the {} MB transcode memory limit",
-                    item.transfer_syntax,
-                    limit / (1024 * 1024)
-                ));
-            }
-            let mut bytes = Vec::with_capacity(item.size as usize);
-            file.read_to_end(&mut bytes)
-                .map_err(|e| format!("cannot read {}: {e}", item.file))?;
-            transcode::to_native(&bytes, &target, limit)
-                .map(Payload::Converted)
-                .map_err(|e| {
-                    format!(
-                        "cannot convert from {} to {target}: {e}",
-                        item.transfer_syntax
-                    )
-                })
-        })
-        .await
-        .expect("payload task panicked")
-    }
-
-    /// Association options for a C-MOVE destination, proposing for each SOP class its stored
-    /// transfer syntaxes and the native ones.
-    fn destination_options(
-        &self,
-        remote: &config::Remote,
-        items: &[Retrievable],
-    ) -> Result<ClientAssociationOptions<'static>, String> {
-        let dicom = &self.services.config;
-        let mut options = ClientAssociationOptions::new()
-            .calling_ae_title(dicom.ae_title.as_str().to_string())
-            .called_ae_title(remote.ae_title.as_str().to_string())
-            .max_pdu_length(dicom.max_pdu)
-            .connection_timeout(dicom.association_timeout)
-            .read_timeout(dicom.association_timeout);
-        let mut classes: Vec<(String, Vec<String>)> = Vec::new();
-        for item in items {
-            match classes.iter_mut().find(|(c, _)| *c == item.sop_class_uid) {
-                Some((_, syntaxes)) => {
-                    if !syntaxes.contains(&item.transfer_syntax) {
-                        syntaxes.push(item.transfer_syntax.clone());
-                    }
-                }
-                None => classes.push((
-                    item.sop_class_uid.clone(),
-                    vec![item.transfer_syntax.clone()],
-                )),
-            }
-        }
-        let natives = || {
-            vec![
-                EXPLICIT_VR_LITTLE_ENDIAN.to_string(),
-                IMPLICIT_VR_LITTLE_ENDIAN.to_string(),
-            ]
-        };
-        // One context per stored syntax lets the receiver take each one it supports, so every
-        // instance can travel as stored, with a Little Endian context per class as the
-        // fallback. Explicit VR Little Endian needs no context of its own: the fallback lists
-        // it first. An association carries at most 128 contexts; beyond that, one context per
-        // class lists all its syntaxes.
-        let own_context = |t: &String| t != EXPLICIT_VR_LITTLE_ENDIAN;
-        let separate: usize = classes
-            .iter()
-            .map(|(_, s)| 1 + s.iter().filter(|t| own_context(t)).count())
-            .sum();
-        if classes.len() > 128 {
-            return Err(format!(
-                "the instances span {} SOP classes, more than one association can carry",
-                classes.len()
-            ));
-        }
-        for (class, syntaxes) in classes {
-            if separate <= 128 {
-                for ts in syntaxes.iter().filter(|t| own_context(t)) {
-                    options = options.with_presentation_context(class.clone(), vec![ts.clone()]);
-                }
-                options = options.with_presentation_context(class, natives());
-            } else {
-                let mut all = syntaxes;
-                for n in natives() {
-                    if !all.contains(&n) {
-                        all.push(n);
-                    }
-                }
-                options = options.with_presentation_context(class, all);
-            }
-        }
-        Ok(options)
-    }
-
     fn audit_retrieval(
         &self,
         identifier: &Identifier,
@@ -713,90 +489,5 @@ impl<L: Link> Session<L> {
             ),
         };
         self.services.audit.record(event.detail(detail));
-    }
-}
-
-/// Sends one C-STORE-RQ and its data set.
-async fn send_store<L: Link>(
-    channel: &mut Channel<L>,
-    pc_id: u8,
-    message_id: u16,
-    item: &Retrievable,
-    originator: Option<&(String, u16)>,
-    payload: Payload,
-) -> Result<(), DimseError> {
-    let mut rq = Command::new(CommandField::C_STORE_RQ);
-    rq.message_id = Some(message_id);
-    rq.affected_sop_class_uid = Some(item.sop_class_uid.clone());
-    rq.affected_sop_instance_uid = Some(item.sop_instance_uid.clone());
-    rq.priority = Some(PRIORITY_MEDIUM);
-    rq.has_data_set = true;
-    if let Some((ae, id)) = originator {
-        rq.move_originator_ae = Some(ae.clone());
-        rq.move_originator_message_id = Some(*id);
-    }
-    channel.send_command(pc_id, &rq).await?;
-    match payload {
-        Payload::Converted(bytes) => channel.send_data_set(pc_id, &bytes).await,
-        Payload::File(file, length) => stream_file(channel, pc_id, file, length).await,
-    }
-}
-
-/// Streams a data set from a file, one PDU at a time: memory stays at one fragment.
-async fn stream_file<L: Link>(
-    channel: &mut Channel<L>,
-    pc_id: u8,
-    file: Box<dyn FileReader>,
-    length: u64,
-) -> Result<(), DimseError> {
-    let max = channel.max_fragment();
-    let mut file = Some(file);
-    let mut remaining = length;
-    if remaining == 0 {
-        return channel.send_data_fragment(pc_id, Vec::new(), true).await;
-    }
-    while remaining > 0 {
-        let n = (remaining.min(max as u64)) as usize;
-        let mut f = file.take().expect("file returned by the last read");
-        let (f, read) = tokio::task::spawn_blocking(move || {
-            let mut buf = vec![0u8; n];
-            let r = f.read_exact(&mut buf).map(|()| buf);
-            (f, r)
-        })
-        .await
-        .expect("read task panicked");
-        file = Some(f);
-        let chunk = read.map_err(|e| {
-            DimseError::Protocol(format!("stored file ended early or failed to read: {e}"))
-        })?;
-        remaining -= n as u64;
-        channel
-            .send_data_fragment(pc_id, chunk, remaining == 0)
-            .await?;
-    }
-    Ok(())
-}
-
-/// Waits for the C-STORE-RSP of a sub-operation on an association Outpost opened.
-async fn wait_store_response<L: Link>(
-    channel: &mut Channel<L>,
-    message_id: u16,
-    timeout: Duration,
-) -> Result<Status, DimseError> {
-    match channel.next(timeout).await? {
-        Incoming::Command { command, .. }
-            if command.field == CommandField::C_STORE_RSP
-                && command.message_id_responded_to == Some(message_id) =>
-        {
-            Ok(command.status.unwrap_or(Status::PROCESSING_FAILURE))
-        }
-        Incoming::Command { command, .. } => Err(DimseError::Protocol(format!(
-            "expected C-STORE-RSP to message {message_id}, got {}",
-            command.field.name()
-        ))),
-        Incoming::Release => Err(DimseError::Protocol(
-            "the destination released mid-transfer".into(),
-        )),
-        Incoming::Aborted => Err(DimseError::Aborted),
     }
 }

@@ -34,8 +34,8 @@ use tracing::{error, info, warn};
 
 use crate::fs::Fs;
 use crate::index::{self, Filed, Tables};
-use crate::outbox::{self, Enqueuer, QueueOp};
 use crate::layout::{Layout, unix_now};
+use crate::outbox::{self, Enqueuer, QueueOp};
 use crate::record::{Extracted, InstanceRecord};
 use crate::{Background, DuplicatePolicy, Durability, Stats, StoreConfig, StoreError};
 
@@ -433,10 +433,7 @@ impl Committer {
     /// Applies workers' queue changes (acks, retries, dead letters) and people's (pause,
     /// resubmit) in one transaction, made durable by the next checkpoint like everything
     /// else: a lost ack after a power cut means a delivery is repeated, never lost.
-    fn apply_queue_ops(
-        &mut self,
-        requests: Vec<QueueRequest>,
-    ) {
+    fn apply_queue_ops(&mut self, requests: Vec<QueueRequest>) {
         if let Some(why) = &self.failed {
             for (_, reply) in requests {
                 let _ = reply.send(Err(StoreError::WriterFailed(why.clone())));

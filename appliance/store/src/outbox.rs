@@ -134,15 +134,23 @@ pub enum QueueOp {
         reason: String,
     },
     /// Remove the entry without delivering (the instance is gone from the archive).
-    Drop { destination: String, key: QueueKey },
+    Drop {
+        destination: String,
+        key: QueueKey,
+    },
     /// Move dead letters back into the queue (all of them when `seqs` is empty).
     Resubmit {
         destination: String,
         seqs: Vec<u64>,
     },
     /// Make every waiting entry due now.
-    RetryNow { destination: String },
-    Pause { destination: String, paused: bool },
+    RetryNow {
+        destination: String,
+    },
+    Pause {
+        destination: String,
+        paused: bool,
+    },
 }
 
 impl QueueOp {

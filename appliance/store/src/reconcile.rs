@@ -18,9 +18,9 @@ use redb::{Database, ReadableDatabase, ReadableTable};
 use tracing::{info, warn};
 
 use crate::fs::Fs;
-use crate::outbox::Enqueuer;
 use crate::index::{self, Filed, Tables};
 use crate::layout::{Layout, TmpName, unix_now};
+use crate::outbox::Enqueuer;
 use crate::record::{self, InstanceRecord};
 use crate::verify::scan_file;
 use crate::{DuplicatePolicy, StoreConfig, StoreError};

@@ -51,7 +51,10 @@ async fn stored_instances_are_queued_once_and_upstream_ones_never() {
     // A kept-first duplicate changes nothing, so it is not queued again.
     assert_eq!(store_from(&store, &a, "MODALITY").await, Outcome::Duplicate);
     // Priors pushed by the central PACS must not travel back to it.
-    assert_eq!(store_from(&store, &prior, "UPSTREAM").await, Outcome::Stored);
+    assert_eq!(
+        store_from(&store, &prior, "UPSTREAM").await,
+        Outcome::Stored
+    );
 
     let queued = head(&store, 100);
     let uids: Vec<&str> = queued
@@ -60,7 +63,10 @@ async fn stored_instances_are_queued_once_and_upstream_ones_never() {
         .collect();
     assert_eq!(uids, [a.sop_uid.as_str(), b.sop_uid.as_str()]);
     let first = &queued[0];
-    let instance = first.instance.as_ref().expect("the queued instance resolves");
+    let instance = first
+        .instance
+        .as_ref()
+        .expect("the queued instance resolves");
     assert_eq!(instance.sop_class_uid, a.sop_class);
     assert_eq!(first.entry.study_uid, a.study_uid);
     let summary = store.outbox_summary("central").unwrap();
@@ -141,7 +147,10 @@ async fn retries_dead_letters_resubmission_and_pause_survive_a_restart() {
             .iter()
             .map(|q| q.entry.sop_instance_uid.as_str())
             .collect();
-        assert_eq!(due_uids, [insts[2].sop_uid.as_str(), insts[3].sop_uid.as_str()]);
+        assert_eq!(
+            due_uids,
+            [insts[2].sop_uid.as_str(), insts[3].sop_uid.as_str()]
+        );
         assert_eq!(due.next_due_ms, Some(far));
         // A worker's held entries are skipped.
         let held: HashSet<QueueKey> = [keys[2]].into();
@@ -201,7 +210,12 @@ async fn start_up_repair_queues_what_it_files() {
         store.close().await.unwrap();
     }
     let inst = SynthInstance::ct(1, 1, 1, 7);
-    write_ready(&layout, &inst, &FileId::new(std::time::SystemTime::now()), false);
+    write_ready(
+        &layout,
+        &inst,
+        &FileId::new(std::time::SystemTime::now()),
+        false,
+    );
     let (store, opened) = Store::open(routed(dir.path())).unwrap();
     assert_eq!(opened.reconciled.finished_indexed, 1);
     assert!(queued_uids(&store, "central").contains(&inst.sop_uid));

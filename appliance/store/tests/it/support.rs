@@ -89,7 +89,13 @@ impl store::Router for EveryInstanceTo {
 /// The SOP Instance UIDs queued for a destination (due or not).
 pub fn queued_uids(store: &Store, destination: &str) -> std::collections::HashSet<String> {
     store
-        .outbox_peek(destination, usize::MAX, &Default::default(), u64::MAX, usize::MAX)
+        .outbox_peek(
+            destination,
+            usize::MAX,
+            &Default::default(),
+            u64::MAX,
+            usize::MAX,
+        )
         .expect("reading the outbox")
         .ready
         .into_iter()

@@ -1,0 +1,25 @@
+//! Sending stored instances to a remote Storage SCP over an association Outpost opens.
+//!
+//! [`association_options`] proposes, per SOP class, a presentation context for each stored
+//! transfer syntax plus an Explicit/Implicit VR Little Endian fallback; [`connect`] opens the
+//! association, plain or DICOM TLS, and returns a [`Peer`] that sends one instance at a time
+//! ([`Peer::send`]) until it is released or aborted; [`echo`] probes a destination with a
+//! C-ECHO. The pieces below them are public too, generic over the association's role, for
+//! the C-GET SCP that sends on the requestor's own association: [`choose_context`],
+//! [`payload`], [`send_store`], [`wait_store_response`].
+//!
+//! Memory stays at one PDU per instance: files are streamed from disk, and only an instance
+//! the receiver cannot take in its stored syntax is converted in memory, by `transcode`,
+//! within the configured limit. Every P-DATA PDU is built by `dimse::Channel`.
+
+mod context;
+mod options;
+mod payload;
+mod peer;
+mod send;
+
+pub use context::{NoContext, choose_context};
+pub use options::{OptionsError, association_options};
+pub use payload::{Payload, PayloadError, payload};
+pub use peer::{ConnectError, EchoError, Peer, SendError, Tls, connect, echo};
+pub use send::{MoveOriginator, SendStoreError, send_store, stream_file, wait_store_response};

@@ -1,0 +1,535 @@
+//! An association Outpost opens to a Storage SCP, plain or DICOM TLS, behind one type: connect
+//! with errors a caller can act on, send instances one after the other, release or abort; and
+//! a C-ECHO probe of a destination.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use dicom_ul::ClientAssociationOptions;
+use dicom_ul::association::AsyncClientAssociation;
+use dicom_ul::association::client::AsyncTlsStream;
+use dicom_ul::pdu::{
+    AbortRQServiceProviderReason, AssociationRJResult, AssociationRJSource,
+    PresentationContextNegotiated, PresentationContextResultReason,
+};
+use dimse::{Channel, Command, CommandField, DimseError, Incoming, Link, Status, StatusKind};
+use store::query::Retrievable;
+use tokio::net::TcpStream;
+use tracing::debug;
+
+use crate::context::{NoContext, choose_context};
+use crate::options::verification_options;
+use crate::payload::{PayloadError, payload};
+use crate::send::{MoveOriginator, SendStoreError, send_store, wait_store_response};
+
+/// The maximum PDU length announced on a C-ECHO probe, which receives only a command set.
+const ECHO_MAX_PDU: u32 = 16_384;
+
+/// DICOM TLS for an outgoing association: the client configuration (trusted roots, and the
+/// client certificate when the receiver asks for one) and the name the receiver's
+/// certificate must carry (a host name or an IP address).
+#[derive(Clone)]
+pub struct Tls {
+    pub config: Arc<rustls::ClientConfig>,
+    pub server_name: String,
+}
+
+impl std::fmt::Debug for Tls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Tls")
+            .field("server_name", &self.server_name)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Why no association could be opened. Each variant names the address called.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectError {
+    /// Nothing accepted the connection: refused, unreachable, or a name that does not
+    /// resolve.
+    #[error("cannot connect to {address}: {source}")]
+    Unreachable {
+        address: String,
+        #[source]
+        source: std::io::Error,
+    },
+    /// The connection or the association negotiation took longer than allowed.
+    #[error("the association with {address} timed out")]
+    TimedOut { address: String },
+    /// The receiver answered with an A-ASSOCIATE-RJ. A permanent rejection (such as "called
+    /// AE title not recognized") will not go away by retrying; a transient one may.
+    #[error(
+        "{address} rejected the association {}: {reason} ({})",
+        permanence(result),
+        rejected_by(reason)
+    )]
+    Rejected {
+        address: String,
+        result: AssociationRJResult,
+        /// Who rejected it and why (the A-ASSOCIATE-RJ's source and reason).
+        reason: AssociationRJSource,
+    },
+    /// The TLS handshake failed (an untrusted or mismatched certificate, a receiver that
+    /// does not speak TLS), or the receiver speaks TLS and was called without it.
+    #[error("DICOM TLS with {address} failed: {reason}")]
+    Tls { address: String, reason: String },
+    /// Anything else: the receiver accepted none of the proposed presentation contexts,
+    /// closed the connection or answered out of protocol.
+    #[error("the association with {address} failed: {reason}")]
+    Other { address: String, reason: String },
+}
+
+fn permanence(result: &AssociationRJResult) -> &'static str {
+    match result {
+        AssociationRJResult::Permanent => "permanently",
+        AssociationRJResult::Transient => "transiently",
+    }
+}
+
+fn rejected_by(source: &AssociationRJSource) -> &'static str {
+    match source {
+        AssociationRJSource::ServiceUser(_) => "rejected by the called application",
+        AssociationRJSource::ServiceProviderASCE(_) => "rejected by its association control",
+        AssociationRJSource::ServiceProviderPresentation(_) => "rejected by its presentation layer",
+    }
+}
+
+impl ConnectError {
+    /// The address that was called.
+    pub fn address(&self) -> &str {
+        match self {
+            ConnectError::Unreachable { address, .. }
+            | ConnectError::TimedOut { address }
+            | ConnectError::Rejected { address, .. }
+            | ConnectError::Tls { address, .. }
+            | ConnectError::Other { address, .. } => address,
+        }
+    }
+
+    /// Whether the receiver rejected the association permanently: retrying as configured
+    /// will not succeed.
+    pub fn is_permanent_rejection(&self) -> bool {
+        matches!(
+            self,
+            ConnectError::Rejected {
+                result: AssociationRJResult::Permanent,
+                ..
+            }
+        )
+    }
+
+    fn from_ul(e: dicom_ul::association::Error, address: &str, tls: bool) -> ConnectError {
+        use dicom_ul::association::Error as Ul;
+        let address = address.to_string();
+        match e {
+            Ul::Rejected { association_rj, .. } => ConnectError::Rejected {
+                address,
+                result: association_rj.result,
+                reason: association_rj.source,
+            },
+            Ul::Timeout { .. } => ConnectError::TimedOut { address },
+            // tokio-rustls reports a failed handshake as an I/O error wrapping the rustls
+            // error, which dicom-ul passes on as a connection failure.
+            Ul::Connect { source, .. } if tls && wraps_rustls_error(&source) => ConnectError::Tls {
+                address,
+                reason: source.to_string(),
+            },
+            Ul::Connect { source, .. } | Ul::ToAddress { source, .. } => {
+                ConnectError::Unreachable { address, source }
+            }
+            Ul::TlsHandshake { source, .. } => ConnectError::Tls {
+                address,
+                reason: format!("the handshake ended early ({source}); does it speak TLS?"),
+            },
+            Ul::TlsNotSupported => ConnectError::Tls {
+                address,
+                reason: "it answered in TLS to a plain association request; call it with \
+                         DICOM TLS"
+                    .into(),
+            },
+            e @ (Ul::TlsConnection { .. }
+            | Ul::InvalidServerName { .. }
+            | Ul::TlsConfigMissing { .. }) => ConnectError::Tls {
+                address,
+                reason: chain(&e),
+            },
+            Ul::NoAcceptedPresentationContexts { .. } => ConnectError::Other {
+                address,
+                reason: "it accepted none of the proposed presentation contexts".into(),
+            },
+            e => ConnectError::Other {
+                address,
+                reason: chain(&e),
+            },
+        }
+    }
+}
+
+fn wraps_rustls_error(e: &std::io::Error) -> bool {
+    e.get_ref()
+        .is_some_and(|inner| inner.downcast_ref::<rustls::Error>().is_some())
+}
+
+/// An error and its sources in one sentence: dicom-ul's own messages are terse ("could not
+/// connect to server") and the cause is in the source.
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut next = e.source();
+    while let Some(s) = next {
+        out.push_str(": ");
+        out.push_str(&s.to_string());
+        next = s.source();
+    }
+    out
+}
+
+/// Why one instance was not delivered. [`SendError::association_lost`] says whether the
+/// association can go on.
+#[derive(Debug, thiserror::Error)]
+pub enum SendError {
+    /// No accepted presentation context can carry the instance; nothing was sent and the
+    /// association is still usable.
+    #[error(transparent)]
+    NoContext(#[from] NoContext),
+    /// The instance's file cannot be read, or converted for the receiver; nothing was sent
+    /// and the association is still usable.
+    #[error(transparent)]
+    Payload(#[from] PayloadError),
+    /// The stored file failed while its data set was being sent: the instance cannot be
+    /// sent, and the association, holding an unfinished data set, was aborted.
+    #[error("{reason}; the association with {address} was aborted")]
+    Interrupted { address: String, reason: String },
+    /// The association had already been lost by an earlier request; nothing was sent.
+    #[error("the association with {address} was lost by an earlier request; open a new one")]
+    Closed { address: String },
+    /// The association failed (transport, timeout, abort, protocol): it is gone, and whether
+    /// the receiver stored the instance is unknown.
+    #[error("the association with {address} failed: {source}")]
+    Association {
+        address: String,
+        #[source]
+        source: DimseError,
+    },
+}
+
+impl SendError {
+    /// Whether the association is gone: further instances need a new one.
+    pub fn association_lost(&self) -> bool {
+        matches!(
+            self,
+            SendError::Interrupted { .. }
+                | SendError::Closed { .. }
+                | SendError::Association { .. }
+        )
+    }
+}
+
+/// Why a C-ECHO probe failed.
+#[derive(Debug, thiserror::Error)]
+pub enum EchoError {
+    #[error(transparent)]
+    Connect(#[from] ConnectError),
+    /// The receiver answered, with a status other than success.
+    #[error("{address} answered the C-ECHO with status {status}")]
+    Status { address: String, status: Status },
+    /// The association failed before the C-ECHO-RSP arrived.
+    #[error("the association with {address} failed during the C-ECHO: {source}")]
+    Association {
+        address: String,
+        #[source]
+        source: DimseError,
+    },
+}
+
+/// The channel over a plain or a TLS association; [`Peer`] hides which.
+enum Stream {
+    Plain(Box<Channel<AsyncClientAssociation<TcpStream>>>),
+    Tls(Box<Channel<AsyncClientAssociation<AsyncTlsStream>>>),
+}
+
+/// Runs `$body` with `$ch` bound to the peer's channel, whichever kind it is.
+macro_rules! with_channel {
+    ($stream:expr, $ch:ident => $body:expr) => {
+        match $stream {
+            Stream::Plain($ch) => $body,
+            Stream::Tls($ch) => $body,
+        }
+    };
+}
+
+/// An association Outpost opened to a Storage SCP. Instances are sent one after the other
+/// with [`Peer::send`]; end it with [`Peer::release`], or [`Peer::abort`].
+pub struct Peer {
+    stream: Stream,
+    address: String,
+    dimse_timeout: Duration,
+    next_id: u16,
+    /// Set once the association failed (and was aborted when that called for it).
+    lost: bool,
+}
+
+impl std::fmt::Debug for Peer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Peer")
+            .field("address", &self.address)
+            .field("tls", &self.is_tls())
+            .field("lost", &self.lost)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Opens an association to `address` ("host:port") with `options` (see
+/// [`crate::association_options`]), over DICOM TLS when `tls` is given. `connect_timeout`
+/// bounds the whole establishment; `dimse_timeout` every later wait for the receiver.
+pub async fn connect(
+    options: ClientAssociationOptions<'static>,
+    address: &str,
+    tls: Option<&Tls>,
+    connect_timeout: Duration,
+    dimse_timeout: Duration,
+) -> Result<Peer, ConnectError> {
+    // Nagle's algorithm would hold back the tail of each PDU until the previous segment is
+    // acknowledged; every PDU here is written whole, so it only adds latency.
+    let established = match tls {
+        Some(tls) => {
+            let options = options
+                .tls_config(tls.config.clone())
+                .server_name(&tls.server_name);
+            tokio::time::timeout(connect_timeout, options.establish_tls_async(address))
+                .await
+                .map(|r| {
+                    r.map(|mut assoc| {
+                        let _ = assoc.inner_stream().get_ref().0.set_nodelay(true);
+                        Stream::Tls(Box::new(Channel::new(assoc, dimse_timeout)))
+                    })
+                })
+        }
+        None => tokio::time::timeout(connect_timeout, options.establish_async(address))
+            .await
+            .map(|r| {
+                r.map(|mut assoc| {
+                    let _ = assoc.inner_stream().set_nodelay(true);
+                    Stream::Plain(Box::new(Channel::new(assoc, dimse_timeout)))
+                })
+            }),
+    };
+    match established {
+        Err(_) => Err(ConnectError::TimedOut {
+            address: address.to_string(),
+        }),
+        Ok(Err(e)) => Err(ConnectError::from_ul(e, address, tls.is_some())),
+        Ok(Ok(stream)) => {
+            debug!(address, tls = tls.is_some(), "association established");
+            Ok(Peer {
+                stream,
+                address: address.to_string(),
+                dimse_timeout,
+                next_id: 1,
+                lost: false,
+            })
+        }
+    }
+}
+
+impl Peer {
+    /// The address called.
+    pub fn address(&self) -> &str {
+        &self.address
+    }
+
+    /// Whether the association runs over DICOM TLS.
+    pub fn is_tls(&self) -> bool {
+        matches!(self.stream, Stream::Tls(_))
+    }
+
+    /// Whether the association can still carry requests (no send has lost it).
+    pub fn is_open(&self) -> bool {
+        !self.lost
+    }
+
+    /// The presentation contexts the receiver accepted.
+    pub fn contexts(&self) -> &[PresentationContextNegotiated] {
+        with_channel!(&self.stream, ch => ch.link().contexts())
+    }
+
+    fn next_message_id(&mut self) -> u16 {
+        let id = self.next_id;
+        self.next_id = self.next_id.wrapping_add(1).max(1);
+        id
+    }
+
+    /// Sends one stored instance and waits for the receiver's answer: picks the presentation
+    /// context, streams the file from `store` (or converts it within `memory_limit` bytes
+    /// when the receiver only accepted a Little Endian syntax), sends the C-STORE-RQ with
+    /// the next message id and `originator` when it serves a C-MOVE, and returns the
+    /// C-STORE-RSP's status, whatever it is.
+    ///
+    /// When the error says the association is lost ([`SendError::association_lost`]), the
+    /// association was already aborted where that was needed; only [`Peer::release`] or
+    /// [`Peer::abort`] remain, and both just close it.
+    pub async fn send(
+        &mut self,
+        store: &store::Store,
+        item: &Retrievable,
+        memory_limit: u64,
+        originator: Option<&MoveOriginator>,
+    ) -> Result<Status, SendError> {
+        if self.lost {
+            return Err(SendError::Closed {
+                address: self.address.clone(),
+            });
+        }
+        let (pc_id, ts) = choose_context(self.contexts(), item, |_| true)?;
+        let payload = payload(store, item, &ts, memory_limit).await?;
+        let id = self.next_message_id();
+        let timeout = self.dimse_timeout;
+        let sent = with_channel!(&mut self.stream, ch => {
+            match send_store(ch, pc_id, id, item, originator, payload).await {
+                Ok(()) => wait_store_response(ch, id, timeout)
+                    .await
+                    .map_err(SendStoreError::Association),
+                Err(e) => Err(e),
+            }
+        });
+        match sent {
+            Ok(status) => Ok(status),
+            Err(SendStoreError::File { file, source }) => {
+                self.fail(AbortRQServiceProviderReason::ReasonNotSpecified)
+                    .await;
+                Err(SendError::Interrupted {
+                    address: self.address.clone(),
+                    reason: format!(
+                        "stored file {file} of instance {} ended early or failed to read while \
+                         it was being sent: {source}",
+                        item.sop_instance_uid
+                    ),
+                })
+            }
+            Err(SendStoreError::Association(e)) => {
+                if e.calls_for_abort() {
+                    self.fail(abort_reason(&e)).await;
+                } else {
+                    self.lost = true;
+                }
+                Err(SendError::Association {
+                    address: self.address.clone(),
+                    source: e,
+                })
+            }
+        }
+    }
+
+    /// Sends an A-ABORT and marks the association lost.
+    async fn fail(&mut self, reason: AbortRQServiceProviderReason) {
+        debug!(address = %self.address, "aborting the association");
+        with_channel!(&mut self.stream, ch => ch.abort(reason).await);
+        self.lost = true;
+    }
+
+    /// Sends a C-ECHO-RQ on the Verification context and returns the response's status.
+    async fn verify(&mut self) -> Result<Status, DimseError> {
+        let pc_id = self
+            .contexts()
+            .iter()
+            .find(|pc| {
+                pc.reason == PresentationContextResultReason::Acceptance
+                    && dataset::ts::trim_uid(&pc.abstract_syntax) == dimse::VERIFICATION
+            })
+            .map(|pc| pc.id)
+            .ok_or_else(|| {
+                DimseError::Protocol(
+                    "the receiver accepted no presentation context for Verification".into(),
+                )
+            })?;
+        let id = self.next_message_id();
+        let mut rq = Command::new(CommandField::C_ECHO_RQ);
+        rq.message_id = Some(id);
+        rq.affected_sop_class_uid = Some(dimse::VERIFICATION.to_string());
+        let timeout = self.dimse_timeout;
+        with_channel!(&mut self.stream, ch => {
+            ch.send_command(pc_id, &rq).await?;
+            match ch.next(timeout).await? {
+                Incoming::Command { command, .. }
+                    if command.field == CommandField::C_ECHO_RSP
+                        && command.message_id_responded_to == Some(id) =>
+                {
+                    Ok(command.status.unwrap_or(Status::PROCESSING_FAILURE))
+                }
+                Incoming::Command { command, .. } => Err(DimseError::Protocol(format!(
+                    "expected C-ECHO-RSP to message {id}, got {}",
+                    command.field.name()
+                ))),
+                Incoming::Release => Err(DimseError::Protocol(
+                    "the receiver released instead of answering the C-ECHO".into(),
+                )),
+                Incoming::Aborted => Err(DimseError::Aborted),
+            }
+        })
+    }
+
+    /// Releases the association (A-RELEASE-RQ, then waits for the reply). An association a
+    /// send lost was ended then; releasing it only closes the connection.
+    pub async fn release(mut self) -> Result<(), DimseError> {
+        if self.lost {
+            return Ok(());
+        }
+        with_channel!(&mut self.stream, ch => ch.release().await)
+    }
+
+    /// Aborts the association (A-ABORT from the service provider) and closes the connection.
+    pub async fn abort(mut self) {
+        if !self.lost {
+            self.fail(AbortRQServiceProviderReason::ReasonNotSpecified)
+                .await;
+        }
+    }
+}
+
+/// The A-ABORT reason for a failed association, as the listener gives it.
+fn abort_reason(e: &DimseError) -> AbortRQServiceProviderReason {
+    match e {
+        DimseError::Protocol(_) | DimseError::Command(_) => {
+            AbortRQServiceProviderReason::UnexpectedPdu
+        }
+        _ => AbortRQServiceProviderReason::ReasonNotSpecified,
+    }
+}
+
+/// Probes a destination: opens an association to `address` proposing only Verification,
+/// sends a C-ECHO-RQ, waits for the C-ECHO-RSP and releases. `Ok` when it answered success.
+pub async fn echo(
+    calling_ae: &str,
+    called_ae: &str,
+    address: &str,
+    tls: Option<&Tls>,
+    connect_timeout: Duration,
+    dimse_timeout: Duration,
+) -> Result<(), EchoError> {
+    let options = verification_options(calling_ae, called_ae, ECHO_MAX_PDU, connect_timeout);
+    let mut peer = connect(options, address, tls, connect_timeout, dimse_timeout).await?;
+    match peer.verify().await {
+        Ok(status) => {
+            // The answer is in: a failed release says nothing more about the destination.
+            if let Err(e) = peer.release().await {
+                debug!(address, "release after C-ECHO failed: {e}");
+            }
+            if status.kind() == StatusKind::Success {
+                Ok(())
+            } else {
+                Err(EchoError::Status {
+                    address: address.to_string(),
+                    status,
+                })
+            }
+        }
+        Err(e) => {
+            if !matches!(e, DimseError::Aborted) {
+                peer.abort().await;
+            }
+            Err(EchoError::Association {
+                address: address.to_string(),
+                source: e,
+            })
+        }
+    }
+}

@@ -1,0 +1,145 @@
+//! The C-STORE exchange on any DIMSE channel, generic over the association's role: the
+//! request and its data set streamed one PDU at a time, and the wait for the response. The
+//! C-GET SCP uses these on the requestor's own association; [`crate::Peer`] on one Outpost
+//! opened.
+
+use std::io::Read;
+use std::time::Duration;
+
+use dimse::command::PRIORITY_MEDIUM;
+use dimse::{Channel, Command, CommandField, DimseError, Incoming, Link, Status};
+use store::fs::FileReader;
+use store::query::Retrievable;
+
+use crate::payload::Payload;
+
+/// The C-MOVE request a C-STORE sub-operation serves (Move Originator Application Entity
+/// Title and Message ID, PS3.7 9.1.1.1).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MoveOriginator {
+    pub ae_title: String,
+    pub message_id: u16,
+}
+
+/// Why a C-STORE request could not be sent whole. Either way the association cannot carry
+/// anything more: the receiver holds a data set that will never be finished.
+#[derive(Debug, thiserror::Error)]
+pub enum SendStoreError {
+    /// The stored file failed (ended early or could not be read) while its data set was being
+    /// sent.
+    #[error("stored file {file} ended early or failed to read: {source}")]
+    File {
+        file: String,
+        #[source]
+        source: std::io::Error,
+    },
+    /// The association failed.
+    #[error(transparent)]
+    Association(#[from] DimseError),
+}
+
+impl From<SendStoreError> for DimseError {
+    /// For code that ends the association on any error (the C-GET SCP): a file that fails
+    /// mid-transfer leaves the data set unfinished, which only an A-ABORT can end.
+    fn from(e: SendStoreError) -> DimseError {
+        match e {
+            SendStoreError::File { source, .. } => DimseError::Protocol(format!(
+                "stored file ended early or failed to read: {source}"
+            )),
+            SendStoreError::Association(e) => e,
+        }
+    }
+}
+
+/// Sends one C-STORE-RQ for `item` on presentation context `pc_id` and its data set.
+pub async fn send_store<L: Link>(
+    channel: &mut Channel<L>,
+    pc_id: u8,
+    message_id: u16,
+    item: &Retrievable,
+    originator: Option<&MoveOriginator>,
+    payload: Payload,
+) -> Result<(), SendStoreError> {
+    let mut rq = Command::new(CommandField::C_STORE_RQ);
+    rq.message_id = Some(message_id);
+    rq.affected_sop_class_uid = Some(item.sop_class_uid.clone());
+    rq.affected_sop_instance_uid = Some(item.sop_instance_uid.clone());
+    rq.priority = Some(PRIORITY_MEDIUM);
+    rq.has_data_set = true;
+    if let Some(originator) = originator {
+        rq.move_originator_ae = Some(originator.ae_title.clone());
+        rq.move_originator_message_id = Some(originator.message_id);
+    }
+    channel.send_command(pc_id, &rq).await?;
+    match payload {
+        Payload::Converted(bytes) => Ok(channel.send_data_set(pc_id, &bytes).await?),
+        Payload::File { file, length } => {
+            stream_file(channel, pc_id, &item.file, file, length).await
+        }
+    }
+}
+
+/// Streams `length` bytes of a data set from `file` (named `name` in errors), one PDU at a
+/// time: memory stays at one fragment.
+pub async fn stream_file<L: Link>(
+    channel: &mut Channel<L>,
+    pc_id: u8,
+    name: &str,
+    file: Box<dyn FileReader>,
+    length: u64,
+) -> Result<(), SendStoreError> {
+    let max = channel.max_fragment();
+    let mut remaining = length;
+    if remaining == 0 {
+        return Ok(channel.send_data_fragment(pc_id, Vec::new(), true).await?);
+    }
+    let failed = |source: std::io::Error| SendStoreError::File {
+        file: name.to_string(),
+        source,
+    };
+    let mut reader = file;
+    while remaining > 0 {
+        let n = usize::try_from(remaining.min(max as u64)).unwrap_or(max);
+        // The reader travels to the blocking pool and back with each read.
+        let (back, read) = tokio::task::spawn_blocking(move || {
+            let mut buf = vec![0u8; n];
+            let r = reader.read_exact(&mut buf).map(|()| buf);
+            (reader, r)
+        })
+        .await
+        .map_err(|e| failed(std::io::Error::other(format!("the read task failed: {e}"))))?;
+        reader = back;
+        let chunk = read.map_err(failed)?;
+        remaining -= n as u64;
+        channel
+            .send_data_fragment(pc_id, chunk, remaining == 0)
+            .await?;
+    }
+    Ok(())
+}
+
+/// Waits up to `timeout` for the C-STORE-RSP to `message_id` on an association Outpost
+/// opened (where nothing else may arrive meanwhile), and returns its status; a response
+/// without one counts as a processing failure.
+pub async fn wait_store_response<L: Link>(
+    channel: &mut Channel<L>,
+    message_id: u16,
+    timeout: Duration,
+) -> Result<Status, DimseError> {
+    match channel.next(timeout).await? {
+        Incoming::Command { command, .. }
+            if command.field == CommandField::C_STORE_RSP
+                && command.message_id_responded_to == Some(message_id) =>
+        {
+            Ok(command.status.unwrap_or(Status::PROCESSING_FAILURE))
+        }
+        Incoming::Command { command, .. } => Err(DimseError::Protocol(format!(
+            "expected C-STORE-RSP to message {message_id}, got {}",
+            command.field.name()
+        ))),
+        Incoming::Release => Err(DimseError::Protocol(
+            "the destination released mid-transfer".into(),
+        )),
+        Incoming::Aborted => Err(DimseError::Aborted),
+    }
+}
