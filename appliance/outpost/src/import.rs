@@ -32,7 +32,7 @@ pub fn import(c: config::Config, dir: &Path, jobs: usize) -> anyhow::Result<Exit
 
 async fn run(c: config::Config, dir: &Path, jobs: usize) -> anyhow::Result<ExitCode> {
     let files = list(dir).with_context(|| format!("listing {}", dir.display()))?;
-    let (store, _) = store::Store::open(store_config(&c))
+    let (store, _) = store::Store::open(store_config(&c)?)
         .with_context(|| format!("opening the archive in {}", c.storage.data_dir.display()))?;
     let accept_unknown = c.dicom.accept_unknown_sop_classes;
     let bar = indicatif::ProgressBar::new(files.len() as u64);

@@ -1,7 +1,9 @@
 //! The `outpost` binary: command-line parsing and the wiring of the appliance. Only this
 //! crate knows all the others; it parses, builds, spawns and stops, and holds no domain logic.
 
+mod control;
 mod import;
+mod queue;
 mod serve;
 
 use std::path::{Path, PathBuf};
@@ -44,6 +46,16 @@ enum Command {
         #[arg(long)]
         config: Option<PathBuf>,
     },
+    /// Show the forwarding queues of the running service, or act on one.
+    Queue {
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+        #[command(subcommand)]
+        action: Option<queue::Action>,
+    },
 }
 
 fn main() -> ExitCode {
@@ -55,6 +67,11 @@ fn main() -> ExitCode {
             load(config.as_deref()).and_then(|c| import::import(c, &dir, jobs))
         }
         Command::Verify { config } => load(config.as_deref()).and_then(verify),
+        Command::Queue {
+            config,
+            json,
+            action,
+        } => load(config.as_deref()).and_then(|c| queue::run(&c, action, json)),
     };
     match result {
         Ok(code) => code,
@@ -76,13 +93,18 @@ fn load(path: Option<&Path>) -> anyhow::Result<config::Config> {
 fn check_config(file: &Path) -> anyhow::Result<ExitCode> {
     match config::Config::load(file) {
         Ok(c) => {
+            if let Err(e) = forward::Rules::new(&c.forward, &c.dicom.remotes) {
+                eprintln!("{}: [[forward.rule]]: {e}", file.display());
+                return Ok(ExitCode::FAILURE);
+            }
             println!(
-                "{}: ok (AE {} on {}:{}, {} remote(s), data in {})",
+                "{}: ok (AE {} on {}:{}, {} remote(s), {} forwarding destination(s), data in {})",
                 file.display(),
                 c.dicom.ae_title,
                 c.dicom.bind,
                 c.dicom.port,
                 c.dicom.remotes.len(),
+                c.forward.destinations.len(),
                 c.storage.data_dir.display()
             );
             Ok(ExitCode::SUCCESS)
@@ -94,8 +116,8 @@ fn check_config(file: &Path) -> anyhow::Result<ExitCode> {
     }
 }
 
-/// The store's settings from the configuration.
-pub(crate) fn store_config(c: &config::Config) -> store::StoreConfig {
+/// The store's settings from the configuration, with the forwarding rules as its router.
+pub(crate) fn store_config(c: &config::Config) -> anyhow::Result<store::StoreConfig> {
     let mut s = store::StoreConfig::new(&c.storage.data_dir);
     s.durability = match c.storage.durability {
         config::Durability::Full => store::Durability::Full,
@@ -109,11 +131,16 @@ pub(crate) fn store_config(c: &config::Config) -> store::StoreConfig {
     };
     s.min_free_bytes = c.storage.min_free_bytes;
     s.index_cache_bytes = c.storage.index_cache_bytes as usize;
-    s
+    if !c.forward.destinations.is_empty() {
+        let rules = forward::Rules::new(&c.forward, &c.dicom.remotes)
+            .with_context(|| format!("{}: [[forward.rule]]", c.source))?;
+        s.router = Some(std::sync::Arc::new(rules));
+    }
+    Ok(s)
 }
 
 fn verify(c: config::Config) -> anyhow::Result<ExitCode> {
-    let (store, _) = store::Store::open(store_config(&c))
+    let (store, _) = store::Store::open(store_config(&c)?)
         .with_context(|| format!("opening the archive in {}", c.storage.data_dir.display()))?;
     let bar = indicatif::ProgressBar::new(store.instance_count()?);
     bar.set_style(

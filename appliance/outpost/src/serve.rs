@@ -1,6 +1,6 @@
 //! `outpost serve`: open the archive, bind the listeners, serve, and stop in three steps:
 //! decide (a signal), tell everyone (one cancellation token), wait with a deadline (the
-//! listener's grace period, then the index writer's final flush).
+//! listener's grace period, then forwarding, then the index writer's final flush).
 
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -59,7 +59,7 @@ async fn run(c: config::Config) -> anyhow::Result<ExitCode> {
     // unit's start timeout should not decide that.
     notify::extend_timeout(Duration::from_secs(300));
     let data_dir = c.storage.data_dir.clone();
-    let store_cfg = store_config(&c);
+    let store_cfg = store_config(&c)?;
     let (store, opened) = tokio::task::spawn_blocking(move || store::Store::open(store_cfg))
         .await
         .context("opening the archive")?
@@ -102,6 +102,42 @@ async fn run(c: config::Config) -> anyhow::Result<ExitCode> {
     });
 
     let shutdown = CancellationToken::new();
+    // Forwarding and the control socket have their own token, cancelled after the listener
+    // stopped: instances received during the grace period are still queued and may go out.
+    let background = CancellationToken::new();
+    let forwarder = if c.forward.destinations.is_empty() {
+        None
+    } else {
+        let settings = forward::Settings {
+            calling_ae: dicom.ae_title.as_str().to_string(),
+            max_pdu: dicom.max_pdu,
+            transcode_memory_limit: dicom.transcode_memory_limit,
+        };
+        let f = forward::Forwarder::spawn(store.clone(), &c.forward, settings, background.clone())
+            .context("starting forwarding")?;
+        info!(
+            destinations = c.forward.destinations.len(),
+            rules = c.forward.rules.len(),
+            "forwarding started"
+        );
+        Some(Arc::new(f))
+    };
+    let control_path = crate::control::socket_path(&data_dir);
+    let control_listener = crate::control::bind(&control_path)?;
+    let control_task = tokio::spawn(crate::control::run(
+        control_listener,
+        Arc::new(crate::control::Control {
+            store: store.clone(),
+            forwarder: forwarder.clone(),
+            destinations: c
+                .forward
+                .destinations
+                .iter()
+                .map(|d| d.name.clone())
+                .collect(),
+        }),
+        background.clone(),
+    ));
     let listener_alive = Arc::new(AtomicBool::new(true));
     let mut listener = {
         let (services, shutdown, alive) =
@@ -173,6 +209,23 @@ async fn run(c: config::Config) -> anyhow::Result<ExitCode> {
     };
     if let Some(w) = watchdog {
         w.abort();
+    }
+    // Forwarding stops next: a delivery still running after 10 s is abandoned, and its
+    // entries go again after the restart (at-least-once).
+    background.cancel();
+    let _ = control_task.await;
+    let _ = std::fs::remove_file(&control_path);
+    if let Some(f) = forwarder {
+        match Arc::try_unwrap(f) {
+            Ok(f) => {
+                if !f.wait(Duration::from_secs(10)).await {
+                    warn!(
+                        "forwarding did not stop within 10 s; unfinished deliveries will be repeated after the restart"
+                    );
+                }
+            }
+            Err(_) => warn!("forwarding still in use at shutdown"),
+        }
     }
     let closed = tokio::time::timeout(Duration::from_secs(30), store.close()).await;
     let stats = store.stats();

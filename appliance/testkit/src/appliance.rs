@@ -1,4 +1,4 @@
-//! A whole appliance (store, audit trail, DICOM listener) in a temporary directory.
+//! A whole appliance (store, audit trail, DICOM listener, forwarding) in a temporary directory.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -17,6 +17,9 @@ pub struct Appliance {
     pub config: config::Config,
     pub audit_path: PathBuf,
     shutdown: CancellationToken,
+    forwarding: CancellationToken,
+    /// Running when the configuration has `[[forward.destination]]`s.
+    pub forwarder: Option<forward::Forwarder>,
     task: Option<JoinHandle<scp::Stopped>>,
     audit: audit::Audit,
 }
@@ -51,6 +54,20 @@ impl Appliance {
         config_toml: &str,
         adjust: impl FnOnce(&mut store::StoreConfig),
     ) -> Appliance {
+        Appliance::launch(dir, config_toml, 0, forward::Clock::System, adjust).await
+    }
+
+    /// Everything at once: the directory, the configuration, the plain DICOM port (0 for
+    /// any; a fixed one lets a test stop and restart a forwarding destination where its
+    /// sender expects it), the forwarder's clock, and a change to the store's settings.
+    /// Forwarding runs when the configuration has destinations.
+    pub async fn launch(
+        dir: tempfile::TempDir,
+        config_toml: &str,
+        port: u16,
+        clock: forward::Clock,
+        adjust: impl FnOnce(&mut store::StoreConfig),
+    ) -> Appliance {
         let mut config =
             config::Config::parse(config_toml, "test config").unwrap_or_else(|p| panic!("{p}"));
         config.storage.data_dir = dir.path().join("data");
@@ -68,10 +85,15 @@ impl Appliance {
                 store::Durability::Relaxed { flush_interval }
             }
         };
+        if !config.forward.destinations.is_empty() {
+            let rules = forward::Rules::new(&config.forward, &config.dicom.remotes)
+                .expect("routing rules are valid");
+            store_config.router = Some(Arc::new(rules));
+        }
         adjust(&mut store_config);
         let (store, _) = store::Store::open(store_config).expect("store opens");
         let audit = audit::Audit::open(&config.audit.path).expect("audit trail opens");
-        let plain = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let plain = TcpListener::bind(("127.0.0.1", port)).await.expect("bind");
         let addr = plain.local_addr().expect("local addr");
         let (tls_listener, tls) = match &config.dicom.tls {
             Some(t) => {
@@ -97,6 +119,21 @@ impl Appliance {
             tls,
         });
         let shutdown = CancellationToken::new();
+        let forwarding = CancellationToken::new();
+        let forwarder = (!config.forward.destinations.is_empty()).then(|| {
+            forward::Forwarder::spawn_with_clock(
+                store.clone(),
+                &config.forward,
+                forward::Settings {
+                    calling_ae: config.dicom.ae_title.as_str().to_string(),
+                    max_pdu: config.dicom.max_pdu,
+                    transcode_memory_limit: config.dicom.transcode_memory_limit,
+                },
+                forwarding.clone(),
+                clock,
+            )
+            .expect("forwarding starts")
+        });
         let task = tokio::spawn(scp::run(
             scp::Listeners {
                 plain,
@@ -113,6 +150,8 @@ impl Appliance {
             store,
             config,
             shutdown,
+            forwarding,
+            forwarder,
             task: Some(task),
             audit,
         }
@@ -128,6 +167,10 @@ impl Appliance {
             .expect("running")
             .await
             .expect("listener task");
+        self.forwarding.cancel();
+        if let Some(f) = self.forwarder.take() {
+            f.wait(std::time::Duration::from_secs(10)).await;
+        }
         self.store.close().await.expect("store closes");
         self.audit.close();
         (self.dir, stopped)

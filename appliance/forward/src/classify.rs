@@ -1,0 +1,209 @@
+//! The one place that decides, for every way a delivery can end, whether the instance was
+//! delivered, should be tried again later, or is given up on (dead-lettered).
+//!
+//! The rule of thumb: a failure that time can cure (the peer is down, busy or out of
+//! resources) is retried, and one of the destination as a whole (unreachable, unavailable)
+//! does not count against the instance at all; a failure that only a person can cure (the peer does not take this
+//! SOP class, cannot parse the data set, refuses it by policy) is dead-lettered with the
+//! peer's own words, so a technician can fix the cause and resubmit.
+
+use std::time::Duration;
+
+use dimse::Status;
+
+/// How delivering one instance to one destination ended.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Verdict {
+    /// The destination has it. `note` keeps a warning the destination gave (coercion,
+    /// "already stored"), for the log.
+    Delivered { note: Option<String> },
+    /// Try again later; `after` is the destination's own hint (HTTP Retry-After), which
+    /// overrides the backoff when longer.
+    Retry {
+        reason: String,
+        after: Option<Duration>,
+    },
+    /// Give up until someone resubmits it.
+    DeadLetter { reason: String },
+    /// The destination as a whole is unreachable or unavailable (connection refused, TLS
+    /// failure, timeout, HTTP 502/503/504/408/429): nothing is wrong with the instance, so
+    /// the attempt does not count against it; the destination is marked down and probed.
+    Unreachable {
+        reason: String,
+        after: Option<Duration>,
+    },
+}
+
+impl Verdict {
+    pub fn retry(reason: impl Into<String>) -> Verdict {
+        Verdict::Retry {
+            reason: reason.into(),
+            after: None,
+        }
+    }
+
+    pub fn dead(reason: impl Into<String>) -> Verdict {
+        Verdict::DeadLetter {
+            reason: reason.into(),
+        }
+    }
+
+    pub fn delivered() -> Verdict {
+        Verdict::Delivered { note: None }
+    }
+}
+
+/// The status of a C-STORE-RSP (DICOM destinations), or the FailureReason of a STOW-RS
+/// FailedSOPSequence item, which uses the same codes (PS3.18 Table 10.5.3-1, PS3.4 B.2.3).
+pub fn store_status(status: Status, comment: Option<&str>) -> Verdict {
+    let code = status.0;
+    let said = match comment {
+        Some(c) if !c.trim().is_empty() => format!("status 0x{code:04X} ({})", c.trim()),
+        _ => format!("status 0x{code:04X}"),
+    };
+    match code {
+        0x0000 => Verdict::delivered(),
+        // Warnings: stored, possibly with coercion or discarded elements.
+        0x0001 | 0xB000..=0xBFFF => Verdict::Delivered {
+            note: Some(format!("stored with a warning, {said}")),
+        },
+        // Duplicate SOP Instance: the destination already holds this instance.
+        0x0111 => Verdict::Delivered {
+            note: Some(format!("the destination already had it, {said}")),
+        },
+        // Out of resources, and the generic processing failure, are what a busy or
+        // momentarily broken peer says; Cancel means it did not take it this time.
+        0xA700..=0xA7FF | 0x0110 | 0xFE00 => {
+            Verdict::retry(format!("the destination could not store it now, {said}"))
+        }
+        0x0122 => Verdict::dead(format!(
+            "the destination does not support this SOP class, {said}"
+        )),
+        0xA900..=0xA9FF => Verdict::dead(format!(
+            "the destination says the data set does not match its SOP class, {said}"
+        )),
+        0xC000..=0xCFFF => Verdict::dead(format!(
+            "the destination cannot understand the data set, {said}"
+        )),
+        0x0124 => Verdict::dead(format!(
+            "the destination refused it as not authorized, {said}"
+        )),
+        _ => Verdict::dead(format!("the destination refused it, {said}")),
+    }
+}
+
+/// An HTTP answer that did not carry per-instance outcomes (or whose body could not be read
+/// as a STOW-RS response). `message` is the server's own text, shortened by the caller.
+pub fn http_status(status: u16, message: &str, retry_after: Option<Duration>) -> Verdict {
+    let said = if message.trim().is_empty() {
+        format!("HTTP {status}")
+    } else {
+        format!("HTTP {status}: {}", message.trim())
+    };
+    match status {
+        200..=299 => Verdict::retry(format!(
+            "the server answered {said} without saying which instances it stored"
+        )),
+        408 | 429 | 502..=504 => Verdict::Unreachable {
+            reason: format!("the server is unavailable or busy, {said}"),
+            after: retry_after,
+        },
+        // Other server errors may be caused by this very instance, so they count.
+        500..=599 => Verdict::Retry {
+            reason: format!("the server failed, {said}"),
+            after: retry_after,
+        },
+        // Credentials are a property of the destination, fixed by configuration: giving up on
+        // every queued instance would turn that fix into a mass resubmission, so they wait.
+        401 | 403 => Verdict::retry(format!(
+            "the server refused our credentials, {said}; check the destination's auth settings"
+        )),
+        413 => Verdict::dead(format!(
+            "the server will not take an instance this large, {said}"
+        )),
+        _ => Verdict::dead(format!("the server refused it, {said}")),
+    }
+}
+
+/// A failure to reach the destination or to complete the exchange (connection refused, TLS,
+/// timeout, reset, association aborted): always worth another try.
+pub fn transport(what: impl std::fmt::Display) -> Verdict {
+    Verdict::Unreachable {
+        reason: format!("the destination could not be reached: {what}"),
+        after: None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn kind(v: &Verdict) -> &'static str {
+        match v {
+            Verdict::Delivered { .. } => "delivered",
+            Verdict::Retry { .. } => "retry",
+            Verdict::DeadLetter { .. } => "dead",
+            Verdict::Unreachable { .. } => "unreachable",
+        }
+    }
+
+    #[test]
+    fn store_statuses_follow_the_issue_table() {
+        for (code, expected) in [
+            (0x0000, "delivered"),
+            (0xB000, "delivered"),
+            (0xB007, "delivered"),
+            (0x0111, "delivered"),
+            (0xA700, "retry"),
+            (0xA7FF, "retry"),
+            (0x0110, "retry"),
+            (0xFE00, "retry"),
+            (0x0122, "dead"),
+            (0xC000, "dead"),
+            (0xCFFF, "dead"),
+            (0xA900, "dead"),
+            (0x0124, "dead"),
+            (0x0211, "dead"),
+        ] {
+            assert_eq!(
+                kind(&store_status(Status(code), None)),
+                expected,
+                "0x{code:04X}"
+            );
+        }
+    }
+
+    #[test]
+    fn http_statuses_follow_the_issue_table() {
+        for (code, expected) in [
+            (408, "unreachable"),
+            (429, "unreachable"),
+            (500, "retry"),
+            (503, "unreachable"),
+            (401, "retry"),
+            (400, "dead"),
+            (404, "dead"),
+            (413, "dead"),
+            (415, "dead"),
+        ] {
+            assert_eq!(kind(&http_status(code, "", None)), expected, "{code}");
+        }
+        let hint = Some(Duration::from_secs(30));
+        assert_eq!(
+            http_status(503, "maintenance", hint),
+            Verdict::Unreachable {
+                reason: "the server is unavailable or busy, HTTP 503: maintenance".into(),
+                after: hint
+            }
+        );
+    }
+
+    #[test]
+    fn reasons_carry_the_peers_words() {
+        let Verdict::DeadLetter { reason } = store_status(Status(0x0122), Some("no MG here  "))
+        else {
+            panic!("0x0122 must be dead-lettered")
+        };
+        assert!(reason.contains("0x0122 (no MG here)"), "{reason}");
+    }
+}

@@ -1,0 +1,146 @@
+//! The DICOM destination: our own association, many instances per association, each
+//! streamed from disk (or decompressed within the memory limit when the destination takes
+//! only an uncompressed syntax).
+
+use std::time::Duration;
+
+use dataset::ts::{EXPLICIT_VR_LITTLE_ENDIAN, IMPLICIT_VR_LITTLE_ENDIAN};
+use store::Store;
+use store::query::Retrievable;
+use storescu::{SendError, association_options};
+
+use crate::Settings;
+use crate::classify::{self, Verdict};
+use crate::worker::Attempt;
+
+/// The Verification SOP Class.
+const VERIFICATION: &str = "1.2.840.10008.1.1";
+
+pub(crate) struct DicomSender {
+    destination: config::DicomDestination,
+    tls: Option<storescu::Tls>,
+    calling_ae: String,
+    max_pdu: u32,
+    memory_limit: u64,
+    timeout: Duration,
+}
+
+impl DicomSender {
+    pub fn new(
+        destination: config::DicomDestination,
+        tls: Option<storescu::Tls>,
+        settings: &Settings,
+        timeout: Duration,
+    ) -> DicomSender {
+        DicomSender {
+            destination,
+            tls,
+            calling_ae: settings.calling_ae.clone(),
+            max_pdu: settings.max_pdu,
+            memory_limit: settings.transcode_memory_limit,
+            timeout,
+        }
+    }
+
+    fn address(&self) -> String {
+        format!("{}:{}", self.destination.host, self.destination.port)
+    }
+
+    /// Sends `items` over one association, proposing for each SOP class its stored syntaxes
+    /// plus Explicit and Implicit VR Little Endian.
+    pub async fn deliver(&self, store: &Store, items: &[Retrievable]) -> Attempt {
+        let mut verdicts: Vec<Option<Verdict>> = vec![None; items.len()];
+        let options = match association_options(
+            &self.calling_ae,
+            self.destination.ae_title.as_str(),
+            self.max_pdu,
+            self.timeout,
+            items,
+        ) {
+            Ok(o) => o,
+            Err(e) => {
+                // Too many SOP classes for one association: send the first half now; the
+                // rest stays queued and goes with the next batch.
+                let half = items.len() / 2;
+                if half == 0 {
+                    verdicts[0] = Some(Verdict::dead(e.to_string()));
+                    return Attempt { verdicts };
+                }
+                let first = Box::pin(self.deliver(store, &items[..half])).await;
+                for (v, slot) in first.verdicts.into_iter().zip(verdicts.iter_mut()) {
+                    *slot = v;
+                }
+                return Attempt { verdicts };
+            }
+        };
+        // Verification rides along so that the association is established even when the
+        // destination accepts none of the batch's SOP classes: each instance then gets its own
+        // "no presentation context" dead letter, instead of the whole destination looking
+        // unreachable (which a successful C-ECHO probe would contradict, forever).
+        let options = options.with_presentation_context(
+            VERIFICATION.to_string(),
+            vec![
+                EXPLICIT_VR_LITTLE_ENDIAN.to_string(),
+                IMPLICIT_VR_LITTLE_ENDIAN.to_string(),
+            ],
+        );
+        let address = self.address();
+        let mut peer = match storescu::connect(
+            options,
+            &address,
+            self.tls.as_ref(),
+            self.timeout,
+            self.timeout,
+        )
+        .await
+        {
+            Ok(p) => p,
+            Err(e) => {
+                let v = classify::transport(e);
+                return Attempt {
+                    verdicts: vec![Some(v); items.len()],
+                };
+            }
+        };
+        for (item, slot) in items.iter().zip(verdicts.iter_mut()) {
+            match peer.send(store, item, self.memory_limit, None).await {
+                Ok(status) => *slot = Some(classify::store_status(status, None)),
+                Err(SendError::NoContext(no)) => *slot = Some(Verdict::dead(no.into_reason())),
+                Err(SendError::Payload(p)) => *slot = Some(Verdict::dead(p.to_string())),
+                Err(e @ SendError::Interrupted { .. }) => {
+                    // Our own file failed mid-send: the instance cannot go as it is; the
+                    // rest of the batch waits for the next association.
+                    *slot = Some(Verdict::dead(e.to_string()));
+                    break;
+                }
+                Err(e) => {
+                    // The association failed with the instance in flight; whether the
+                    // destination kept it is unknown, so it is sent again once the
+                    // destination answers (an "already stored" then counts as delivered).
+                    *slot = Some(classify::transport(e));
+                    break;
+                }
+            }
+        }
+        if peer.is_open() {
+            let _ = peer.release().await;
+        } else {
+            peer.abort().await;
+        }
+        Attempt { verdicts }
+    }
+
+    /// A C-ECHO on a fresh association.
+    pub async fn probe(&self) -> Result<(), String> {
+        storescu::echo(
+            &self.calling_ae,
+            self.destination.ae_title.as_str(),
+            &self.address(),
+            self.tls.as_ref(),
+            self.timeout,
+            self.timeout,
+        )
+        .await
+        .map_err(|e| e.to_string())
+    }
+}

@@ -1,0 +1,232 @@
+//! Store-and-forward: delivers the instances the store queued for each destination, over
+//! DICOM (C-STORE) or DICOMweb (STOW-RS), retrying by itself and surviving restarts.
+//!
+//! The queue itself lives in the store (`store::outbox`), written in the same transaction as
+//! the index entry. This crate decides where instances go ([`routing::Rules`], handed to the
+//! store as its router), and runs, per destination, `concurrency` workers that take ready
+//! entries from the head of the queue, deliver them, and tell the store how each ended
+//! ([`classify`] is the one place that decides). A destination that cannot be reached is
+//! marked down and probed every `probe_interval` (C-ECHO, or an HTTP request), so its
+//! recovery is noticed in seconds; instances are not penalised for it.
+
+pub mod classify;
+mod dicom;
+pub mod routing;
+pub mod stow;
+mod tls;
+mod worker;
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use serde::Serialize;
+use store::Store;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+pub use classify::Verdict;
+pub use routing::{RoutingError, Rules};
+pub use worker::Clock;
+
+/// What the forwarder needs to know of the appliance around it.
+#[derive(Clone, Debug)]
+pub struct Settings {
+    /// Our AE title, as the calling AE of associations we open.
+    pub calling_ae: String,
+    pub max_pdu: u32,
+    /// Most bytes an instance may take when it must be decompressed for a destination.
+    pub transcode_memory_limit: u64,
+}
+
+/// Why forwarding cannot start.
+#[derive(Debug, thiserror::Error)]
+pub enum ForwardError {
+    #[error("destination {destination:?}: {source}")]
+    Stow {
+        destination: String,
+        #[source]
+        source: stow::StowError,
+    },
+    #[error("destination {destination:?}: {message}")]
+    Tls {
+        destination: String,
+        message: String,
+    },
+}
+
+/// How a destination is doing.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum State {
+    /// The last attempt delivered everything it tried.
+    Up,
+    /// Reachable, but the last attempt had instances refused or failing.
+    Degraded,
+    /// Unreachable or unavailable; probed until it answers.
+    Down,
+}
+
+/// A destination's live state, for `outpost queue` and the status page.
+#[derive(Clone, Debug, Serialize)]
+pub struct DestinationStatus {
+    pub name: String,
+    pub kind: &'static str,
+    pub state: State,
+    /// Unix seconds of the last state change.
+    pub since: u64,
+    pub last_error: Option<String>,
+    pub delivered: u64,
+    pub retried: u64,
+    pub dead_lettered: u64,
+}
+
+/// Shared between a destination's workers, its prober and the status readers.
+pub(crate) struct Shared {
+    pub status: Mutex<DestinationStatus>,
+    /// Entries a worker holds (leased in memory).
+    pub held: Mutex<std::collections::HashSet<store::outbox::QueueKey>>,
+    /// Wakes idle workers (the prober saw the destination come back, or a person asked).
+    pub wake: tokio::sync::Notify,
+}
+
+impl Shared {
+    pub fn state(&self) -> State {
+        self.status.lock().expect("status lock").state
+    }
+
+    pub fn set_state(&self, state: State, error: Option<String>) {
+        let mut s = self.status.lock().expect("status lock");
+        if s.state != state {
+            s.since = unix_now();
+            match state {
+                State::Down => tracing::warn!(
+                    destination = %s.name,
+                    error = error.as_deref().unwrap_or(""),
+                    "destination is down; probing it until it answers"
+                ),
+                State::Up if s.state == State::Down => {
+                    tracing::info!(destination = %s.name, "destination is back up")
+                }
+                _ => {}
+            }
+            s.state = state;
+            if state == State::Up {
+                // The error described an outage that is over; stale text next to "up"
+                // would send a technician chasing it.
+                s.last_error = None;
+            }
+        }
+        if error.is_some() {
+            s.last_error = error;
+        }
+    }
+}
+
+/// The running forwarder: one set of workers per destination.
+pub struct Forwarder {
+    destinations: Vec<Arc<Shared>>,
+    tasks: JoinSet<()>,
+}
+
+impl Forwarder {
+    /// Starts the workers of every destination. They stop when `shutdown` is cancelled.
+    pub fn spawn(
+        store: Store,
+        forward: &config::Forward,
+        settings: Settings,
+        shutdown: CancellationToken,
+    ) -> Result<Forwarder, ForwardError> {
+        Forwarder::spawn_with_clock(store, forward, settings, shutdown, Clock::System)
+    }
+
+    /// [`Forwarder::spawn`] with the clock that decides when retries are due (tests move a
+    /// manual one to see backoff without waiting).
+    pub fn spawn_with_clock(
+        store: Store,
+        forward: &config::Forward,
+        settings: Settings,
+        shutdown: CancellationToken,
+        clock: Clock,
+    ) -> Result<Forwarder, ForwardError> {
+        let mut tasks = JoinSet::new();
+        let mut destinations = Vec::new();
+        for d in &forward.destinations {
+            let transport = Arc::new(worker::Transport::new(d, &settings)?);
+            let shared = Arc::new(Shared {
+                status: Mutex::new(DestinationStatus {
+                    name: d.name.clone(),
+                    kind: match d.kind {
+                        config::DestinationKind::Dicom(_) => "dicom",
+                        config::DestinationKind::DicomWeb(_) => "dicomweb",
+                    },
+                    state: State::Up,
+                    since: unix_now(),
+                    last_error: None,
+                    delivered: 0,
+                    retried: 0,
+                    dead_lettered: 0,
+                }),
+                held: Mutex::new(Default::default()),
+                wake: tokio::sync::Notify::new(),
+            });
+            for n in 0..d.concurrency {
+                let w = worker::Worker {
+                    store: store.clone(),
+                    destination: d.clone(),
+                    transport: transport.clone(),
+                    shared: shared.clone(),
+                    shutdown: shutdown.clone(),
+                    clock: clock.clone(),
+                };
+                tasks.spawn(async move { w.run(n).await });
+            }
+            let prober = worker::Prober {
+                destination: d.clone(),
+                transport,
+                shared: shared.clone(),
+                shutdown: shutdown.clone(),
+            };
+            tasks.spawn(async move { prober.run().await });
+            destinations.push(shared);
+        }
+        Ok(Forwarder {
+            destinations,
+            tasks,
+        })
+    }
+
+    /// Every destination's live state.
+    pub fn status(&self) -> Vec<DestinationStatus> {
+        self.destinations
+            .iter()
+            .map(|d| d.status.lock().expect("status lock").clone())
+            .collect()
+    }
+
+    /// Wakes a destination's workers and prober now (after `retry`, `resume`).
+    pub fn wake(&self, name: &str) {
+        for d in &self.destinations {
+            if d.status.lock().expect("status lock").name == name {
+                d.wake.notify_waiters();
+            }
+        }
+    }
+
+    /// Waits for the workers to stop (after the shutdown token was cancelled), at most
+    /// `deadline`; a delivery still running then is abandoned, and its entries are
+    /// delivered again after the restart.
+    pub async fn wait(mut self, deadline: Duration) -> bool {
+        tokio::time::timeout(deadline, async {
+            while self.tasks.join_next().await.is_some() {}
+        })
+        .await
+        .is_ok()
+    }
+}
+
+pub(crate) fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}

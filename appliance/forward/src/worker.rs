@@ -1,0 +1,387 @@
+//! A destination's workers (take ready entries, deliver them, report how each ended) and its
+//! prober (while the destination is down, checks every `probe_interval` whether it is back).
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, SystemTime};
+
+use store::Store;
+use store::outbox::{QueueOp, Queued};
+use store::query::Retrievable;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+use crate::classify::Verdict;
+use crate::stow::StowClient;
+use crate::{ForwardError, Settings, Shared, State, dicom, stow, tls};
+
+/// How long an idle worker waits before looking at the queue again even without a signal
+/// (a safety net; new entries and state changes wake it at once).
+const IDLE_RECHECK: Duration = Duration::from_secs(5);
+/// Most queue entries a worker looks at to find ready ones.
+const SCAN_LIMIT: usize = 5_000;
+
+/// Where "now" comes from: the system clock, or one a test moves by hand, so that backoff
+/// can be tested without waiting.
+#[derive(Clone, Debug)]
+pub enum Clock {
+    System,
+    Manual(Arc<AtomicU64>),
+}
+
+impl Clock {
+    pub fn now_ms(&self) -> u64 {
+        match self {
+            Clock::System => SystemTime::now()
+                .duration_since(SystemTime::UNIX_EPOCH)
+                .map(|d| d.as_millis() as u64)
+                .unwrap_or(0),
+            Clock::Manual(ms) => ms.load(Ordering::SeqCst),
+        }
+    }
+}
+
+/// How instances travel to one destination.
+pub(crate) enum Transport {
+    Dicom(Box<dicom::DicomSender>),
+    Web(StowClient),
+}
+
+/// How one delivery attempt of a batch ended: a verdict per item (`None`: not attempted,
+/// because the destination went away first).
+pub(crate) struct Attempt {
+    pub verdicts: Vec<Option<Verdict>>,
+}
+
+impl Transport {
+    pub fn new(d: &config::Destination, settings: &Settings) -> Result<Transport, ForwardError> {
+        match &d.kind {
+            config::DestinationKind::Dicom(dicom) => {
+                let tls = if dicom.tls {
+                    Some(
+                        tls::client_config(dicom).map_err(|message| ForwardError::Tls {
+                            destination: d.name.clone(),
+                            message,
+                        })?,
+                    )
+                } else {
+                    None
+                };
+                Ok(Transport::Dicom(Box::new(dicom::DicomSender::new(
+                    dicom.clone(),
+                    tls,
+                    settings,
+                    d.timeout,
+                ))))
+            }
+            config::DestinationKind::DicomWeb(web) => {
+                let client = StowClient::new(stow::StowConfig {
+                    url: web.url.clone(),
+                    auth: match &web.auth {
+                        config::WebAuth::None => stow::Auth::None,
+                        config::WebAuth::Basic { username, password } => stow::Auth::Basic {
+                            user: username.clone(),
+                            password: password.clone(),
+                        },
+                        config::WebAuth::Bearer { token } => stow::Auth::Bearer {
+                            token: token.clone(),
+                        },
+                        config::WebAuth::OAuth2 {
+                            token_url,
+                            client_id,
+                            client_secret,
+                            scope,
+                        } => stow::Auth::OAuth2 {
+                            token_url: token_url.clone(),
+                            client_id: client_id.clone(),
+                            client_secret: client_secret.clone(),
+                            scope: scope.clone(),
+                        },
+                    },
+                    ca_bundle: web.ca_bundle.clone(),
+                    client_cert: web.client_certificate.clone(),
+                    client_key: web.client_key.clone(),
+                    proxy: web.proxy.clone(),
+                    max_request_bytes: web.max_request_bytes,
+                    max_request_instances: web.max_request_instances,
+                    timeout: d.timeout,
+                })
+                .map_err(|source| ForwardError::Stow {
+                    destination: d.name.clone(),
+                    source,
+                })?;
+                Ok(Transport::Web(client))
+            }
+        }
+    }
+
+    async fn deliver(&self, store: &Store, items: &[Retrievable]) -> Attempt {
+        match self {
+            Transport::Dicom(sender) => sender.deliver(store, items).await,
+            Transport::Web(client) => Attempt {
+                verdicts: client
+                    .send(store, items)
+                    .await
+                    .into_iter()
+                    .map(Some)
+                    .collect(),
+            },
+        }
+    }
+
+    async fn probe(&self) -> Result<(), String> {
+        match self {
+            Transport::Dicom(sender) => sender.probe().await,
+            Transport::Web(client) => client.probe().await,
+        }
+    }
+}
+
+pub(crate) struct Worker {
+    pub store: Store,
+    pub destination: config::Destination,
+    pub transport: Arc<Transport>,
+    pub shared: Arc<Shared>,
+    pub shutdown: CancellationToken,
+    pub clock: Clock,
+}
+
+impl Worker {
+    pub async fn run(self, n: usize) {
+        let name = self.destination.name.clone();
+        debug!(destination = %name, worker = n, "forwarding worker started");
+        let mut changes = self.store.outbox_changes();
+        loop {
+            if self.shutdown.is_cancelled() {
+                break;
+            }
+            let paused = self.store.outbox_paused(&name).unwrap_or(false);
+            let wait = if paused || self.shared.state() == State::Down {
+                Some(IDLE_RECHECK)
+            } else {
+                match self.take() {
+                    Ok(Taken::Work(batch)) => {
+                        self.deliver(batch).await;
+                        None
+                    }
+                    Ok(Taken::Nothing { next_due_ms }) => Some(match next_due_ms {
+                        Some(due) => Duration::from_millis(due.saturating_sub(self.clock.now_ms()))
+                            .clamp(Duration::from_millis(10), IDLE_RECHECK),
+                        None => IDLE_RECHECK,
+                    }),
+                    Err(e) => {
+                        warn!(destination = %name, error = %e, "cannot read the outbox");
+                        Some(IDLE_RECHECK)
+                    }
+                }
+            };
+            if let Some(wait) = wait {
+                tokio::select! {
+                    _ = self.shutdown.cancelled() => break,
+                    _ = changes.changed() => {}
+                    _ = self.shared.wake.notified() => {}
+                    _ = tokio::time::sleep(wait) => {}
+                }
+            }
+        }
+        debug!(destination = %name, worker = n, "forwarding worker stopped");
+    }
+
+    /// Takes (holds) the ready entries at the head of the queue.
+    fn take(&self) -> Result<Taken, store::StoreError> {
+        let mut held = self.shared.held.lock().expect("held lock");
+        let peeked = self.store.outbox_peek(
+            &self.destination.name,
+            self.destination.batch,
+            &held,
+            self.clock.now_ms(),
+            SCAN_LIMIT,
+        )?;
+        if peeked.ready.is_empty() {
+            return Ok(Taken::Nothing {
+                next_due_ms: peeked.next_due_ms,
+            });
+        }
+        for q in &peeked.ready {
+            held.insert(q.key);
+        }
+        Ok(Taken::Work(peeked.ready))
+    }
+
+    async fn deliver(&self, batch: Vec<Queued>) {
+        let name = &self.destination.name;
+        let mut ops = Vec::new();
+        let mut items = Vec::new();
+        let mut keys = Vec::new();
+        for q in &batch {
+            match &q.instance {
+                Some(i) => {
+                    items.push(i.clone());
+                    keys.push(q);
+                }
+                // Deleted from the archive since it was queued: nothing left to send.
+                None => ops.push(QueueOp::Drop {
+                    destination: name.clone(),
+                    key: q.key,
+                }),
+            }
+        }
+        let attempt = if items.is_empty() {
+            Attempt {
+                verdicts: Vec::new(),
+            }
+        } else {
+            self.transport.deliver(&self.store, &items).await
+        };
+        let now = self.clock.now_ms();
+        let (mut delivered, mut troubled, mut unreachable) = (0u64, false, None);
+        let (mut retried, mut dead) = (0u64, 0u64);
+        for (q, verdict) in keys.iter().zip(attempt.verdicts) {
+            let Some(verdict) = verdict else { continue };
+            match verdict {
+                Verdict::Delivered { note } => {
+                    if let Some(note) = note {
+                        debug!(destination = %name, sop = %q.entry.sop_instance_uid, "{note}");
+                    }
+                    delivered += 1;
+                    ops.push(QueueOp::Ack {
+                        destination: name.clone(),
+                        key: q.key,
+                        sop_instance_uid: q.entry.sop_instance_uid.clone(),
+                        confirmed: true,
+                    });
+                }
+                Verdict::Retry { reason, after } => {
+                    troubled = true;
+                    let attempts = q.entry.attempts + 1;
+                    match self.destination.retry.max_attempts {
+                        Some(max) if attempts >= max => {
+                            dead += 1;
+                            let reason = format!("gave up after {attempts} attempts: {reason}");
+                            warn!(destination = %name, sop = %q.entry.sop_instance_uid, "{reason}");
+                            ops.push(QueueOp::Dead {
+                                destination: name.clone(),
+                                key: q.key,
+                                reason,
+                            });
+                        }
+                        _ => {
+                            retried += 1;
+                            let delay = self
+                                .destination
+                                .retry
+                                .delay(attempts)
+                                .max(after.unwrap_or_default());
+                            info!(destination = %name, sop = %q.entry.sop_instance_uid, attempts, retry_in_s = delay.as_secs(), "{reason}");
+                            ops.push(QueueOp::Retry {
+                                destination: name.clone(),
+                                key: q.key,
+                                reason,
+                                not_before_ms: now + delay.as_millis() as u64,
+                                counts: true,
+                            });
+                        }
+                    }
+                }
+                Verdict::DeadLetter { reason } => {
+                    troubled = true;
+                    dead += 1;
+                    warn!(destination = %name, sop = %q.entry.sop_instance_uid, "dead-lettered: {reason}");
+                    ops.push(QueueOp::Dead {
+                        destination: name.clone(),
+                        key: q.key,
+                        reason,
+                    });
+                }
+                Verdict::Unreachable { reason, after } => {
+                    // Not the instance's fault: it stays where it is, untouched, unless the
+                    // destination asked for a pause (Retry-After), which it gets.
+                    if let Some(after) = after {
+                        ops.push(QueueOp::Retry {
+                            destination: name.clone(),
+                            key: q.key,
+                            reason: reason.clone(),
+                            not_before_ms: now + after.as_millis() as u64,
+                            counts: false,
+                        });
+                    }
+                    unreachable = Some(reason);
+                }
+            }
+        }
+        if let Err(e) = self.store.outbox_apply(ops).await {
+            warn!(destination = %name, error = %e, "cannot record delivery outcomes; they will be delivered again");
+        }
+        {
+            let mut held = self.shared.held.lock().expect("held lock");
+            for q in &batch {
+                held.remove(&q.key);
+            }
+        }
+        {
+            let mut s = self.shared.status.lock().expect("status lock");
+            s.delivered += delivered;
+            s.retried += retried;
+            s.dead_lettered += dead;
+        }
+        if let Some(reason) = unreachable {
+            self.shared.set_state(State::Down, Some(reason));
+            // The prober takes over; the other workers see the state and idle.
+            self.shared.wake.notify_waiters();
+        } else if troubled {
+            self.shared.set_state(State::Degraded, None);
+        } else if delivered > 0 {
+            self.shared.set_state(State::Up, None);
+        }
+    }
+}
+
+enum Taken {
+    Work(Vec<Queued>),
+    Nothing { next_due_ms: Option<u64> },
+}
+
+/// Probes a destination while it is down.
+pub(crate) struct Prober {
+    pub destination: config::Destination,
+    pub transport: Arc<Transport>,
+    pub shared: Arc<Shared>,
+    pub shutdown: CancellationToken,
+}
+
+impl Prober {
+    pub async fn run(self) {
+        loop {
+            if self.shared.state() == State::Down {
+                tokio::select! {
+                    _ = self.shutdown.cancelled() => return,
+                    _ = tokio::time::sleep(self.destination.probe_interval) => {}
+                    _ = self.shared.wake.notified() => {}
+                }
+                if self.shared.state() != State::Down {
+                    continue;
+                }
+                let probe = tokio::select! {
+                    _ = self.shutdown.cancelled() => return,
+                    p = self.transport.probe() => p,
+                };
+                match probe {
+                    Ok(()) => {
+                        self.shared.set_state(State::Up, None);
+                        self.shared.wake.notify_waiters();
+                    }
+                    Err(why) => {
+                        debug!(destination = %self.destination.name, "probe failed: {why}");
+                        let mut s = self.shared.status.lock().expect("status lock");
+                        s.last_error = Some(why);
+                    }
+                }
+            } else {
+                tokio::select! {
+                    _ = self.shutdown.cancelled() => return,
+                    _ = self.shared.wake.notified() => {}
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,369 @@
+//! Forwarding to a DICOM destination: a second whole appliance (its listener and store) plays
+//! the central PACS, on a real association over loopback.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use dataset::Encoding;
+use dataset::synth::SynthInstance;
+use dataset::ts::EXPLICIT_VR_LITTLE_ENDIAN;
+use forward::{Clock, State};
+use testkit::{Appliance, Scu};
+
+/// A private SOP class: the edge accepts it (`accept_unknown_sop_classes`), the central PACS
+/// does not.
+const PRIVATE: &str = "1.2.826.0.1.3680043.10.1234.99.1";
+
+fn central_toml() -> String {
+    r#"
+[dicom]
+ae_title = "CENTRAL"
+accept_unknown_callers = "loopback"
+"#
+    .to_string()
+}
+
+fn edge_toml(central_port: u16, extra: &str) -> String {
+    format!(
+        r#"
+[dicom]
+ae_title = "EDGE"
+accept_unknown_callers = "loopback"
+accept_unknown_sop_classes = true
+
+[[forward.destination]]
+name = "central"
+kind = "dicom"
+ae_title = "CENTRAL"
+host = "127.0.0.1"
+port = {central_port}
+probe_interval_s = 1
+timeout_s = 10
+{extra}
+"#
+    )
+}
+
+/// A loopback port nothing listens on (bound, then released).
+async fn free_port() -> u16 {
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    l.local_addr().unwrap().port()
+}
+
+async fn store_into(app: &Appliance, instances: &[SynthInstance]) {
+    let classes: Vec<&str> = instances.iter().map(|i| i.sop_class.as_str()).collect();
+    let mut contexts: Vec<(&str, &[&str])> = Vec::new();
+    for c in classes {
+        if !contexts.iter().any(|(a, _)| *a == c) {
+            contexts.push((c, &[EXPLICIT_VR_LITTLE_ENDIAN]));
+        }
+    }
+    let mut scu = Scu::connect(app.addr, "MODALITY", "EDGE", &contexts, &[])
+        .await
+        .expect("association with the edge");
+    for inst in instances {
+        let rsp = scu
+            .store(
+                &inst.sop_class,
+                &inst.sop_uid,
+                Some(EXPLICIT_VR_LITTLE_ENDIAN),
+                &inst.dataset(Encoding::EXPLICIT_LE),
+            )
+            .await
+            .unwrap();
+        assert!(rsp.status.unwrap().is_success(), "stored at the edge");
+    }
+    scu.release().await.unwrap();
+}
+
+fn depth(app: &Appliance) -> u64 {
+    app.store.outbox_summary("central").unwrap().depth
+}
+
+async fn eventually(what: &str, mut check: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !check() {
+        assert!(Instant::now() < deadline, "timed out waiting until {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+fn state(app: &Appliance) -> forward::DestinationStatus {
+    app.forwarder.as_ref().unwrap().status()[0].clone()
+}
+
+fn instances(n: u32) -> Vec<SynthInstance> {
+    (0..n)
+        .map(|i| {
+            let mut inst = SynthInstance::ct(1, i % 2, 1, i);
+            inst.pixel_bytes = 40_000;
+            inst
+        })
+        .collect()
+}
+
+/// The data set the central archive holds for an instance, or `None`.
+fn held_by(app: &Appliance, sop: &str) -> Option<Vec<u8>> {
+    use std::io::{Read, Seek, SeekFrom};
+    let q = store::query::Identifier {
+        level: store::query::Level::Image,
+        charset: dataset::charset::Charset::Default,
+        keys: vec![dataset::Element {
+            tag: dataset::tags::SOP_INSTANCE_UID,
+            vr: dataset::Vr::UI,
+            value: sop.as_bytes().to_vec(),
+        }],
+    };
+    let found = app
+        .store
+        .resolve(store::query::Model::StudyRoot, &q)
+        .unwrap();
+    let item = found.first()?;
+    let mut f = app.store.open_file(&item.file).unwrap();
+    f.seek(SeekFrom::Start(item.dataset_offset)).unwrap();
+    let mut out = Vec::new();
+    f.read_to_end(&mut out).unwrap();
+    Some(out)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn instances_stored_at_the_edge_arrive_centrally_identical() {
+    let central = Appliance::start(&central_toml()).await;
+    let edge = Appliance::start(&edge_toml(central.addr.port(), "")).await;
+    let sent = instances(12);
+    store_into(&edge, &sent).await;
+    eventually("the queue is empty", || depth(&edge) == 0).await;
+    for inst in &sent {
+        assert_eq!(
+            held_by(&central, &inst.sop_uid).as_deref(),
+            Some(inst.dataset(Encoding::EXPLICIT_LE).as_slice()),
+            "{} arrived identical",
+            inst.sop_uid
+        );
+        assert_eq!(
+            edge.store.upstream_copies(&inst.sop_uid).unwrap(),
+            ["central"]
+        );
+    }
+    let s = state(&edge);
+    assert_eq!((s.state, s.delivered), (State::Up, 12));
+    // The central archive received them from the edge, so it does not send them back
+    // anywhere: it has no destinations, and the edge's own router ignores its AE.
+    edge.stop().await;
+    central.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_outage_holds_instances_and_a_probe_notices_the_recovery() {
+    let port = free_port().await;
+    let edge = Appliance::start(&edge_toml(port, "")).await;
+    let sent = instances(6);
+    store_into(&edge, &sent).await;
+    eventually("the destination is marked down", || {
+        state(&edge).state == State::Down
+    })
+    .await;
+    let down = state(&edge);
+    assert!(
+        down.last_error.as_deref().unwrap_or("").contains("refused"),
+        "{down:?}"
+    );
+    assert_eq!(depth(&edge), 6, "nothing is lost or dropped while down");
+    let entries = edge
+        .store
+        .outbox_peek("central", 100, &Default::default(), u64::MAX, 1000)
+        .unwrap()
+        .ready;
+    assert!(
+        entries.iter().all(|q| q.entry.attempts == 0),
+        "an outage does not count against the instances"
+    );
+
+    // The central PACS comes up where the edge expects it; the next probe (1 s) notices.
+    let dir = tempfile::tempdir().unwrap();
+    let central = Appliance::launch(dir, &central_toml(), port, Clock::System, |_| {}).await;
+    let back = Instant::now();
+    eventually("the queue is empty", || depth(&edge) == 0).await;
+    assert!(
+        back.elapsed() < Duration::from_secs(5),
+        "recovery noticed by the probe, not a backoff step: {:?}",
+        back.elapsed()
+    );
+    for inst in &sent {
+        assert!(held_by(&central, &inst.sop_uid).is_some());
+    }
+    assert_eq!(state(&edge).state, State::Up);
+    edge.stop().await;
+    central.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_sop_class_is_dead_lettered_with_the_reason_and_others_go_on() {
+    // The first version of this test hung at the resubmission: a batch holding only the
+    // refused class proposed no context the PACS accepted, the association failed as a
+    // whole, the destination was marked down, the C-ECHO probe brought it up again, and
+    // round it went. Verification now rides along on every association.
+    let central = Appliance::start(&central_toml()).await;
+    let edge = Appliance::start(&edge_toml(central.addr.port(), "")).await;
+    let mut private = SynthInstance::ct(2, 1, 1, 1);
+    private.sop_class = PRIVATE.into();
+    let mut sent = instances(3);
+    sent.insert(1, private.clone());
+    store_into(&edge, &sent).await;
+    eventually("the queue is empty", || depth(&edge) == 0).await;
+    let dead = edge.store.dead_letters("central", 10).unwrap();
+    assert_eq!(dead.len(), 1, "{dead:?}");
+    assert_eq!(dead[0].1.entry.sop_instance_uid, private.sop_uid);
+    assert!(
+        dead[0].1.reason.contains(PRIVATE),
+        "the reason names the class: {}",
+        dead[0].1.reason
+    );
+    for inst in sent.iter().filter(|i| i.sop_uid != private.sop_uid) {
+        assert!(held_by(&central, &inst.sop_uid).is_some());
+    }
+    assert!(held_by(&central, &private.sop_uid).is_none());
+    let s = state(&edge);
+    assert_eq!((s.delivered, s.dead_lettered), (3, 1));
+    assert_ne!(
+        s.state,
+        State::Down,
+        "a refused class says nothing of reachability"
+    );
+
+    // Resubmitted, it fails the same way again (nothing changed at the PACS), and stays a
+    // dead letter rather than vanishing.
+    edge.store
+        .outbox_apply(vec![store::outbox::QueueOp::Resubmit {
+            destination: "central".into(),
+            seqs: Vec::new(),
+        }])
+        .await
+        .unwrap();
+    eventually("the resubmitted instance is dead again", || {
+        depth(&edge) == 0 && edge.store.dead_letters("central", 10).unwrap().len() == 1
+    })
+    .await;
+    edge.stop().await;
+    central.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn out_of_resources_backs_off_by_the_policy_against_the_injected_clock() {
+    // The central archive answers 0xA700 (its free-space floor cannot be met); the edge
+    // must retry with initial delay 10 s, then 20 s, counting attempts, and never sooner.
+    let dir = tempfile::tempdir().unwrap();
+    let central = Appliance::launch(dir, &central_toml(), 0, Clock::System, |s| {
+        s.min_free_bytes = u64::MAX
+    })
+    .await;
+    let port = central.addr.port();
+    let now = Arc::new(AtomicU64::new(1_000_000));
+    let edge_dir = tempfile::tempdir().unwrap();
+    let edge = Appliance::launch(
+        edge_dir,
+        &edge_toml(port, "retry_initial_s = 10\nretry_multiplier = 2.0"),
+        0,
+        Clock::Manual(now.clone()),
+        |_| {},
+    )
+    .await;
+    store_into(&edge, &instances(1)).await;
+    let head = || {
+        edge.store
+            .outbox_peek("central", 1, &Default::default(), u64::MAX, 10)
+            .unwrap()
+            .ready
+            .remove(0)
+            .entry
+    };
+    eventually("the first attempt failed", || head().attempts == 1).await;
+    let first = head();
+    assert_eq!(first.not_before_ms, 1_000_000 + 10_000);
+    assert!(first.last_error.unwrap().contains("0xA700"));
+    // The clock stands still: no second attempt, however long we wait.
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    assert_eq!(head().attempts, 1);
+    assert_eq!(state(&edge).state, State::Degraded);
+
+    now.store(1_000_000 + 10_000, Ordering::SeqCst);
+    eventually("the second attempt failed", || head().attempts == 2).await;
+    assert_eq!(head().not_before_ms, 1_010_000 + 20_000, "doubled");
+
+    // The PACS gets space again; once the clock reaches the due time the instance goes.
+    let (cdir, _) = central.stop().await;
+    let central = Appliance::launch(cdir, &central_toml(), port, Clock::System, |_| {}).await;
+    now.store(1_010_000 + 20_000, Ordering::SeqCst);
+    eventually("the queue is empty", || depth(&edge) == 0).await;
+    assert_eq!(state(&edge).state, State::Up);
+    edge.stop().await;
+    central.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restart_mid_queue_delivers_everything_at_least_once() {
+    // Entries held by a worker when the process stops are only held in memory: after the
+    // restart they are pending again and go out, nothing is forgotten.
+    let port = free_port().await;
+    let edge = Appliance::start(&edge_toml(port, "")).await;
+    let sent = instances(5);
+    store_into(&edge, &sent).await;
+    let (dir, _) = edge.stop().await;
+    let dir2 = tempfile::tempdir().unwrap();
+    let central = Appliance::launch(dir2, &central_toml(), port, Clock::System, |_| {}).await;
+    let edge = Appliance::start_in(dir, &edge_toml(port, "")).await;
+    eventually("the queue is empty", || depth(&edge) == 0).await;
+    for inst in &sent {
+        assert!(held_by(&central, &inst.sop_uid).is_some());
+    }
+    edge.stop().await;
+    central.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn paused_destinations_keep_queueing_and_resume_where_they_left_off() {
+    let central = Appliance::start(&central_toml()).await;
+    let edge = Appliance::start(&edge_toml(central.addr.port(), "")).await;
+    edge.store
+        .outbox_apply(vec![store::outbox::QueueOp::Pause {
+            destination: "central".into(),
+            paused: true,
+        }])
+        .await
+        .unwrap();
+    store_into(&edge, &instances(3)).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(depth(&edge), 3, "paused: nothing delivered");
+    edge.store
+        .outbox_apply(vec![store::outbox::QueueOp::Pause {
+            destination: "central".into(),
+            paused: false,
+        }])
+        .await
+        .unwrap();
+    edge.forwarder.as_ref().unwrap().wake("central");
+    eventually("the queue is empty", || depth(&edge) == 0).await;
+    edge.stop().await;
+    central.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn instances_from_an_upstream_remote_are_kept_but_never_forwarded() {
+    let central = Appliance::start(&central_toml()).await;
+    let toml = edge_toml(central.addr.port(), "")
+        + r#"
+[[dicom.remote]]
+ae_title = "MODALITY"
+host = "127.0.0.1"
+port = 104
+upstream = true
+"#;
+    let edge = Appliance::start(&toml).await;
+    let sent = instances(2);
+    store_into(&edge, &sent).await;
+    assert_eq!(depth(&edge), 0, "priors are not queued");
+    assert!(held_by(&edge, &sent[0].sop_uid).is_some(), "but kept");
+    edge.stop().await;
+    central.stop().await;
+}

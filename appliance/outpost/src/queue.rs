@@ -1,0 +1,118 @@
+//! `outpost queue`: the forwarding queues of the running service, and the actions a
+//! technician takes on them, through the control socket.
+
+use std::process::ExitCode;
+
+use clap::Subcommand;
+
+use crate::control::{self, Request, Response};
+
+#[derive(Subcommand, Debug)]
+pub enum Action {
+    /// Make every waiting entry of a destination due now, and probe it now.
+    Retry { destination: String },
+    /// Queue a destination's dead letters again (all of them, or those with the given numbers).
+    Resubmit {
+        destination: String,
+        /// Dead-letter numbers, as `outpost queue dead` shows them.
+        #[arg(long = "seq")]
+        seqs: Vec<u64>,
+    },
+    /// Stop delivering to a destination; instances keep being queued.
+    Pause { destination: String },
+    /// Deliver to a paused destination again.
+    Resume { destination: String },
+    /// List a destination's dead letters with their reasons.
+    Dead {
+        destination: String,
+        #[arg(long, default_value_t = 50)]
+        limit: usize,
+    },
+}
+
+pub fn run(c: &config::Config, action: Option<Action>, json: bool) -> anyhow::Result<ExitCode> {
+    let request = match action {
+        None => Request::Queue,
+        Some(Action::Retry { destination }) => Request::Retry { destination },
+        Some(Action::Resubmit { destination, seqs }) => Request::Resubmit { destination, seqs },
+        Some(Action::Pause { destination }) => Request::Pause { destination },
+        Some(Action::Resume { destination }) => Request::Resume { destination },
+        Some(Action::Dead { destination, limit }) => Request::Dead { destination, limit },
+    };
+    let path = control::socket_path(&c.storage.data_dir);
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let response = runtime.block_on(control::call(&path, &request))?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&response)?);
+        return Ok(match response {
+            Response::Error(_) => ExitCode::FAILURE,
+            _ => ExitCode::SUCCESS,
+        });
+    }
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    match response {
+        Response::Queue(rows) if rows.is_empty() => {
+            println!("no forwarding destinations are configured ([[forward.destination]])");
+        }
+        Response::Queue(rows) => {
+            println!(
+                "{:<16} {:<9} {:<9} {:>8} {:>6} {:>10}  last error",
+                "destination", "kind", "state", "depth", "dead", "oldest"
+            );
+            for row in rows {
+                let q = &row.queue;
+                let (kind, mut state, live_error) = match &row.live {
+                    Some(l) => (l.kind.as_str(), l.state.clone(), l.last_error.clone()),
+                    None => ("-", "stopped".to_string(), None),
+                };
+                if q.paused {
+                    state = "paused".into();
+                }
+                let oldest = q
+                    .oldest_enqueued_at
+                    .map(|t| age(now.saturating_sub(t)))
+                    .unwrap_or_else(|| "-".into());
+                let error = live_error
+                    .or_else(|| q.last_error.clone())
+                    .unwrap_or_default();
+                println!(
+                    "{:<16} {:<9} {:<9} {:>8} {:>6} {:>10}  {}",
+                    q.destination, kind, state, q.depth, q.dead, oldest, error
+                );
+            }
+        }
+        Response::Dead(letters) if letters.is_empty() => println!("no dead letters"),
+        Response::Dead(letters) => {
+            for (seq, d) in letters {
+                println!(
+                    "{seq:>10}  {}  study {}  after {} attempt(s), {} ago: {}",
+                    d.entry.sop_instance_uid,
+                    d.entry.study_uid,
+                    d.entry.attempts,
+                    age(now.saturating_sub(d.at)),
+                    d.reason
+                );
+            }
+        }
+        Response::Done(what) => println!("{what}"),
+        Response::Error(e) => {
+            eprintln!("outpost: {e}");
+            return Ok(ExitCode::FAILURE);
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn age(secs: u64) -> String {
+    match secs {
+        0..=119 => format!("{secs}s"),
+        120..=7199 => format!("{}m", secs / 60),
+        7200..=172_799 => format!("{}h", secs / 3600),
+        _ => format!("{}d", secs / 86_400),
+    }
+}
