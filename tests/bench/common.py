@@ -129,45 +129,59 @@ class StoreScp(Server):
         return sum(1 for p in self.data_dir().iterdir() if p.is_file())
 
 
+DICOMWEB_PLUGIN = "/usr/share/orthanc/plugins/libOrthancDicomWeb.so"
+
+
 class Orthanc(Server):
     name = "orthanc"
     ae = "ORTHANC"
 
-    def start(self):
-        self.reset()
+    def __init__(self, workdir, name="orthanc", ae="ORTHANC", dicomweb=False, extra=None):
+        super().__init__(workdir)
+        self.name, self.ae = name, ae
+        self.dicomweb = dicomweb
+        self.extra = extra or {}
         self.port = free_port()
         self.http = free_port()
-        cfg = self.workdir / "orthanc.json"
-        cfg.write_text(
-            json.dumps(
-                {
-                    "Name": "bench",
-                    "StorageDirectory": str(self.data_dir() / "storage"),
-                    "IndexDirectory": str(self.data_dir() / "index"),
-                    "DicomAet": self.ae,
-                    "DicomPort": self.port,
-                    "HttpPort": self.http,
-                    "RemoteAccessAllowed": False,
-                    "AuthenticationEnabled": False,
-                    "DicomCheckCalledAet": False,
-                    "DicomAlwaysAllowStore": True,
-                    "DicomAlwaysAllowFind": True,
-                    "DicomAlwaysAllowGet": True,
-                    "StorageCompression": False,
-                    "Plugins": [],
-                    "SaveJobs": False,
-                    "LimitFindResults": 0,
-                    "LimitFindInstances": 0,
-                }
-            )
-        )
+
+    def url(self, path):
+        return f"http://127.0.0.1:{self.http}{path}"
+
+    def start(self):
+        self.reset()
+        cfg = self.workdir / f"{self.name}.json"
+        config = {
+            "Name": self.name,
+            "StorageDirectory": str(self.data_dir() / "storage"),
+            "IndexDirectory": str(self.data_dir() / "index"),
+            "DicomAet": self.ae,
+            "DicomPort": self.port,
+            "HttpPort": self.http,
+            "RemoteAccessAllowed": False,
+            "AuthenticationEnabled": False,
+            "DicomCheckCalledAet": False,
+            "DicomAlwaysAllowStore": True,
+            "DicomAlwaysAllowFind": True,
+            "DicomAlwaysAllowGet": True,
+            "StorageCompression": False,
+            "Plugins": [],
+            "SaveJobs": False,
+            "LimitFindResults": 0,
+            "LimitFindInstances": 0,
+        }
+        if self.dicomweb:
+            config["Plugins"] = [DICOMWEB_PLUGIN]
+            config["DicomWeb"] = {"Enable": True, "Root": "/dicom-web/"}
+        config.update(self.extra)
+        cfg.write_text(json.dumps(config))
         self.proc = subprocess.Popen(
             ["/usr/sbin/Orthanc", str(cfg)],
             env=DCMTK_ENV,
             stdout=subprocess.DEVNULL,
-            stderr=open(self.workdir / "orthanc.log", "ab"),
+            stderr=open(self.workdir / f"{self.name}.log", "ab"),
         )
         wait_port(self.port)
+        wait_port(self.http)
         return self.port
 
     def count(self):

@@ -3,6 +3,7 @@
 //! - `populate` fills an archive through the real ingest path (files and index), with small
 //!   synthetic instances, as fast as the store takes them; `write-files` writes the same
 //!   instances as Part 10 files for the peers;
+//!   (`--forward-config` queues them for forwarding too, for a deep outbox);
 //! - `open` times opening an archive (the index and start-up repair);
 //! - `find` times C-FIND round trips on one open association against a running server.
 
@@ -40,6 +41,13 @@ enum Command {
         /// Use full durability instead of relaxed.
         #[arg(long)]
         full: bool,
+        /// Queue every instance for forwarding by this configuration's destinations and
+        /// rules (to measure ingest with a deep outbox).
+        #[arg(long)]
+        forward_config: Option<PathBuf>,
+        /// Pause these destinations afterwards, so the queue stays as deep when served.
+        #[arg(long)]
+        pause: Vec<String>,
     },
     /// Write the same synthetic instances `populate` stores, as Part 10 files, for peers.
     WriteFiles {
@@ -80,7 +88,17 @@ fn main() -> anyhow::Result<()> {
             jobs,
             first_patient,
             full,
-        } => runtime.block_on(populate(data_dir, instances, jobs, first_patient, full)),
+            forward_config,
+            pause,
+        } => {
+            let mut c = config(data_dir, full);
+            if let Some(path) = forward_config {
+                let site = config::Config::load(&path).map_err(|p| anyhow::anyhow!("{p}"))?;
+                let rules = forward::Rules::new(&site.forward, &site.dicom.remotes)?;
+                c.router = Some(std::sync::Arc::new(rules));
+            }
+            runtime.block_on(populate(c, instances, jobs, first_patient, pause))
+        }
         Command::WriteFiles { dir, instances } => {
             std::fs::create_dir_all(&dir)?;
             for n in 0..instances {
@@ -140,13 +158,13 @@ fn instance(n: u64, first_patient: u32) -> SynthInstance {
 }
 
 async fn populate(
-    data_dir: PathBuf,
+    config: StoreConfig,
     instances: u64,
     jobs: usize,
     first_patient: u32,
-    full: bool,
+    pause: Vec<String>,
 ) -> anyhow::Result<()> {
-    let (store, _) = Store::open(config(data_dir, full)).context("opening the archive")?;
+    let (store, _) = Store::open(config).context("opening the archive")?;
     let started = Instant::now();
     let mut tasks = Vec::new();
     for job in 0..jobs as u64 {
@@ -178,6 +196,14 @@ async fn populate(
             last = Instant::now();
         }
     }
+    let ops = pause
+        .into_iter()
+        .map(|destination| store::outbox::QueueOp::Pause {
+            destination,
+            paused: true,
+        })
+        .collect();
+    store.outbox_apply(ops).await?;
     store.close().await?;
     let secs = started.elapsed().as_secs_f64();
     let s = store.stats();
