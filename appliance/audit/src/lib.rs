@@ -27,6 +27,10 @@ pub enum EventKind {
     InstancesStored,
     Query,
     Retrieve,
+    /// Files of instances with a confirmed upstream copy were deleted to free space (the
+    /// index entries stay; PS3.15 "DICOM Instances Deleted" in spirit, the data lives on
+    /// upstream).
+    InstancesEvicted,
 }
 
 /// PS3.15 Event Outcome Indicator, in words.

@@ -14,6 +14,9 @@ pub struct Forward {
     /// Checked in order; the first that matches decides. With no rule matching, an instance
     /// goes to every destination at normal priority.
     pub rules: Vec<Rule>,
+    /// A DICOM destination to fetch evicted studies back from (by C-MOVE to our AE title);
+    /// without one, a retrieval of an evicted instance fails with the reason.
+    pub recall_from: Option<String>,
 }
 
 /// One place instances are forwarded to.
@@ -222,10 +225,38 @@ pub(crate) fn read(root: &mut Reader) -> Option<Forward> {
         ok &= rule.is_some();
         rules.extend(rule);
     }
+    let recall_from = if f.has("recall_from") {
+        f.string("recall_from", None).and_then(|name| {
+            match destinations.iter().find(|d| d.name == name) {
+                Some(d) if matches!(d.kind, DestinationKind::Dicom(_)) => Some(name),
+                Some(_) => {
+                    f.problem(
+                        "recall_from",
+                        format!(
+                            "{name:?} is a dicomweb destination; recall needs a DICOM one (C-MOVE)"
+                        ),
+                    );
+                    None
+                }
+                None if !ok => None,
+                None => {
+                    f.problem(
+                        "recall_from",
+                        format!("{name:?} is not a [[forward.destination]]"),
+                    );
+                    None
+                }
+            }
+        })
+    } else {
+        f.string("recall_from", Some("")).filter(|s| !s.is_empty())
+    };
+    let recall_ok = recall_from.is_some() || !f.has("recall_from");
     f.finish();
-    ok.then_some(Forward {
+    (ok && recall_ok).then_some(Forward {
         destinations,
         rules,
+        recall_from,
     })
 }
 

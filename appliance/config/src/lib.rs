@@ -185,6 +185,12 @@ pub struct Storage {
     pub duplicates: Duplicates,
     pub min_free_bytes: u64,
     pub index_cache_bytes: u64,
+    /// Above this percentage of the data volume, confirmed instances are evicted.
+    pub high_watermark: u8,
+    /// Down to this percentage.
+    pub low_watermark: u8,
+    /// Treat the archive as having this much room, counting only its own files.
+    pub capacity_bytes: Option<u64>,
 }
 
 #[derive(Clone, Debug)]
@@ -379,6 +385,22 @@ fn build(root: &mut Reader, source: &str) -> Option<Config> {
     });
     let min_free = s.int("min_free_mb", 1024, 0, u64::MAX / (1024 * 1024));
     let cache = s.int("index_cache_mb", 64, 4, 65_536);
+    let high = s.int("high_watermark", 90, 1, 100);
+    let low = s.int("low_watermark", 80, 0, 99);
+    if let (Some(h), Some(l)) = (high, low)
+        && l >= h
+    {
+        s.problem(
+            "low_watermark",
+            format!("{l} is not below high_watermark ({h}); eviction stops at the low one"),
+        );
+    }
+    let capacity = if s.has("capacity_mb") {
+        s.int("capacity_mb", 0, 1, u64::MAX / (1024 * 1024))
+            .map(Some)
+    } else {
+        s.int("capacity_mb", 0, 0, 0).map(|_| None)
+    };
     s.finish();
 
     let forward = forward::read(root);
@@ -432,6 +454,9 @@ fn build(root: &mut Reader, source: &str) -> Option<Config> {
             duplicates: duplicates?,
             min_free_bytes: min_free? * 1024 * 1024,
             index_cache_bytes: cache? * 1024 * 1024,
+            high_watermark: high? as u8,
+            low_watermark: low? as u8,
+            capacity_bytes: capacity?.map(|mb| mb * 1024 * 1024),
         },
         forward: forward?,
         audit: Audit {

@@ -179,11 +179,37 @@ priority = "stat"
     assert_eq!(rule.modality, ["CT"]);
     assert_eq!(rule.matches, [(0x0008_1030, "*HEAD*".to_string())]);
     assert_eq!(rule.priority, config::Priority::Stat);
+    assert_eq!(c.forward.recall_from, None);
+    assert_eq!(
+        (c.storage.high_watermark, c.storage.low_watermark),
+        (90, 80)
+    );
+    assert_eq!(c.storage.capacity_bytes, None);
+
+    // Recall needs C-MOVE, so only a DICOM destination will do.
+    let web_recall = text.replace(
+        "[[forward.destination]]\nname = \"central\"",
+        "[forward]\nrecall_from = \"cloud\"\n\n[[forward.destination]]\nname = \"central\"",
+    );
+    let problems = Config::parse(&web_recall, "site.toml").unwrap_err().0;
+    assert!(
+        problems
+            .iter()
+            .any(|p| p.key == "forward.recall_from" && p.message.contains("DICOM")),
+        "{problems:#?}"
+    );
 }
 
 #[test]
 fn forwarding_problems_are_reported_at_once() {
     let text = r#"
+[storage]
+high_watermark = 90
+low_watermark = 95
+
+[forward]
+recall_from = "cloud"
+
 [[forward.destination]]
 name = "central pacs"
 kind = "dimse"
@@ -211,6 +237,7 @@ match = { "PatientName" = "X*" }
         "forward.destination[2].password",
         "forward.rule[1].priority",
         "forward.rule[1].match",
+        "storage.low_watermark",
     ] {
         assert!(
             keys.contains(&expected),

@@ -11,6 +11,7 @@
 
 pub mod classify;
 mod dicom;
+mod recall;
 pub mod routing;
 pub mod stow;
 mod tls;
@@ -25,6 +26,7 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 pub use classify::Verdict;
+pub use recall::Recaller;
 pub use routing::{RoutingError, Rules};
 pub use worker::Clock;
 

@@ -2,6 +2,8 @@
 
 // A crate root's `mod` finds files beside it (tests/stow.rs, which cargo would also build as a
 // test binary of its own), so the submodules under tests/forward/ are named by path.
+#[path = "forward/cache.rs"]
+mod cache;
 #[path = "forward/dicom.rs"]
 mod dicom;
 #[path = "forward/stow.rs"]

@@ -131,6 +131,11 @@ pub(crate) fn store_config(c: &config::Config) -> anyhow::Result<store::StoreCon
     };
     s.min_free_bytes = c.storage.min_free_bytes;
     s.index_cache_bytes = c.storage.index_cache_bytes as usize;
+    s.cache = Some(store::CacheConfig {
+        high_watermark: c.storage.high_watermark,
+        low_watermark: c.storage.low_watermark,
+        capacity_bytes: c.storage.capacity_bytes,
+    });
     if !c.forward.destinations.is_empty() {
         let rules = forward::Rules::new(&c.forward, &c.dicom.remotes)
             .with_context(|| format!("{}: [[forward.rule]]", c.source))?;

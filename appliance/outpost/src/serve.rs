@@ -94,11 +94,21 @@ async fn run(c: config::Config) -> anyhow::Result<ExitCode> {
     };
     let plain_addr = plain.local_addr()?;
     let tls_addr = tls_listener.as_ref().map(|l| l.local_addr()).transpose()?;
+    let recall = forward::Recaller::from_config(
+        &c.forward,
+        &forward::Settings {
+            calling_ae: dicom.ae_title.as_str().to_string(),
+            max_pdu: dicom.max_pdu,
+            transcode_memory_limit: dicom.transcode_memory_limit,
+        },
+    )
+    .context("setting up recall from upstream")?;
     let services = Arc::new(scp::Services {
         config: dicom.clone(),
         store: store.clone(),
         audit: audit.clone(),
         tls,
+        recall,
     });
 
     let shutdown = CancellationToken::new();
@@ -122,6 +132,11 @@ async fn run(c: config::Config) -> anyhow::Result<ExitCode> {
         );
         Some(Arc::new(f))
     };
+    let cache_task = tokio::spawn(maintain_cache(
+        store.clone(),
+        audit.clone(),
+        background.clone(),
+    ));
     let control_path = crate::control::socket_path(&data_dir);
     let control_listener = crate::control::bind(&control_path)?;
     let control_task = tokio::spawn(crate::control::run(
@@ -214,6 +229,7 @@ async fn run(c: config::Config) -> anyhow::Result<ExitCode> {
     // entries go again after the restart (at-least-once).
     background.cancel();
     let _ = control_task.await;
+    let _ = cache_task.await;
     let _ = std::fs::remove_file(&control_path);
     if let Some(f) = forwarder {
         match Arc::try_unwrap(f) {
@@ -263,4 +279,49 @@ async fn run(c: config::Config) -> anyhow::Result<ExitCode> {
     } else {
         ExitCode::FAILURE
     })
+}
+
+/// How often the cache is checked against its watermarks.
+const CACHE_CHECK: Duration = Duration::from_secs(10);
+
+/// Evicts confirmed instances of the least recently used studies whenever the data volume
+/// is above the high watermark, and says so in the log and the audit trail.
+async fn maintain_cache(store: store::Store, audit: Audit, stop: CancellationToken) {
+    let mut warned_full = false;
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(CACHE_CHECK) => {}
+        }
+        match store.maintain_cache().await {
+            Ok(None) => warned_full = false,
+            Ok(Some(r)) if r.instances == 0 => {
+                if !warned_full {
+                    warn!(
+                        "the data volume is above its high watermark and nothing can be evicted: no instance has a confirmed upstream copy; ingest stops at the free-space floor"
+                    );
+                    warned_full = true;
+                }
+            }
+            Ok(Some(r)) => {
+                warned_full = false;
+                info!(
+                    instances = r.instances,
+                    studies = r.studies,
+                    megabytes = r.bytes / 1_000_000,
+                    percent_after = format!("{:.1}", r.percent_after),
+                    "evicted confirmed instances from the cache"
+                );
+                audit.record(Event::new(EventKind::InstancesEvicted, Outcome::Success).detail(
+                    format!(
+                        "cache eviction: {} instance(s) of {} study(ies), {} MB, held upstream only now",
+                        r.instances,
+                        r.studies,
+                        r.bytes / 1_000_000
+                    ),
+                ));
+            }
+            Err(e) => warn!(error = %e, "cache maintenance failed"),
+        }
+    }
 }

@@ -36,6 +36,8 @@ pub struct Services {
     pub audit: audit::Audit,
     /// Present when `[dicom.tls]` is configured.
     pub tls: Option<tls::TlsConfigs>,
+    /// Fetches back instances evicted from the cache, when a source is configured.
+    pub recall: Option<std::sync::Arc<dyn store::Recall>>,
 }
 
 /// The bound listening sockets.

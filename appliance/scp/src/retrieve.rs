@@ -8,7 +8,7 @@ use audit::{Event, EventKind, Outcome as AuditOutcome};
 use dataset::tags;
 use dataset::{Element, Vr};
 use dimse::{Command, CommandField, DimseError, Incoming, Link, Status, StatusKind};
-use store::query::{Identifier, Retrievable};
+use store::query::{Identifier, Model, Retrievable};
 use storescu::{ConnectError, MoveOriginator, NoContext, Peer, SendError};
 use tracing::{info, warn};
 
@@ -218,16 +218,24 @@ impl<L: Link> Session<L> {
             if self.cancel_requested(command.message_id).await? {
                 return Ok((progress, true));
             }
-            let sent = peer
-                .send(&self.services.store, item, limit, Some(&originator))
-                .await;
-            let lost = sent.as_ref().is_err_and(SendError::association_lost);
+            let sent = if item.nearline {
+                None
+            } else {
+                Some(
+                    peer.send(&self.services.store, item, limit, Some(&originator))
+                        .await,
+                )
+            };
+            let lost = sent
+                .as_ref()
+                .is_some_and(|s| s.as_ref().is_err_and(SendError::association_lost));
             let outcome = match sent {
-                Ok(status) => SubOutcome::Stored(status),
-                Err(SendError::Association { source, .. }) => SubOutcome::NotSent(format!(
+                None => SubOutcome::NotSent(nearline(item)),
+                Some(Ok(status)) => SubOutcome::Stored(status),
+                Some(Err(SendError::Association { source, .. })) => SubOutcome::NotSent(format!(
                     "the association with the destination failed: {source}"
                 )),
-                Err(e) => SubOutcome::NotSent(e.to_string()),
+                Some(Err(e)) => SubOutcome::NotSent(e.to_string()),
             };
             self.note_sub_outcome(item, destination, &outcome);
             progress.record(&item.sop_instance_uid, &outcome);
@@ -277,6 +285,7 @@ impl<L: Link> Session<L> {
                 NoContext::ForSyntax(why) => why,
             });
             let outcome = match chosen {
+                _ if item.nearline => SubOutcome::NotSent(nearline(item)),
                 Err(why) => SubOutcome::NotSent(why),
                 Ok((sub_pc, ts)) => match storescu::payload(
                     &self.services.store,
@@ -376,7 +385,18 @@ impl<L: Link> Session<L> {
             .await
             .expect("resolve task panicked");
         match resolved {
-            Ok(items) => Ok(Some((identifier, items))),
+            Ok(items) => {
+                // A retrieval is a use: it keeps the study in the cache longer.
+                let mut studies: Vec<String> = items.iter().map(|i| i.study_uid.clone()).collect();
+                studies.sort();
+                studies.dedup();
+                let store = self.services.store.clone();
+                tokio::spawn(async move {
+                    let _ = store.touch(studies).await;
+                });
+                let items = self.recall_nearline(model, &identifier, items).await;
+                Ok(Some((identifier, items)))
+            }
             Err(e) => {
                 let status = query_status(&e, true);
                 warn!(peer = %self.peer, calling = %self.calling, %status, "{} refused: {e}", field.name());
@@ -384,6 +404,41 @@ impl<L: Link> Session<L> {
                 self.channel.send_command(pc_id, &rsp).await?;
                 Ok(None)
             }
+        }
+    }
+
+    /// Brings back the files of instances held only upstream (evicted from the local cache)
+    /// through the configured recall, then resolves again; what is still upstream afterwards
+    /// fails its sub-operation with the reason.
+    async fn recall_nearline(
+        &self,
+        model: Model,
+        identifier: &Identifier,
+        items: Vec<Retrievable>,
+    ) -> Vec<Retrievable> {
+        let Some(recall) = &self.services.recall else {
+            return items;
+        };
+        let mut studies: Vec<String> = Vec::new();
+        for item in items.iter().filter(|i| i.nearline) {
+            if !studies.contains(&item.study_uid) {
+                studies.push(item.study_uid.clone());
+            }
+        }
+        if studies.is_empty() {
+            return items;
+        }
+        for study in studies {
+            info!(peer = %self.peer, study = %study, "recalling a study held only upstream");
+            if let Err(why) = recall.recall(study.clone()).await {
+                warn!(peer = %self.peer, study = %study, "recall failed: {why}");
+            }
+        }
+        let store = self.services.store.clone();
+        let query = identifier.clone();
+        match tokio::task::spawn_blocking(move || store.resolve(model, &query)).await {
+            Ok(Ok(again)) => again,
+            _ => items,
         }
     }
 
@@ -490,4 +545,12 @@ impl<L: Link> Session<L> {
         };
         self.services.audit.record(event.detail(detail));
     }
+}
+
+/// Why an instance held only upstream was not sent.
+fn nearline(item: &Retrievable) -> String {
+    format!(
+        "instance {} is held only upstream (evicted from this cache) and could not be recalled",
+        item.sop_instance_uid
+    )
 }

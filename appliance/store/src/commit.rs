@@ -28,15 +28,16 @@ use std::sync::atomic::Ordering;
 use std::sync::mpsc::{self, RecvTimeoutError};
 use std::time::{Duration, Instant};
 
-use redb::{Database, Durability as RedbDurability, ReadableDatabase};
+use redb::{Database, Durability as RedbDurability, ReadableDatabase, ReadableTable};
 use tokio::sync::oneshot;
 use tracing::{error, info, warn};
 
+use crate::cache::{self, Candidate};
 use crate::fs::Fs;
 use crate::index::{self, Filed, Tables};
 use crate::layout::{Layout, unix_now};
 use crate::outbox::{self, Enqueuer, QueueOp};
-use crate::record::{Extracted, InstanceRecord};
+use crate::record::{self, Extracted, InstanceRecord};
 use crate::{Background, DuplicatePolicy, Durability, Stats, StoreConfig, StoreError};
 
 /// Most instances acknowledged but not yet checkpointed: bounds the repair after a crash.
@@ -57,8 +58,29 @@ pub enum Outcome {
     Overwritten,
 }
 
-/// Queue changes from one caller, and where to answer it.
-type QueueRequest = (Vec<QueueOp>, oneshot::Sender<Result<(), StoreError>>);
+/// Changes other than filing instances, from one caller each: queue operations, cache
+/// evictions, study accesses. They share one transaction per round.
+enum Maintenance {
+    Queue(Vec<QueueOp>, oneshot::Sender<Result<(), StoreError>>),
+    Evict(
+        Vec<Candidate>,
+        oneshot::Sender<Result<Vec<Candidate>, StoreError>>,
+    ),
+    Touch(Vec<String>, oneshot::Sender<Result<(), StoreError>>),
+}
+
+impl Maintenance {
+    fn fail(self, e: StoreError) {
+        match self {
+            Maintenance::Queue(_, r) | Maintenance::Touch(_, r) => {
+                let _ = r.send(Err(e));
+            }
+            Maintenance::Evict(_, r) => {
+                let _ = r.send(Err(e));
+            }
+        }
+    }
+}
 
 pub(crate) struct CommitRequest {
     /// The `.ready` file.
@@ -72,7 +94,7 @@ enum Msg {
         Box<CommitRequest>,
         oneshot::Sender<Result<Outcome, StoreError>>,
     ),
-    Queue(Vec<QueueOp>, oneshot::Sender<Result<(), StoreError>>),
+    Maintenance(Maintenance),
     Ping(oneshot::Sender<()>),
     Shutdown(oneshot::Sender<Result<(), StoreError>>),
 }
@@ -94,7 +116,25 @@ impl Handle {
     pub async fn queue(&self, ops: Vec<QueueOp>) -> Result<(), StoreError> {
         let (reply, rx) = oneshot::channel();
         self.tx
-            .send(Msg::Queue(ops, reply))
+            .send(Msg::Maintenance(Maintenance::Queue(ops, reply)))
+            .map_err(|_| StoreError::ShuttingDown)?;
+        rx.await.map_err(|_| StoreError::ShuttingDown)?
+    }
+
+    /// Marks candidates evicted (those still evictable); their files go at the next
+    /// checkpoint.
+    pub async fn evict(&self, candidates: Vec<Candidate>) -> Result<Vec<Candidate>, StoreError> {
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .send(Msg::Maintenance(Maintenance::Evict(candidates, reply)))
+            .map_err(|_| StoreError::ShuttingDown)?;
+        rx.await.map_err(|_| StoreError::ShuttingDown)?
+    }
+
+    pub async fn touch(&self, studies: Vec<String>) -> Result<(), StoreError> {
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .send(Msg::Maintenance(Maintenance::Touch(studies, reply)))
             .map_err(|_| StoreError::ShuttingDown)?;
         rx.await.map_err(|_| StoreError::ShuttingDown)?
     }
@@ -242,7 +282,7 @@ impl Committer {
                 }
             };
             let mut commits = Vec::new();
-            let mut queue_ops: Vec<QueueRequest> = Vec::new();
+            let mut maintenance: Vec<Maintenance> = Vec::new();
             let mut shutdown = None;
             let mut next = Some(first);
             while let Some(msg) = next.take() {
@@ -253,7 +293,7 @@ impl Committer {
                         result: None,
                         linked: None,
                     }),
-                    Msg::Queue(ops, reply) => queue_ops.push((ops, reply)),
+                    Msg::Maintenance(m) => maintenance.push(m),
                     Msg::Ping(reply) => {
                         if self.failed.is_none() {
                             let _ = reply.send(());
@@ -268,8 +308,8 @@ impl Committer {
                     next = rx.try_recv().ok();
                 }
             }
-            if !queue_ops.is_empty() {
-                self.apply_queue_ops(queue_ops);
+            if !maintenance.is_empty() {
+                self.maintain(maintenance);
             }
             if !commits.is_empty() {
                 self.batch(commits);
@@ -285,9 +325,7 @@ impl Committer {
                             let _ = self.fs.remove_file(&request.tmp);
                             let _ = reply.send(Err(StoreError::ShuttingDown));
                         }
-                        Msg::Queue(_, reply) => {
-                            let _ = reply.send(Err(StoreError::ShuttingDown));
-                        }
+                        Msg::Maintenance(m) => m.fail(StoreError::ShuttingDown),
                         Msg::Ping(_) | Msg::Shutdown(_) => {}
                     }
                 }
@@ -342,6 +380,8 @@ impl Committer {
         let now = unix_now();
         let mut replaced = Vec::new();
         let mut queued = 0;
+        let mut bytes = 0i64;
+        let mut touched = std::collections::BTreeSet::new();
         let committed = (|| -> Result<(), StoreError> {
             let mut txn = self.db.begin_write()?;
             txn.set_durability(RedbDurability::None)
@@ -357,12 +397,32 @@ impl Committer {
                 }
                 let overwrite = self.config.duplicates == DuplicatePolicy::Overwrite;
                 for p in commits.iter_mut().filter(|p| p.linked.is_some()) {
+                    let sop = p.request.extracted.sop_instance_uid.as_str();
+                    // An instance whose file was evicted and now arrives again (recalled from
+                    // upstream) takes its place whatever the duplicate policy: the index
+                    // entry was waiting for exactly this file.
+                    let restoring = match tables.instances.get(sop)? {
+                        Some(v) if cache::is_evicted(&txn, sop)? => {
+                            Some(record::decode::<InstanceRecord>(v.value())?)
+                        }
+                        _ => None,
+                    };
+                    let size = p.request.record.size as i64;
                     let filed = tables.file_instance(
                         &p.request.extracted,
                         p.request.record.clone(),
-                        overwrite,
+                        overwrite || restoring.is_some(),
                         now,
                     )?;
+                    if self.config.cache.is_some() && filed != Filed::KeptFirst {
+                        touched.insert(p.request.extracted.study_uid.clone());
+                    }
+                    if let Some(old) = &restoring {
+                        cache::unmark_evicted(&txn, sop, old)?;
+                        bytes += size;
+                        p.result = Some(Ok(Outcome::Stored));
+                        continue;
+                    }
                     // Stored implies queued: the outbox entries go in this same transaction.
                     if filed != Filed::KeptFirst
                         && let Some(enqueuer) = enqueuer.as_mut()
@@ -375,15 +435,23 @@ impl Committer {
                         )?;
                     }
                     p.result = Some(Ok(match filed {
-                        Filed::New => Outcome::Stored,
+                        Filed::New => {
+                            bytes += size;
+                            Outcome::Stored
+                        }
                         Filed::KeptFirst => Outcome::Duplicate,
-                        Filed::Overwrote { old_file } => {
+                        Filed::Overwrote { old_file, old_size } => {
+                            bytes += size - old_size as i64;
                             tables.pending_deletes.insert(old_file.as_str(), ())?;
                             replaced.push(old_file);
                             Outcome::Overwritten
                         }
                     }));
                 }
+            }
+            cache::add_stored_bytes(&txn, bytes)?;
+            for study in &touched {
+                cache::touch(&txn, study, now)?;
             }
             if let Some(enqueuer) = enqueuer {
                 queued = enqueuer.finish(&txn)?;
@@ -430,23 +498,40 @@ impl Committer {
         }
     }
 
-    /// Applies workers' queue changes (acks, retries, dead letters) and people's (pause,
-    /// resubmit) in one transaction, made durable by the next checkpoint like everything
-    /// else: a lost ack after a power cut means a delivery is repeated, never lost.
-    fn apply_queue_ops(&mut self, requests: Vec<QueueRequest>) {
+    /// Applies workers' queue changes (acks, retries, dead letters), people's (pause,
+    /// resubmit), cache evictions and study accesses in one transaction, made durable by the
+    /// next checkpoint like everything else: a lost ack after a power cut means a delivery
+    /// is repeated, never lost, and an evicted file is deleted only after its mark is durable.
+    fn maintain(&mut self, requests: Vec<Maintenance>) {
         if let Some(why) = &self.failed {
-            for (_, reply) in requests {
-                let _ = reply.send(Err(StoreError::WriterFailed(why.clone())));
+            for m in requests {
+                m.fail(StoreError::WriterFailed(why.clone()));
             }
             return;
         }
         let now = unix_now();
+        let mut evicted: Vec<Vec<Candidate>> = Vec::new();
         let applied = (|| -> Result<(), StoreError> {
             let mut txn = self.db.begin_write()?;
             txn.set_durability(RedbDurability::None)
                 .map_err(|e| StoreError::Inconsistent(e.to_string()))?;
-            for (ops, _) in &requests {
-                outbox::apply(&txn, ops, now)?;
+            for m in &requests {
+                match m {
+                    Maintenance::Queue(ops, _) => outbox::apply(&txn, ops, now)?,
+                    Maintenance::Evict(candidates, _) => {
+                        let marked = cache::mark_evicted(&txn, candidates)?;
+                        let mut pending = txn.open_table(index::PENDING_DELETES)?;
+                        for c in &marked {
+                            pending.insert(c.file.as_str(), ())?;
+                        }
+                        evicted.push(marked);
+                    }
+                    Maintenance::Touch(studies, _) => {
+                        for s in studies {
+                            cache::touch(&txn, s, now)?;
+                        }
+                    }
+                }
             }
             txn.commit()?;
             Ok(())
@@ -455,18 +540,30 @@ impl Committer {
             Ok(()) => {
                 self.unsettled.since.get_or_insert_with(Instant::now);
                 self.outbox_changes.send_modify(|n| *n = n.wrapping_add(1));
-                for (_, reply) in requests {
-                    let _ = reply.send(Ok(()));
+                let mut evicted = evicted.into_iter();
+                for m in requests {
+                    match m {
+                        Maintenance::Queue(_, reply) | Maintenance::Touch(_, reply) => {
+                            let _ = reply.send(Ok(()));
+                        }
+                        Maintenance::Evict(_, reply) => {
+                            let marked = evicted.next().unwrap_or_default();
+                            self.unsettled
+                                .replaced
+                                .extend(marked.iter().map(|c| c.file.clone()));
+                            let _ = reply.send(Ok(marked));
+                        }
+                    }
                 }
             }
             Err(e) => {
-                // A queue change that cannot be written is the index failing, like a failed
-                // batch: refuse everything until a restart rather than guess.
-                error!(error = %e, "index writer failed applying queue changes; refusing instances until the service restarts");
+                // A change that cannot be written is the index failing, like a failed batch:
+                // refuse everything until a restart rather than guess.
+                error!(error = %e, "index writer failed applying queue or cache changes; refusing instances until the service restarts");
                 let why = e.to_string();
                 self.failed = Some(why.clone());
-                for (_, reply) in requests {
-                    let _ = reply.send(Err(StoreError::WriterFailed(why.clone())));
+                for m in requests {
+                    m.fail(StoreError::WriterFailed(why.clone()));
                 }
             }
         }
@@ -480,10 +577,13 @@ impl Committer {
         }
         let txn = self.db.begin_read()?;
         let instances = txn.open_table(index::INSTANCES)?;
+        let evicted = txn.open_table(cache::EVICTED)?;
         let mut seen = HashSet::new();
         for p in commits.iter_mut() {
             let uid = p.request.extracted.sop_instance_uid.clone();
-            if seen.contains(&uid) || instances.get(uid.as_str())?.is_some() {
+            let stored =
+                instances.get(uid.as_str())?.is_some() && evicted.get(uid.as_str())?.is_none();
+            if seen.contains(&uid) || stored {
                 info!(sop = %uid, source = %p.request.record.source_ae, "duplicate SOP Instance UID: keeping the stored copy");
                 p.result = Some(Ok(Outcome::Duplicate));
             } else {

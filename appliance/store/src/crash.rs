@@ -408,6 +408,10 @@ impl Fs for MemFs {
     fn available_bytes(&self, _path: &Path) -> io::Result<u64> {
         Ok(u64::MAX / 2)
     }
+
+    fn total_bytes(&self, _path: &Path) -> io::Result<u64> {
+        Ok(u64::MAX)
+    }
 }
 
 #[derive(Debug, Default, Clone)]

@@ -47,6 +47,8 @@ pub trait Fs: Send + Sync + fmt::Debug + 'static {
     fn is_dir(&self, path: &Path) -> bool;
     /// Bytes available to unprivileged writers on the file system holding `path`.
     fn available_bytes(&self, path: &Path) -> io::Result<u64>;
+    /// Size of the file system holding `path`.
+    fn total_bytes(&self, path: &Path) -> io::Result<u64>;
 }
 
 /// The real file system.
@@ -127,5 +129,9 @@ impl Fs for OsFs {
     fn available_bytes(&self, path: &Path) -> io::Result<u64> {
         let st = nix::sys::statvfs::statvfs(path).map_err(io::Error::from)?;
         Ok(st.blocks_available() as u64 * st.fragment_size() as u64)
+    }
+    fn total_bytes(&self, path: &Path) -> io::Result<u64> {
+        let st = nix::sys::statvfs::statvfs(path).map_err(io::Error::from)?;
+        Ok(st.blocks() as u64 * st.fragment_size() as u64)
     }
 }

@@ -56,7 +56,7 @@ pub enum Filed {
     KeptFirst,
     /// The SOP Instance UID was already there and this copy replaced it; the old file is to
     /// be deleted.
-    Overwrote { old_file: String },
+    Overwrote { old_file: String, old_size: u64 },
 }
 
 /// The tables of one write transaction, opened once per batch.
@@ -120,7 +120,10 @@ impl<'t> Tables<'t> {
                 return Ok(Filed::KeptFirst);
             }
             self.unfile_instance(&x.sop_instance_uid, &old)?;
-            filed = Filed::Overwrote { old_file: old.file };
+            filed = Filed::Overwrote {
+                old_file: old.file,
+                old_size: old.size,
+            };
         }
 
         // An existing series decides the study, an existing study the patient.

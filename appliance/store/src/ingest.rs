@@ -156,11 +156,16 @@ impl Store {
 
     pub(crate) fn check_space(&self) -> Result<(), IngestError> {
         let floor = self.inner.config.min_free_bytes;
-        let available = self
+        let mut available = self
             .inner
             .fs
             .available_bytes(self.inner.layout.root())
             .map_err(IngestError::Write)?;
+        // With a configured capacity, the archive's own files count against it as well.
+        if let Some(capacity) = self.inner.config.cache.and_then(|c| c.capacity_bytes) {
+            let used = self.usage().map(|u| u.stored_bytes).unwrap_or(0);
+            available = available.min(capacity.saturating_sub(used));
+        }
         if available < floor {
             self.inner.stats.refused.fetch_add(1, Ordering::Relaxed);
             return Err(IngestError::OutOfSpace { available, floor });

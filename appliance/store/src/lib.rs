@@ -9,6 +9,7 @@
 //! The durable format (file layout, commit order, invariants, assumptions about the disk) is
 //! described in `appliance/store/DESIGN.md`.
 
+pub mod cache;
 pub mod crash;
 pub mod fs;
 pub mod index;
@@ -30,6 +31,7 @@ use std::time::{Duration, Instant};
 use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, StorageBackend};
 use tracing::info;
 
+pub use cache::{CacheConfig, Recall, Usage};
 pub use commit::Outcome;
 pub use ingest::{Ingest, IngestError, IngestRequest, Receipt};
 pub use outbox::{Route, Router};
@@ -72,6 +74,8 @@ pub struct StoreConfig {
     pub max_batch: usize,
     /// Where filed instances are forwarded; `None` queues nothing.
     pub router: Option<Arc<dyn Router>>,
+    /// Evict confirmed instances above a watermark; `None` never evicts.
+    pub cache: Option<CacheConfig>,
 }
 
 impl StoreConfig {
@@ -84,6 +88,7 @@ impl StoreConfig {
             index_cache_bytes: 64 * 1024 * 1024,
             max_batch: 256,
             router: None,
+            cache: None,
         }
     }
 }
@@ -433,13 +438,14 @@ fn check_schema(db: &Database, config: &StoreConfig) -> Result<(), StoreError> {
         }
         // Create every table up front so readers never meet a missing one.
         index::Tables::open(&txn)?;
-        let destinations = config
-            .router
-            .as_ref()
-            .map(|r| r.destinations())
-            .unwrap_or_default();
-        outbox::create_tables(&txn, &destinations)?;
     }
+    let destinations = config
+        .router
+        .as_ref()
+        .map(|r| r.destinations())
+        .unwrap_or_default();
+    outbox::create_tables(&txn, &destinations)?;
+    cache::create_tables(&txn)?;
     txn.commit()?;
     Ok(())
 }

@@ -13,22 +13,23 @@
 //!   rule has rank 0); within a rank, arrival order (seq is one counter for the whole store).
 //! - `dead/d`: key `seq`, value a [`DeadLetter`].
 //!
-//! And for all destinations: `upstream_copies` (SOP Instance UID to the destinations that
-//! confirmed a copy, which is what cache eviction will rely on), `outbox_paused` (names of
-//! paused destinations), and `outbox_seq` in `meta`.
+//! And for all destinations: `upstream` (SOP Instance UID to the destinations it was routed
+//! to and those that confirmed a copy, which is what cache eviction relies on),
+//! `outbox_paused` (names of paused destinations), and `outbox_seq` in `meta`.
 
 use std::collections::HashSet;
 
 use redb::{ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
 use serde::{Deserialize, Serialize};
 
+use crate::cache::{EVICTED, UpstreamState};
 use crate::index::{INSTANCES, META};
 use crate::query::Retrievable;
 use crate::record::{self, Extracted, InstanceRecord};
 use crate::{Store, StoreError};
 
-pub(crate) const UPSTREAM_COPIES: TableDefinition<&str, &[u8]> =
-    TableDefinition::new("upstream_copies");
+/// SOP Instance UID to its [`UpstreamState`]: where it was routed, who confirmed it.
+pub(crate) const UPSTREAM: TableDefinition<&str, &[u8]> = TableDefinition::new("upstream");
 pub(crate) const PAUSED: TableDefinition<&str, ()> = TableDefinition::new("outbox_paused");
 const SEQ_KEY: &str = "outbox_seq";
 
@@ -189,7 +190,7 @@ pub(crate) fn create_tables(
     txn: &redb::WriteTransaction,
     destinations: &[String],
 ) -> Result<(), StoreError> {
-    txn.open_table(UPSTREAM_COPIES)?;
+    txn.open_table(UPSTREAM)?;
     txn.open_table(PAUSED)?;
     for d in destinations {
         txn.open_table(queue_def(&queue_name(d)))?;
@@ -244,7 +245,24 @@ impl<'r> Enqueuer<'r> {
         source_ae: &str,
         now: u64,
     ) -> Result<(), StoreError> {
-        for route in self.router.route(source_ae, x) {
+        let routes = self.router.route(source_ae, x);
+        // A new copy starts unconfirmed everywhere it goes; one routed nowhere has no
+        // upstream state at all, so it is never evicted.
+        let mut upstream = txn.open_table(UPSTREAM)?;
+        if routes.is_empty() {
+            upstream.remove(x.sop_instance_uid.as_str())?;
+        } else {
+            let state = UpstreamState {
+                routed: routes.iter().map(|r| r.destination.clone()).collect(),
+                confirmed: Vec::new(),
+            };
+            upstream.insert(
+                x.sop_instance_uid.as_str(),
+                record::encode(&state).as_slice(),
+            )?;
+        }
+        drop(upstream);
+        for route in routes {
             self.seq += 1;
             let entry = QueueEntry {
                 sop_instance_uid: x.sop_instance_uid.clone(),
@@ -290,15 +308,15 @@ pub(crate) fn apply(
             } => {
                 queue.remove((key.rank, key.seq))?;
                 if *confirmed {
-                    let mut copies = txn.open_table(UPSTREAM_COPIES)?;
-                    let mut list: Vec<String> = match copies.get(sop_instance_uid.as_str())? {
+                    let mut copies = txn.open_table(UPSTREAM)?;
+                    let mut state: UpstreamState = match copies.get(sop_instance_uid.as_str())? {
                         Some(v) => record::decode(v.value())?,
-                        None => Vec::new(),
+                        None => UpstreamState::default(),
                     };
-                    if !list.contains(destination) {
-                        list.push(destination.clone());
+                    if !state.confirmed.contains(destination) {
+                        state.confirmed.push(destination.clone());
                         copies
-                            .insert(sop_instance_uid.as_str(), record::encode(&list).as_slice())?;
+                            .insert(sop_instance_uid.as_str(), record::encode(&state).as_slice())?;
                     }
                 }
             }
@@ -441,6 +459,7 @@ impl Store {
             Err(e) => return Err(e.into()),
         };
         let instances = txn.open_table(INSTANCES)?;
+        let evicted = txn.open_table(EVICTED)?;
         let mut out = Peeked::default();
         for row in queue.iter()?.take(scan) {
             let (k, v) = row?;
@@ -457,7 +476,11 @@ impl Store {
                 );
                 continue;
             }
+            let gone = evicted.get(entry.sop_instance_uid.as_str())?.is_some();
             let instance = match instances.get(entry.sop_instance_uid.as_str())? {
+                // Evicted means every destination it was routed to confirmed it, so an entry
+                // left for it is a repeat with nothing to send.
+                Some(_) if gone => None,
                 Some(v) => {
                     let i: InstanceRecord = record::decode(v.value())?;
                     Some(Retrievable {
@@ -468,6 +491,7 @@ impl Store {
                         dataset_offset: i.dataset_offset,
                         size: i.size,
                         study_uid: i.study_uid,
+                        nearline: false,
                     })
                 }
                 None => None,
@@ -553,11 +577,11 @@ impl Store {
     /// The destinations that confirmed a copy of an instance.
     pub fn upstream_copies(&self, sop_instance_uid: &str) -> Result<Vec<String>, StoreError> {
         let txn = self.db().begin_read()?;
-        let Some(copies) = missing_is_empty(txn.open_table(UPSTREAM_COPIES).map(Some))? else {
+        let Some(copies) = missing_is_empty(txn.open_table(UPSTREAM).map(Some))? else {
             return Ok(Vec::new());
         };
         match copies.get(sop_instance_uid)? {
-            Some(v) => Ok(record::decode(v.value())?),
+            Some(v) => Ok(record::decode::<UpstreamState>(v.value())?.confirmed),
             None => Ok(Vec::new()),
         }
     }

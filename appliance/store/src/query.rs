@@ -15,11 +15,11 @@ use redb::{
     ReadableTableMetadata,
 };
 
-use crate::index;
 use crate::record::{
     self, Attr, InstanceRecord, PatientRecord, SeriesRecord, StudyRecord, patient_id_of,
 };
 use crate::{Store, StoreError};
+use crate::{cache, index};
 
 /// Query/Retrieve information model.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -228,6 +228,8 @@ pub struct Retrievable {
     pub dataset_offset: u64,
     pub size: u64,
     pub study_uid: String,
+    /// The file was evicted: the instance is held only upstream until it is recalled.
+    pub nearline: bool,
 }
 
 struct Tables {
@@ -242,6 +244,10 @@ struct Tables {
     by_accession: ReadOnlyMultimapTable<&'static str, &'static str>,
     by_name: ReadOnlyMultimapTable<&'static str, &'static str>,
     studies_by_name: ReadOnlyMultimapTable<&'static str, &'static str>,
+    evicted: ReadOnlyTable<&'static str, ()>,
+    evicted_count: ReadOnlyTable<&'static str, u64>,
+    /// Whether anything is evicted at all: when not, everything is ONLINE without a lookup.
+    any_evicted: bool,
 }
 
 impl Tables {
@@ -258,7 +264,25 @@ impl Tables {
             by_accession: txn.open_multimap_table(index::STUDIES_BY_ACCESSION)?,
             by_name: txn.open_multimap_table(index::PATIENTS_BY_NAME)?,
             studies_by_name: txn.open_multimap_table(index::STUDIES_BY_NAME)?,
+            any_evicted: !txn.open_table(cache::EVICTED)?.is_empty()?,
+            evicted: txn.open_table(cache::EVICTED)?,
+            evicted_count: txn.open_table(cache::EVICTED_COUNT)?,
         })
+    }
+
+    fn is_evicted(&self, sop: &str) -> Result<bool, QueryError> {
+        Ok(self.any_evicted && self.evicted.get(sop)?.is_some())
+    }
+
+    /// InstanceAvailability of a study or series (`level` "study" or "series"): NEARLINE as
+    /// soon as any of its instances is held only upstream, since it cannot all be sent at once.
+    fn availability(&self, level: &str, uid: &str) -> Result<Element, QueryError> {
+        let evicted = self.any_evicted
+            && self
+                .evicted_count
+                .get(format!("{level}/{uid}").as_str())?
+                .is_some_and(|v| v.value() > 0);
+        Ok(availability(evicted))
     }
 
     fn get<T: for<'de> serde::Deserialize<'de>>(
@@ -396,7 +420,11 @@ impl Store {
                             charset: &s.charset,
                             attrs: &s.attrs,
                         }],
-                        computed: study_computed(&s),
+                        computed: {
+                            let mut c = study_computed(&s);
+                            c.push(t.availability("study", &uid)?);
+                            c
+                        },
                     };
                     push(&ctx, &s.charset)?;
                 }
@@ -431,10 +459,10 @@ impl Store {
                                 attrs: &study.attrs,
                             },
                         ],
-                        computed: vec![count(
-                            tags::NUMBER_OF_SERIES_RELATED_INSTANCES,
-                            s.instances,
-                        )],
+                        computed: vec![
+                            count(tags::NUMBER_OF_SERIES_RELATED_INSTANCES, s.instances),
+                            t.availability("series", &uid)?,
+                        ],
                     };
                     push(&ctx, &s.charset)?;
                 }
@@ -488,6 +516,7 @@ impl Store {
                                 vr: Vr::UI,
                                 value: uid.as_bytes().to_vec(),
                             },
+                            availability(t.is_evicted(&uid)?),
                         ],
                     };
                     push(&ctx, &i.charset)?;
@@ -583,6 +612,7 @@ impl Store {
                         continue;
                     }
                 }
+                let nearline = t.is_evicted(&uid)?;
                 out.push(Retrievable {
                     sop_instance_uid: uid,
                     sop_class_uid: i.sop_class_uid,
@@ -590,6 +620,7 @@ impl Store {
                     file: i.file,
                     dataset_offset: i.dataset_offset,
                     size: i.size,
+                    nearline,
                     study_uid: i.study_uid,
                 });
             }
@@ -725,6 +756,18 @@ fn date_bounds(value: &[u8]) -> Option<(String, String)> {
             hi
         },
     ))
+}
+
+fn availability(nearline: bool) -> Element {
+    Element {
+        tag: tags::INSTANCE_AVAILABILITY,
+        vr: Vr::CS,
+        value: if nearline {
+            b"NEARLINE".to_vec()
+        } else {
+            b"ONLINE".to_vec()
+        },
+    }
 }
 
 fn count(tag: Tag, n: u64) -> Element {

@@ -17,6 +17,7 @@ use std::path::{Path, PathBuf};
 use redb::{Database, ReadableDatabase, ReadableTable};
 use tracing::{info, warn};
 
+use crate::cache;
 use crate::fs::Fs;
 use crate::index::{self, Filed, Tables};
 use crate::layout::{Layout, TmpName, unix_now};
@@ -164,6 +165,7 @@ pub(crate) fn run(
                 Some(router) => Some(Enqueuer::new(router.as_ref(), &txn)?),
                 None => None,
             };
+            let mut bytes = 0i64;
             for (target, rel, scan, x) in &to_file {
                 let record = InstanceRecord {
                     study_uid: String::new(),
@@ -180,7 +182,13 @@ pub(crate) fn run(
                     source_ae: scan.meta.source_ae_title.clone().unwrap_or_default(),
                 };
                 let source_ae = record.source_ae.clone();
+                let size = record.size as i64;
                 let filed = tables.file_instance(x, record, overwrite, unix_now())?;
+                bytes += match &filed {
+                    Filed::New => size,
+                    Filed::KeptFirst => 0,
+                    Filed::Overwrote { old_size, .. } => size - *old_size as i64,
+                };
                 // Stored implies queued: an instance filed here was never filed before (or
                 // replaces what was), so it is queued in the same transaction.
                 if filed != Filed::KeptFirst
@@ -194,7 +202,7 @@ pub(crate) fn run(
                         done.finished_discarded += 1;
                         to_remove.push(target.clone());
                     }
-                    Filed::Overwrote { old_file } => {
+                    Filed::Overwrote { old_file, .. } => {
                         done.finished_indexed += 1;
                         tables.pending_deletes.insert(old_file.as_str(), ())?;
                         replaced.push(old_file);
@@ -204,6 +212,8 @@ pub(crate) fn run(
             if let Some(enqueuer) = enqueuer {
                 enqueuer.finish(&txn)?;
             }
+            drop(tables);
+            cache::add_stored_bytes(&txn, bytes)?;
         }
         txn.commit()?;
         for rel in replaced {

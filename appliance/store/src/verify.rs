@@ -155,14 +155,19 @@ impl Store {
             known.insert(inner.layout.absolute(row?.0.value()));
         }
         let instances = txn.open_table(index::INSTANCES)?;
+        let evicted = txn.open_table(crate::cache::EVICTED)?;
         for row in instances.iter()? {
             let (key, value) = row?;
             let uid = key.value().to_string();
             let rec: InstanceRecord = record::decode(value.value())?;
-            let path = inner.layout.absolute(&rec.file);
-            known.insert(path.clone());
             report.instances += 1;
             progress(report.instances);
+            // An evicted instance is held upstream only; its file is meant to be gone.
+            if evicted.get(uid.as_str())?.is_some() {
+                continue;
+            }
+            let path = inner.layout.absolute(&rec.file);
+            known.insert(path.clone());
             let mut file = match inner.fs.open(&path) {
                 Ok(f) => f,
                 Err(_) => {

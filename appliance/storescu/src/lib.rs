@@ -1,4 +1,5 @@
-//! Sending stored instances to a remote Storage SCP over an association Outpost opens.
+//! Associations Outpost opens to remote archives: sending stored instances to a Storage SCP,
+//! probing with C-ECHO, and asking for a study back with C-MOVE.
 //!
 //! [`association_options`] proposes, per SOP class, a presentation context for each stored
 //! transfer syntax plus an Explicit/Implicit VR Little Endian fallback; [`connect`] opens the
@@ -16,10 +17,12 @@ mod context;
 mod options;
 mod payload;
 mod peer;
+mod retrieve;
 mod send;
 
 pub use context::{NoContext, choose_context};
 pub use options::{OptionsError, association_options};
 pub use payload::{Payload, PayloadError, payload};
 pub use peer::{ConnectError, EchoError, Peer, SendError, Tls, connect, echo};
+pub use retrieve::{Moved, move_study};
 pub use send::{MoveOriginator, SendStoreError, send_store, stream_file, wait_store_response};

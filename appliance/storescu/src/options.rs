@@ -101,7 +101,7 @@ pub(crate) fn verification_options(
     )
 }
 
-fn base_options(
+pub(crate) fn base_options(
     calling_ae: &str,
     called_ae: &str,
     max_pdu: u32,
@@ -128,6 +128,7 @@ mod tests {
             dataset_offset: 0,
             size: 0,
             study_uid: "1.2".into(),
+            nearline: false,
         }
     }
 

@@ -352,7 +352,7 @@ impl Peer {
         with_channel!(&self.stream, ch => ch.link().contexts())
     }
 
-    fn next_message_id(&mut self) -> u16 {
+    pub(crate) fn next_message_id(&mut self) -> u16 {
         let id = self.next_id;
         self.next_id = self.next_id.wrapping_add(1).max(1);
         id
@@ -424,6 +424,47 @@ impl Peer {
         debug!(address = %self.address, "aborting the association");
         with_channel!(&mut self.stream, ch => ch.abort(reason).await);
         self.lost = true;
+    }
+
+    /// Sends a request with its identifier and waits for the response `is_final` accepts,
+    /// skipping pending ones (C-MOVE's progress reports). The wait for each response is the
+    /// DIMSE timeout.
+    pub(crate) async fn exchange(
+        &mut self,
+        pc_id: u8,
+        rq: &Command,
+        identifier: &[u8],
+        is_final: impl Fn(&Command) -> bool,
+    ) -> Result<Command, DimseError> {
+        let timeout = self.dimse_timeout;
+        with_channel!(&mut self.stream, ch => {
+            ch.send_command(pc_id, rq).await?;
+            ch.send_data_set(pc_id, identifier).await?;
+            loop {
+                match ch.next(timeout).await? {
+                    Incoming::Command { command, pc_id: got } => {
+                        if command.has_data_set {
+                            // A failed-instances list; its content is not needed here.
+                            let _ = ch.read_data_set(got, 1 << 20).await?;
+                        }
+                        if command.status == Some(Status::PENDING) {
+                            continue;
+                        }
+                        if is_final(&command) {
+                            return Ok(command);
+                        }
+                        return Err(DimseError::Protocol(format!(
+                            "unexpected {} while waiting for the response",
+                            command.field.name()
+                        )));
+                    }
+                    Incoming::Release => {
+                        return Err(DimseError::Protocol("the peer released mid-request".into()))
+                    }
+                    Incoming::Aborted => return Err(DimseError::Aborted),
+                }
+            }
+        })
     }
 
     /// Sends a C-ECHO-RQ on the Verification context and returns the response's status.

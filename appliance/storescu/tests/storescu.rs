@@ -315,6 +315,7 @@ async fn a_closed_port_is_reported_as_refused() {
         dataset_offset: 0,
         size: 0,
         study_uid: "1.2.3".into(),
+        nearline: false,
     };
     match storescu::connect(options("DEST", &[item]), &address, None, WAIT, WAIT).await {
         Err(e) => assert_refused(&e, &address),

@@ -90,6 +90,11 @@ impl Appliance {
                 .expect("routing rules are valid");
             store_config.router = Some(Arc::new(rules));
         }
+        store_config.cache = Some(store::CacheConfig {
+            high_watermark: config.storage.high_watermark,
+            low_watermark: config.storage.low_watermark,
+            capacity_bytes: config.storage.capacity_bytes,
+        });
         adjust(&mut store_config);
         let (store, _) = store::Store::open(store_config).expect("store opens");
         let audit = audit::Audit::open(&config.audit.path).expect("audit trail opens");
@@ -112,11 +117,19 @@ impl Appliance {
             t.port = tls_addr.expect("bound").port();
         }
         config.dicom.port = addr.port();
+        let settings = forward::Settings {
+            calling_ae: config.dicom.ae_title.as_str().to_string(),
+            max_pdu: config.dicom.max_pdu,
+            transcode_memory_limit: config.dicom.transcode_memory_limit,
+        };
+        let recall =
+            forward::Recaller::from_config(&config.forward, &settings).expect("recall sets up");
         let services = Arc::new(scp::Services {
             config: config.dicom.clone(),
             store: store.clone(),
             audit: audit.clone(),
             tls,
+            recall,
         });
         let shutdown = CancellationToken::new();
         let forwarding = CancellationToken::new();
@@ -124,11 +137,7 @@ impl Appliance {
             forward::Forwarder::spawn_with_clock(
                 store.clone(),
                 &config.forward,
-                forward::Settings {
-                    calling_ae: config.dicom.ae_title.as_str().to_string(),
-                    max_pdu: config.dicom.max_pdu,
-                    transcode_memory_limit: config.dicom.transcode_memory_limit,
-                },
+                settings,
                 forwarding.clone(),
                 clock,
             )

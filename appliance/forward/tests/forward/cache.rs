@@ -1,0 +1,294 @@
+//! The cache end to end: an edge with little room forwards to a central archive, evicts what
+//! the central archive confirmed, answers C-FIND with NEARLINE for it, and a C-GET of an
+//! evicted study recalls it by C-MOVE before sending it.
+
+use std::time::{Duration, Instant};
+
+use dataset::encode::write_element;
+use dataset::synth::SynthInstance;
+use dataset::ts::{EXPLICIT_VR_LITTLE_ENDIAN, IMPLICIT_VR_LITTLE_ENDIAN};
+use dataset::{Encoding, Vr, tags};
+use dimse::Status;
+use forward::Clock;
+use testkit::{Appliance, Scu};
+
+const CT: &str = "1.2.840.10008.5.1.4.1.1.2";
+
+async fn free_port() -> u16 {
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    l.local_addr().unwrap().port()
+}
+
+fn edge_toml(central: u16, recall: bool) -> String {
+    format!(
+        r#"
+[dicom]
+ae_title = "EDGE"
+accept_unknown_callers = "loopback"
+
+[storage]
+capacity_mb = 1
+high_watermark = 50
+low_watermark = 40
+
+[forward]
+{}
+
+[[forward.destination]]
+name = "central"
+kind = "dicom"
+ae_title = "CENTRAL"
+host = "127.0.0.1"
+port = {central}
+probe_interval_s = 1
+"#,
+        if recall {
+            "recall_from = \"central\""
+        } else {
+            ""
+        }
+    )
+}
+
+fn central_toml(edge: u16) -> String {
+    format!(
+        r#"
+[dicom]
+ae_title = "CENTRAL"
+accept_unknown_callers = "loopback"
+
+[[dicom.remote]]
+ae_title = "EDGE"
+host = "127.0.0.1"
+port = {edge}
+"#
+    )
+}
+
+fn study(p: u32, n: u32) -> Vec<SynthInstance> {
+    (0..n)
+        .map(|i| {
+            let mut inst = SynthInstance::ct(p, 1, 1, i);
+            inst.pixel_bytes = 60_000;
+            inst
+        })
+        .collect()
+}
+
+async fn store_into(app: &Appliance, instances: &[SynthInstance]) {
+    let mut scu = Scu::connect(
+        app.addr,
+        "MODALITY",
+        "EDGE",
+        &[(CT, &[EXPLICIT_VR_LITTLE_ENDIAN])],
+        &[],
+    )
+    .await
+    .unwrap();
+    for inst in instances {
+        let rsp = scu
+            .store(
+                CT,
+                &inst.sop_uid,
+                Some(EXPLICIT_VR_LITTLE_ENDIAN),
+                &inst.dataset(Encoding::EXPLICIT_LE),
+            )
+            .await
+            .unwrap();
+        assert!(rsp.status.unwrap().is_success());
+    }
+    scu.release().await.unwrap();
+}
+
+async fn eventually(what: &str, mut check: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !check() {
+        assert!(Instant::now() < deadline, "timed out waiting until {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+fn study_identifier(level: &[u8], uid: &str, availability: bool) -> Vec<u8> {
+    let enc = Encoding::IMPLICIT_LE;
+    let mut id = Vec::new();
+    write_element(&mut id, enc, tags::QUERY_RETRIEVE_LEVEL, Vr::CS, level);
+    if availability {
+        write_element(&mut id, enc, tags::INSTANCE_AVAILABILITY, Vr::CS, b"");
+    }
+    write_element(
+        &mut id,
+        enc,
+        tags::STUDY_INSTANCE_UID,
+        Vr::UI,
+        uid.as_bytes(),
+    );
+    id
+}
+
+/// InstanceAvailability of a study, by C-FIND over a real association.
+async fn availability(app: &Appliance, study_uid: &str) -> String {
+    let mut scu = Scu::connect(
+        app.addr,
+        "VIEWER",
+        "EDGE",
+        &[(dimse::STUDY_ROOT_FIND, &[IMPLICIT_VR_LITTLE_ENDIAN])],
+        &[],
+    )
+    .await
+    .unwrap();
+    let (matches, _) = scu
+        .find(
+            dimse::STUDY_ROOT_FIND,
+            &study_identifier(b"STUDY", study_uid, true),
+        )
+        .await
+        .unwrap();
+    scu.release().await.unwrap();
+    let text = String::from_utf8_lossy(&matches[0]).into_owned();
+    ["NEARLINE", "ONLINE"]
+        .into_iter()
+        .find(|v| text.contains(v))
+        .unwrap_or("none")
+        .to_string()
+}
+
+/// A C-GET of a study from the edge: the instances received and the final response.
+async fn get_study(app: &Appliance, study_uid: &str) -> (usize, dimse::Command) {
+    let mut scu = Scu::connect(
+        app.addr,
+        "VIEWER",
+        "EDGE",
+        &[
+            (dimse::STUDY_ROOT_GET, &[IMPLICIT_VR_LITTLE_ENDIAN]),
+            (CT, &[EXPLICIT_VR_LITTLE_ENDIAN]),
+        ],
+        &[CT],
+    )
+    .await
+    .unwrap();
+    let (received, responses) = scu
+        .get(
+            dimse::STUDY_ROOT_GET,
+            &study_identifier(b"STUDY", study_uid, false),
+            Status::SUCCESS,
+        )
+        .await
+        .unwrap();
+    scu.release().await.unwrap();
+    (received.len(), responses.last().unwrap().0.clone())
+}
+
+async fn pair(recall: bool) -> (Appliance, Appliance) {
+    let (edge_port, central_port) = (free_port().await, free_port().await);
+    let central = Appliance::launch(
+        tempfile::tempdir().unwrap(),
+        &central_toml(edge_port),
+        central_port,
+        Clock::System,
+        |_| {},
+    )
+    .await;
+    let edge = Appliance::launch(
+        tempfile::tempdir().unwrap(),
+        &edge_toml(central_port, recall),
+        edge_port,
+        Clock::System,
+        |_| {},
+    )
+    .await;
+    (edge, central)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn confirmed_studies_are_evicted_answered_nearline_and_recalled_on_retrieval() {
+    let (edge, central) = pair(true).await;
+    let old = study(1, 6);
+    store_into(&edge, &old).await;
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let recent = study(2, 4);
+    store_into(&edge, &recent).await;
+    eventually("everything is confirmed upstream", || {
+        edge.store.outbox_summary("central").unwrap().depth == 0
+    })
+    .await;
+
+    let report = edge
+        .store
+        .maintain_cache()
+        .await
+        .unwrap()
+        .expect("above 50%");
+    assert!(report.instances >= 6, "{report:?}");
+    assert!(
+        old.iter()
+            .all(|i| edge.store.is_evicted(&i.sop_uid).unwrap())
+    );
+    assert_eq!(availability(&edge, &old[0].study_uid).await, "NEARLINE");
+    assert_eq!(availability(&edge, &recent[0].study_uid).await, "ONLINE");
+
+    // A viewer asks for the evicted study: the edge recalls it from the central archive
+    // (a C-MOVE to itself), then sends it, all within the one C-GET.
+    let (received, last) = get_study(&edge, &old[0].study_uid).await;
+    assert_eq!(last.status, Some(Status::SUCCESS), "{last:?}");
+    assert_eq!(received, old.len());
+    assert_eq!(availability(&edge, &old[0].study_uid).await, "ONLINE");
+    assert!(
+        old.iter()
+            .all(|i| !edge.store.is_evicted(&i.sop_uid).unwrap())
+    );
+    // Recalled instances came from upstream: they are not queued to go back.
+    assert_eq!(edge.store.outbox_summary("central").unwrap().depth, 0);
+    edge.stop().await;
+    central.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unconfirmed_instances_are_never_evicted_and_without_recall_a_retrieval_says_why() {
+    let (edge, central) = pair(false).await;
+    // The central archive is away: nothing gets confirmed, so nothing may be evicted.
+    let central_port = central.addr.port();
+    let (central_dir, _) = central.stop().await;
+    let held = study(1, 10);
+    store_into(&edge, &held).await;
+    let report = edge
+        .store
+        .maintain_cache()
+        .await
+        .unwrap()
+        .expect("above 50%");
+    assert_eq!(report.instances, 0, "unconfirmed instances stay");
+    assert!(
+        held.iter()
+            .all(|i| !edge.store.is_evicted(&i.sop_uid).unwrap())
+    );
+    assert_eq!(availability(&edge, &held[0].study_uid).await, "ONLINE");
+
+    // Back, the central archive confirms them and they may go; without a recall source, a
+    // retrieval then fails each sub-operation, saying why.
+    let central = Appliance::launch(
+        central_dir,
+        &central_toml(edge.addr.port()),
+        central_port,
+        Clock::System,
+        |_| {},
+    )
+    .await;
+    eventually("everything is confirmed upstream", || {
+        edge.store.outbox_summary("central").unwrap().depth == 0
+    })
+    .await;
+    let report = edge
+        .store
+        .maintain_cache()
+        .await
+        .unwrap()
+        .expect("above 50%");
+    // The study goes whole: a study half evicted costs a recall as much as a whole one.
+    assert_eq!(report.instances, 10, "{report:?}");
+    let (received, last) = get_study(&edge, &held[0].study_uid).await;
+    assert_eq!(received, 0);
+    assert_eq!(last.failed, Some(10), "{last:?}");
+    assert_ne!(last.status, Some(Status::SUCCESS));
+    edge.stop().await;
+    central.stop().await;
+}
