@@ -34,6 +34,43 @@ pub struct Destination {
     pub retry: RetryPolicy,
     /// While the destination is down, how often it is probed (C-ECHO or an HTTP request).
     pub probe_interval: Duration,
+    /// Most bytes per second sent to it, averaged; `None` for no cap.
+    pub bandwidth_bytes_per_s: Option<u64>,
+    /// Local times of day between which normal- and low-priority instances are sent
+    /// (minutes after midnight, start and end; a window may wrap past midnight). STAT and
+    /// high priority go at any time.
+    pub window: Option<(u16, u16)>,
+}
+
+impl Destination {
+    /// Whether `minute` (after local midnight) is inside the delivery window.
+    pub fn in_window(&self, minute: u16) -> bool {
+        match self.window {
+            None => true,
+            Some((start, end)) if start <= end => minute >= start && minute < end,
+            Some((start, end)) => minute >= start || minute < end,
+        }
+    }
+}
+
+/// Parses `"22:00-06:00"`.
+fn parse_window(s: &str) -> Result<(u16, u16), String> {
+    let bad = || {
+        format!("{s:?} is not a time window; write it as \"22:00-06:00\" (local time, start-end)")
+    };
+    let (a, b) = s.split_once('-').ok_or_else(bad)?;
+    let minute = |t: &str| -> Option<u16> {
+        let (h, m) = t.trim().split_once(':')?;
+        let (h, m): (u16, u16) = (h.parse().ok()?, m.parse().ok()?);
+        (h < 24 && m < 60).then_some(h * 60 + m)
+    };
+    match (minute(a), minute(b)) {
+        (Some(x), Some(y)) if x != y => Ok((x, y)),
+        (Some(_), Some(_)) => Err(format!(
+            "{s:?} starts and ends at the same time; leave window out to send at any time"
+        )),
+        _ => Err(bad()),
+    }
 }
 
 #[derive(Clone, Debug)]
@@ -276,6 +313,12 @@ fn read_destination(d: &mut Reader) -> Option<Destination> {
     let max = d.seconds("retry_max_s", 3600, 1, 7 * 86_400);
     let attempts = d.int("max_attempts", 0, 0, 1_000_000);
     let probe = d.seconds("probe_interval_s", 5, 1, 3600);
+    let bandwidth = d.int("bandwidth_kbps", 0, 0, 100_000_000);
+    let window = if d.has("window") {
+        d.parse_str("window", None, parse_window).map(Some)
+    } else {
+        d.string("window", Some("")).map(|_| None)
+    };
     let ca_bundle = d.optional_path("ca_bundle");
     let client_certificate = d.optional_path("client_certificate");
     let client_key = d.optional_path("client_key");
@@ -365,6 +408,11 @@ fn read_destination(d: &mut Reader) -> Option<Destination> {
             },
         },
         probe_interval: probe?,
+        bandwidth_bytes_per_s: match bandwidth? {
+            0 => None,
+            kbps => Some(kbps * 1000 / 8),
+        },
+        window: window?,
     })
 }
 

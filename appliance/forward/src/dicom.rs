@@ -11,7 +11,7 @@ use storescu::{SendError, association_options};
 
 use crate::Settings;
 use crate::classify::{self, Verdict};
-use crate::worker::Attempt;
+use crate::worker::{Attempt, Throttle};
 
 /// The Verification SOP Class.
 const VERIFICATION: &str = "1.2.840.10008.1.1";
@@ -48,7 +48,12 @@ impl DicomSender {
 
     /// Sends `items` over one association, proposing for each SOP class its stored syntaxes
     /// plus Explicit and Implicit VR Little Endian.
-    pub async fn deliver(&self, store: &Store, items: &[Retrievable]) -> Attempt {
+    pub async fn deliver(
+        &self,
+        store: &Store,
+        items: &[Retrievable],
+        throttle: Option<&Throttle>,
+    ) -> Attempt {
         let mut verdicts: Vec<Option<Verdict>> = vec![None; items.len()];
         let options = match association_options(
             &self.calling_ae,
@@ -66,7 +71,7 @@ impl DicomSender {
                     verdicts[0] = Some(Verdict::dead(e.to_string()));
                     return Attempt { verdicts };
                 }
-                let first = Box::pin(self.deliver(store, &items[..half])).await;
+                let first = Box::pin(self.deliver(store, &items[..half], throttle)).await;
                 for (v, slot) in first.verdicts.into_iter().zip(verdicts.iter_mut()) {
                     *slot = v;
                 }
@@ -103,6 +108,9 @@ impl DicomSender {
             }
         };
         for (item, slot) in items.iter().zip(verdicts.iter_mut()) {
+            if let Some(t) = throttle {
+                t.take(item.size).await;
+            }
             match peer.send(store, item, self.memory_limit, None).await {
                 Ok(status) => *slot = Some(classify::store_status(status, None)),
                 Err(SendError::NoContext(no)) => *slot = Some(Verdict::dead(no.into_reason())),

@@ -80,6 +80,8 @@ pub struct DestinationStatus {
     pub delivered: u64,
     pub retried: u64,
     pub dead_lettered: u64,
+    /// Outside its delivery window: only STAT and high priority instances go now.
+    pub outside_window: bool,
 }
 
 /// Shared between a destination's workers, its prober and the status readers.
@@ -167,10 +169,14 @@ impl Forwarder {
                     delivered: 0,
                     retried: 0,
                     dead_lettered: 0,
+                    outside_window: false,
                 }),
                 held: Mutex::new(Default::default()),
                 wake: tokio::sync::Notify::new(),
             });
+            let throttle = d
+                .bandwidth_bytes_per_s
+                .map(|rate| Arc::new(worker::Throttle::new(rate)));
             for n in 0..d.concurrency {
                 let w = worker::Worker {
                     store: store.clone(),
@@ -179,6 +185,7 @@ impl Forwarder {
                     shared: shared.clone(),
                     shutdown: shutdown.clone(),
                     clock: clock.clone(),
+                    throttle: throttle.clone(),
                 };
                 tasks.spawn(async move { w.run(n).await });
             }

@@ -41,6 +41,36 @@ impl Clock {
     }
 }
 
+/// A bandwidth cap shared by a destination's workers: each send is given the moment its
+/// bytes fit the rate after everything sent before it, and waits for it (virtual time, so
+/// the average rate never exceeds the cap, however the sends interleave).
+#[derive(Debug)]
+pub(crate) struct Throttle {
+    bytes_per_s: u64,
+    next_free: tokio::sync::Mutex<tokio::time::Instant>,
+}
+
+impl Throttle {
+    pub fn new(bytes_per_s: u64) -> Throttle {
+        Throttle {
+            bytes_per_s: bytes_per_s.max(1),
+            next_free: tokio::sync::Mutex::new(tokio::time::Instant::now()),
+        }
+    }
+
+    /// Waits until `bytes` may be sent.
+    pub async fn take(&self, bytes: u64) {
+        let start = {
+            let mut next = self.next_free.lock().await;
+            let now = tokio::time::Instant::now();
+            let start = (*next).max(now);
+            *next = start + Duration::from_secs_f64(bytes as f64 / self.bytes_per_s as f64);
+            start
+        };
+        tokio::time::sleep_until(start).await;
+    }
+}
+
 /// How instances travel to one destination.
 pub(crate) enum Transport {
     Dicom(Box<dicom::DicomSender>),
@@ -115,17 +145,27 @@ impl Transport {
         }
     }
 
-    async fn deliver(&self, store: &Store, items: &[Retrievable]) -> Attempt {
+    async fn deliver(
+        &self,
+        store: &Store,
+        items: &[Retrievable],
+        throttle: Option<&Throttle>,
+    ) -> Attempt {
         match self {
-            Transport::Dicom(sender) => sender.deliver(store, items).await,
-            Transport::Web(client) => Attempt {
-                verdicts: client
-                    .send(store, items)
-                    .await
-                    .into_iter()
-                    .map(Some)
-                    .collect(),
-            },
+            Transport::Dicom(sender) => sender.deliver(store, items, throttle).await,
+            Transport::Web(client) => {
+                if let Some(t) = throttle {
+                    t.take(items.iter().map(|i| i.size).sum()).await;
+                }
+                Attempt {
+                    verdicts: client
+                        .send(store, items)
+                        .await
+                        .into_iter()
+                        .map(Some)
+                        .collect(),
+                }
+            }
         }
     }
 
@@ -144,6 +184,7 @@ pub(crate) struct Worker {
     pub shared: Arc<Shared>,
     pub shutdown: CancellationToken,
     pub clock: Clock,
+    pub throttle: Option<Arc<Throttle>>,
 }
 
 impl Worker {
@@ -197,15 +238,26 @@ impl Worker {
             self.clock.now_ms(),
             SCAN_LIMIT,
         )?;
-        if peeked.ready.is_empty() {
+        let mut ready = peeked.ready;
+        // Outside the delivery window only STAT and high priority go; they sort first.
+        let open = self.destination.in_window(local_minute());
+        self.shared
+            .status
+            .lock()
+            .expect("status lock")
+            .outside_window = !open;
+        if !open {
+            ready.retain(|q| q.key.rank <= config::Priority::High as u8);
+        }
+        if ready.is_empty() {
             return Ok(Taken::Nothing {
                 next_due_ms: peeked.next_due_ms,
             });
         }
-        for q in &peeked.ready {
+        for q in &ready {
             held.insert(q.key);
         }
-        Ok(Taken::Work(peeked.ready))
+        Ok(Taken::Work(ready))
     }
 
     async fn deliver(&self, batch: Vec<Queued>) {
@@ -231,7 +283,9 @@ impl Worker {
                 verdicts: Vec::new(),
             }
         } else {
-            self.transport.deliver(&self.store, &items).await
+            self.transport
+                .deliver(&self.store, &items, self.throttle.as_deref())
+                .await
         };
         let now = self.clock.now_ms();
         let (mut delivered, mut troubled, mut unreachable) = (0u64, false, None);
@@ -336,6 +390,13 @@ impl Worker {
     }
 }
 
+/// Minutes after local midnight now.
+fn local_minute() -> u16 {
+    use chrono::Timelike;
+    let now = chrono::Local::now();
+    (now.hour() * 60 + now.minute()) as u16
+}
+
 enum Taken {
     Work(Vec<Queued>),
     Nothing { next_due_ms: Option<u64> },
@@ -383,5 +444,34 @@ impl Prober {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn the_throttle_spaces_sends_to_the_rate() {
+        // Paused time jumps ahead while the throttle sleeps: no real I/O here, so the clock
+        // is entirely the test's.
+        let t = Throttle::new(1000);
+        let start = tokio::time::Instant::now();
+        t.take(1000).await;
+        assert_eq!(
+            start.elapsed(),
+            Duration::ZERO,
+            "the first send goes at once"
+        );
+        t.take(500).await;
+        assert_eq!(start.elapsed(), Duration::from_secs(1));
+        t.take(1000).await;
+        assert_eq!(start.elapsed(), Duration::from_millis(1500));
+        // After an idle spell the budget does not pile up: sends are spaced from now.
+        tokio::time::sleep(Duration::from_secs(10)).await;
+        let idle_end = tokio::time::Instant::now();
+        t.take(2000).await;
+        t.take(1).await;
+        assert_eq!(idle_end.elapsed(), Duration::from_secs(2));
     }
 }

@@ -63,6 +63,8 @@ pub struct LiveState {
     pub delivered: u64,
     pub retried: u64,
     pub dead_lettered: u64,
+    /// Outside the delivery window: only STAT and high priority go now.
+    pub outside_window: bool,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -176,6 +178,7 @@ async fn handle(request: Request, control: &Control) -> Response {
                     delivered: s.delivered,
                     retried: s.retried,
                     dead_lettered: s.dead_lettered,
+                    outside_window: s.outside_window,
                 });
                 rows.push(QueueRow {
                     queue: summary,

@@ -367,3 +367,84 @@ upstream = true
     edge.stop().await;
     central.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bandwidth_cap_spreads_the_sending() {
+    let central = Appliance::start(&central_toml()).await;
+    // 800 kbit/s is 100,000 bytes a second; six instances of about 40 KB take over 2 s.
+    let edge = Appliance::start(&edge_toml(central.addr.port(), "bandwidth_kbps = 800")).await;
+    let sent = instances(6);
+    let bytes: usize = sent
+        .iter()
+        .map(|i| i.dataset(Encoding::EXPLICIT_LE).len())
+        .sum();
+    let started = Instant::now();
+    store_into(&edge, &sent).await;
+    eventually("the queue is empty", || depth(&edge) == 0).await;
+    let floor = Duration::from_secs_f64((bytes - bytes / 6) as f64 / 100_000.0);
+    assert!(
+        started.elapsed() >= floor,
+        "{bytes} bytes went in {:?}, faster than the cap allows ({floor:?})",
+        started.elapsed()
+    );
+    edge.stop().await;
+    central.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn outside_its_window_a_destination_takes_only_urgent_instances() {
+    use chrono::Timelike;
+    let central = Appliance::start(&central_toml()).await;
+    // A one-minute window two hours from now is closed for the whole test.
+    let now = chrono::Local::now();
+    let start = (now.hour() * 60 + now.minute() + 120) % 1440;
+    let window = format!(
+        "window = \"{:02}:{:02}-{:02}:{:02}\"",
+        start / 60,
+        start % 60,
+        (start + 1) % 1440 / 60,
+        (start + 1) % 60
+    );
+    let rules = r#"
+[[forward.rule]]
+name = "emergency"
+calling_ae = ["ER"]
+destinations = ["central"]
+priority = "stat"
+"#;
+    let edge = Appliance::start(&(edge_toml(central.addr.port(), &window) + rules)).await;
+    let routine = instances(2);
+    store_into(&edge, &routine).await;
+    let mut urgent = SynthInstance::ct(5, 1, 1, 1);
+    urgent.pixel_bytes = 1000;
+    {
+        let mut scu = Scu::connect(
+            edge.addr,
+            "ER",
+            "EDGE",
+            &[(urgent.sop_class.as_str(), &[EXPLICIT_VR_LITTLE_ENDIAN])],
+            &[],
+        )
+        .await
+        .unwrap();
+        scu.store(
+            &urgent.sop_class,
+            &urgent.sop_uid,
+            Some(EXPLICIT_VR_LITTLE_ENDIAN),
+            &urgent.dataset(Encoding::EXPLICIT_LE),
+        )
+        .await
+        .unwrap();
+        scu.release().await.unwrap();
+    }
+    eventually("the STAT instance arrived", || {
+        held_by(&central, &urgent.sop_uid).is_some()
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(depth(&edge), 2, "routine instances wait for the window");
+    assert!(held_by(&central, &routine[0].sop_uid).is_none());
+    assert!(state(&edge).outside_window);
+    edge.stop().await;
+    central.stop().await;
+}
