@@ -4,6 +4,7 @@
 - `outposts`: a factory of Outpost servers, each in its own temporary directory with its own
   free loopback port; every server still running at the end of the test is killed, and its
   log is printed when the test failed.
+- `orthancs`: a factory of Orthanc servers (forwarding.py), stopped at the end of the test.
 """
 
 from __future__ import annotations
@@ -150,6 +151,17 @@ def module_outposts(request, tmp_path_factory):
     yield f
     failed = request.session.testsfailed > 0
     f.cleanup(failed)
+
+
+@pytest.fixture
+def orthancs(request, tmp_path):
+    """A factory of Orthanc servers (forwarding.Orthanc), stopped at the end of the test;
+    their logs are printed when the test failed."""
+    from forwarding import OrthancFactory
+
+    f = OrthancFactory(tmp_path / "orthanc")
+    yield f
+    f.cleanup(_failed(request))
 
 
 def pytest_collection_modifyitems(items):

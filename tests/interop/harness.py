@@ -114,16 +114,27 @@ def _toml_value(v: Any) -> str:
         return "true" if v else "false"
     if isinstance(v, int):
         return str(v)
+    if isinstance(v, float):
+        return repr(v)
     if isinstance(v, (str, Path)):
         s = str(v).replace("\\", "\\\\").replace('"', '\\"')
         return f'"{s}"'
     if isinstance(v, (list, tuple)):
         return "[" + ", ".join(_toml_value(x) for x in v) + "]"
+    if isinstance(v, dict):
+        return "{ " + ", ".join(f"{_toml_key(k)} = {_toml_value(x)}" for k, x in v.items()) + " }"
     raise TypeError(f"cannot write {v!r} as TOML")
 
 
+def _toml_key(k: str) -> str:
+    return k if re.fullmatch(r"[A-Za-z0-9_-]+", k) else _toml_value(k)
+
+
 def toml_text(dicom: dict, remotes: Iterable[dict], storage: dict, audit: dict | None = None,
-              log: dict | None = None) -> str:
+              log: dict | None = None, destinations: Iterable[dict] = (),
+              rules: Iterable[dict] = ()) -> str:
+    """The configuration file; `destinations` and `rules` become [[forward.destination]]
+    and [[forward.rule]] tables (nothing is written for them when both are empty)."""
     lines = ["[dicom]"]
     lines += [f"{k} = {_toml_value(v)}" for k, v in dicom.items()]
     for r in remotes:
@@ -135,6 +146,12 @@ def toml_text(dicom: dict, remotes: Iterable[dict], storage: dict, audit: dict |
         lines += ["", "[audit]"] + [f"{k} = {_toml_value(v)}" for k, v in audit.items()]
     if log:
         lines += ["", "[log]"] + [f"{k} = {_toml_value(v)}" for k, v in log.items()]
+    for d in destinations:
+        lines += ["", "[[forward.destination]]"]
+        lines += [f"{k} = {_toml_value(v)}" for k, v in d.items()]
+    for r in rules:
+        lines += ["", "[[forward.rule]]"]
+        lines += [f"{k} = {_toml_value(v)}" for k, v in r.items()]
     return "\n".join(lines) + "\n"
 
 
@@ -152,6 +169,9 @@ class Outpost:
     remotes: list = field(default_factory=list)
     storage: dict = field(default_factory=dict)
     log_level: str = "info"
+    # [[forward.destination]] and [[forward.rule]] tables, as dicts of keys.
+    destinations: list = field(default_factory=list)
+    rules: list = field(default_factory=list)
     proc: subprocess.Popen | None = None
     starts: int = 0
 
@@ -172,7 +192,7 @@ class Outpost:
         storage = {"data_dir": self.data_dir, "durability": "full", "min_free_mb": 0}
         storage.update(self.storage)
         text = toml_text(dicom, self.remotes, storage, {"path": self.audit_path},
-                         {"level": self.log_level})
+                         {"level": self.log_level}, self.destinations, self.rules)
         self.config_path.write_text(text)
 
     # -- process ------------------------------------------------------------------------

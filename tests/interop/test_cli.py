@@ -73,7 +73,7 @@ def test_check_config_dev_toml_is_ok():
     r = run_outpost("check-config", dev)
     assert r.returncode == 0, r.stdout + r.stderr
     assert r.stdout.strip() == (f"{dev}: ok (AE OUTPOST on 127.0.0.1:11112, 2 remote(s), "
-                                "data in ./outpost-data)")
+                                "0 forwarding destination(s), data in ./outpost-data)")
 
 
 def test_check_config_example_toml_is_ok():

@@ -216,10 +216,35 @@ async fn handle(request: Request, control: &Control) -> Response {
             if !known(&destination) {
                 return unknown(&destination);
             }
+            // Say exactly what will move: a number that is no dead letter (never was, or was
+            // resubmitted already) is refused rather than silently skipped.
             let what = if seqs.is_empty() {
-                "every dead letter".to_string()
+                match control.store.outbox_summary(&destination) {
+                    Ok(s) if s.dead == 0 => {
+                        return Response::Error(format!(
+                            "{destination} has no dead letters to resubmit"
+                        ));
+                    }
+                    Ok(s) => format!("{} dead letter(s)", s.dead),
+                    Err(e) => return Response::Error(e.to_string()),
+                }
             } else {
-                format!("{} dead letter(s)", seqs.len())
+                let present = match control.store.dead_letters_present(&destination, &seqs) {
+                    Ok(p) => p,
+                    Err(e) => return Response::Error(e.to_string()),
+                };
+                let missing: Vec<String> = seqs
+                    .iter()
+                    .filter(|s| !present.contains(s))
+                    .map(u64::to_string)
+                    .collect();
+                if !missing.is_empty() {
+                    return Response::Error(format!(
+                        "{destination} has no dead letter numbered {}; `outpost queue dead {destination}` lists them",
+                        missing.join(", ")
+                    ));
+                }
+                format!("{} dead letter(s)", present.len())
             };
             apply(
                 QueueOp::Resubmit {

@@ -574,6 +574,26 @@ impl Store {
         Ok(out)
     }
 
+    /// Which of `seqs` are dead letters of a destination.
+    pub fn dead_letters_present(
+        &self,
+        destination: &str,
+        seqs: &[u64],
+    ) -> Result<Vec<u64>, StoreError> {
+        let txn = self.db().begin_read()?;
+        let dname = dead_name(destination);
+        let Some(dead) = missing_is_empty(txn.open_table(dead_def(&dname)).map(Some))? else {
+            return Ok(Vec::new());
+        };
+        let mut out = Vec::new();
+        for s in seqs {
+            if dead.get(*s)?.is_some() {
+                out.push(*s);
+            }
+        }
+        Ok(out)
+    }
+
     /// The destinations that confirmed a copy of an instance.
     pub fn upstream_copies(&self, sop_instance_uid: &str) -> Result<Vec<String>, StoreError> {
         let txn = self.db().begin_read()?;

@@ -1,0 +1,513 @@
+"""Store-and-forward against real destinations: Debian's Orthanc 1.10 over DICOM (C-STORE)
+and DICOMweb (its STOW-RS plugin), a pynetdicom Storage SCP that takes CT only, and a small
+STOW-RS server that refuses chosen instances.
+
+Every test starts its own `outpost serve` with [[forward.destination]] tables and watches the
+queue through `outpost queue --json` (the control socket of the running service), and what
+arrived through the destination itself (Orthanc's REST API, the SCP's recorder, the HTTP
+server's request log).
+
+What is compared: the set of SOP Instance UIDs that arrived (exactly those sent), and each
+arrived data set with the one Outpost stored, byte for byte (a deflated one once inflated:
+Orthanc deflates it again with its own zlib settings), and, decoded, with the corpus file
+(DCMTK's storescu re-encodes sequences on the way in, so the archive's bytes are the
+reference, not the file's).
+"""
+
+from __future__ import annotations
+
+import re
+import time
+
+import pytest
+
+import synth
+from forwarding import (
+    CT_IMAGE, PickyScp, StowServer, arrival_report, compare_arrivals, dead_letters,
+    dicom_destination, outpost_objects, queue_cli, queue_row, row_text,
+    storescu_corpus, wait_for, web_destination,
+)
+from harness import (
+    DEFLATED_LE, EXPLICIT_LE, IMPLICIT_LE, RLE_LOSSLESS, dataset_bytes, dcmtk,
+    decoded_differences, elapsed, free_port, port_accepts, transfer_syntax_of,
+)
+
+pytestmark = pytest.mark.timeout(90)
+
+
+def corpus_originals(corpus) -> dict[str, bytes]:
+    return {f["SOPInstanceUID"]: corpus.path(f).read_bytes() for f in corpus.files}
+
+
+def assert_arrived_intact(received: dict[str, bytes], outpost, corpus) -> str:
+    """Every received instance equals what Outpost stored (data set bytes; a deflated one
+    once inflated) and, decoded, the corpus file; returns the per-syntax report."""
+    arrivals = compare_arrivals(received, outpost_objects(outpost), corpus_originals(corpus))
+    report = arrival_report(arrivals)
+    print(report)
+    problems = []
+    for a in arrivals:
+        if a.received_syntax != a.stored_syntax:
+            problems.append(f"{a.sop}: stored in {a.stored_syntax}, arrived in "
+                            f"{a.received_syntax}")
+        if not a.same_inflated:
+            problems.append(f"{a.sop} ({a.stored_syntax}): data set differs from the stored one")
+        if a.decoded:
+            problems.append(f"{a.sop}: decoded attributes differ from the corpus file: "
+                            f"{a.decoded[:5]}")
+        if not a.same_bytes and a.stored_syntax != DEFLATED_LE:
+            problems.append(f"{a.sop} ({a.stored_syntax}): not byte for byte")
+    assert not problems, "\n".join(problems) + "\n" + report
+    return report
+
+
+def wait_queue(outpost, destination: str, what: str, check, timeout: float = 30) -> dict:
+    """Polls `outpost queue --json` until `check(row)` holds; returns the row."""
+    last = {}
+
+    def probe():
+        last["row"] = queue_row(outpost, destination)
+        return check(last["row"]) and last["row"]
+
+    return wait_for(probe, timeout, what, interval=0.2,
+                    detail=lambda: row_text(last.get("row", {})) + "\n" + outpost.log_tail(20))
+
+
+# ---------------------------------------------------------------------------------------
+# 1. An outage: everything waits in the queue, and goes when the destination is back.
+
+
+@pytest.mark.timeout(60)
+def test_outage_then_recovery_delivers_the_corpus_unchanged(outposts, orthancs, small_corpus):
+    orthanc = orthancs("central", start=False)
+    assert not port_accepts(orthanc.dicom_port)
+    outpost = outposts(destinations=[dicom_destination("central", orthanc.dicom_port)])
+
+    storescu_corpus(outpost.port, small_corpus)
+    n = len(small_corpus.files)
+    row = wait_queue(outpost, "central", "destination marked down with the corpus queued",
+                     lambda r: r["live"]["state"] == "down" and r["queue"]["depth"] == n)
+    q, live = row["queue"], row["live"]
+    assert q["dead"] == 0 and not q["paused"], row_text(row)
+    assert q["oldest_enqueued_at"] is not None, row_text(row)
+    assert live["kind"] == "dicom" and live["delivered"] == 0, row_text(row)
+    assert "refused" in (live["last_error"] or "").lower(), row_text(row)
+    # The table names the state too.
+    table = queue_cli(outpost)
+    assert table.returncode == 0, table.stderr
+    assert re.search(rf"^central\s+dicom\s+down\s+{n}\s+0\s", table.stdout, re.M), table.stdout
+
+    # A clean restart while the destination is down keeps the queue.
+    t = time.monotonic()
+    assert outpost.terminate(timeout=20) == 0
+    print(f"SIGTERM with {n} queued and the destination down: stopped in {elapsed(t)}")
+    outpost.start()
+    row = queue_row(outpost, "central")
+    assert row["queue"]["depth"] == n, row_text(row)
+
+    t = time.monotonic()
+    orthanc.start()
+    wait_for(lambda: orthanc.count() >= n, 30, f"{n} instances at Orthanc",
+             detail=lambda: outpost.log_tail(20))
+    print(f"all {n} instances at Orthanc {elapsed(t)} after it started")
+    row = wait_queue(outpost, "central", "queue drained",
+                     lambda r: r["queue"]["depth"] == 0 and r["live"]["delivered"] >= n)
+    assert row["live"]["state"] == "up" and row["queue"]["dead"] == 0, row_text(row)
+    assert row["live"]["dead_lettered"] == 0, row_text(row)
+
+    held = orthanc.instances()
+    assert set(held) == {f["SOPInstanceUID"] for f in small_corpus.files}
+    received = {sop: orthanc.file(oid) for sop, oid in held.items()}
+    assert_arrived_intact(received, outpost, small_corpus)
+    # Orthanc records who sent it: Outpost's own AE title.
+    assert {orthanc.remote_aet(oid) for oid in held.values()} == {"OUTPOST"}
+
+
+@pytest.mark.timeout(60)
+def test_a_destination_refusing_rle_and_deflate_gets_them_converted(outposts, orthancs,
+                                                                    small_corpus):
+    """Orthanc told to refuse RLE Lossless and Deflated Explicit VR Little Endian: those
+    instances go in a Little Endian syntax it accepts, decoded-identical to the corpus."""
+    orthanc = orthancs("central", extra={"RleTransferSyntaxAccepted": False,
+                                         "DeflatedTransferSyntaxAccepted": False})
+    outpost = outposts(destinations=[dicom_destination("central", orthanc.dicom_port)])
+    files = [f for f in small_corpus.files if f["TransferSyntaxUID"] in (RLE_LOSSLESS,
+                                                                        DEFLATED_LE)]
+    assert len(files) == 2
+    storescu_corpus(outpost.port, small_corpus, files)
+    row = wait_queue(outpost, "central", "both delivered",
+                     lambda r: r["queue"]["depth"] == 0 and r["live"]["delivered"] == 2)
+    assert row["queue"]["dead"] == 0, row_text(row)
+    held = orthanc.instances()
+    assert set(held) == {f["SOPInstanceUID"] for f in files}
+    originals = corpus_originals(small_corpus)
+    for f in files:
+        got = orthanc.file(held[f["SOPInstanceUID"]])
+        ts = transfer_syntax_of(got)
+        print(f"{f['TransferSyntaxUID']} refused by Orthanc: arrived as {ts}")
+        assert ts in (EXPLICIT_LE, IMPLICIT_LE), (f["path"], ts)
+        assert decoded_differences(got, originals[f["SOPInstanceUID"]]) == [], f["path"]
+
+
+# ---------------------------------------------------------------------------------------
+# 2. kill -9 in the middle of forwarding: nothing queued is lost.
+
+
+# Enough that forwarding takes a second or two, so that the kill often comes after some
+# acknowledgements were checkpointed (the index writer checkpoints at least every second;
+# the test holds either way: it prints how many were kept).
+KILL_COUNT = 600
+
+
+@pytest.mark.timeout(90)
+def test_kill_during_forwarding_loses_nothing(outposts, orthancs, tmp_path):
+    orthanc = orthancs("central", start=False)
+    # Small batches: more associations and queue commits, and a kill lands inside one.
+    outpost = outposts(destinations=[dicom_destination("central", orthanc.dicom_port,
+                                                       batch=10)])
+    src = tmp_path / "src"
+    datas = synth.variants(KILL_COUNT, start=300000, rows=8, cols=8)
+    paths = [synth.write(src / f"{i:04d}.dcm", d) for i, d in enumerate(datas)]
+    sent = {synth.uid(3, 300000 + i): dataset_bytes(d) for i, d in enumerate(datas)}
+    r = dcmtk("storescu", "-aet", "STORESCU", "-aec", "OUTPOST", "-xe", "127.0.0.1",
+              outpost.port, *paths, timeout=120)
+    assert "Store Failed" not in r.stdout + r.stderr
+    row = wait_queue(outpost, "central", "everything queued while Orthanc is down",
+                     lambda r: r["queue"]["depth"] == KILL_COUNT)
+
+    orthanc.start()
+    t = time.monotonic()
+    wait_for(lambda: orthanc.count() >= KILL_COUNT * 3 // 4, 30, "forwarding under way",
+             interval=0.02)
+    outpost.kill()
+    time.sleep(0.5)  # let Orthanc finish with the aborted association
+    at_kill = orthanc.count()
+    print(f"killed {elapsed(t)} after Orthanc started, with {at_kill} of {KILL_COUNT} there")
+    assert at_kill < KILL_COUNT, (
+        "every instance had arrived before the kill: forwarding was not interrupted")
+
+    # Restarted with the destination down again: the queue holds at least everything that
+    # had not arrived (acknowledgements since the last checkpoint may be lost: at-least-once).
+    orthanc.stop()
+    outpost.start()
+    row = wait_queue(outpost, "central", "down after the restart",
+                     lambda r: r["live"]["state"] == "down")
+    depth = row["queue"]["depth"]
+    print(f"after the restart: depth {depth} ({KILL_COUNT - depth} acknowledgements kept)")
+    assert KILL_COUNT - at_kill <= depth <= KILL_COUNT, row_text(row)
+
+    orthanc.start()
+    wait_for(lambda: orthanc.count() >= KILL_COUNT, 60, "every instance at Orthanc",
+             detail=lambda: row_text(queue_row(outpost, "central")) + outpost.log_tail(20))
+    row = wait_queue(outpost, "central", "queue drained after the restart",
+                     lambda r: r["queue"]["depth"] == 0 and r["live"]["delivered"] >= depth)
+    assert row["queue"]["dead"] == 0 and row["live"]["dead_lettered"] == 0, row_text(row)
+
+    held = orthanc.instances()
+    assert set(held) == set(sent), (
+        f"missing at Orthanc: {sorted(set(sent) - set(held))[:5]}; "
+        f"unexpected: {sorted(set(held) - set(sent))[:5]}")
+    for sop, oid in held.items():
+        assert dataset_bytes(orthanc.file(oid)) == sent[sop], sop
+
+
+# ---------------------------------------------------------------------------------------
+# 3. A destination that refuses a SOP class: dead letters with the reason, and resubmit.
+
+
+@pytest.mark.timeout(60)
+def test_a_refused_sop_class_is_dead_lettered_and_resubmit_repeats_it(
+        outposts, small_corpus, request):
+    picky = PickyScp("PICKY")
+    request.addfinalizer(picky.stop)
+    outpost = outposts(destinations=[dicom_destination("picky", picky.port,
+                                                       ae_title="PICKY")])
+    storescu_corpus(outpost.port, small_corpus)
+    ct = {f["SOPInstanceUID"] for f in small_corpus.files if f["SOPClassUID"] == CT_IMAGE}
+    other = {f["SOPInstanceUID"]: f["SOPClassUID"] for f in small_corpus.files
+             if f["SOPClassUID"] != CT_IMAGE}
+    assert ct and len(other) >= 3 and len(set(other.values())) >= 3
+
+    row = wait_queue(outpost, "picky", "CT delivered, the rest dead-lettered",
+                     lambda r: r["queue"]["depth"] == 0 and r["queue"]["dead"] == len(other))
+    assert row["live"]["delivered"] == len(ct), row_text(row)
+    assert row["live"]["dead_lettered"] == len(other), row_text(row)
+    assert row["live"]["state"] == "degraded", row_text(row)
+    assert picky.received_uids() == ct
+
+    def check_letters() -> dict[str, int]:
+        letters = dead_letters(outpost, "picky")
+        by_sop = {}
+        for seq, letter in letters:
+            sop = letter["entry"]["sop_instance_uid"]
+            assert sop in other, f"dead letter for {sop}, which is not refused: {letter}"
+            assert other[sop] in letter["reason"], (
+                f"the reason does not name the SOP class {other[sop]}: {letter['reason']}")
+            assert "presentation context" in letter["reason"], letter["reason"]
+            by_sop[sop] = seq
+        assert set(by_sop) == set(other), f"dead letters: {letters}"
+        return by_sop
+
+    first = check_letters()
+    text = queue_cli(outpost, "dead", "picky")
+    assert text.returncode == 0, text.stderr
+    for sop, cls in other.items():
+        assert re.search(rf"^\s*\d+\s+{re.escape(sop)}\s.*{re.escape(cls)}", text.stdout,
+                         re.M), text.stdout
+
+    # Resubmit one by its number: it is queued again, and dies again for the same reason.
+    sop, seq = next(iter(first.items()))
+    r = queue_cli(outpost, "resubmit", "picky", "--seq", seq)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "queued again" in r.stdout, r.stdout
+    wait_queue(outpost, "picky", "the resubmitted one dead-lettered again",
+               lambda r: r["live"]["dead_lettered"] == len(other) + 1
+               and r["queue"]["dead"] == len(other) and r["queue"]["depth"] == 0)
+    second = check_letters()
+    assert second[sop] != seq, "the resubmitted letter should come back under a new number"
+
+    # Resubmit all of them.
+    r = queue_cli(outpost, "resubmit", "picky")
+    assert r.returncode == 0, r.stdout + r.stderr
+    wait_queue(outpost, "picky", "every resubmitted one dead-lettered again",
+               lambda r: r["live"]["dead_lettered"] == 2 * len(other) + 1
+               and r["queue"]["dead"] == len(other) and r["queue"]["depth"] == 0)
+    check_letters()
+    # Nothing went twice to the SCP.
+    assert len(picky.recorder.received) == len(ct)
+
+
+@pytest.mark.timeout(60)
+def test_resubmit_of_a_number_that_is_no_dead_letter_says_so(outposts, small_corpus, request):
+    """`resubmit --seq N` where N is no (longer a) dead letter queues nothing, and says so.
+
+    Regression: the first version answered "1 dead letter(s) queued again" and exited 0 for
+    a number that was never a dead letter (the store skipped unknown numbers silently and
+    the answer counted the numbers asked for), so a technician would wait for an instance
+    that was never going to travel."""
+    picky = PickyScp("PICKY")
+    request.addfinalizer(picky.stop)
+    outpost = outposts(destinations=[dicom_destination("picky", picky.port,
+                                                       ae_title="PICKY")])
+    mr = next(f for f in small_corpus.files if f["SOPClassUID"] != CT_IMAGE
+              and f["TransferSyntaxUID"] == EXPLICIT_LE)
+    storescu_corpus(outpost.port, small_corpus, [mr])
+    wait_queue(outpost, "picky", "dead-lettered", lambda r: r["queue"]["dead"] == 1)
+    [(seq, _)] = dead_letters(outpost, "picky")
+
+    r = queue_cli(outpost, "resubmit", "picky", "--seq", seq + 1000)
+    row = queue_row(outpost, "picky")
+    assert row["queue"]["dead"] == 1 and row["queue"]["depth"] == 0, row_text(row)
+    assert row["live"]["dead_lettered"] == 1, row_text(row)
+    assert r.returncode != 0, r.stdout
+    assert f"no dead letter numbered {seq + 1000}" in r.stderr, r.stderr
+
+
+# ---------------------------------------------------------------------------------------
+# 4. STOW-RS: to Orthanc's DICOMweb plugin, and to a server that refuses some instances.
+
+
+@pytest.mark.timeout(60)
+def test_stow_rs_to_orthanc_delivers_the_corpus_unchanged(outposts, orthancs, small_corpus):
+    """STOW-RS to Orthanc's DICOMweb plugin, next to a second, DICOM destination (another
+    Orthanc): with no rules, every instance goes to both. The DICOMweb one is down at first,
+    which does not hold up the other."""
+    web = orthancs("cloud", dicomweb=True, start=False)
+    pacs = orthancs("central")
+    outpost = outposts(destinations=[
+        web_destination("cloud", web.dicomweb_url, max_request_instances=10),
+        dicom_destination("central", pacs.dicom_port)])
+    storescu_corpus(outpost.port, small_corpus)
+    n = len(small_corpus.files)
+    wait_queue(outpost, "central", "central drained while cloud is down",
+               lambda r: r["queue"]["depth"] == 0 and r["live"]["delivered"] == n)
+    row = wait_queue(outpost, "cloud", "cloud down with everything queued",
+                     lambda r: r["live"]["state"] == "down" and r["queue"]["depth"] == n)
+    assert "could not be reached" in (row["live"]["last_error"] or ""), row_text(row)
+    web.start()
+    for orthanc, name, kind in ((web, "cloud", "dicomweb"), (pacs, "central", "dicom")):
+        wait_for(lambda: orthanc.count() >= n, 30, f"{n} instances at {name}",
+                 detail=lambda: outpost.log_tail(20))
+        row = wait_queue(outpost, name, f"{name} drained",
+                         lambda r: r["queue"]["depth"] == 0 and r["live"]["delivered"] == n)
+        assert row["live"]["kind"] == kind and row["live"]["state"] == "up", row_text(row)
+        assert row["queue"]["dead"] == 0, row_text(row)
+
+        held = orthanc.instances()
+        assert set(held) == {f["SOPInstanceUID"] for f in small_corpus.files}
+        received = {sop: orthanc.file(oid) for sop, oid in held.items()}
+        print(f"{name} ({kind}):")
+        assert_arrived_intact(received, outpost, small_corpus)
+
+
+@pytest.mark.timeout(60)
+def test_stow_rs_failed_sop_sequence_dead_letters_or_retries(outposts, small_corpus, request):
+    files = [f for f in small_corpus.files
+             if f["SOPClassUID"] == CT_IMAGE and f["TransferSyntaxUID"] == EXPLICIT_LE][:5]
+    refused, busy = files[0]["SOPInstanceUID"], files[1]["SOPInstanceUID"]
+    server = StowServer(failures={refused: 0xC000, busy: 0xA700})
+    request.addfinalizer(server.stop)
+    outpost = outposts(destinations=[web_destination(
+        "cloud", server.url, retry_initial_s=1, retry_multiplier=1.0, retry_max_s=1)])
+    storescu_corpus(outpost.port, small_corpus, files)
+
+    # The busy one is tried again and again (every second), never delivered.
+    wait_for(lambda: server.seen(busy) >= 3, 20, "the 0xA700 instance sent 3 times",
+             detail=lambda: row_text(queue_row(outpost, "cloud")) + outpost.log_tail(20))
+    assert not server.errors, server.errors
+    row = queue_row(outpost, "cloud")
+    q, live = row["queue"], row["live"]
+    assert q["depth"] == 1 and q["dead"] == 1, row_text(row)
+    assert live["delivered"] == len(files) - 2, row_text(row)
+    assert live["dead_lettered"] == 1 and live["retried"] >= 2, row_text(row)
+    assert "0xA700" in (q["last_error"] or ""), row_text(row)
+    assert live["state"] == "degraded", row_text(row)
+
+    letters = dead_letters(outpost, "cloud")
+    assert len(letters) == 1, letters
+    letter = letters[0][1]
+    assert letter["entry"]["sop_instance_uid"] == refused, letters
+    assert "0xC000" in letter["reason"], letter
+    assert server.seen(refused) == 1, "a dead-lettered instance was sent again"
+    for f in files[2:]:
+        assert server.seen(f["SOPInstanceUID"]) == 1, f["SOPInstanceUID"]
+
+    # The attempts grow: the log says so for each retry of the busy instance.
+    attempts = [int(m) for m in re.findall(
+        rf"destination=cloud sop={re.escape(busy)} attempts=(\d+)", outpost.log_text())]
+    assert attempts[:3] == [1, 2, 3], (attempts, outpost.log_tail(20))
+
+
+@pytest.mark.timeout(60)
+def test_queue_retry_makes_a_backed_off_instance_due_now(outposts, small_corpus, request):
+    """A 0xA700 instance waits out its backoff (an hour here); `outpost queue retry` sends
+    it again at once, and it stays queued with its attempts counted."""
+    f = next(f for f in small_corpus.files if f["SOPClassUID"] == CT_IMAGE
+             and f["TransferSyntaxUID"] == EXPLICIT_LE)
+    busy = f["SOPInstanceUID"]
+    server = StowServer(failures={busy: 0xA700})
+    request.addfinalizer(server.stop)
+    outpost = outposts(destinations=[web_destination(
+        "slow", server.url, retry_initial_s=3600, retry_max_s=3600)])
+    storescu_corpus(outpost.port, small_corpus, [f])
+    wait_for(lambda: server.seen(busy) == 1, 10, "the first attempt")
+    time.sleep(1.5)
+    assert server.seen(busy) == 1, "sent again before its backoff was over"
+    for n in (2, 3):
+        r = queue_cli(outpost, "retry", "slow")
+        assert r.returncode == 0, r.stdout + r.stderr
+        wait_for(lambda: server.seen(busy) == n, 10, f"attempt {n} after `retry`",
+                 detail=lambda: outpost.log_tail(10))
+    row = wait_queue(outpost, "slow", "three attempts counted",
+                     lambda r: r["live"]["retried"] == 3)
+    assert row["queue"]["depth"] == 1 and row["queue"]["dead"] == 0, row_text(row)
+    assert row["live"]["delivered"] == 0, row_text(row)
+    attempts = [int(m) for m in re.findall(
+        rf"destination=slow sop={re.escape(busy)} attempts=(\d+)", outpost.log_text())]
+    assert attempts == [1, 2, 3], (attempts, outpost.log_tail(20))
+
+
+# ---------------------------------------------------------------------------------------
+# 5. No loops: what upstream sends is kept, not forwarded.
+
+
+@pytest.mark.timeout(60)
+def test_upstream_instances_are_stored_but_not_queued(outposts, orthancs, small_corpus,
+                                                       tmp_path):
+    orthanc = orthancs("central", start=False)  # down: nothing could leave anyway
+    outpost = outposts(
+        remotes=[{"ae_title": "PRIORS", "host": "127.0.0.1", "port": free_port(),
+                  "upstream": True}],
+        destinations=[dicom_destination("central", orthanc.dicom_port)])
+    storescu_corpus(outpost.port, small_corpus, calling="PRIORS")
+    stored = outpost_objects(outpost)
+    assert set(stored) == {f["SOPInstanceUID"] for f in small_corpus.files}
+    row = queue_row(outpost, "central")
+    assert row["queue"]["depth"] == 0 and row["queue"]["dead"] == 0, row_text(row)
+    assert row["live"]["delivered"] == 0 and row["live"]["retried"] == 0, row_text(row)
+
+    # The destination's own AE title counts as upstream too (instances fetched back).
+    src = tmp_path / "src"
+    datas = synth.variants(3, start=400000, rows=4, cols=4)
+    paths = [synth.write(src / f"{i}.dcm", d) for i, d in enumerate(datas)]
+    dcmtk("storescu", "-aet", "ORTHANC", "-aec", "OUTPOST", "127.0.0.1", outpost.port,
+          paths[0])
+    # Anyone else's instances are queued: the check above is not vacuous.
+    dcmtk("storescu", "-aet", "MODALITY", "-aec", "OUTPOST", "127.0.0.1", outpost.port,
+          *paths[1:])
+    assert len(outpost_objects(outpost)) == len(stored) + 3
+    row = queue_row(outpost, "central")
+    assert row["queue"]["depth"] == 2, row_text(row)
+
+
+# ---------------------------------------------------------------------------------------
+# 6. The command line: retry, pause, resume on a live service; a stopped one.
+
+
+@pytest.mark.timeout(60)
+def test_queue_cli_retry_pause_resume_and_a_stopped_service(outposts, orthancs, tmp_path):
+    orthanc = orthancs("central", start=False)
+    # Probed only once an hour: only `retry` brings it back within the test.
+    outpost = outposts(destinations=[dicom_destination("central", orthanc.dicom_port,
+                                                       probe_interval_s=3600)])
+    datas = synth.variants(4, start=500000, rows=4, cols=4)
+    paths = [synth.write(tmp_path / "src" / f"{i}.dcm", d) for i, d in enumerate(datas)]
+    uids = [synth.uid(3, 500000 + i) for i in range(4)]
+
+    def store(ps):
+        dcmtk("storescu", "-aet", "MODALITY", "-aec", "OUTPOST", "127.0.0.1", outpost.port,
+              *ps)
+
+    store(paths[:2])
+    wait_queue(outpost, "central", "down with 2 queued",
+               lambda r: r["live"]["state"] == "down" and r["queue"]["depth"] == 2)
+    orthanc.start()
+    time.sleep(2)
+    assert orthanc.count() == 0, "delivered before the next probe was due"
+
+    r = queue_cli(outpost, "retry", "central")
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "central" in r.stdout, r.stdout
+    wait_for(lambda: orthanc.count() == 2, 10, "delivered after `outpost queue retry`",
+             detail=lambda: outpost.log_tail(20))
+    wait_queue(outpost, "central", "up and drained",
+               lambda r: r["live"]["state"] == "up" and r["queue"]["depth"] == 0)
+
+    # Paused: instances are queued, not sent.
+    r = queue_cli(outpost, "pause", "central")
+    assert r.returncode == 0 and "paused" in r.stdout, r.stdout + r.stderr
+    assert queue_row(outpost, "central")["queue"]["paused"] is True
+    store(paths[2:])
+    row = queue_row(outpost, "central")
+    assert row["queue"]["depth"] == 2 and row["queue"]["paused"], row_text(row)
+    # Paused survives a restart.
+    assert outpost.terminate() == 0
+    outpost.start()
+    row = queue_row(outpost, "central")
+    assert row["queue"]["paused"] is True and row["queue"]["depth"] == 2, row_text(row)
+    time.sleep(2)
+    assert orthanc.count() == 2, "delivered while paused"
+    table = queue_cli(outpost)
+    assert table.returncode == 0, table.stderr
+    assert re.search(r"^central\s+dicom\s+paused\s+2\s", table.stdout, re.M), table.stdout
+
+    r = queue_cli(outpost, "resume", "central")
+    assert r.returncode == 0 and "resumed" in r.stdout, r.stdout + r.stderr
+    wait_for(lambda: orthanc.count() == 4, 10, "delivered after `outpost queue resume`",
+             detail=lambda: outpost.log_tail(20))
+    row = wait_queue(outpost, "central", "drained after resume",
+                     lambda r: r["queue"]["depth"] == 0 and not r["queue"]["paused"])
+    assert set(orthanc.instances()) == set(uids)
+
+    # A destination that is not configured: refused, naming the known ones.
+    r = queue_cli(outpost, "pause", "nowhere")
+    assert r.returncode != 0, r.stdout
+    assert "nowhere" in r.stderr and "central" in r.stderr, r.stderr
+
+    # A stopped service: a clear message and a non-zero exit, with and without --json.
+    assert outpost.terminate() == 0
+    for json_out in (False, True):
+        r = queue_cli(outpost, json_out=json_out)
+        assert r.returncode != 0, r.stdout
+        assert "cannot reach the running service" in r.stderr, r.stderr
+        assert str(outpost.data_dir / "control.sock") in r.stderr, r.stderr
