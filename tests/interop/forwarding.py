@@ -278,21 +278,34 @@ class PickyScp:
     """A pynetdicom Storage SCP (in this process) that supports only CT Image Storage, in
     every syntax of the corpus; instances of any other class find no presentation context."""
 
-    def __init__(self, ae_title: str = "PICKY", port: int | None = None):
+    def __init__(self, ae_title: str = "PICKY", port: int | None = None,
+                 silent_commitment: bool = False):
+        """With `silent_commitment`, it also accepts Storage Commitment requests (N-ACTION)
+        and answers them with success, but never sends the report."""
         import dicomnet as net
         from pynetdicom import evt
-        from pynetdicom.sop_class import Verification
+        from pynetdicom.sop_class import StorageCommitmentPushModel, Verification
 
         from harness import ALL_CORPUS_SYNTAXES
 
         self.port = port or free_port()
         self.recorder = net.Recorder()
+        self.commitment_requests = 0
         ae = net.make_ae(ae_title)
         ae.add_supported_context(CT_IMAGE, ALL_CORPUS_SYNTAXES)
         ae.add_supported_context(Verification, [EXPLICIT_LE, IMPLICIT_LE])
+        handlers = [(evt.EVT_C_STORE, self.recorder)]
+        if silent_commitment:
+            ae.add_supported_context(StorageCommitmentPushModel, [EXPLICIT_LE, IMPLICIT_LE])
+
+            def on_action(event):
+                self.commitment_requests += 1
+                return 0x0000, None
+
+            handlers.append((evt.EVT_N_ACTION, on_action))
         self.ae = ae
         self.server = ae.start_server(("127.0.0.1", self.port), block=False,
-                                      evt_handlers=[(evt.EVT_C_STORE, self.recorder)])
+                                      evt_handlers=handlers)
 
     def received_uids(self) -> set[str]:
         with self.recorder.lock:

@@ -511,3 +511,85 @@ def test_queue_cli_retry_pause_resume_and_a_stopped_service(outposts, orthancs, 
         assert r.returncode != 0, r.stdout
         assert "cannot reach the running service" in r.stderr, r.stderr
         assert str(outpost.data_dir / "control.sock") in r.stderr, r.stderr
+
+
+# ---------------------------------------------------------------------------------------
+# 8. Storage Commitment: Orthanc as the committing archive.
+
+
+@pytest.mark.timeout(90)
+def test_storage_commitment_with_orthanc_confirms_every_instance(outposts, orthancs,
+                                                                 small_corpus):
+    """With `storage_commitment = true`, instances count as held upstream only once the
+    archive's N-EVENT-REPORT says so. Orthanc 1.10 answers the N-ACTION, then opens its own
+    association to Outpost's listener to report (it must know Outpost as a modality allowed
+    to ask)."""
+    orthanc = orthancs("central", start=False)
+    outpost = outposts(start=False, destinations=[dicom_destination(
+        "central", orthanc.dicom_port, storage_commitment=True, commitment_timeout_s=60)])
+    orthanc.extra["DicomModalities"] = {"outpost": {
+        "AET": "OUTPOST", "Host": "127.0.0.1", "Port": outpost.port,
+        "AllowStorageCommitment": True}}
+    orthanc.start()
+    outpost.start()
+    ct = [f for f in small_corpus.files if f["SOPClassUID"] == CT_IMAGE
+          and f["TransferSyntaxUID"] == EXPLICIT_LE][:6]
+    storescu_corpus(outpost.port, small_corpus, ct)
+    row = wait_queue(outpost, "central", "every instance delivered and committed",
+                     lambda r: r["live"]["delivered"] >= len(ct) and r["queue"]["depth"] == 0
+                     and r["queue"]["awaiting_commitment"] == 0)
+    assert row["queue"]["dead"] == 0, row_text(row)
+    assert orthanc.count() == len(ct)
+    # One report per delivered batch; together they commit every instance and fail none.
+    reports = re.findall(r"Storage Commitment report .*committed=(\d+) failed=(\d+)",
+                         outpost.log_text())
+    assert reports, outpost.log_tail(20)
+    assert sum(int(c) for c, _ in reports) == len(ct), reports
+    assert all(f == "0" for _, f in reports), reports
+
+
+@pytest.mark.timeout(90)
+def test_a_destination_that_cannot_commit_keeps_its_instances_queued(outposts, small_corpus,
+                                                                      request):
+    """A destination configured for Storage Commitment that does not offer it must not be
+    counted as holding the instances: they stay queued with the reason, and go again."""
+    picky = PickyScp("PICKY")
+    request.addfinalizer(picky.stop)
+    outpost = outposts(destinations=[dicom_destination(
+        "picky", picky.port, ae_title="PICKY", storage_commitment=True, retry_initial_s=30)])
+    ct = [f for f in small_corpus.files if f["SOPClassUID"] == CT_IMAGE
+          and f["TransferSyntaxUID"] == EXPLICIT_LE][:2]
+    storescu_corpus(outpost.port, small_corpus, ct)
+    row = wait_queue(outpost, "picky", "the instances wait with the reason",
+                     lambda r: r["queue"]["depth"] == len(ct) and "Storage Commitment"
+                     in (r["queue"]["last_error"] or ""))
+    assert "no presentation context for Storage Commitment" in row["queue"]["last_error"], \
+        row_text(row)
+    assert row["queue"]["awaiting_commitment"] == 0 and row["queue"]["dead"] == 0, row_text(row)
+    # The SCP did store them: a commitment-less success is not taken for a confirmed copy.
+    assert picky.received_uids() >= {f["SOPInstanceUID"] for f in ct}
+
+
+@pytest.mark.timeout(90)
+def test_a_commitment_never_reported_sends_the_instances_again(outposts, small_corpus,
+                                                                request):
+    """An archive that accepts the N-ACTION but never reports: after commitment_timeout_s the
+    instances are queued again with the reason, and sent (and committed for) again."""
+    silent = PickyScp("SILENT", silent_commitment=True)
+    request.addfinalizer(silent.stop)
+    outpost = outposts(destinations=[dicom_destination(
+        "silent", silent.port, ae_title="SILENT", storage_commitment=True,
+        commitment_timeout_s=10, retry_initial_s=3600)])
+    ct = [f for f in small_corpus.files if f["SOPClassUID"] == CT_IMAGE
+          and f["TransferSyntaxUID"] == EXPLICIT_LE][:2]
+    storescu_corpus(outpost.port, small_corpus, ct)
+    wait_queue(outpost, "silent", "the instances wait for the report",
+               lambda r: r["queue"]["awaiting_commitment"] == len(ct))
+    first = silent.commitment_requests   # one per delivered batch
+    assert first >= 1
+    # Due at once when requeued: the timeout is the wait, not a failure to back off from.
+    wait_for(lambda: silent.commitment_requests > first, 40,
+             "a second commitment request after the first timed out",
+             detail=lambda: outpost.log_tail(20))
+    assert "no Storage Commitment report within 10 s" in outpost.log_text() or \
+        "no Storage Commitment report in time" in outpost.log_text(), outpost.log_tail(20)

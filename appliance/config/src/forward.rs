@@ -90,6 +90,10 @@ pub struct DicomDestination {
     pub ca_bundle: Option<PathBuf>,
     pub client_certificate: Option<PathBuf>,
     pub client_key: Option<PathBuf>,
+    /// Count an instance as held upstream only once the PACS commits to it (Storage
+    /// Commitment Push Model), waiting at most this long for its report before sending the
+    /// instances again; `None` counts a C-STORE success.
+    pub storage_commitment: Option<Duration>,
 }
 
 /// A DICOMweb service accepting STOW-RS.
@@ -334,6 +338,8 @@ fn read_destination(d: &mut Reader) -> Option<Destination> {
             let host = d.string("host", None);
             let port = d.port("port", None);
             let tls = d.bool("tls", false);
+            let commitment = d.bool("storage_commitment", false);
+            let commitment_timeout = d.seconds("commitment_timeout_s", 3600, 10, 7 * 86_400);
             if !tls.unwrap_or(false) && (ca_bundle.is_some() || client_certificate.is_some()) {
                 d.problem(
                     "tls",
@@ -348,6 +354,12 @@ fn read_destination(d: &mut Reader) -> Option<Destination> {
                 ca_bundle,
                 client_certificate,
                 client_key,
+                storage_commitment: if commitment? {
+                    Some(commitment_timeout?)
+                } else {
+                    commitment_timeout?;
+                    None
+                },
             })
         }
         _ => {

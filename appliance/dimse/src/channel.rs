@@ -139,6 +139,9 @@ where
 
 /// What the peer sent when a new message was expected.
 #[derive(Debug)]
+// Every message passes through this once and is taken apart at once; boxing the command
+// would cost an allocation per message to save stack space nobody holds on to.
+#[allow(clippy::large_enum_variant)]
 pub enum Incoming {
     /// A complete command set; if it announces a data set, read it with
     /// [`Channel::next_data`] or [`Channel::read_data_set`] before anything else.

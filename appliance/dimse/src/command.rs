@@ -22,6 +22,10 @@ impl CommandField {
     pub const C_ECHO_RQ: CommandField = CommandField(0x0030);
     pub const C_ECHO_RSP: CommandField = CommandField(0x8030);
     pub const C_CANCEL_RQ: CommandField = CommandField(0x0FFF);
+    pub const N_EVENT_REPORT_RQ: CommandField = CommandField(0x0100);
+    pub const N_EVENT_REPORT_RSP: CommandField = CommandField(0x8100);
+    pub const N_ACTION_RQ: CommandField = CommandField(0x0130);
+    pub const N_ACTION_RSP: CommandField = CommandField(0x8130);
 
     pub fn is_response(self) -> bool {
         self.0 & 0x8000 != 0
@@ -41,6 +45,8 @@ impl CommandField {
             0x8030 => "C-ECHO-RSP",
             0x0FFF => "C-CANCEL-RQ",
             0x0100 => "N-EVENT-REPORT-RQ",
+            0x8100 => "N-EVENT-REPORT-RSP",
+            0x8130 => "N-ACTION-RSP",
             0x0110 => "N-GET-RQ",
             0x0120 => "N-SET-RQ",
             0x0130 => "N-ACTION-RQ",
@@ -78,6 +84,14 @@ pub struct Command {
     pub warning: Option<u16>,
     pub move_originator_ae: Option<String>,
     pub move_originator_message_id: Option<u16>,
+    /// Requested SOP Class UID (0000,0003), N-ACTION and other N-service requests.
+    pub requested_sop_class_uid: Option<String>,
+    /// Requested SOP Instance UID (0000,1001).
+    pub requested_sop_instance_uid: Option<String>,
+    /// Event Type ID (0000,1002), N-EVENT-REPORT.
+    pub event_type_id: Option<u16>,
+    /// Action Type ID (0000,1008), N-ACTION.
+    pub action_type_id: Option<u16>,
 }
 
 impl Command {
@@ -100,6 +114,10 @@ impl Command {
             warning: None,
             move_originator_ae: None,
             move_originator_message_id: None,
+            requested_sop_class_uid: None,
+            requested_sop_instance_uid: None,
+            event_type_id: None,
+            action_type_id: None,
         }
     }
 
@@ -142,6 +160,9 @@ impl Command {
         if let Some(uid) = &self.affected_sop_class_uid {
             write_element(&mut body, enc, tag(0x0002), Vr::UI, uid.as_bytes());
         }
+        if let Some(uid) = &self.requested_sop_class_uid {
+            write_element(&mut body, enc, tag(0x0003), Vr::UI, uid.as_bytes());
+        }
         write_element(&mut body, enc, tag(0x0100), Vr::US, &u16v(self.field.0));
         if let Some(id) = self.message_id {
             write_element(&mut body, enc, tag(0x0110), Vr::US, &u16v(id));
@@ -181,6 +202,15 @@ impl Command {
         }
         if let Some(uid) = &self.affected_sop_instance_uid {
             write_element(&mut body, enc, tag(0x1000), Vr::UI, uid.as_bytes());
+        }
+        if let Some(uid) = &self.requested_sop_instance_uid {
+            write_element(&mut body, enc, tag(0x1001), Vr::UI, uid.as_bytes());
+        }
+        if let Some(v) = self.event_type_id {
+            write_element(&mut body, enc, tag(0x1002), Vr::US, &u16v(v));
+        }
+        if let Some(v) = self.action_type_id {
+            write_element(&mut body, enc, tag(0x1008), Vr::US, &u16v(v));
         }
         for (t, v) in [
             (0x1020, self.remaining),
@@ -257,9 +287,13 @@ impl Command {
                     group_end = Some((pos, v as usize));
                 }
                 0x0002 => c.affected_sop_class_uid = Some(text()),
-                // Requested SOP Class UID (N-services); keep it where the class lives.
-                0x0003 if c.affected_sop_class_uid.is_none() => {
-                    c.affected_sop_class_uid = Some(text())
+                // Requested SOP Class UID (N-services); also kept where the class lives, for
+                // code that only asks which class a request is about.
+                0x0003 => {
+                    c.requested_sop_class_uid = Some(text());
+                    if c.affected_sop_class_uid.is_none() {
+                        c.affected_sop_class_uid = Some(text());
+                    }
                 }
                 0x0100 => field = Some(CommandField(us()?)),
                 0x0110 => c.message_id = Some(us()?),
@@ -281,6 +315,9 @@ impl Command {
                 }
                 0x0902 => c.error_comment = Some(text()),
                 0x1000 => c.affected_sop_instance_uid = Some(text()),
+                0x1001 => c.requested_sop_instance_uid = Some(text()),
+                0x1002 => c.event_type_id = Some(us()?),
+                0x1008 => c.action_type_id = Some(us()?),
                 0x1020 => c.remaining = Some(us()?),
                 0x1021 => c.completed = Some(us()?),
                 0x1022 => c.failed = Some(us()?),
@@ -355,6 +392,30 @@ mod tests {
         let d = Command::decode(&c.encode()).unwrap();
         assert_eq!(d.error_comment.as_deref().map(str::len), Some(64));
         assert_eq!(d, c);
+    }
+
+    #[test]
+    fn n_action_and_n_event_report_fields_round_trip() {
+        let mut a = Command::new(CommandField::N_ACTION_RQ);
+        a.message_id = Some(3);
+        a.requested_sop_class_uid = Some(crate::STORAGE_COMMITMENT.into());
+        a.requested_sop_instance_uid = Some(crate::STORAGE_COMMITMENT_INSTANCE.into());
+        a.action_type_id = Some(1);
+        a.has_data_set = true;
+        let d = Command::decode(&a.encode()).unwrap();
+        assert_eq!(d.requested_sop_class_uid, a.requested_sop_class_uid);
+        assert_eq!(d.requested_sop_instance_uid, a.requested_sop_instance_uid);
+        assert_eq!(d.action_type_id, Some(1));
+        // The class is also where code asking "which class" looks.
+        assert_eq!(d.sop_class(), crate::STORAGE_COMMITMENT);
+
+        let mut e = Command::new(CommandField::N_EVENT_REPORT_RQ);
+        e.message_id = Some(9);
+        e.affected_sop_class_uid = Some(crate::STORAGE_COMMITMENT.into());
+        e.affected_sop_instance_uid = Some(crate::STORAGE_COMMITMENT_INSTANCE.into());
+        e.event_type_id = Some(2);
+        e.has_data_set = true;
+        assert_eq!(Command::decode(&e.encode()).unwrap(), e);
     }
 
     #[test]

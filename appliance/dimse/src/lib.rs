@@ -15,6 +15,9 @@ pub use status::{Status, StatusKind};
 
 /// Verification SOP Class.
 pub const VERIFICATION: &str = "1.2.840.10008.1.1";
+/// Storage Commitment Push Model SOP Class, and its well-known SOP Instance.
+pub const STORAGE_COMMITMENT: &str = "1.2.840.10008.1.20.1";
+pub const STORAGE_COMMITMENT_INSTANCE: &str = "1.2.840.10008.1.20.1.1";
 /// Patient Root Query/Retrieve Information Model - FIND, MOVE, GET.
 pub const PATIENT_ROOT_FIND: &str = "1.2.840.10008.5.1.4.1.2.1.1";
 pub const PATIENT_ROOT_MOVE: &str = "1.2.840.10008.5.1.4.1.2.1.2";

@@ -11,7 +11,8 @@ use storescu::{SendError, association_options};
 
 use crate::Settings;
 use crate::classify::{self, Verdict};
-use crate::worker::{Attempt, Throttle};
+use crate::worker::{Attempt, Requested, Throttle};
+use storescu::commitment::Reference;
 
 /// The Verification SOP Class.
 const VERIFICATION: &str = "1.2.840.10008.1.1";
@@ -69,13 +70,19 @@ impl DicomSender {
                 let half = items.len() / 2;
                 if half == 0 {
                     verdicts[0] = Some(Verdict::dead(e.to_string()));
-                    return Attempt { verdicts };
+                    return Attempt {
+                        verdicts,
+                        commitment: None,
+                    };
                 }
                 let first = Box::pin(self.deliver(store, &items[..half], throttle)).await;
                 for (v, slot) in first.verdicts.into_iter().zip(verdicts.iter_mut()) {
                     *slot = v;
                 }
-                return Attempt { verdicts };
+                return Attempt {
+                    verdicts,
+                    commitment: first.commitment,
+                };
             }
         };
         // Verification rides along so that the association is established even when the
@@ -89,6 +96,17 @@ impl DicomSender {
                 IMPLICIT_VR_LITTLE_ENDIAN.to_string(),
             ],
         );
+        let options = if self.destination.storage_commitment.is_some() {
+            options.with_presentation_context(
+                dimse::STORAGE_COMMITMENT.to_string(),
+                vec![
+                    EXPLICIT_VR_LITTLE_ENDIAN.to_string(),
+                    IMPLICIT_VR_LITTLE_ENDIAN.to_string(),
+                ],
+            )
+        } else {
+            options
+        };
         let address = self.address();
         let mut peer = match storescu::connect(
             options,
@@ -104,6 +122,7 @@ impl DicomSender {
                 let v = classify::transport(e);
                 return Attempt {
                     verdicts: vec![Some(v); items.len()],
+                    commitment: None,
                 };
             }
         };
@@ -130,12 +149,67 @@ impl DicomSender {
                 }
             }
         }
+        let commitment = if self.destination.storage_commitment.is_some() && peer.is_open() {
+            self.request_commitment(&mut peer, items, &mut verdicts)
+                .await
+        } else {
+            None
+        };
         if peer.is_open() {
             let _ = peer.release().await;
         } else {
             peer.abort().await;
         }
-        Attempt { verdicts }
+        Attempt {
+            verdicts,
+            commitment,
+        }
+    }
+
+    /// Asks the destination to commit to the instances it stored. Those then wait for its
+    /// report instead of counting as delivered; if it will not be asked, they are sent
+    /// again later (a destination configured for commitment must commit).
+    async fn request_commitment(
+        &self,
+        peer: &mut storescu::Peer,
+        items: &[Retrievable],
+        verdicts: &mut [Option<Verdict>],
+    ) -> Option<Requested> {
+        let stored: Vec<usize> = verdicts
+            .iter()
+            .enumerate()
+            .filter(|(_, v)| matches!(v, Some(Verdict::Delivered { .. })))
+            .map(|(i, _)| i)
+            .collect();
+        if stored.is_empty() {
+            return None;
+        }
+        let refs: Vec<Reference> = stored
+            .iter()
+            .map(|&i| Reference {
+                sop_class_uid: items[i].sop_class_uid.clone(),
+                sop_instance_uid: items[i].sop_instance_uid.clone(),
+            })
+            .collect();
+        let transaction_uid = format!("2.25.{}", rand::random::<u128>());
+        let failed = match peer.request_commitment(&transaction_uid, &refs).await {
+            Ok(r) if r.status.is_success() => {
+                return Some(Requested {
+                    transaction_uid,
+                    indices: stored,
+                    report: r.report,
+                });
+            }
+            Ok(r) => format!(
+                "the destination refused the Storage Commitment request with status {}",
+                r.status
+            ),
+            Err(e) => format!("the Storage Commitment request failed: {e}"),
+        };
+        for i in stored {
+            verdicts[i] = Some(Verdict::retry(failed.clone()));
+        }
+        None
     }
 
     /// A C-ECHO on a fresh association.

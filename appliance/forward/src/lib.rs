@@ -190,6 +190,7 @@ impl Forwarder {
                 tasks.spawn(async move { w.run(n).await });
             }
             let prober = worker::Prober {
+                store: store.clone(),
                 destination: d.clone(),
                 transport,
                 shared: shared.clone(),

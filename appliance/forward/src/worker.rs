@@ -81,6 +81,16 @@ pub(crate) enum Transport {
 /// because the destination went away first).
 pub(crate) struct Attempt {
     pub verdicts: Vec<Option<Verdict>>,
+    /// Storage Commitment requested for the delivered items at these indices.
+    pub commitment: Option<Requested>,
+}
+
+/// A Storage Commitment transaction requested at the end of a delivery.
+pub(crate) struct Requested {
+    pub transaction_uid: String,
+    pub indices: Vec<usize>,
+    /// The report, when the destination sent it on the same association.
+    pub report: Option<storescu::commitment::EventReport>,
 }
 
 impl Transport {
@@ -164,6 +174,7 @@ impl Transport {
                         .into_iter()
                         .map(Some)
                         .collect(),
+                    commitment: None,
                 }
             }
         }
@@ -281,6 +292,7 @@ impl Worker {
         let attempt = if items.is_empty() {
             Attempt {
                 verdicts: Vec::new(),
+                commitment: None,
             }
         } else {
             self.transport
@@ -290,9 +302,19 @@ impl Worker {
         let now = self.clock.now_ms();
         let (mut delivered, mut troubled, mut unreachable) = (0u64, false, None);
         let (mut retried, mut dead) = (0u64, 0u64);
-        for (q, verdict) in keys.iter().zip(attempt.verdicts) {
+        let committing: Vec<usize> = attempt
+            .commitment
+            .as_ref()
+            .map(|c| c.indices.clone())
+            .unwrap_or_default();
+        let mut awaiting = Vec::new();
+        for (i, (q, verdict)) in keys.iter().zip(attempt.verdicts).enumerate() {
             let Some(verdict) = verdict else { continue };
             match verdict {
+                Verdict::Delivered { .. } if committing.contains(&i) => {
+                    delivered += 1;
+                    awaiting.push((q.key, items[i].sop_class_uid.clone()));
+                }
                 Verdict::Delivered { note } => {
                     if let Some(note) = note {
                         debug!(destination = %name, sop = %q.entry.sop_instance_uid, "{note}");
@@ -363,6 +385,17 @@ impl Worker {
                 }
             }
         }
+        if let Some(c) = attempt.commitment {
+            debug!(destination = %name, transaction = %c.transaction_uid, instances = awaiting.len(), "Storage Commitment requested");
+            ops.push(QueueOp::AwaitCommitment {
+                destination: name.clone(),
+                transaction_uid: c.transaction_uid,
+                items: awaiting,
+            });
+            if let Some(report) = c.report {
+                ops.push(QueueOp::Committed(report_of(report)));
+            }
+        }
         if let Err(e) = self.store.outbox_apply(ops).await {
             warn!(destination = %name, error = %e, "cannot record delivery outcomes; they will be delivered again");
         }
@@ -390,6 +423,23 @@ impl Worker {
     }
 }
 
+/// A report as the store keeps it: SOP Instance UIDs, reasons in words.
+pub(crate) fn report_of(r: storescu::commitment::EventReport) -> store::outbox::CommitmentReport {
+    store::outbox::CommitmentReport {
+        transaction_uid: r.transaction_uid,
+        committed: r
+            .committed
+            .into_iter()
+            .map(|x| x.sop_instance_uid)
+            .collect(),
+        failed: r
+            .failed
+            .into_iter()
+            .map(|(x, code)| (x.sop_instance_uid, format!("failure reason 0x{code:04X}")))
+            .collect(),
+    }
+}
+
 /// Minutes after local midnight now.
 fn local_minute() -> u16 {
     use chrono::Timelike;
@@ -404,15 +454,55 @@ enum Taken {
 
 /// Probes a destination while it is down.
 pub(crate) struct Prober {
+    pub store: Store,
     pub destination: config::Destination,
     pub transport: Arc<Transport>,
     pub shared: Arc<Shared>,
     pub shutdown: CancellationToken,
 }
 
+/// How often commitment transactions are checked for a report overdue.
+const COMMITMENT_CHECK: Duration = Duration::from_secs(10);
+
 impl Prober {
+    /// Queues again the instances of commitment transactions whose report is overdue.
+    async fn expire_commitments(&self) {
+        let config::DestinationKind::Dicom(d) = &self.destination.kind else {
+            return;
+        };
+        let Some(timeout) = d.storage_commitment else {
+            return;
+        };
+        let now = crate::unix_now();
+        let Ok(pending) = self.store.commitments(&self.destination.name) else {
+            return;
+        };
+        let ops: Vec<QueueOp> = pending
+            .into_iter()
+            .filter(|(_, c)| now.saturating_sub(c.requested_at) >= timeout.as_secs())
+            .map(|(txn, c)| {
+                warn!(destination = %self.destination.name, transaction = %txn, instances = c.items.len(), "no Storage Commitment report in time; sending the instances again");
+                QueueOp::CommitmentExpired {
+                    transaction_uid: txn,
+                    reason: format!(
+                        "no Storage Commitment report within {} s; sent again",
+                        timeout.as_secs()
+                    ),
+                }
+            })
+            .collect();
+        if let Err(e) = self.store.outbox_apply(ops).await {
+            warn!(destination = %self.destination.name, error = %e, "cannot requeue overdue commitments");
+        }
+    }
+
     pub async fn run(self) {
+        let mut last_check = tokio::time::Instant::now();
         loop {
+            if last_check.elapsed() >= COMMITMENT_CHECK {
+                last_check = tokio::time::Instant::now();
+                self.expire_commitments().await;
+            }
             if self.shared.state() == State::Down {
                 tokio::select! {
                     _ = self.shutdown.cancelled() => return,
@@ -441,6 +531,7 @@ impl Prober {
                 tokio::select! {
                     _ = self.shutdown.cancelled() => return,
                     _ = self.shared.wake.notified() => {}
+                    _ = tokio::time::sleep(COMMITMENT_CHECK) => {}
                 }
             }
         }

@@ -61,8 +61,8 @@ pub fn run(c: &config::Config, action: Option<Action>, json: bool) -> anyhow::Re
         }
         Response::Queue(rows) => {
             println!(
-                "{:<16} {:<9} {:<9} {:>8} {:>6} {:>10}  last error",
-                "destination", "kind", "state", "depth", "dead", "oldest"
+                "{:<16} {:<9} {:<9} {:>8} {:>6} {:>10} {:>10}  last error",
+                "destination", "kind", "state", "depth", "dead", "committing", "oldest"
             );
             for row in rows {
                 let q = &row.queue;
@@ -84,8 +84,15 @@ pub fn run(c: &config::Config, action: Option<Action>, json: bool) -> anyhow::Re
                     .or_else(|| q.last_error.clone())
                     .unwrap_or_default();
                 println!(
-                    "{:<16} {:<9} {:<9} {:>8} {:>6} {:>10}  {}",
-                    q.destination, kind, state, q.depth, q.dead, oldest, error
+                    "{:<16} {:<9} {:<9} {:>8} {:>6} {:>10} {:>10}  {}",
+                    q.destination,
+                    kind,
+                    state,
+                    q.depth,
+                    q.dead,
+                    q.awaiting_commitment,
+                    oldest,
+                    error
                 );
             }
         }

@@ -283,19 +283,26 @@ async fn run(c: config::Config) -> anyhow::Result<ExitCode> {
 
 /// How often the cache is checked against its watermarks.
 const CACHE_CHECK: Duration = Duration::from_secs(10);
+/// After a pass above the watermark that found nothing to evict: finding candidates walks the
+/// studies, so with nothing confirmed (a destination down for days) it is not repeated
+/// every ten seconds.
+const CACHE_RECHECK_WHEN_STUCK: Duration = Duration::from_secs(300);
 
 /// Evicts confirmed instances of the least recently used studies whenever the data volume
 /// is above the high watermark, and says so in the log and the audit trail.
 async fn maintain_cache(store: store::Store, audit: Audit, stop: CancellationToken) {
     let mut warned_full = false;
+    let mut wait = CACHE_CHECK;
     loop {
         tokio::select! {
             _ = stop.cancelled() => return,
-            _ = tokio::time::sleep(CACHE_CHECK) => {}
+            _ = tokio::time::sleep(wait) => {}
         }
+        wait = CACHE_CHECK;
         match store.maintain_cache().await {
             Ok(None) => warned_full = false,
             Ok(Some(r)) if r.instances == 0 => {
+                wait = CACHE_RECHECK_WHEN_STUCK;
                 if !warned_full {
                     warn!(
                         "the data volume is above its high watermark and nothing can be evicted: no instance has a confirmed upstream copy; ingest stops at the free-space floor"

@@ -9,6 +9,7 @@
 //! that says why in plain words.
 
 mod accept;
+mod commitment;
 mod find;
 mod negotiate;
 mod policy;

@@ -1,5 +1,6 @@
 //! What an association may carry: the abstract and transfer syntaxes accepted, SCP/SCU role
-//! selection for C-GET, and extended negotiation (refused: queries are hierarchical only).
+//! selection for C-GET and for Storage Commitment reports, and extended negotiation (refused:
+//! queries are hierarchical only).
 
 use std::sync::{Arc, Mutex};
 
@@ -56,7 +57,11 @@ impl Negotiation for Roles {
     }
 
     fn negotiate_roles(&self, sop_class_uid: &str, scu: bool, scp: bool) -> Option<RequestorRoles> {
-        is_storage_class(sop_class_uid, self.accept_unknown).then_some(RequestorRoles { scu, scp })
+        // An archive reporting Storage Commitment on its own association asks for the SCP
+        // role of that class (PS3.4 J.3.3); it is granted like a C-GET requestor's.
+        (is_storage_class(sop_class_uid, self.accept_unknown)
+            || sop_class_uid.trim_end_matches('\0') == dimse::STORAGE_COMMITMENT)
+            .then_some(RequestorRoles { scu, scp })
     }
 }
 
@@ -152,7 +157,9 @@ pub fn options<A: AccessControl>(
         .with_negotiation(Roles {
             accept_unknown: dicom.accept_unknown_sop_classes,
         })
-        .with_abstract_syntax(dimse::VERIFICATION);
+        .with_abstract_syntax(dimse::VERIFICATION)
+        // Archives we forward to send their Storage Commitment reports here.
+        .with_abstract_syntax(dimse::STORAGE_COMMITMENT);
     for (uid, allowed) in QR_CLASSES {
         if allowed(&permissions) {
             o = o.with_abstract_syntax(uid);

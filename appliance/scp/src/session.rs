@@ -216,6 +216,7 @@ impl<L: Link> Session<L> {
             CommandField::C_FIND_RQ => self.c_find(pc_id, command).await,
             CommandField::C_MOVE_RQ => self.c_move(pc_id, command).await,
             CommandField::C_GET_RQ => self.c_get(pc_id, command).await,
+            CommandField::N_EVENT_REPORT_RQ => self.n_event_report(pc_id, command).await,
             // A cancel for an operation that already ended needs no answer (PS3.7 9.3.2.3).
             CommandField::C_CANCEL_RQ => Ok(()),
             field if field.is_response() => Err(DimseError::Protocol(format!(

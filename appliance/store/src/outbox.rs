@@ -31,6 +31,15 @@ use crate::{Store, StoreError};
 /// SOP Instance UID to its [`UpstreamState`]: where it was routed, who confirmed it.
 pub(crate) const UPSTREAM: TableDefinition<&str, &[u8]> = TableDefinition::new("upstream");
 pub(crate) const PAUSED: TableDefinition<&str, ()> = TableDefinition::new("outbox_paused");
+/// Transaction UID to a [`Commitment`]: instances delivered to a destination that confirms by
+/// Storage Commitment, waiting for its report.
+pub(crate) const COMMITMENTS: TableDefinition<&str, &[u8]> = TableDefinition::new("commitments");
+/// Reports that arrived before their transaction was recorded (a quick archive reports on
+/// its own association while the delivering worker is still writing the transaction down):
+/// transaction UID to (received at, report). Kept for an hour.
+pub(crate) const EARLY_REPORTS: TableDefinition<&str, &[u8]> =
+    TableDefinition::new("commitment_early_reports");
+const EARLY_REPORT_LIFETIME_S: u64 = 3600;
 const SEQ_KEY: &str = "outbox_seq";
 
 /// Decides where a newly filed instance is forwarded. Called by the index writer inside its
@@ -80,6 +89,33 @@ pub struct DeadLetter {
     pub at: u64,
 }
 
+/// Instances delivered under one Storage Commitment transaction, waiting for the report.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Commitment {
+    pub destination: String,
+    /// Unix seconds when the commitment was requested.
+    pub requested_at: u64,
+    pub items: Vec<CommitItem>,
+}
+
+/// One instance of a commitment transaction, with what it takes to queue it again.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CommitItem {
+    pub rank: u8,
+    pub sop_class_uid: String,
+    pub entry: QueueEntry,
+}
+
+/// What a destination reported for a commitment transaction.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CommitmentReport {
+    pub transaction_uid: String,
+    /// SOP Instance UIDs it committed to.
+    pub committed: Vec<String>,
+    /// SOP Instance UIDs it did not, with the reason in words.
+    pub failed: Vec<(String, String)>,
+}
+
 /// A queued delivery ready to be attempted, with the instance as it is stored now (`None`
 /// when the instance is no longer in the archive).
 #[derive(Clone, Debug)]
@@ -108,6 +144,8 @@ pub struct QueueSummary {
     pub oldest_enqueued_at: Option<u64>,
     /// The most recent per-instance error among pending entries.
     pub last_error: Option<String>,
+    /// Delivered instances waiting for the destination's Storage Commitment report.
+    pub awaiting_commitment: u64,
 }
 
 /// A change to the queues, applied by the index writer.
@@ -152,6 +190,21 @@ pub enum QueueOp {
         destination: String,
         paused: bool,
     },
+    /// Delivered, and Storage Commitment requested under `transaction_uid`: the entries leave
+    /// the queue and wait for the report (`sop_class_uid` per entry, for a resend).
+    AwaitCommitment {
+        destination: String,
+        transaction_uid: String,
+        items: Vec<(QueueKey, String)>,
+    },
+    /// The destination's report: committed instances count as confirmed upstream; the others
+    /// are queued again with the reason.
+    Committed(CommitmentReport),
+    /// No report in time: every instance of the transaction is queued again.
+    CommitmentExpired {
+        transaction_uid: String,
+        reason: String,
+    },
 }
 
 impl QueueOp {
@@ -163,7 +216,10 @@ impl QueueOp {
             | QueueOp::Drop { destination, .. }
             | QueueOp::Resubmit { destination, .. }
             | QueueOp::RetryNow { destination }
+            | QueueOp::AwaitCommitment { destination, .. }
             | QueueOp::Pause { destination, .. } => destination,
+            // These name a transaction; its record names the destination.
+            QueueOp::Committed(_) | QueueOp::CommitmentExpired { .. } => "",
         }
     }
 }
@@ -192,6 +248,8 @@ pub(crate) fn create_tables(
 ) -> Result<(), StoreError> {
     txn.open_table(UPSTREAM)?;
     txn.open_table(PAUSED)?;
+    txn.open_table(COMMITMENTS)?;
+    txn.open_table(EARLY_REPORTS)?;
     for d in destinations {
         txn.open_table(queue_def(&queue_name(d)))?;
         txn.open_table(dead_def(&dead_name(d)))?;
@@ -297,9 +355,83 @@ pub(crate) fn apply(
 ) -> Result<(), StoreError> {
     let mut seq = None;
     for op in ops {
+        match op {
+            QueueOp::Committed(report) => {
+                if !settle_commitment(txn, report, None, &mut seq)? {
+                    txn.open_table(EARLY_REPORTS)?.insert(
+                        report.transaction_uid.as_str(),
+                        record::encode(&(now, report.clone())).as_slice(),
+                    )?;
+                }
+                continue;
+            }
+            QueueOp::CommitmentExpired {
+                transaction_uid,
+                reason,
+            } => {
+                let report = CommitmentReport {
+                    transaction_uid: transaction_uid.clone(),
+                    ..CommitmentReport::default()
+                };
+                settle_commitment(txn, &report, Some(reason), &mut seq)?;
+                continue;
+            }
+            _ => {}
+        }
         let name = queue_name(op.destination());
         let mut queue = txn.open_table(queue_def(&name))?;
         match op {
+            QueueOp::Committed(_) | QueueOp::CommitmentExpired { .. } => {}
+            QueueOp::AwaitCommitment {
+                destination,
+                transaction_uid,
+                items,
+            } => {
+                let mut record = Commitment {
+                    destination: destination.clone(),
+                    requested_at: now,
+                    items: Vec::new(),
+                };
+                for (key, class) in items {
+                    let Some(old) = queue.remove((key.rank, key.seq))? else {
+                        continue;
+                    };
+                    let entry: QueueEntry = record::decode(old.value())?;
+                    drop(old);
+                    record.items.push(CommitItem {
+                        rank: key.rank,
+                        sop_class_uid: class.clone(),
+                        entry,
+                    });
+                }
+                drop(queue);
+                if !record.items.is_empty() {
+                    txn.open_table(COMMITMENTS)?
+                        .insert(transaction_uid.as_str(), record::encode(&record).as_slice())?;
+                }
+                // The report may already be here; old unclaimed ones are dropped.
+                let mut early_report = None;
+                {
+                    let mut early = txn.open_table(EARLY_REPORTS)?;
+                    let mut stale = Vec::new();
+                    for row in early.iter()? {
+                        let (k, v) = row?;
+                        let (at, report): (u64, CommitmentReport) = record::decode(v.value())?;
+                        if k.value() == transaction_uid.as_str() {
+                            early_report = Some(report);
+                            stale.push(k.value().to_string());
+                        } else if now.saturating_sub(at) > EARLY_REPORT_LIFETIME_S {
+                            stale.push(k.value().to_string());
+                        }
+                    }
+                    for k in stale {
+                        early.remove(k.as_str())?;
+                    }
+                }
+                if let Some(report) = early_report {
+                    settle_commitment(txn, &report, None, &mut seq)?;
+                }
+            }
             QueueOp::Ack {
                 destination,
                 key,
@@ -420,6 +552,61 @@ pub(crate) fn apply(
         write_seq(txn, s)?;
     }
     Ok(())
+}
+
+/// Settles a commitment transaction: instances the report committed count as confirmed by
+/// its destination; every other one (failed, not mentioned, or all of them when `expired`)
+/// is queued again with the reason. Returns false for an unknown transaction (not recorded
+/// yet, settled before, or never ours), which changes nothing.
+fn settle_commitment(
+    txn: &redb::WriteTransaction,
+    report: &CommitmentReport,
+    expired: Option<&String>,
+    seq: &mut Option<u64>,
+) -> Result<bool, StoreError> {
+    let record: Commitment = {
+        let mut table = txn.open_table(COMMITMENTS)?;
+        let Some(v) = table.remove(report.transaction_uid.as_str())? else {
+            return Ok(false);
+        };
+        record::decode(v.value())?
+    };
+    let name = queue_name(&record.destination);
+    for item in record.items {
+        let sop = item.entry.sop_instance_uid.clone();
+        let committed = expired.is_none() && report.committed.contains(&sop);
+        if committed {
+            let mut copies = txn.open_table(UPSTREAM)?;
+            let mut state: UpstreamState = match copies.get(sop.as_str())? {
+                Some(v) => record::decode(v.value())?,
+                None => UpstreamState::default(),
+            };
+            if !state.confirmed.contains(&record.destination) {
+                state.confirmed.push(record.destination.clone());
+                copies.insert(sop.as_str(), record::encode(&state).as_slice())?;
+            }
+            continue;
+        }
+        let reason = match expired {
+            Some(r) => r.clone(),
+            None => report
+                .failed
+                .iter()
+                .find(|(uid, _)| uid == &sop)
+                .map(|(_, why)| format!("Storage Commitment failed: {why}"))
+                .unwrap_or_else(|| {
+                    "the Storage Commitment report did not mention this instance".to_string()
+                }),
+        };
+        let mut entry = item.entry;
+        entry.attempts = entry.attempts.saturating_add(1);
+        entry.last_error = Some(reason);
+        entry.not_before_ms = 0;
+        let next = next_seq(txn, seq)?;
+        txn.open_table(queue_def(&name))?
+            .insert((item.rank, next), record::encode(&entry).as_slice())?;
+    }
+    Ok(true)
 }
 
 fn next_seq(txn: &redb::WriteTransaction, seq: &mut Option<u64>) -> Result<u64, StoreError> {
@@ -543,6 +730,12 @@ impl Store {
         if let Some(paused) = missing_is_empty(txn.open_table(PAUSED).map(Some))? {
             summary.paused = paused.get(destination)?.is_some();
         }
+        drop(txn);
+        summary.awaiting_commitment = self
+            .commitments(destination)?
+            .iter()
+            .map(|(_, c)| c.items.len() as u64)
+            .sum();
         Ok(summary)
     }
 
@@ -572,6 +765,29 @@ impl Store {
             out.push((k.value(), record::decode(v.value())?));
         }
         Ok(out)
+    }
+
+    /// A destination's commitment transactions waiting for their reports.
+    pub fn commitments(&self, destination: &str) -> Result<Vec<(String, Commitment)>, StoreError> {
+        let txn = self.db().begin_read()?;
+        let Some(table) = missing_is_empty(txn.open_table(COMMITMENTS).map(Some))? else {
+            return Ok(Vec::new());
+        };
+        let mut out = Vec::new();
+        for row in table.iter()? {
+            let (k, v) = row?;
+            let c: Commitment = record::decode(v.value())?;
+            if c.destination == destination {
+                out.push((k.value().to_string(), c));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Records a destination's Storage Commitment report (from whichever association it
+    /// came on).
+    pub async fn record_commitment(&self, report: CommitmentReport) -> Result<(), StoreError> {
+        self.outbox_apply(vec![QueueOp::Committed(report)]).await
     }
 
     /// Which of `seqs` are dead letters of a destination.

@@ -13,6 +13,7 @@
 //! the receiver cannot take in its stored syntax is converted in memory, by `transcode`,
 //! within the configured limit. Every P-DATA PDU is built by `dimse::Channel`.
 
+pub mod commitment;
 mod context;
 mod options;
 mod payload;
@@ -23,6 +24,6 @@ mod send;
 pub use context::{NoContext, choose_context};
 pub use options::{OptionsError, association_options};
 pub use payload::{Payload, PayloadError, payload};
-pub use peer::{ConnectError, EchoError, Peer, SendError, Tls, connect, echo};
+pub use peer::{CommitmentRequested, ConnectError, EchoError, Peer, SendError, Tls, connect, echo};
 pub use retrieve::{Moved, move_study};
 pub use send::{MoveOriginator, SendStoreError, send_store, stream_file, wait_store_response};

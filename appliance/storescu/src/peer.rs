@@ -224,6 +224,14 @@ impl SendError {
     }
 }
 
+/// How a Storage Commitment request went: the N-ACTION-RSP's status, and the report when the
+/// receiver sent it on the same association.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CommitmentRequested {
+    pub status: Status,
+    pub report: Option<crate::commitment::EventReport>,
+}
+
 /// Why a C-ECHO probe failed.
 #[derive(Debug, thiserror::Error)]
 pub enum EchoError {
@@ -465,6 +473,127 @@ impl Peer {
                 }
             }
         })
+    }
+
+    /// Asks the receiver to commit to `refs` (Storage Commitment Push Model, N-ACTION type 1)
+    /// under `transaction_uid`, and waits for the N-ACTION-RSP. The receiver's report usually
+    /// comes later, on an association it opens to our listener; if it has already sent it on
+    /// this one by the time the response is in, it is read, answered and returned too.
+    pub async fn request_commitment(
+        &mut self,
+        transaction_uid: &str,
+        refs: &[crate::commitment::Reference],
+    ) -> Result<CommitmentRequested, SendError> {
+        let address = self.address.clone();
+        if self.lost {
+            return Err(SendError::Closed { address });
+        }
+        let Some((pc_id, ts)) = self
+            .contexts()
+            .iter()
+            .find(|pc| {
+                pc.reason == PresentationContextResultReason::Acceptance
+                    && dataset::ts::trim_uid(&pc.abstract_syntax) == dimse::STORAGE_COMMITMENT
+            })
+            .map(|pc| {
+                (
+                    pc.id,
+                    dataset::ts::trim_uid(&pc.transfer_syntax).to_string(),
+                )
+            })
+        else {
+            return Err(SendError::NoContext(NoContext::ForClass(format!(
+                "the receiver accepted no presentation context for Storage Commitment Push Model ({})",
+                dimse::STORAGE_COMMITMENT
+            ))));
+        };
+        let enc = dataset::ts::syntax_info(&ts)
+            .map(|i| i.encoding)
+            .unwrap_or(dataset::Encoding::IMPLICIT_LE);
+        let data = crate::commitment::action_data_set(transaction_uid, refs, enc);
+        let id = self.next_message_id();
+        let mut rq = Command::new(CommandField::N_ACTION_RQ);
+        rq.message_id = Some(id);
+        rq.requested_sop_class_uid = Some(dimse::STORAGE_COMMITMENT.to_string());
+        rq.requested_sop_instance_uid = Some(dimse::STORAGE_COMMITMENT_INSTANCE.to_string());
+        rq.action_type_id = Some(1);
+        rq.has_data_set = true;
+        let timeout = self.dimse_timeout;
+        let result: Result<CommitmentRequested, DimseError> = with_channel!(&mut self.stream, ch => {
+            async {
+                ch.send_command(pc_id, &rq).await?;
+                ch.send_data_set(pc_id, &data).await?;
+                let mut report = None;
+                let mut status = None;
+                while status.is_none() || report.is_none() {
+                    let incoming = if status.is_none() {
+                        Some(ch.next(timeout).await?)
+                    } else {
+                        // The response is in: take a report already sent, wait for none.
+                        ch.poll_next().await?
+                    };
+                    let Some(incoming) = incoming else { break };
+                    match incoming {
+                        Incoming::Command { command, .. }
+                            if command.field == CommandField::N_ACTION_RSP
+                                && command.message_id_responded_to == Some(id) =>
+                        {
+                            status = Some(command.status.unwrap_or(Status::PROCESSING_FAILURE));
+                        }
+                        Incoming::Command { command, pc_id: got }
+                            if command.field == CommandField::N_EVENT_REPORT_RQ =>
+                        {
+                            let bytes = ch
+                                .read_data_set(got, 16 << 20)
+                                .await?
+                                .unwrap_or_default();
+                            let parsed = crate::commitment::parse_event_report(&bytes, enc);
+                            let answer = if parsed.is_ok() {
+                                Status::SUCCESS
+                            } else {
+                                Status::PROCESSING_FAILURE
+                            };
+                            let mut rsp = Command::new(CommandField::N_EVENT_REPORT_RSP);
+                            rsp.message_id_responded_to = command.message_id;
+                            rsp.affected_sop_class_uid = command.affected_sop_class_uid.clone();
+                            rsp.affected_sop_instance_uid =
+                                command.affected_sop_instance_uid.clone();
+                            rsp.event_type_id = command.event_type_id;
+                            rsp.status = Some(answer);
+                            ch.send_command(got, &rsp).await?;
+                            report = parsed.ok();
+                        }
+                        Incoming::Command { command, .. } => {
+                            return Err(DimseError::Protocol(format!(
+                                "expected N-ACTION-RSP to message {id}, got {}",
+                                command.field.name()
+                            )));
+                        }
+                        Incoming::Release => {
+                            return Err(DimseError::Protocol(
+                                "the receiver released during the commitment request".into(),
+                            ));
+                        }
+                        Incoming::Aborted => return Err(DimseError::Aborted),
+                    }
+                }
+                Ok(CommitmentRequested {
+                    status: status.unwrap_or(Status::PROCESSING_FAILURE),
+                    report,
+                })
+            }
+            .await
+        });
+        match result {
+            Ok(r) => Ok(r),
+            Err(e) => {
+                if e.calls_for_abort() {
+                    self.fail(abort_reason(&e)).await;
+                }
+                self.lost = true;
+                Err(SendError::Association { address, source: e })
+            }
+        }
     }
 
     /// Sends a C-ECHO-RQ on the Verification context and returns the response's status.

@@ -221,3 +221,135 @@ async fn start_up_repair_queues_what_it_files() {
     assert!(queued_uids(&store, "central").contains(&inst.sop_uid));
     store.close().await.unwrap();
 }
+
+fn commit_items(queued: &[store::outbox::Queued]) -> Vec<(QueueKey, String)> {
+    queued
+        .iter()
+        .map(|q| (q.key, q.instance.as_ref().unwrap().sop_class_uid.clone()))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn storage_commitment_settles_committed_failed_and_unmentioned_instances() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, _) = Store::open(routed(dir.path())).unwrap();
+    let insts: Vec<SynthInstance> = (0..3).map(|i| SynthInstance::ct(1, 1, 1, i)).collect();
+    for inst in &insts {
+        store_from(&store, inst, "MODALITY").await;
+    }
+    let queued = head(&store, 10);
+    store
+        .outbox_apply(vec![QueueOp::AwaitCommitment {
+            destination: "central".into(),
+            transaction_uid: "2.25.1".into(),
+            items: commit_items(&queued),
+        }])
+        .await
+        .unwrap();
+    let summary = store.outbox_summary("central").unwrap();
+    assert_eq!((summary.depth, summary.awaiting_commitment), (0, 3));
+    assert!(store.upstream_copies(&insts[0].sop_uid).unwrap().is_empty());
+
+    store
+        .record_commitment(store::outbox::CommitmentReport {
+            transaction_uid: "2.25.1".into(),
+            committed: vec![insts[0].sop_uid.clone()],
+            failed: vec![(
+                insts[1].sop_uid.clone(),
+                "no such object instance (0x0112)".into(),
+            )],
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        store.upstream_copies(&insts[0].sop_uid).unwrap(),
+        ["central"]
+    );
+    let again = head(&store, 10);
+    let reasons: Vec<(String, String)> = again
+        .iter()
+        .map(|q| {
+            (
+                q.entry.sop_instance_uid.clone(),
+                q.entry.last_error.clone().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(reasons.len(), 2);
+    assert!(reasons.contains(&(
+        insts[1].sop_uid.clone(),
+        "Storage Commitment failed: no such object instance (0x0112)".into()
+    )));
+    assert!(
+        reasons
+            .iter()
+            .any(|(uid, why)| uid == &insts[2].sop_uid && why.contains("did not mention"))
+    );
+    assert_eq!(
+        store.outbox_summary("central").unwrap().awaiting_commitment,
+        0
+    );
+    store.close().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_report_that_overtakes_its_transaction_still_settles_it() {
+    // An archive may report on its own association before the worker that requested the
+    // commitment has written the transaction down; the report must not be lost to that race.
+    let dir = tempfile::tempdir().unwrap();
+    let (store, _) = Store::open(routed(dir.path())).unwrap();
+    let inst = SynthInstance::ct(1, 1, 1, 1);
+    store_from(&store, &inst, "MODALITY").await;
+    store
+        .record_commitment(store::outbox::CommitmentReport {
+            transaction_uid: "2.25.9".into(),
+            committed: vec![inst.sop_uid.clone()],
+            failed: Vec::new(),
+        })
+        .await
+        .unwrap();
+    let queued = head(&store, 10);
+    store
+        .outbox_apply(vec![QueueOp::AwaitCommitment {
+            destination: "central".into(),
+            transaction_uid: "2.25.9".into(),
+            items: commit_items(&queued),
+        }])
+        .await
+        .unwrap();
+    assert_eq!(store.upstream_copies(&inst.sop_uid).unwrap(), ["central"]);
+    let summary = store.outbox_summary("central").unwrap();
+    assert_eq!((summary.depth, summary.awaiting_commitment), (0, 0));
+
+    // A transaction whose report never comes is sent again when it expires.
+    store_from(&store, &SynthInstance::ct(1, 1, 1, 2), "MODALITY").await;
+    let queued = head(&store, 10);
+    store
+        .outbox_apply(vec![QueueOp::AwaitCommitment {
+            destination: "central".into(),
+            transaction_uid: "2.25.10".into(),
+            items: commit_items(&queued),
+        }])
+        .await
+        .unwrap();
+    assert_eq!(store.commitments("central").unwrap().len(), 1);
+    store
+        .outbox_apply(vec![QueueOp::CommitmentExpired {
+            transaction_uid: "2.25.10".into(),
+            reason: "no Storage Commitment report within 3600 s; sent again".into(),
+        }])
+        .await
+        .unwrap();
+    let back = head(&store, 10);
+    assert_eq!(back.len(), 1);
+    assert!(
+        back[0]
+            .entry
+            .last_error
+            .as_deref()
+            .unwrap()
+            .contains("3600 s")
+    );
+    assert!(store.commitments("central").unwrap().is_empty());
+    store.close().await.unwrap();
+}

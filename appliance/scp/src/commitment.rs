@@ -1,0 +1,107 @@
+//! Storage Commitment reports (N-EVENT-REPORT) an archive sends to our listener for
+//! instances we forwarded to it: read, handed to the store, answered.
+
+use dimse::{Command, CommandField, DimseError, Link, Status};
+use storescu::commitment::parse_event_report;
+use tracing::{info, warn};
+
+use crate::session::Session;
+
+/// Largest report read: a reference is about 130 bytes, so this is some 100,000 instances.
+const MAX_REPORT: usize = 16 << 20;
+
+/// Failure Reason (0008,1197) codes of PS3.4 J.3.2.1.3, in words.
+fn failure_reason(code: u16) -> String {
+    let what = match code {
+        0x0110 => "processing failure",
+        0x0112 => "no such object instance",
+        0x0213 => "resource limitation",
+        0x0122 => "referenced SOP class not supported",
+        0x0119 => "class / instance conflict",
+        0x0131 => "duplicate transaction UID",
+        _ => "failure",
+    };
+    format!("{what} (0x{code:04X})")
+}
+
+impl<L: Link> Session<L> {
+    pub(crate) async fn n_event_report(
+        &mut self,
+        pc_id: u8,
+        command: Command,
+    ) -> Result<(), DimseError> {
+        let data = if command.has_data_set {
+            self.channel.read_data_set(pc_id, MAX_REPORT).await?.ok()
+        } else {
+            None
+        };
+        let enc = self
+            .channel
+            .context(pc_id)
+            .and_then(|pc| dataset::ts::syntax_info(dataset::ts::trim_uid(&pc.transfer_syntax)))
+            .map(|i| i.encoding)
+            .unwrap_or(dataset::Encoding::IMPLICIT_LE);
+        let (status, comment) = if command.sop_class() != dimse::STORAGE_COMMITMENT {
+            (
+                Status::UNRECOGNIZED_OPERATION,
+                Some(format!(
+                    "N-EVENT-REPORT is accepted only for Storage Commitment, not {}",
+                    command.sop_class()
+                )),
+            )
+        } else {
+            match data.as_deref().map(|d| parse_event_report(d, enc)) {
+                None => (
+                    Status::PROCESSING_FAILURE,
+                    Some("the report carries no readable data set".to_string()),
+                ),
+                Some(Err(e)) => (Status::PROCESSING_FAILURE, Some(e.to_string())),
+                Some(Ok(report)) => {
+                    info!(
+                        peer = %self.peer,
+                        calling = %self.calling,
+                        transaction = %report.transaction_uid,
+                        committed = report.committed.len(),
+                        failed = report.failed.len(),
+                        "Storage Commitment report"
+                    );
+                    let settled = self
+                        .services
+                        .store
+                        .record_commitment(store::outbox::CommitmentReport {
+                            transaction_uid: report.transaction_uid,
+                            committed: report
+                                .committed
+                                .into_iter()
+                                .map(|r| r.sop_instance_uid)
+                                .collect(),
+                            failed: report
+                                .failed
+                                .into_iter()
+                                .map(|(r, code)| (r.sop_instance_uid, failure_reason(code)))
+                                .collect(),
+                        })
+                        .await;
+                    match settled {
+                        Ok(()) => (Status::SUCCESS, None),
+                        Err(e) => {
+                            warn!(peer = %self.peer, error = %e, "could not record a Storage Commitment report");
+                            (Status::PROCESSING_FAILURE, Some(e.to_string()))
+                        }
+                    }
+                }
+            }
+        };
+        let mut rsp = Command::new(CommandField::N_EVENT_REPORT_RSP);
+        rsp.message_id_responded_to = command.message_id;
+        rsp.affected_sop_class_uid = command.affected_sop_class_uid.clone();
+        rsp.affected_sop_instance_uid = command.affected_sop_instance_uid.clone();
+        rsp.event_type_id = command.event_type_id;
+        rsp.status = Some(status);
+        let rsp = match comment {
+            Some(c) => rsp.with_comment(c),
+            None => rsp,
+        };
+        self.channel.send_command(pc_id, &rsp).await
+    }
+}
