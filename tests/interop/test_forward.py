@@ -567,7 +567,8 @@ def test_a_destination_that_cannot_commit_keeps_its_instances_queued(outposts, s
         row_text(row)
     assert row["queue"]["awaiting_commitment"] == 0 and row["queue"]["dead"] == 0, row_text(row)
     # The SCP did store them: a commitment-less success is not taken for a confirmed copy.
-    assert picky.received_uids() >= {f["SOPInstanceUID"] for f in ct}
+    wait_for(lambda: picky.received_uids() >= {f["SOPInstanceUID"] for f in ct}, 10,
+             "the SCP recorded both instances")
 
 
 @pytest.mark.timeout(90)

@@ -15,8 +15,13 @@ use dimse::Status;
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Verdict {
     /// The destination has it. `note` keeps a warning the destination gave (coercion,
-    /// "already stored"), for the log.
-    Delivered { note: Option<String> },
+    /// "already stored"), for the log. `confirmed` is false when the warning says the copy
+    /// upstream is not the whole instance (elements discarded, data set not matching its
+    /// class): delivered, but not a copy the local one may be evicted for.
+    Delivered {
+        note: Option<String>,
+        confirmed: bool,
+    },
     /// Try again later; `after` is the destination's own hint (HTTP Retry-After), which
     /// overrides the backoff when longer.
     Retry {
@@ -49,7 +54,10 @@ impl Verdict {
     }
 
     pub fn delivered() -> Verdict {
-        Verdict::Delivered { note: None }
+        Verdict::Delivered {
+            note: None,
+            confirmed: true,
+        }
     }
 }
 
@@ -66,10 +74,12 @@ pub fn store_status(status: Status, comment: Option<&str>) -> Verdict {
         // Warnings: stored, possibly with coercion or discarded elements.
         0x0001 | 0xB000..=0xBFFF => Verdict::Delivered {
             note: Some(format!("stored with a warning, {said}")),
+            confirmed: warning_confirms(code),
         },
         // Duplicate SOP Instance: the destination already holds this instance.
         0x0111 => Verdict::Delivered {
             note: Some(format!("the destination already had it, {said}")),
+            confirmed: true,
         },
         // Out of resources, and the generic processing failure, are what a busy or
         // momentarily broken peer says; Cancel means it did not take it this time.
@@ -90,6 +100,12 @@ pub fn store_status(status: Status, comment: Option<&str>) -> Verdict {
         )),
         _ => Verdict::dead(format!("the destination refused it, {said}")),
     }
+}
+
+/// Whether a store warning still leaves a whole copy upstream: 0xB006 (elements discarded)
+/// and 0xB007 (data set does not match the SOP class) do not.
+pub fn warning_confirms(code: u16) -> bool {
+    !matches!(code, 0xB006 | 0xB007)
 }
 
 /// An HTTP answer that did not carry per-instance outcomes (or whose body could not be read

@@ -7,7 +7,7 @@ use std::time::Duration;
 use dataset::ts::{EXPLICIT_VR_LITTLE_ENDIAN, IMPLICIT_VR_LITTLE_ENDIAN};
 use store::Store;
 use store::query::Retrievable;
-use storescu::{SendError, association_options};
+use storescu::{SendError, association_options_with};
 
 use crate::Settings;
 use crate::classify::{self, Verdict};
@@ -56,12 +56,22 @@ impl DicomSender {
         throttle: Option<&Throttle>,
     ) -> Attempt {
         let mut verdicts: Vec<Option<Verdict>> = vec![None; items.len()];
-        let options = match association_options(
+        // Verification rides along so that the association is established even when the
+        // destination accepts none of the batch's SOP classes: each instance then gets its own
+        // "no presentation context" dead letter, instead of the whole destination looking
+        // unreachable (which a successful C-ECHO probe would contradict, forever).
+        const LITTLE_ENDIAN: &[&str] = &[EXPLICIT_VR_LITTLE_ENDIAN, IMPLICIT_VR_LITTLE_ENDIAN];
+        let mut extra: Vec<(&str, &[&str])> = vec![(VERIFICATION, LITTLE_ENDIAN)];
+        if self.destination.storage_commitment.is_some() {
+            extra.push((dimse::STORAGE_COMMITMENT, LITTLE_ENDIAN));
+        }
+        let options = match association_options_with(
             &self.calling_ae,
             self.destination.ae_title.as_str(),
             self.max_pdu,
             self.timeout,
             items,
+            &extra,
         ) {
             Ok(o) => o,
             Err(e) => {
@@ -84,28 +94,6 @@ impl DicomSender {
                     commitment: first.commitment,
                 };
             }
-        };
-        // Verification rides along so that the association is established even when the
-        // destination accepts none of the batch's SOP classes: each instance then gets its own
-        // "no presentation context" dead letter, instead of the whole destination looking
-        // unreachable (which a successful C-ECHO probe would contradict, forever).
-        let options = options.with_presentation_context(
-            VERIFICATION.to_string(),
-            vec![
-                EXPLICIT_VR_LITTLE_ENDIAN.to_string(),
-                IMPLICIT_VR_LITTLE_ENDIAN.to_string(),
-            ],
-        );
-        let options = if self.destination.storage_commitment.is_some() {
-            options.with_presentation_context(
-                dimse::STORAGE_COMMITMENT.to_string(),
-                vec![
-                    EXPLICIT_VR_LITTLE_ENDIAN.to_string(),
-                    IMPLICIT_VR_LITTLE_ENDIAN.to_string(),
-                ],
-            )
-        } else {
-            options
         };
         let address = self.address();
         let mut peer = match storescu::connect(
@@ -142,9 +130,11 @@ impl DicomSender {
                 }
                 Err(e) => {
                     // The association failed with the instance in flight; whether the
-                    // destination kept it is unknown, so it is sent again once the
-                    // destination answers (an "already stored" then counts as delivered).
-                    *slot = Some(classify::transport(e));
+                    // destination kept it is unknown. It goes again, and the attempt counts:
+                    // an instance that keeps breaking the association (a peer crashing on
+                    // it) moves behind the others instead of holding the destination for
+                    // ever. The rest of the batch waits for the next association.
+                    *slot = Some(Verdict::retry(e.to_string()));
                     break;
                 }
             }

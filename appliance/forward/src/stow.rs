@@ -498,7 +498,18 @@ impl StowClient {
             let response = match self.post(store, batch, bearer.as_deref()).await {
                 Ok(r) => r,
                 Err(e) => {
-                    let verdict = classify::transport(describe(&e, self.inner.timeout));
+                    // Only a connection that could not be made says the server is away; a
+                    // request that failed on the way (timeout, reset mid-upload) may be this
+                    // batch's doing, so it counts against its instances and moves them back
+                    // in the queue instead of holding the destination on them forever.
+                    let verdict = if e.is_connect() {
+                        classify::transport(describe(&e, self.inner.timeout))
+                    } else {
+                        Verdict::retry(format!(
+                            "the STOW-RS request failed: {}",
+                            describe(&e, self.inner.timeout)
+                        ))
+                    };
                     debug!(
                         url = %self.inner.shown,
                         instances = batch.len(),
@@ -577,7 +588,10 @@ impl StowClient {
             .header(CONTENT_TYPE, content_type(&boundary))
             .header(ACCEPT, DICOM_JSON)
             .header(CONTENT_LENGTH, length)
-            .timeout(self.inner.timeout)
+            // The timeout bounds the wait for the server, not the upload: each request also
+            // gets the time its body takes at 1 Mbit/s, so a slow uplink is not mistaken for
+            // a dead server.
+            .timeout(self.inner.timeout + Duration::from_secs(length / 125_000))
             .body(body);
         self.authorize(request, bearer).send().await
     }
@@ -1131,6 +1145,7 @@ fn verdicts(
             let verdict = if let Some(warning) = response.stored.get(*uid) {
                 Verdict::Delivered {
                     note: warning.map(warning_note),
+                    confirmed: warning.is_none_or(classify::warning_confirms),
                 }
             } else if let Some(reason) = response.failed.get(*uid) {
                 match reason {
@@ -1446,7 +1461,8 @@ mod tests {
         assert_eq!(
             v,
             vec![Verdict::Delivered {
-                note: Some("stored with warning 0xB000 (coercion of data elements)".into())
+                note: Some("stored with warning 0xB000 (coercion of data elements)".into()),
+                confirmed: true,
             }]
         );
     }

@@ -207,11 +207,11 @@ impl Worker {
             if self.shutdown.is_cancelled() {
                 break;
             }
-            let paused = self.store.outbox_paused(&name).unwrap_or(false);
-            let wait = if paused || self.shared.state() == State::Down {
+            let wait = if self.shared.state() == State::Down {
                 Some(IDLE_RECHECK)
             } else {
-                match self.take() {
+                match self.take().await {
+                    Ok(Taken::Paused) => Some(IDLE_RECHECK),
                     Ok(Taken::Work(batch)) => {
                         self.deliver(batch).await;
                         None
@@ -239,17 +239,15 @@ impl Worker {
         debug!(destination = %name, worker = n, "forwarding worker stopped");
     }
 
-    /// Takes (holds) the ready entries at the head of the queue.
-    fn take(&self) -> Result<Taken, store::StoreError> {
-        let mut held = self.shared.held.lock().expect("held lock");
-        let peeked = self.store.outbox_peek(
-            &self.destination.name,
-            self.destination.batch,
-            &held,
-            self.clock.now_ms(),
-            SCAN_LIMIT,
-        )?;
-        let mut ready = peeked.ready;
+    /// Takes (holds) the ready entries at the head of the queue; `Paused` when a person
+    /// paused the destination. The index is read on the blocking pool: a scan of a long
+    /// queue must not hold a runtime thread (nor, through the `held` lock, its siblings).
+    async fn take(&self) -> Result<Taken, store::StoreError> {
+        let store = self.store.clone();
+        let shared = self.shared.clone();
+        let name = self.destination.name.clone();
+        let batch = self.destination.batch;
+        let now_ms = self.clock.now_ms();
         // Outside the delivery window only STAT and high priority go; they sort first.
         let open = self.destination.in_window(local_minute());
         self.shared
@@ -257,18 +255,32 @@ impl Worker {
             .lock()
             .expect("status lock")
             .outside_window = !open;
-        if !open {
-            ready.retain(|q| q.key.rank <= config::Priority::High as u8);
-        }
-        if ready.is_empty() {
-            return Ok(Taken::Nothing {
-                next_due_ms: peeked.next_due_ms,
-            });
-        }
-        for q in &ready {
-            held.insert(q.key);
-        }
-        Ok(Taken::Work(ready))
+        let taken = tokio::task::spawn_blocking(move || {
+            if store.outbox_paused(&name)? {
+                return Ok(Taken::Paused);
+            }
+            let mut held = shared.held.lock().expect("held lock");
+            let peeked = store.outbox_peek(&name, batch, &held, now_ms, SCAN_LIMIT)?;
+            let mut ready = peeked.ready;
+            if !open {
+                ready.retain(|q| q.key.rank <= config::Priority::High as u8);
+            }
+            if ready.is_empty() {
+                return Ok(Taken::Nothing {
+                    next_due_ms: peeked.next_due_ms,
+                });
+            }
+            for q in &ready {
+                held.insert(q.key);
+            }
+            Ok(Taken::Work(ready))
+        })
+        .await;
+        taken.unwrap_or_else(|e| {
+            Err(store::StoreError::Inconsistent(format!(
+                "reading the outbox failed: {e}"
+            )))
+        })
     }
 
     async fn deliver(&self, batch: Vec<Queued>) {
@@ -313,9 +325,9 @@ impl Worker {
             match verdict {
                 Verdict::Delivered { .. } if committing.contains(&i) => {
                     delivered += 1;
-                    awaiting.push((q.key, items[i].sop_class_uid.clone()));
+                    awaiting.push((q.key, items[i].sop_class_uid.clone(), items[i].file.clone()));
                 }
-                Verdict::Delivered { note } => {
+                Verdict::Delivered { note, confirmed } => {
                     if let Some(note) = note {
                         debug!(destination = %name, sop = %q.entry.sop_instance_uid, "{note}");
                     }
@@ -324,7 +336,8 @@ impl Worker {
                         destination: name.clone(),
                         key: q.key,
                         sop_instance_uid: q.entry.sop_instance_uid.clone(),
-                        confirmed: true,
+                        file: items[i].file.clone(),
+                        confirmed,
                     });
                 }
                 Verdict::Retry { reason, after } => {
@@ -343,11 +356,12 @@ impl Worker {
                         }
                         _ => {
                             retried += 1;
-                            let delay = self
-                                .destination
-                                .retry
+                            // A server's Retry-After is honoured up to the policy's longest
+                            // delay, so a bogus hint cannot park an instance for centuries.
+                            let retry = &self.destination.retry;
+                            let delay = retry
                                 .delay(attempts)
-                                .max(after.unwrap_or_default());
+                                .max(after.unwrap_or_default().min(retry.max));
                             info!(destination = %name, sop = %q.entry.sop_instance_uid, attempts, retry_in_s = delay.as_secs(), "{reason}");
                             ops.push(QueueOp::Retry {
                                 destination: name.clone(),
@@ -373,6 +387,7 @@ impl Worker {
                     // Not the instance's fault: it stays where it is, untouched, unless the
                     // destination asked for a pause (Retry-After), which it gets.
                     if let Some(after) = after {
+                        let after = after.min(self.destination.retry.max);
                         ops.push(QueueOp::Retry {
                             destination: name.clone(),
                             key: q.key,
@@ -387,10 +402,17 @@ impl Worker {
         }
         if let Some(c) = attempt.commitment {
             debug!(destination = %name, transaction = %c.transaction_uid, instances = awaiting.len(), "Storage Commitment requested");
+            let retry = &self.destination.retry;
             ops.push(QueueOp::AwaitCommitment {
                 destination: name.clone(),
                 transaction_uid: c.transaction_uid,
                 items: awaiting,
+                retry: store::outbox::RetryHint {
+                    initial_ms: retry.initial.as_millis() as u64,
+                    multiplier_milli: (retry.multiplier * 1000.0) as u32,
+                    max_ms: retry.max.as_millis() as u64,
+                    max_attempts: retry.max_attempts,
+                },
             });
             if let Some(report) = c.report {
                 ops.push(QueueOp::Committed(report_of(report)));
@@ -448,6 +470,7 @@ fn local_minute() -> u16 {
 }
 
 enum Taken {
+    Paused,
     Work(Vec<Queued>),
     Nothing { next_due_ms: Option<u64> },
 }
@@ -467,16 +490,21 @@ const COMMITMENT_CHECK: Duration = Duration::from_secs(10);
 impl Prober {
     /// Queues again the instances of commitment transactions whose report is overdue.
     async fn expire_commitments(&self) {
-        let config::DestinationKind::Dicom(d) = &self.destination.kind else {
-            return;
-        };
-        let Some(timeout) = d.storage_commitment else {
-            return;
+        // A destination no longer configured for commitment has its waiting transactions
+        // settled at once (sent again), rather than left waiting for good.
+        let timeout = match &self.destination.kind {
+            config::DestinationKind::Dicom(d) => d.storage_commitment.unwrap_or_default(),
+            config::DestinationKind::DicomWeb(_) => Duration::ZERO,
         };
         let now = crate::unix_now();
-        let Ok(pending) = self.store.commitments(&self.destination.name) else {
+        let (store, name) = (self.store.clone(), self.destination.name.clone());
+        let Ok(Ok(pending)) = tokio::task::spawn_blocking(move || store.commitments(&name)).await
+        else {
             return;
         };
+        if pending.is_empty() {
+            return;
+        }
         let ops: Vec<QueueOp> = pending
             .into_iter()
             .filter(|(_, c)| now.saturating_sub(c.requested_at) >= timeout.as_secs())

@@ -135,6 +135,7 @@ pub(crate) fn store_config(c: &config::Config) -> anyhow::Result<store::StoreCon
         high_watermark: c.storage.high_watermark,
         low_watermark: c.storage.low_watermark,
         capacity_bytes: c.storage.capacity_bytes,
+        protect_recent_s: store::PROTECT_RECENT_S,
     });
     if !c.forward.destinations.is_empty() {
         let rules = forward::Rules::new(&c.forward, &c.dicom.remotes)

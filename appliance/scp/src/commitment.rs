@@ -31,7 +31,7 @@ impl<L: Link> Session<L> {
         command: Command,
     ) -> Result<(), DimseError> {
         let data = if command.has_data_set {
-            self.channel.read_data_set(pc_id, MAX_REPORT).await?.ok()
+            Some(self.channel.read_data_set(pc_id, MAX_REPORT).await?)
         } else {
             None
         };
@@ -50,13 +50,19 @@ impl<L: Link> Session<L> {
                 )),
             )
         } else {
-            match data.as_deref().map(|d| parse_event_report(d, enc)) {
+            match data.map(|d| d.map(|bytes| parse_event_report(&bytes, enc))) {
                 None => (
                     Status::PROCESSING_FAILURE,
-                    Some("the report carries no readable data set".to_string()),
+                    Some("the report carries no data set".to_string()),
                 ),
-                Some(Err(e)) => (Status::PROCESSING_FAILURE, Some(e.to_string())),
-                Some(Ok(report)) => {
+                Some(Err(size)) => (
+                    Status::PROCESSING_FAILURE,
+                    Some(format!(
+                        "the report is {size} bytes, more than the {MAX_REPORT} accepted"
+                    )),
+                ),
+                Some(Ok(Err(e))) => (Status::PROCESSING_FAILURE, Some(e.to_string())),
+                Some(Ok(Ok(report))) => {
                     info!(
                         peer = %self.peer,
                         calling = %self.calling,

@@ -157,9 +157,19 @@ pub fn options<A: AccessControl>(
         .with_negotiation(Roles {
             accept_unknown: dicom.accept_unknown_sop_classes,
         })
-        .with_abstract_syntax(dimse::VERIFICATION)
-        // Archives we forward to send their Storage Commitment reports here.
-        .with_abstract_syntax(dimse::STORAGE_COMMITMENT);
+        .with_abstract_syntax(dimse::VERIFICATION);
+    // Archives we forward to send their Storage Commitment reports here, asking for the SCP
+    // role of the class. A modality asking us to commit (the SCU role) is refused the context
+    // up front, as before: this archive does not offer commitment to modalities.
+    let reports_commitment = request.is_none_or(|rq| {
+        rq.user_variables.iter().any(|v| {
+            matches!(v, UserVariableItem::ScuScpRoleSelectionSubItem(uid, roles)
+                if uid.trim_end_matches('\0') == dimse::STORAGE_COMMITMENT && roles.scp)
+        })
+    });
+    if reports_commitment {
+        o = o.with_abstract_syntax(dimse::STORAGE_COMMITMENT);
+    }
     for (uid, allowed) in QR_CLASSES {
         if allowed(&permissions) {
             o = o.with_abstract_syntax(uid);

@@ -230,7 +230,7 @@ impl<L: Link> Session<L> {
                 .as_ref()
                 .is_some_and(|s| s.as_ref().is_err_and(SendError::association_lost));
             let outcome = match sent {
-                None => SubOutcome::NotSent(nearline(item)),
+                None => SubOutcome::NotSent(nearline(item, self.services.recall.is_some())),
                 Some(Ok(status)) => SubOutcome::Stored(status),
                 Some(Err(SendError::Association { source, .. })) => SubOutcome::NotSent(format!(
                     "the association with the destination failed: {source}"
@@ -285,7 +285,9 @@ impl<L: Link> Session<L> {
                 NoContext::ForSyntax(why) => why,
             });
             let outcome = match chosen {
-                _ if item.nearline => SubOutcome::NotSent(nearline(item)),
+                _ if item.nearline => {
+                    SubOutcome::NotSent(nearline(item, self.services.recall.is_some()))
+                }
                 Err(why) => SubOutcome::NotSent(why),
                 Ok((sub_pc, ts)) => match storescu::payload(
                     &self.services.store,
@@ -386,14 +388,14 @@ impl<L: Link> Session<L> {
             .expect("resolve task panicked");
         match resolved {
             Ok(items) => {
-                // A retrieval is a use: it keeps the study in the cache longer.
+                // A retrieval is a use: it keeps the study in the cache longer, and a study
+                // used this recently is not evicted while its files are being sent.
                 let mut studies: Vec<String> = items.iter().map(|i| i.study_uid.clone()).collect();
                 studies.sort();
                 studies.dedup();
-                let store = self.services.store.clone();
-                tokio::spawn(async move {
-                    let _ = store.touch(studies).await;
-                });
+                if let Err(e) = self.services.store.touch(studies).await {
+                    warn!(peer = %self.peer, error = %e, "could not record the retrieval for the cache");
+                }
                 let items = self.recall_nearline(model, &identifier, items).await;
                 Ok(Some((identifier, items)))
             }
@@ -548,9 +550,16 @@ impl<L: Link> Session<L> {
 }
 
 /// Why an instance held only upstream was not sent.
-fn nearline(item: &Retrievable) -> String {
-    format!(
-        "instance {} is held only upstream (evicted from this cache) and could not be recalled",
-        item.sop_instance_uid
-    )
+fn nearline(item: &Retrievable, recall: bool) -> String {
+    if recall {
+        format!(
+            "instance {} is held only upstream (evicted from this cache) and the recall did not bring it back",
+            item.sop_instance_uid
+        )
+    } else {
+        format!(
+            "instance {} is held only upstream (evicted from this cache); set [forward] recall_from to fetch it back",
+            item.sop_instance_uid
+        )
+    }
 }

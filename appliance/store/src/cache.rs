@@ -31,6 +31,8 @@ pub(crate) const STUDY_ACCESS: TableDefinition<&str, u64> = TableDefinition::new
 pub(crate) const ACCESS_ORDER: MultimapTableDefinition<u64, &str> =
     MultimapTableDefinition::new("access_order");
 const STORED_BYTES: &str = "stored_bytes";
+/// The usual [`CacheConfig::protect_recent_s`].
+pub const PROTECT_RECENT_S: u64 = 120;
 
 /// Brings back the files of a study's evicted instances from upstream. The fetched instances
 /// arrive through the normal ingest path, which puts each file back in its place; `recall`
@@ -52,6 +54,9 @@ pub struct CacheConfig {
     /// Treat the archive as having this many bytes of room, counting only its own files,
     /// instead of asking the file system (for tests, and for a volume shared with others).
     pub capacity_bytes: Option<u64>,
+    /// A study stored to or retrieved this many seconds ago or less is not evicted, so a
+    /// retrieval that has just resolved its instances never finds their files gone under it.
+    pub protect_recent_s: u64,
 }
 
 /// How full the archive is.
@@ -206,13 +211,16 @@ pub(crate) fn unmark_evicted(
 pub(crate) fn mark_evicted(
     txn: &WriteTransaction,
     candidates: &[Candidate],
+    protect_recent_s: u64,
 ) -> Result<Vec<Candidate>, StoreError> {
     let mut marked = Vec::new();
     {
         let instances = txn.open_table(INSTANCES)?;
         let upstream = txn.open_table(UPSTREAM)?;
+        let access = txn.open_table(STUDY_ACCESS)?;
         let mut evicted = txn.open_table(EVICTED)?;
         let mut counts = txn.open_table(EVICTED_COUNT)?;
+        let now = crate::layout::unix_now();
         for c in candidates {
             let Some(v) = instances.get(c.sop_instance_uid.as_str())? else {
                 continue;
@@ -220,6 +228,13 @@ pub(crate) fn mark_evicted(
             let rec: InstanceRecord = record::decode(v.value())?;
             drop(v);
             if rec.file != c.file || evicted.get(c.sop_instance_uid.as_str())?.is_some() {
+                continue;
+            }
+            let used = access
+                .get(rec.study_uid.as_str())?
+                .map(|v| v.value())
+                .unwrap_or(0);
+            if now.saturating_sub(used) < protect_recent_s {
                 continue;
             }
             let state: UpstreamState = match upstream.get(c.sop_instance_uid.as_str())? {

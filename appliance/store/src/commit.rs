@@ -398,29 +398,46 @@ impl Committer {
                 let overwrite = self.config.duplicates == DuplicatePolicy::Overwrite;
                 for p in commits.iter_mut().filter(|p| p.linked.is_some()) {
                     let sop = p.request.extracted.sop_instance_uid.as_str();
-                    // An instance whose file was evicted and now arrives again (recalled from
-                    // upstream) takes its place whatever the duplicate policy: the index
-                    // entry was waiting for exactly this file.
-                    let restoring = match tables.instances.get(sop)? {
+                    // An instance whose file was evicted and arrives again: from upstream (a
+                    // recall) it takes its place whatever the duplicate policy, since the
+                    // index entry was waiting for exactly this file; from a modality it is
+                    // an overwrite like any other (keep-first ones never get here).
+                    let evicted_old = match tables.instances.get(sop)? {
                         Some(v) if cache::is_evicted(&txn, sop)? => {
                             Some(record::decode::<InstanceRecord>(v.value())?)
                         }
                         _ => None,
                     };
+                    let recalled = evicted_old.is_some() && self.comes_from_upstream(&p.request);
                     let size = p.request.record.size as i64;
                     let filed = tables.file_instance(
                         &p.request.extracted,
                         p.request.record.clone(),
-                        overwrite || restoring.is_some(),
+                        overwrite || recalled,
                         now,
                     )?;
                     if self.config.cache.is_some() && filed != Filed::KeptFirst {
                         touched.insert(p.request.extracted.study_uid.clone());
                     }
-                    if let Some(old) = &restoring {
+                    if let Some(old) = &evicted_old
+                        && filed != Filed::KeptFirst
+                    {
+                        // The old file is already gone and its bytes already uncounted.
                         cache::unmark_evicted(&txn, sop, old)?;
                         bytes += size;
-                        p.result = Some(Ok(Outcome::Stored));
+                        if recalled {
+                            p.result = Some(Ok(Outcome::Stored));
+                            continue;
+                        }
+                        if let Some(enqueuer) = enqueuer.as_mut() {
+                            enqueuer.enqueue(
+                                &txn,
+                                &p.request.extracted,
+                                &p.request.record.source_ae,
+                                now,
+                            )?;
+                        }
+                        p.result = Some(Ok(Outcome::Overwritten));
                         continue;
                     }
                     // Stored implies queued: the outbox entries go in this same transaction.
@@ -519,7 +536,8 @@ impl Committer {
                 match m {
                     Maintenance::Queue(ops, _) => outbox::apply(&txn, ops, now)?,
                     Maintenance::Evict(candidates, _) => {
-                        let marked = cache::mark_evicted(&txn, candidates)?;
+                        let protect = self.config.cache.map_or(0, |c| c.protect_recent_s);
+                        let marked = cache::mark_evicted(&txn, candidates, protect)?;
                         let mut pending = txn.open_table(index::PENDING_DELETES)?;
                         for c in &marked {
                             pending.insert(c.file.as_str(), ())?;
@@ -567,6 +585,15 @@ impl Committer {
                 }
             }
         }
+    }
+
+    /// Whether an instance comes from upstream (the routing rules send it nowhere), so that a
+    /// copy of an evicted instance is a recall rather than a new copy.
+    fn comes_from_upstream(&self, request: &CommitRequest) -> bool {
+        self.config.router.as_ref().is_none_or(|r| {
+            r.route(&request.record.source_ae, &request.extracted)
+                .is_empty()
+        })
     }
 
     /// Marks the requests whose instance is already stored (or stored earlier in this batch)

@@ -31,7 +31,7 @@ use std::time::{Duration, Instant};
 use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, StorageBackend};
 use tracing::info;
 
-pub use cache::{CacheConfig, Recall, Usage};
+pub use cache::{CacheConfig, PROTECT_RECENT_S, Recall, Usage};
 pub use commit::Outcome;
 pub use ingest::{Ingest, IngestError, IngestRequest, Receipt};
 pub use outbox::{Route, Router};

@@ -40,6 +40,9 @@ pub(crate) const COMMITMENTS: TableDefinition<&str, &[u8]> = TableDefinition::ne
 pub(crate) const EARLY_REPORTS: TableDefinition<&str, &[u8]> =
     TableDefinition::new("commitment_early_reports");
 const EARLY_REPORT_LIFETIME_S: u64 = 3600;
+/// At most this many early reports are kept, of at most this many instances each.
+const MAX_EARLY_REPORTS: u64 = 64;
+const MAX_EARLY_REPORT_SIZE: usize = 10_000;
 const SEQ_KEY: &str = "outbox_seq";
 
 /// Decides where a newly filed instance is forwarded. Called by the index writer inside its
@@ -96,6 +99,7 @@ pub struct Commitment {
     /// Unix seconds when the commitment was requested.
     pub requested_at: u64,
     pub items: Vec<CommitItem>,
+    pub retry: RetryHint,
 }
 
 /// One instance of a commitment transaction, with what it takes to queue it again.
@@ -103,7 +107,28 @@ pub struct Commitment {
 pub struct CommitItem {
     pub rank: u8,
     pub sop_class_uid: String,
+    /// The stored file that was delivered, so a commitment confirms only that copy.
+    pub file: String,
     pub entry: QueueEntry,
+}
+
+/// The destination's retry policy, carried with a commitment transaction so that settling
+/// it can reschedule the instances the destination would not commit to, or give up on them.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RetryHint {
+    pub initial_ms: u64,
+    /// The multiplier, in thousandths (2.0 is 2000).
+    pub multiplier_milli: u32,
+    pub max_ms: u64,
+    pub max_attempts: Option<u32>,
+}
+
+impl RetryHint {
+    fn delay_ms(&self, attempts: u32) -> u64 {
+        let m = f64::from(self.multiplier_milli) / 1000.0;
+        let f = m.powi(attempts.saturating_sub(1).min(64) as i32);
+        ((self.initial_ms as f64) * f).min(self.max_ms as f64) as u64
+    }
 }
 
 /// What a destination reported for a commitment transaction.
@@ -151,11 +176,14 @@ pub struct QueueSummary {
 /// A change to the queues, applied by the index writer.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum QueueOp {
-    /// Delivered: remove the entry; `confirmed` records the upstream copy for eviction.
+    /// Delivered: remove the entry; `confirmed` records the upstream copy for eviction, if
+    /// the archive still holds the very file that was delivered (`file`): a copy that
+    /// replaced it meanwhile is not what the destination has.
     Ack {
         destination: String,
         key: QueueKey,
         sop_instance_uid: String,
+        file: String,
         confirmed: bool,
     },
     /// Try again at `not_before_ms`; the entry moves behind its rank's newer entries.
@@ -195,7 +223,11 @@ pub enum QueueOp {
     AwaitCommitment {
         destination: String,
         transaction_uid: String,
-        items: Vec<(QueueKey, String)>,
+        /// Queue key, SOP class and delivered file of each instance.
+        items: Vec<(QueueKey, String, String)>,
+        /// How soon, and how often, an instance the destination would not commit to is sent
+        /// again.
+        retry: RetryHint,
     },
     /// The destination's report: committed instances count as confirmed upstream; the others
     /// are queued again with the reason.
@@ -358,10 +390,16 @@ pub(crate) fn apply(
         match op {
             QueueOp::Committed(report) => {
                 if !settle_commitment(txn, report, None, &mut seq)? {
-                    txn.open_table(EARLY_REPORTS)?.insert(
-                        report.transaction_uid.as_str(),
-                        record::encode(&(now, report.clone())).as_slice(),
-                    )?;
+                    // Kept for its transaction, within bounds: a peer reporting transactions
+                    // that are not ours cannot fill the index.
+                    let mut early = txn.open_table(EARLY_REPORTS)?;
+                    let size = report.committed.len() + report.failed.len();
+                    if early.len()? < MAX_EARLY_REPORTS && size <= MAX_EARLY_REPORT_SIZE {
+                        early.insert(
+                            report.transaction_uid.as_str(),
+                            record::encode(&(now, report.clone())).as_slice(),
+                        )?;
+                    }
                 }
                 continue;
             }
@@ -386,13 +424,15 @@ pub(crate) fn apply(
                 destination,
                 transaction_uid,
                 items,
+                retry,
             } => {
                 let mut record = Commitment {
                     destination: destination.clone(),
                     requested_at: now,
                     items: Vec::new(),
+                    retry: retry.clone(),
                 };
-                for (key, class) in items {
+                for (key, class, file) in items {
                     let Some(old) = queue.remove((key.rank, key.seq))? else {
                         continue;
                     };
@@ -401,6 +441,7 @@ pub(crate) fn apply(
                     record.items.push(CommitItem {
                         rank: key.rank,
                         sop_class_uid: class.clone(),
+                        file: file.clone(),
                         entry,
                     });
                 }
@@ -436,10 +477,11 @@ pub(crate) fn apply(
                 destination,
                 key,
                 sop_instance_uid,
+                file,
                 confirmed,
             } => {
                 queue.remove((key.rank, key.seq))?;
-                if *confirmed {
+                if *confirmed && still_stored(txn, sop_instance_uid, file)? {
                     let mut copies = txn.open_table(UPSTREAM)?;
                     let mut state: UpstreamState = match copies.get(sop_instance_uid.as_str())? {
                         Some(v) => record::decode(v.value())?,
@@ -575,6 +617,10 @@ fn settle_commitment(
     for item in record.items {
         let sop = item.entry.sop_instance_uid.clone();
         let committed = expired.is_none() && report.committed.contains(&sop);
+        if committed && !still_stored(txn, &sop, &item.file)? {
+            // Replaced by a newer copy since: that copy has its own queue entry.
+            continue;
+        }
         if committed {
             let mut copies = txn.open_table(UPSTREAM)?;
             let mut state: UpstreamState = match copies.get(sop.as_str())? {
@@ -600,13 +646,52 @@ fn settle_commitment(
         };
         let mut entry = item.entry;
         entry.attempts = entry.attempts.saturating_add(1);
-        entry.last_error = Some(reason);
-        entry.not_before_ms = 0;
         let next = next_seq(txn, seq)?;
+        if record
+            .retry
+            .max_attempts
+            .is_some_and(|max| entry.attempts >= max)
+        {
+            let reason = format!("gave up after {} attempts: {reason}", entry.attempts);
+            entry.last_error = Some(reason.clone());
+            let letter = DeadLetter {
+                entry,
+                rank: item.rank,
+                reason,
+                at: crate::layout::unix_now(),
+            };
+            txn.open_table(dead_def(&dead_name(&record.destination)))?
+                .insert(next, record::encode(&letter).as_slice())?;
+            continue;
+        }
+        entry.last_error = Some(reason);
+        // An expired transaction already waited its timeout; a refusal waits the backoff,
+        // so an archive that never commits is not asked again in a tight loop.
+        entry.not_before_ms = match expired {
+            Some(_) => 0,
+            None => now_ms() + record.retry.delay_ms(entry.attempts),
+        };
         txn.open_table(queue_def(&name))?
             .insert((item.rank, next), record::encode(&entry).as_slice())?;
     }
     Ok(true)
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// Whether the archive still holds `file` for the instance (not replaced or evicted since).
+fn still_stored(txn: &redb::WriteTransaction, sop: &str, file: &str) -> Result<bool, StoreError> {
+    let instances = txn.open_table(INSTANCES)?;
+    let Some(v) = instances.get(sop)? else {
+        return Ok(false);
+    };
+    let rec: InstanceRecord = record::decode(v.value())?;
+    Ok(rec.file == file)
 }
 
 fn next_seq(txn: &redb::WriteTransaction, seq: &mut Option<u64>) -> Result<u64, StoreError> {

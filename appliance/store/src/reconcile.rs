@@ -183,7 +183,32 @@ pub(crate) fn run(
                 };
                 let source_ae = record.source_ae.clone();
                 let size = record.size as i64;
-                let filed = tables.file_instance(x, record, overwrite, unix_now())?;
+                // A copy of an evicted instance, as in the committer: recalled from upstream
+                // it takes its place; from a modality it is an ordinary overwrite (or, under
+                // keep-first, a duplicate). Either way the old file is already gone.
+                let evicted_old = match tables.instances.get(x.sop_instance_uid.as_str())? {
+                    Some(v) if cache::is_evicted(&txn, &x.sop_instance_uid)? => {
+                        Some(record::decode::<InstanceRecord>(v.value())?)
+                    }
+                    _ => None,
+                };
+                let recalled = evicted_old.is_some()
+                    && config
+                        .router
+                        .as_ref()
+                        .is_none_or(|r| r.route(&source_ae, x).is_empty());
+                let filed = tables.file_instance(x, record, overwrite || recalled, unix_now())?;
+                if let Some(old) = &evicted_old
+                    && filed != Filed::KeptFirst
+                {
+                    cache::unmark_evicted(&txn, &x.sop_instance_uid, old)?;
+                    bytes += size;
+                    done.finished_indexed += 1;
+                    if !recalled && let Some(enqueuer) = enqueuer.as_mut() {
+                        enqueuer.enqueue(&txn, x, &source_ae, unix_now())?;
+                    }
+                    continue;
+                }
                 bytes += match &filed {
                     Filed::New => size,
                     Filed::KeptFirst => 0,

@@ -88,6 +88,8 @@ pub fn action_data_set(transaction_uid: &str, refs: &[Reference], enc: Encoding)
 pub enum ReportError {
     #[error("the Storage Commitment report is cut short at byte {0}")]
     Truncated(usize),
+    #[error("the Storage Commitment report nests sequences deeper than a report can (at byte {0})")]
+    TooDeep(usize),
     #[error("the Storage Commitment report lacks its Transaction UID (0008,1195)")]
     NoTransaction,
 }
@@ -102,7 +104,13 @@ struct Reader<'a> {
     b: &'a [u8],
     pos: usize,
     explicit: bool,
+    /// Sequences entered; a report has one level, so a few more are refused rather than
+    /// followed (nested sequences from a peer must not exhaust the stack).
+    depth: usize,
 }
+
+/// Deepest sequence nesting followed.
+const MAX_DEPTH: usize = 4;
 
 const LONG_VRS: [&[u8; 2]; 13] = [
     b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b"UC", b"UN", b"UR", b"UT", b"UV",
@@ -170,6 +178,16 @@ impl<'a> Reader<'a> {
     }
 
     fn items(&mut self, len: u32) -> Result<Vec<Vec<(u32, Value<'a>)>>, ReportError> {
+        if self.depth >= MAX_DEPTH {
+            return Err(ReportError::TooDeep(self.pos));
+        }
+        self.depth += 1;
+        let items = self.items_inner(len);
+        self.depth -= 1;
+        items
+    }
+
+    fn items_inner(&mut self, len: u32) -> Result<Vec<Vec<(u32, Value<'a>)>>, ReportError> {
         let end = (len != UNDEFINED).then(|| self.pos + len as usize);
         let mut items = Vec::new();
         loop {
@@ -223,6 +241,7 @@ pub fn parse_event_report(bytes: &[u8], enc: Encoding) -> Result<EventReport, Re
         b: bytes,
         pos: 0,
         explicit: enc.explicit_vr,
+        depth: 0,
     };
     let mut report = EventReport::default();
     for (tag, value) in reader.elements(Some(bytes.len()))? {
@@ -301,6 +320,23 @@ mod tests {
         assert_eq!(report.failed.len(), 1);
         assert_eq!(report.failed[0].0.sop_instance_uid, "1.2.3.4");
         assert_eq!(report.failed[0].1, 0x0112);
+    }
+
+    #[test]
+    fn deeply_nested_sequences_are_refused_not_followed() {
+        // Regression: the reader recursed once per nested sequence, so a peer could send a
+        // report nesting a million undefined-length sequences (16 bytes a level) and
+        // overflow the stack of the thread reading it, aborting the whole process.
+        let mut bytes = Vec::new();
+        for _ in 0..100_000 {
+            bytes.extend_from_slice(&[0x08, 0x00, 0x99, 0x11]);
+            bytes.extend_from_slice(&UNDEFINED.to_le_bytes());
+            write_marker(&mut bytes, ITEM, UNDEFINED);
+        }
+        assert!(matches!(
+            parse_event_report(&bytes, Encoding::IMPLICIT_LE),
+            Err(ReportError::TooDeep(_))
+        ));
     }
 
     #[test]

@@ -22,7 +22,7 @@ mod retrieve;
 mod send;
 
 pub use context::{NoContext, choose_context};
-pub use options::{OptionsError, association_options};
+pub use options::{OptionsError, association_options, association_options_with};
 pub use payload::{Payload, PayloadError, payload};
 pub use peer::{CommitmentRequested, ConnectError, EchoError, Peer, SendError, Tls, connect, echo};
 pub use retrieve::{Moved, move_study};

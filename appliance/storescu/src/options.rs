@@ -30,7 +30,27 @@ pub fn association_options(
     timeout: Duration,
     items: &[Retrievable],
 ) -> Result<ClientAssociationOptions<'static>, OptionsError> {
+    association_options_with(calling_ae, called_ae, max_pdu, timeout, items, &[])
+}
+
+/// [`association_options`] plus `extra` contexts (abstract syntax, transfer syntaxes) such as
+/// Verification or Storage Commitment, counted within the 128 an association can carry.
+pub fn association_options_with(
+    calling_ae: &str,
+    called_ae: &str,
+    max_pdu: u32,
+    timeout: Duration,
+    items: &[Retrievable],
+    extra: &[(&str, &[&str])],
+) -> Result<ClientAssociationOptions<'static>, OptionsError> {
+    let max_contexts = MAX_CONTEXTS - extra.len().min(MAX_CONTEXTS);
     let mut options = base_options(calling_ae, called_ae, max_pdu, timeout);
+    for (abstract_syntax, syntaxes) in extra {
+        options = options.with_presentation_context(
+            abstract_syntax.to_string(),
+            syntaxes.iter().map(|s| s.to_string()).collect(),
+        );
+    }
     let mut classes: Vec<(String, Vec<String>)> = Vec::new();
     for item in items {
         match classes.iter_mut().find(|(c, _)| *c == item.sop_class_uid) {
@@ -61,13 +81,13 @@ pub fn association_options(
         .iter()
         .map(|(_, s)| 1 + s.iter().filter(|t| own_context(t)).count())
         .sum();
-    if classes.len() > MAX_CONTEXTS {
+    if classes.len() > max_contexts {
         return Err(OptionsError::TooManyClasses {
             classes: classes.len(),
         });
     }
     for (class, syntaxes) in classes {
-        if separate <= MAX_CONTEXTS {
+        if separate <= max_contexts {
             for ts in syntaxes.iter().filter(|t| own_context(t)) {
                 options = options.with_presentation_context(class.clone(), vec![ts.clone()]);
             }

@@ -94,6 +94,8 @@ impl Appliance {
             high_watermark: config.storage.high_watermark,
             low_watermark: config.storage.low_watermark,
             capacity_bytes: config.storage.capacity_bytes,
+            // Tests evict what they stored a moment ago; the guard is tested in the store.
+            protect_recent_s: 0,
         });
         adjust(&mut store_config);
         let (store, _) = store::Store::open(store_config).expect("store opens");

@@ -669,12 +669,15 @@ async fn https_trusts_the_ca_bundle_and_presents_the_client_certificate() {
     assert_eq!(kinds(&verdicts), ["unreachable", "unreachable"]);
     assert!(reason(&verdicts[0]).contains("certificate"), "{verdicts:?}");
 
-    // Without a client certificate the server refuses the connection.
+    // Without a client certificate the server refuses the session. With TLS 1.3 that
+    // refusal arrives only as the connection breaking under the upload, which this side
+    // cannot tell from a failure the batch itself caused, so the instances are retried
+    // (counted, and moved behind the rest) rather than the destination marked down.
     let mut anonymous = c;
     anonymous.client_cert = None;
     anonymous.client_key = None;
     let verdicts = client(anonymous).send(&archive.store, &archive.items).await;
-    assert_eq!(kinds(&verdicts), ["unreachable", "unreachable"]);
+    assert_eq!(kinds(&verdicts), ["retry", "retry"], "{verdicts:?}");
     assert_eq!(server.requests().len(), 2, "no request got through");
     assert!(server.handshake_failures() >= 2);
     archive.close().await;

@@ -22,6 +22,7 @@ fn cached(dir: &std::path::Path) -> StoreConfig {
         high_watermark: 80,
         low_watermark: 50,
         capacity_bytes: Some(2_000_000),
+        protect_recent_s: 0,
     });
     c
 }
@@ -62,6 +63,7 @@ async fn confirm(store: &Store, instances: &[SynthInstance]) {
             destination: "central".into(),
             key: q.key,
             sop_instance_uid: q.entry.sop_instance_uid,
+            file: q.instance.unwrap().file,
             confirmed: true,
         })
         .collect();
@@ -118,6 +120,20 @@ async fn only_confirmed_instances_of_the_least_recently_used_studies_are_evicted
 
     confirm(&store, &old).await;
     confirm(&store, &newer).await;
+    store.close().await.unwrap();
+    drop(store);
+
+    // Studies used in the last two minutes are protected: a retrieval that has just
+    // resolved them must not find their files gone.
+    let mut protective = cached(dir.path());
+    protective.cache.as_mut().unwrap().protect_recent_s = 120;
+    let (store, _) = Store::open(protective).unwrap();
+    let report = store.maintain_cache().await.unwrap().unwrap();
+    assert_eq!(report.instances, 0, "{report:?}");
+    store.close().await.unwrap();
+    drop(store);
+
+    let (store, _) = Store::open(cached(dir.path())).unwrap();
     let report = store.maintain_cache().await.unwrap().unwrap();
     assert!(report.percent_after <= 50.0, "{report:?}");
     // The old study goes first and whole; the newer only as far as needed.

@@ -84,11 +84,13 @@ async fn an_overwritten_instance_is_queued_again() {
     let a = SynthInstance::ct(1, 1, 1, 1);
     store_from(&store, &a, "MODALITY").await;
     let first = head(&store, 10);
+    let first_file = first[0].instance.as_ref().unwrap().file.clone();
     store
         .outbox_apply(vec![QueueOp::Ack {
             destination: "central".into(),
             key: first[0].key,
             sop_instance_uid: a.sop_uid.clone(),
+            file: first_file.clone(),
             confirmed: true,
         }])
         .await
@@ -102,6 +104,25 @@ async fn an_overwritten_instance_is_queued_again() {
     let again = head(&store, 10);
     assert_eq!(again.len(), 1, "the new copy must travel too");
     assert!(again[0].key.seq > first[0].key.seq);
+    assert!(
+        store.upstream_copies(&a.sop_uid).unwrap().is_empty(),
+        "the new copy is not confirmed by the old one's delivery"
+    );
+
+    // Regression: an acknowledgement for the old copy arriving after the overwrite (the
+    // delivery was in flight) marked the new copy confirmed, so eviction could delete it
+    // before it was ever sent. The ack names the file delivered; only that file counts.
+    store
+        .outbox_apply(vec![QueueOp::Ack {
+            destination: "central".into(),
+            key: first[0].key,
+            sop_instance_uid: a.sop_uid.clone(),
+            file: first_file,
+            confirmed: true,
+        }])
+        .await
+        .unwrap();
+    assert!(store.upstream_copies(&a.sop_uid).unwrap().is_empty());
     store.close().await.unwrap();
 }
 
@@ -222,11 +243,23 @@ async fn start_up_repair_queues_what_it_files() {
     store.close().await.unwrap();
 }
 
-fn commit_items(queued: &[store::outbox::Queued]) -> Vec<(QueueKey, String)> {
+fn commit_items(queued: &[store::outbox::Queued]) -> Vec<(QueueKey, String, String)> {
     queued
         .iter()
-        .map(|q| (q.key, q.instance.as_ref().unwrap().sop_class_uid.clone()))
+        .map(|q| {
+            let i = q.instance.as_ref().unwrap();
+            (q.key, i.sop_class_uid.clone(), i.file.clone())
+        })
         .collect()
+}
+
+fn hint(max_attempts: Option<u32>) -> store::outbox::RetryHint {
+    store::outbox::RetryHint {
+        initial_ms: 10_000,
+        multiplier_milli: 2000,
+        max_ms: 3_600_000,
+        max_attempts,
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -243,6 +276,7 @@ async fn storage_commitment_settles_committed_failed_and_unmentioned_instances()
             destination: "central".into(),
             transaction_uid: "2.25.1".into(),
             items: commit_items(&queued),
+            retry: hint(None),
         }])
         .await
         .unwrap();
@@ -289,6 +323,56 @@ async fn storage_commitment_settles_committed_failed_and_unmentioned_instances()
         store.outbox_summary("central").unwrap().awaiting_commitment,
         0
     );
+    // Refused instances wait the backoff before going again (an archive that never commits
+    // is not asked in a tight loop), and not at once.
+    assert!(again.iter().all(|q| q.entry.not_before_ms > 0));
+    store.close().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refusals_to_commit_end_in_a_dead_letter_when_attempts_are_spent() {
+    // Regression: a refused or expired commitment queued the instance again due at once and
+    // never consulted max_attempts (the next C-STORE always succeeded), so an archive that
+    // never commits was sent the instance and a new N-ACTION in a tight loop, for ever.
+    let dir = tempfile::tempdir().unwrap();
+    let (store, _) = Store::open(routed(dir.path())).unwrap();
+    let inst = SynthInstance::ct(1, 1, 1, 1);
+    store_from(&store, &inst, "MODALITY").await;
+    for round in 0..2 {
+        let queued = store
+            .outbox_peek("central", 10, &HashSet::new(), u64::MAX / 2, usize::MAX)
+            .unwrap()
+            .ready;
+        assert_eq!(queued.len(), 1, "round {round}");
+        let txn = format!("2.25.{}", 100 + round);
+        store
+            .outbox_apply(vec![
+                QueueOp::AwaitCommitment {
+                    destination: "central".into(),
+                    transaction_uid: txn.clone(),
+                    items: commit_items(&queued),
+                    retry: hint(Some(2)),
+                },
+                QueueOp::Committed(store::outbox::CommitmentReport {
+                    transaction_uid: txn,
+                    committed: Vec::new(),
+                    failed: vec![(
+                        inst.sop_uid.clone(),
+                        "no such object instance (0x0112)".into(),
+                    )],
+                }),
+            ])
+            .await
+            .unwrap();
+    }
+    let summary = store.outbox_summary("central").unwrap();
+    assert_eq!((summary.depth, summary.dead), (0, 1));
+    let dead = store.dead_letters("central", 10).unwrap();
+    assert!(
+        dead[0].1.reason.starts_with("gave up after 2 attempts"),
+        "{}",
+        dead[0].1.reason
+    );
     store.close().await.unwrap();
 }
 
@@ -314,6 +398,7 @@ async fn a_report_that_overtakes_its_transaction_still_settles_it() {
             destination: "central".into(),
             transaction_uid: "2.25.9".into(),
             items: commit_items(&queued),
+            retry: hint(None),
         }])
         .await
         .unwrap();
@@ -329,6 +414,7 @@ async fn a_report_that_overtakes_its_transaction_still_settles_it() {
             destination: "central".into(),
             transaction_uid: "2.25.10".into(),
             items: commit_items(&queued),
+            retry: hint(None),
         }])
         .await
         .unwrap();
