@@ -373,6 +373,21 @@ impl Worker {
                         }
                     }
                 }
+                Verdict::DeadLetter { .. }
+                    if !self
+                        .store
+                        .holds_file(&q.entry.sop_instance_uid, &items[i].file)
+                        .unwrap_or(true) =>
+                {
+                    // The file could not be sent because it is gone: replaced by a newer copy
+                    // (which has its own entry) or evicted (every destination has it) since
+                    // the entry was taken. Nothing is lost by dropping the entry; a dead
+                    // letter would send a technician after a problem that is not there.
+                    ops.push(QueueOp::Drop {
+                        destination: name.clone(),
+                        key: q.key,
+                    });
+                }
                 Verdict::DeadLetter { reason } => {
                     troubled = true;
                     dead += 1;

@@ -33,11 +33,24 @@ pub enum PortKind {
 /// presentation contexts) are negotiated without that look-ahead.
 const PEEK_LIMIT: usize = 64 * 1024;
 
+/// Association slots beyond `max_associations` kept for remotes marked `upstream = true`: a
+/// recall makes the central PACS open an association back to us while the retrievals that
+/// asked for it hold their own slots, so with every general slot taken the recalls could
+/// never arrive.
+pub(crate) const UPSTREAM_RESERVE: usize = 4;
+
+/// The association slots: the general ones, and those kept for upstream archives.
+#[derive(Clone)]
+pub(crate) struct Slots {
+    pub general: Arc<Semaphore>,
+    pub upstream: Arc<Semaphore>,
+}
+
 pub(crate) async fn accept_loop(
     listener: TcpListener,
     kind: PortKind,
     services: Arc<Services>,
-    slots: Arc<Semaphore>,
+    slots: Slots,
     tracker: TaskTracker,
     force: CancellationToken,
     shutdown: CancellationToken,
@@ -63,14 +76,26 @@ pub(crate) async fn accept_loop(
         };
         // Nagle's algorithm with delayed ACKs stalls DIMSE exchanges of small PDUs.
         let _ = socket.set_nodelay(true);
-        let permit = slots.clone().try_acquire_owned().ok();
+        let permit = slots.general.clone().try_acquire_owned().ok();
+        let upstream_slots = slots.upstream.clone();
         let services = services.clone();
         let force = force.clone();
         let stopping = shutdown.clone();
         tracker.spawn(async move {
             let timeout = services.config.association_timeout;
             let result = match kind {
-                PortKind::Plain => plain(socket, peer, services, permit, force, stopping).await,
+                PortKind::Plain => {
+                    plain(
+                        socket,
+                        peer,
+                        services,
+                        permit,
+                        upstream_slots,
+                        force,
+                        stopping,
+                    )
+                    .await
+                }
                 PortKind::Tls => {
                     tls(socket, peer, services, permit, force, stopping, timeout).await
                 }
@@ -106,6 +131,7 @@ async fn plain(
     peer: SocketAddr,
     services: Arc<Services>,
     permit: Option<OwnedSemaphorePermit>,
+    upstream_slots: Arc<Semaphore>,
     force: CancellationToken,
     shutdown: CancellationToken,
 ) -> Result<(), &'static str> {
@@ -149,6 +175,16 @@ async fn plain(
         .as_ref()
         .map(|rq| (rq.calling_ae_title.clone(), rq.called_ae_title.clone()))
         .unwrap_or_default();
+    let upstream = services
+        .config
+        .remotes
+        .iter()
+        .any(|r| r.upstream && r.ae_title.matches(&calling));
+    let permit = permit.or_else(|| {
+        upstream
+            .then(|| upstream_slots.try_acquire_owned().ok())
+            .flatten()
+    });
     let Some(permit) = permit else {
         reject_overload(&services, socket, peer, &calling, &called, length).await;
         return Err("association limit");

@@ -61,7 +61,10 @@ pub async fn run(
     services: Arc<Services>,
     shutdown: CancellationToken,
 ) -> Stopped {
-    let slots = Arc::new(Semaphore::new(services.config.max_associations));
+    let slots = accept::Slots {
+        general: Arc::new(Semaphore::new(services.config.max_associations)),
+        upstream: Arc::new(Semaphore::new(accept::UPSTREAM_RESERVE)),
+    };
     let tracker = TaskTracker::new();
     // Cancelled at the end of the grace period: associations still running abort.
     let force = CancellationToken::new();

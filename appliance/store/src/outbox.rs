@@ -852,6 +852,21 @@ impl Store {
         Ok(out)
     }
 
+    /// Whether the archive still holds `file` as the current copy of an instance (not
+    /// replaced by an overwrite, evicted or deleted since it was queued).
+    pub fn holds_file(&self, sop_instance_uid: &str, file: &str) -> Result<bool, StoreError> {
+        let txn = self.db().begin_read()?;
+        if txn.open_table(EVICTED)?.get(sop_instance_uid)?.is_some() {
+            return Ok(false);
+        }
+        let instances = txn.open_table(INSTANCES)?;
+        let Some(v) = instances.get(sop_instance_uid)? else {
+            return Ok(false);
+        };
+        let rec: InstanceRecord = record::decode(v.value())?;
+        Ok(rec.file == file)
+    }
+
     /// A destination's commitment transactions waiting for their reports.
     pub fn commitments(&self, destination: &str) -> Result<Vec<(String, Commitment)>, StoreError> {
         let txn = self.db().begin_read()?;

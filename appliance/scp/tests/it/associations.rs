@@ -226,6 +226,29 @@ async fn association_limit_rejects_transiently_and_the_others_go_on() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upstream_archive_gets_a_slot_when_every_other_is_taken() {
+    // A recall makes the central PACS open an association back to us while the retrievals
+    // waiting for it hold their slots; with every slot taken the recall could never arrive.
+    let app = Appliance::start(&format!(
+        "{}\n[[dicom.remote]]\nae_title = \"PACS\"\nhost = \"127.0.0.1\"\nport = 104\nupstream = true\n",
+        open_config("max_associations = 1")
+    ))
+    .await;
+    let busy = Scu::connect(app.addr, "VIEWER", "OUTPOST", ECHO, &[])
+        .await
+        .unwrap();
+    let rj = rejection(Scu::connect(app.addr, "OTHER", "OUTPOST", ECHO, &[]).await);
+    assert_eq!(rj.result, AssociationRJResult::Transient);
+    let mut pacs = Scu::connect(app.addr, "PACS", "OUTPOST", ECHO, &[])
+        .await
+        .expect("the upstream archive has a slot of its own");
+    assert_eq!(pacs.echo().await.unwrap(), Status::SUCCESS);
+    pacs.release().await.unwrap();
+    busy.release().await.unwrap();
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn find_only_remote_gets_only_find_contexts() {
     let app = Appliance::start(&listed_only(
         "ae_title = \"CT1\"\nhost = \"127.0.0.1\"\nport = 104\npermissions = [\"find\"]",
