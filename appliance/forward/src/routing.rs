@@ -117,28 +117,12 @@ fn matches(rule: &config::Rule, source_ae: &str, x: &Extracted) -> bool {
     })
 }
 
-/// `*` matches any run of characters, `?` one character, as in DICOM wildcard matching.
+/// `*` matches any run of characters, `?` one character: the archive's own C-FIND wildcard
+/// matching, so a rule matches what a query with the same pattern would.
 fn wildcard(pattern: &str, value: &str) -> bool {
     let p: Vec<char> = pattern.chars().collect();
     let v: Vec<char> = value.chars().collect();
-    let (mut pi, mut vi) = (0, 0);
-    let mut star: Option<(usize, usize)> = None;
-    while vi < v.len() {
-        if pi < p.len() && (p[pi] == '?' || p[pi] == v[vi]) {
-            pi += 1;
-            vi += 1;
-        } else if pi < p.len() && p[pi] == '*' {
-            star = Some((pi, vi));
-            pi += 1;
-        } else if let Some((sp, sv)) = star {
-            pi = sp + 1;
-            vi = sv + 1;
-            star = Some((sp, sv + 1));
-        } else {
-            return false;
-        }
-    }
-    p[pi..].iter().all(|&c| c == '*')
+    store::query::glob(&p, &v)
 }
 
 #[cfg(test)]

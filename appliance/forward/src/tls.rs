@@ -62,3 +62,19 @@ pub(crate) fn client_config(d: &config::DicomDestination) -> Result<storescu::Tl
         server_name: d.host.clone(),
     })
 }
+
+/// The TLS settings of a DICOM destination, when it uses DICOM TLS.
+pub(crate) fn for_destination(
+    d: &config::Destination,
+    dicom: &config::DicomDestination,
+) -> Result<Option<storescu::Tls>, crate::ForwardError> {
+    if !dicom.tls {
+        return Ok(None);
+    }
+    client_config(dicom)
+        .map(Some)
+        .map_err(|message| crate::ForwardError::Tls {
+            destination: d.name.clone(),
+            message,
+        })
+}

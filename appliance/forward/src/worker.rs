@@ -97,16 +97,7 @@ impl Transport {
     pub fn new(d: &config::Destination, settings: &Settings) -> Result<Transport, ForwardError> {
         match &d.kind {
             config::DestinationKind::Dicom(dicom) => {
-                let tls = if dicom.tls {
-                    Some(
-                        tls::client_config(dicom).map_err(|message| ForwardError::Tls {
-                            destination: d.name.clone(),
-                            message,
-                        })?,
-                    )
-                } else {
-                    None
-                };
+                let tls = tls::for_destination(d, dicom)?;
                 Ok(Transport::Dicom(Box::new(dicom::DicomSender::new(
                     dicom.clone(),
                     tls,

@@ -1019,8 +1019,9 @@ fn normalize_time(v: &str, vr: Vr, upper: bool) -> String {
     out
 }
 
-/// `*` matches any run of characters, `?` exactly one.
-fn glob(pattern: &[char], text: &[char]) -> bool {
+/// `*` matches any run of characters, `?` exactly one (DICOM wildcard matching, also used
+/// by the forwarding rules).
+pub fn glob(pattern: &[char], text: &[char]) -> bool {
     let (mut p, mut t) = (0, 0);
     let mut star: Option<(usize, usize)> = None;
     while t < text.len() {

@@ -187,6 +187,31 @@ impl Appliance {
         (self.dir, stopped)
     }
 
+    /// The data set bytes this appliance holds for an instance, read from its file; `None`
+    /// when it holds none (or only its index entry, evicted).
+    pub fn stored_dataset(&self, sop_instance_uid: &str) -> Option<Vec<u8>> {
+        use std::io::{Read, Seek, SeekFrom};
+        let q = store::query::Identifier {
+            level: store::query::Level::Image,
+            charset: dataset::charset::Charset::Default,
+            keys: vec![dataset::Element {
+                tag: dataset::tags::SOP_INSTANCE_UID,
+                vr: dataset::Vr::UI,
+                value: sop_instance_uid.as_bytes().to_vec(),
+            }],
+        };
+        let found = self
+            .store
+            .resolve(store::query::Model::StudyRoot, &q)
+            .ok()?;
+        let item = found.into_iter().next()?;
+        let mut f = self.store.open_file(&item.file).ok()?;
+        f.seek(SeekFrom::Start(item.dataset_offset)).ok()?;
+        let mut out = Vec::new();
+        f.read_to_end(&mut out).ok()?;
+        Some(out)
+    }
+
     /// The audit trail's lines so far, parsed.
     pub fn audit_lines(&self) -> Vec<String> {
         self.audit.close();

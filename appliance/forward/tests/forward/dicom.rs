@@ -103,28 +103,9 @@ fn instances(n: u32) -> Vec<SynthInstance> {
         .collect()
 }
 
-/// The data set the central archive holds for an instance, or `None`.
+/// The data set an appliance holds for an instance, or `None`.
 fn held_by(app: &Appliance, sop: &str) -> Option<Vec<u8>> {
-    use std::io::{Read, Seek, SeekFrom};
-    let q = store::query::Identifier {
-        level: store::query::Level::Image,
-        charset: dataset::charset::Charset::Default,
-        keys: vec![dataset::Element {
-            tag: dataset::tags::SOP_INSTANCE_UID,
-            vr: dataset::Vr::UI,
-            value: sop.as_bytes().to_vec(),
-        }],
-    };
-    let found = app
-        .store
-        .resolve(store::query::Model::StudyRoot, &q)
-        .unwrap();
-    let item = found.first()?;
-    let mut f = app.store.open_file(&item.file).unwrap();
-    f.seek(SeekFrom::Start(item.dataset_offset)).unwrap();
-    let mut out = Vec::new();
-    f.read_to_end(&mut out).unwrap();
-    Some(out)
+    app.stored_dataset(sop)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
