@@ -16,6 +16,7 @@ reference, not the file's).
 
 from __future__ import annotations
 
+import json
 import re
 import time
 
@@ -594,3 +595,40 @@ def test_a_commitment_never_reported_sends_the_instances_again(outposts, small_c
              detail=lambda: outpost.log_tail(20))
     assert "no Storage Commitment report within 10 s" in outpost.log_text() or \
         "no Storage Commitment report in time" in outpost.log_text(), outpost.log_tail(20)
+
+
+# ---------------------------------------------------------------------------------------
+# 9. `outpost status`, asked of the running service.
+
+
+@pytest.mark.timeout(60)
+def test_status_reports_the_archive_and_forwarding_of_the_running_service(outposts,
+                                                                          small_corpus):
+    from harness import run_outpost
+
+    outpost = outposts(destinations=[dicom_destination("central", free_port())])
+    files = [f for f in small_corpus.files if f["TransferSyntaxUID"] == EXPLICIT_LE][:3]
+    storescu_corpus(outpost.port, small_corpus, files)
+    wait_queue(outpost, "central", "the destination is down with 3 queued",
+               lambda r: r["live"]["state"] == "down" and r["queue"]["depth"] == 3)
+
+    r = run_outpost("status", "--config", outpost.config_path, "--json")
+    assert r.returncode == 0, r.stderr
+    status = json.loads(r.stdout)
+    assert status["ae_title"] == "OUTPOST" and status["version"], status
+    assert status["instances"] == 3, status
+    assert status["uptime_s"] >= 0 and status["listening"] == [f"DICOM 127.0.0.1:{outpost.port}"]
+    assert status["usage"]["stored_bytes"] > 0, status
+    [row] = status["destinations"]
+    assert row["queue"]["depth"] == 3 and row["live"]["state"] == "down", row
+    assert "refused" in row["live"]["last_error"].lower(), row
+
+    text = run_outpost("status", "--config", outpost.config_path)
+    assert text.returncode == 0, text.stderr
+    assert "3 instances" in text.stdout, text.stdout
+    assert "forwarding to central: dicom down, 3 queued" in text.stdout, text.stdout
+
+    outpost.terminate()
+    stopped = run_outpost("status", "--config", outpost.config_path)
+    assert stopped.returncode != 0
+    assert "cannot reach the running service" in stopped.stderr, stopped.stderr

@@ -22,6 +22,8 @@ const MAX_REQUEST: usize = 64 * 1024;
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(tag = "cmd", rename_all = "kebab-case")]
 pub enum Request {
+    /// The appliance's state for people: archive, forwarding, versions, uptime.
+    Status,
     /// Every destination's queue and state.
     Queue,
     /// A destination's dead letters.
@@ -67,9 +69,28 @@ pub struct LiveState {
     pub outside_window: bool,
 }
 
+/// What `outpost status` shows.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct Status {
+    pub version: String,
+    /// Unix seconds when the service started, and seconds since.
+    pub started_at: u64,
+    pub uptime_s: u64,
+    pub ae_title: String,
+    pub listening: Vec<String>,
+    pub data_dir: String,
+    pub instances: u64,
+    pub usage: Option<store::Usage>,
+    /// The eviction watermarks, percent.
+    pub high_watermark: u8,
+    pub low_watermark: u8,
+    pub destinations: Vec<QueueRow>,
+}
+
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Response {
+    Status(Box<Status>),
     Queue(Vec<QueueRow>),
     Dead(Vec<(u64, DeadLetter)>),
     Done(String),
@@ -85,6 +106,18 @@ pub struct Control {
     pub store: Store,
     pub forwarder: Option<Arc<forward::Forwarder>>,
     pub destinations: Vec<String>,
+    /// Facts about the running service that do not change.
+    pub identity: Identity,
+}
+
+/// The running service's fixed facts, for `outpost status`.
+pub struct Identity {
+    pub started_at: u64,
+    pub ae_title: String,
+    pub listening: Vec<String>,
+    pub data_dir: String,
+    pub high_watermark: u8,
+    pub low_watermark: u8,
 }
 
 /// Binds the socket, replacing one a previous run left behind (the index lock already
@@ -154,39 +187,39 @@ async fn handle(request: Request, control: &Control) -> Response {
         }
     };
     match request {
-        Request::Queue => {
-            let live = control
-                .forwarder
-                .as_ref()
-                .map(|f| f.status())
-                .unwrap_or_default();
-            let mut rows = Vec::new();
-            for name in &control.destinations {
-                let store = control.store.clone();
-                let n = name.clone();
-                let summary =
-                    match tokio::task::spawn_blocking(move || store.outbox_summary(&n)).await {
-                        Ok(Ok(s)) => s,
-                        Ok(Err(e)) => return Response::Error(e.to_string()),
-                        Err(e) => return Response::Error(e.to_string()),
-                    };
-                let live = live.iter().find(|s| &s.name == name).map(|s| LiveState {
-                    kind: s.kind.to_string(),
-                    state: format!("{:?}", s.state).to_lowercase(),
-                    since: s.since,
-                    last_error: s.last_error.clone(),
-                    delivered: s.delivered,
-                    retried: s.retried,
-                    dead_lettered: s.dead_lettered,
-                    outside_window: s.outside_window,
-                });
-                rows.push(QueueRow {
-                    queue: summary,
-                    live,
-                });
-            }
-            Response::Queue(rows)
+        Request::Status => {
+            let rows = match queue_rows(control).await {
+                Ok(r) => r,
+                Err(e) => return Response::Error(e),
+            };
+            let store = control.store.clone();
+            let read =
+                tokio::task::spawn_blocking(move || (store.instance_count(), store.usage())).await;
+            let (instances, usage) = match read {
+                Ok((Ok(n), usage)) => (n, usage.ok()),
+                Ok((Err(e), _)) => return Response::Error(e.to_string()),
+                Err(e) => return Response::Error(e.to_string()),
+            };
+            let id = &control.identity;
+            let now = unix_now();
+            Response::Status(Box::new(Status {
+                version: env!("CARGO_PKG_VERSION").to_string(),
+                started_at: id.started_at,
+                uptime_s: now.saturating_sub(id.started_at),
+                ae_title: id.ae_title.clone(),
+                listening: id.listening.clone(),
+                data_dir: id.data_dir.clone(),
+                instances,
+                usage,
+                high_watermark: id.high_watermark,
+                low_watermark: id.low_watermark,
+                destinations: rows,
+            }))
         }
+        Request::Queue => match queue_rows(control).await {
+            Ok(rows) => Response::Queue(rows),
+            Err(e) => Response::Error(e),
+        },
         Request::Dead { destination, limit } => {
             if !known(&destination) {
                 return unknown(&destination);
@@ -286,6 +319,46 @@ async fn handle(request: Request, control: &Control) -> Response {
             r
         }
     }
+}
+
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// Every configured destination's queue, with the forwarder's live view of it.
+async fn queue_rows(control: &Control) -> Result<Vec<QueueRow>, String> {
+    let live = control
+        .forwarder
+        .as_ref()
+        .map(|f| f.status())
+        .unwrap_or_default();
+    let mut rows = Vec::new();
+    for name in &control.destinations {
+        let store = control.store.clone();
+        let n = name.clone();
+        let summary = tokio::task::spawn_blocking(move || store.outbox_summary(&n))
+            .await
+            .map_err(|e| e.to_string())?
+            .map_err(|e| e.to_string())?;
+        let live = live.iter().find(|s| &s.name == name).map(|s| LiveState {
+            kind: s.kind.to_string(),
+            state: format!("{:?}", s.state).to_lowercase(),
+            since: s.since,
+            last_error: s.last_error.clone(),
+            delivered: s.delivered,
+            retried: s.retried,
+            dead_lettered: s.dead_lettered,
+            outside_window: s.outside_window,
+        });
+        rows.push(QueueRow {
+            queue: summary,
+            live,
+        });
+    }
+    Ok(rows)
 }
 
 /// Sends one request to the running service and returns its answer.

@@ -5,6 +5,7 @@ mod control;
 mod import;
 mod queue;
 mod serve;
+mod status;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -46,6 +47,14 @@ enum Command {
         #[arg(long)]
         config: Option<PathBuf>,
     },
+    /// Show the running service's state: archive, storage, forwarding, version, uptime.
+    Status {
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
     /// Show the forwarding queues of the running service, or act on one.
     Queue {
         #[arg(long)]
@@ -72,6 +81,9 @@ fn main() -> ExitCode {
             json,
             action,
         } => load(config.as_deref()).and_then(|c| queue::run(&c, action, json)),
+        Command::Status { config, json } => {
+            load(config.as_deref()).and_then(|c| status::run(&c, json))
+        }
     };
     match result {
         Ok(code) => code,

@@ -150,6 +150,19 @@ async fn run(c: config::Config) -> anyhow::Result<ExitCode> {
                 .iter()
                 .map(|d| d.name.clone())
                 .collect(),
+            identity: crate::control::Identity {
+                started_at: std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map(|d| d.as_secs())
+                    .unwrap_or(0),
+                ae_title: dicom.ae_title.as_str().to_string(),
+                listening: std::iter::once(format!("DICOM {plain_addr}"))
+                    .chain(tls_addr.map(|a| format!("DICOM TLS {a}")))
+                    .collect(),
+                data_dir: data_dir.display().to_string(),
+                high_watermark: c.storage.high_watermark,
+                low_watermark: c.storage.low_watermark,
+            },
         }),
         background.clone(),
     ));
