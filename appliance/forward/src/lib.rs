@@ -18,7 +18,7 @@ mod tls;
 mod worker;
 
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use serde::Serialize;
 use store::Store;
@@ -38,6 +38,17 @@ pub struct Settings {
     pub max_pdu: u32,
     /// Most bytes an instance may take when it must be decompressed for a destination.
     pub transcode_memory_limit: u64,
+}
+
+impl Settings {
+    /// The settings `[dicom]` gives: our AE title, PDU size and transcode memory limit.
+    pub fn from_dicom(dicom: &config::Dicom) -> Settings {
+        Settings {
+            calling_ae: dicom.ae_title.as_str().to_string(),
+            max_pdu: dicom.max_pdu,
+            transcode_memory_limit: dicom.transcode_memory_limit,
+        }
+    }
 }
 
 /// Why forwarding cannot start.
@@ -234,9 +245,4 @@ impl Forwarder {
     }
 }
 
-pub(crate) fn unix_now() -> u64 {
-    SystemTime::now()
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
-}
+pub(crate) use store::layout::unix_now;

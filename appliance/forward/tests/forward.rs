@@ -8,3 +8,5 @@ mod cache;
 mod dicom;
 #[path = "forward/stow.rs"]
 mod stow;
+#[path = "forward/support.rs"]
+mod support;

@@ -201,7 +201,7 @@ async fn handle(request: Request, control: &Control) -> Response {
                 Err(e) => return Response::Error(e.to_string()),
             };
             let id = &control.identity;
-            let now = unix_now();
+            let now = store::layout::unix_now();
             Response::Status(Box::new(Status {
                 version: env!("CARGO_PKG_VERSION").to_string(),
                 started_at: id.started_at,
@@ -319,13 +319,6 @@ async fn handle(request: Request, control: &Control) -> Response {
             r
         }
     }
-}
-
-fn unix_now() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
 }
 
 /// Every configured destination's queue, with the forwarder's live view of it.

@@ -119,7 +119,8 @@ pub fn run(c: &config::Config, action: Option<Action>, json: bool) -> anyhow::Re
     Ok(ExitCode::SUCCESS)
 }
 
-fn age(secs: u64) -> String {
+/// A span of seconds the way a person reads it in a table: 42s, 17m, 5h, 3d.
+pub(crate) fn age(secs: u64) -> String {
     match secs {
         0..=119 => format!("{secs}s"),
         120..=7199 => format!("{}m", secs / 60),

@@ -94,15 +94,9 @@ async fn run(c: config::Config) -> anyhow::Result<ExitCode> {
     };
     let plain_addr = plain.local_addr()?;
     let tls_addr = tls_listener.as_ref().map(|l| l.local_addr()).transpose()?;
-    let recall = forward::Recaller::from_config(
-        &c.forward,
-        &forward::Settings {
-            calling_ae: dicom.ae_title.as_str().to_string(),
-            max_pdu: dicom.max_pdu,
-            transcode_memory_limit: dicom.transcode_memory_limit,
-        },
-    )
-    .context("setting up recall from upstream")?;
+    let settings = forward::Settings::from_dicom(&dicom);
+    let recall = forward::Recaller::from_config(&c.forward, &settings)
+        .context("setting up recall from upstream")?;
     let services = Arc::new(scp::Services {
         config: dicom.clone(),
         store: store.clone(),
@@ -118,11 +112,6 @@ async fn run(c: config::Config) -> anyhow::Result<ExitCode> {
     let forwarder = if c.forward.destinations.is_empty() {
         None
     } else {
-        let settings = forward::Settings {
-            calling_ae: dicom.ae_title.as_str().to_string(),
-            max_pdu: dicom.max_pdu,
-            transcode_memory_limit: dicom.transcode_memory_limit,
-        };
         let f = forward::Forwarder::spawn(store.clone(), &c.forward, settings, background.clone())
             .context("starting forwarding")?;
         info!(
@@ -151,10 +140,7 @@ async fn run(c: config::Config) -> anyhow::Result<ExitCode> {
                 .map(|d| d.name.clone())
                 .collect(),
             identity: crate::control::Identity {
-                started_at: std::time::SystemTime::now()
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .map(|d| d.as_secs())
-                    .unwrap_or(0),
+                started_at: store::layout::unix_now(),
                 ae_title: dicom.ae_title.as_str().to_string(),
                 listening: std::iter::once(format!("DICOM {plain_addr}"))
                     .chain(tls_addr.map(|a| format!("DICOM TLS {a}")))

@@ -27,7 +27,7 @@ pub fn run(c: &config::Config, json: bool) -> anyhow::Result<ExitCode> {
         "outpost {} ({}), up {}",
         status.version,
         status.ae_title,
-        duration(status.uptime_s)
+        crate::queue::age(status.uptime_s)
     );
     println!("  listening: {}", status.listening.join(", "));
     println!(
@@ -68,15 +68,6 @@ pub fn run(c: &config::Config, json: bool) -> anyhow::Result<ExitCode> {
         }
     }
     Ok(ExitCode::SUCCESS)
-}
-
-fn duration(secs: u64) -> String {
-    match secs {
-        0..=119 => format!("{secs} s"),
-        120..=7199 => format!("{} min", secs / 60),
-        7200..=172_799 => format!("{} h", secs / 3600),
-        _ => format!("{} days", secs / 86_400),
-    }
 }
 
 fn bytes(n: u64) -> String {

@@ -753,19 +753,11 @@ impl Store {
                 // Evicted means every destination it was routed to confirmed it, so an entry
                 // left for it is a repeat with nothing to send.
                 Some(_) if gone => None,
-                Some(v) => {
-                    let i: InstanceRecord = record::decode(v.value())?;
-                    Some(Retrievable {
-                        sop_instance_uid: entry.sop_instance_uid.clone(),
-                        sop_class_uid: i.sop_class_uid,
-                        transfer_syntax: i.transfer_syntax,
-                        file: i.file,
-                        dataset_offset: i.dataset_offset,
-                        size: i.size,
-                        study_uid: i.study_uid,
-                        nearline: false,
-                    })
-                }
+                Some(v) => Some(Retrievable::of(
+                    entry.sop_instance_uid.clone(),
+                    record::decode(v.value())?,
+                    false,
+                )),
                 None => None,
             };
             out.ready.push(Queued {

@@ -232,6 +232,21 @@ pub struct Retrievable {
     pub nearline: bool,
 }
 
+impl Retrievable {
+    pub(crate) fn of(sop_instance_uid: String, i: InstanceRecord, nearline: bool) -> Retrievable {
+        Retrievable {
+            sop_instance_uid,
+            sop_class_uid: i.sop_class_uid,
+            transfer_syntax: i.transfer_syntax,
+            file: i.file,
+            dataset_offset: i.dataset_offset,
+            size: i.size,
+            study_uid: i.study_uid,
+            nearline,
+        }
+    }
+}
+
 struct Tables {
     patients: ReadOnlyTable<&'static str, &'static [u8]>,
     studies: ReadOnlyTable<&'static str, &'static [u8]>,
@@ -613,16 +628,7 @@ impl Store {
                     }
                 }
                 let nearline = t.is_evicted(&uid)?;
-                out.push(Retrievable {
-                    sop_instance_uid: uid,
-                    sop_class_uid: i.sop_class_uid,
-                    transfer_syntax: i.transfer_syntax,
-                    file: i.file,
-                    dataset_offset: i.dataset_offset,
-                    size: i.size,
-                    nearline,
-                    study_uid: i.study_uid,
-                });
+                out.push(Retrievable::of(uid, i, nearline));
             }
         }
         Ok(out)

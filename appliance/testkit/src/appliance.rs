@@ -119,11 +119,7 @@ impl Appliance {
             t.port = tls_addr.expect("bound").port();
         }
         config.dicom.port = addr.port();
-        let settings = forward::Settings {
-            calling_ae: config.dicom.ae_title.as_str().to_string(),
-            max_pdu: config.dicom.max_pdu,
-            transcode_memory_limit: config.dicom.transcode_memory_limit,
-        };
+        let settings = forward::Settings::from_dicom(&config.dicom);
         let recall =
             forward::Recaller::from_config(&config.forward, &settings).expect("recall sets up");
         let services = Arc::new(scp::Services {

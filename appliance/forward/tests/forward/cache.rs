@@ -2,7 +2,7 @@
 //! the central archive confirmed, answers C-FIND with NEARLINE for it, and a C-GET of an
 //! evicted study recalls it by C-MOVE before sending it.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use dataset::encode::write_element;
 use dataset::synth::SynthInstance;
@@ -12,12 +12,9 @@ use dimse::Status;
 use forward::Clock;
 use testkit::{Appliance, Scu};
 
-const CT: &str = "1.2.840.10008.5.1.4.1.1.2";
+use crate::support::{eventually, free_port};
 
-async fn free_port() -> u16 {
-    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    l.local_addr().unwrap().port()
-}
+const CT: &str = "1.2.840.10008.5.1.4.1.1.2";
 
 fn edge_toml(central: u16, recall: bool) -> String {
     format!(
@@ -98,14 +95,6 @@ async fn store_into(app: &Appliance, instances: &[SynthInstance]) {
         assert!(rsp.status.unwrap().is_success());
     }
     scu.release().await.unwrap();
-}
-
-async fn eventually(what: &str, mut check: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while !check() {
-        assert!(Instant::now() < deadline, "timed out waiting until {what}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
 }
 
 fn study_identifier(level: &[u8], uid: &str, availability: bool) -> Vec<u8> {

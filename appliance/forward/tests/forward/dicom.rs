@@ -11,6 +11,8 @@ use dataset::ts::EXPLICIT_VR_LITTLE_ENDIAN;
 use forward::{Clock, State};
 use testkit::{Appliance, Scu};
 
+use crate::support::{eventually, free_port};
+
 /// A private SOP class: the edge accepts it (`accept_unknown_sop_classes`), the central PACS
 /// does not.
 const PRIVATE: &str = "1.2.826.0.1.3680043.10.1234.99.1";
@@ -45,12 +47,6 @@ timeout_s = 10
     )
 }
 
-/// A loopback port nothing listens on (bound, then released).
-async fn free_port() -> u16 {
-    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    l.local_addr().unwrap().port()
-}
-
 async fn store_into(app: &Appliance, instances: &[SynthInstance]) {
     let classes: Vec<&str> = instances.iter().map(|i| i.sop_class.as_str()).collect();
     let mut contexts: Vec<(&str, &[&str])> = Vec::new();
@@ -79,14 +75,6 @@ async fn store_into(app: &Appliance, instances: &[SynthInstance]) {
 
 fn depth(app: &Appliance) -> u64 {
     app.store.outbox_summary("central").unwrap().depth
-}
-
-async fn eventually(what: &str, mut check: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while !check() {
-        assert!(Instant::now() < deadline, "timed out waiting until {what}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
 }
 
 fn state(app: &Appliance) -> forward::DestinationStatus {
