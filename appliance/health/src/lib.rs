@@ -1,0 +1,1 @@
+//! What the storage hardware says: md RAID arrays, the data volume, and SMART.

@@ -1,0 +1,1 @@
+//! The UPS over Modbus: register profiles, readings and the outlet-off command.
