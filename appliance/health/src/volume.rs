@@ -1,0 +1,72 @@
+//! The data volume: how full it is, in bytes and inodes, and whether it went read-only.
+
+use std::path::{Path, PathBuf};
+
+use nix::sys::statvfs::{FsFlags, statvfs};
+
+use crate::HealthError;
+
+/// One `statvfs` reading of the file system holding `path`.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct Volume {
+    pub path: PathBuf,
+    pub total_bytes: u64,
+    /// Bytes an unprivileged process may still write (`f_bavail`): blocks reserved for root
+    /// are not available to the service, so they count as used.
+    pub available_bytes: u64,
+    /// Zero on file systems that allocate inodes dynamically (btrfs, some network file
+    /// systems); see `free_inode_percent`.
+    pub total_inodes: u64,
+    /// Inodes an unprivileged process may still use (`f_favail`).
+    pub free_inodes: u64,
+    /// Mounted read-only (`ST_RDONLY`), for example after ext4 remounted itself read-only on
+    /// an I/O error.
+    pub read_only: bool,
+}
+
+/// Reads the file system holding `path`. Blocking; async callers use `spawn_blocking`.
+pub fn sample(path: &Path) -> Result<Volume, HealthError> {
+    let stat = statvfs(path).map_err(|source| HealthError::Statvfs {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    // The counters are `c_ulong` or `fsblkcnt_t`, which are 32 bits wide on some ARM targets
+    // and already u64 on x86-64, so the conversion is needed on one and useless on the other.
+    #[allow(clippy::useless_conversion)]
+    let (fragment, blocks, available, files, files_available) = (
+        u64::from(stat.fragment_size()),
+        u64::from(stat.blocks()),
+        u64::from(stat.blocks_available()),
+        u64::from(stat.files()),
+        u64::from(stat.files_available()),
+    );
+    Ok(Volume {
+        path: path.to_path_buf(),
+        total_bytes: blocks.saturating_mul(fragment),
+        available_bytes: available.saturating_mul(fragment),
+        total_inodes: files,
+        free_inodes: files_available,
+        read_only: stat.flags().contains(FsFlags::ST_RDONLY),
+    })
+}
+
+impl Volume {
+    /// The share of the volume the service can no longer write, 0 to 100. Root-reserved
+    /// blocks count as used, so this is higher than `df`'s Use% by the reserve. A volume
+    /// reporting no size at all gives 0.
+    pub fn used_percent(&self) -> f64 {
+        if self.total_bytes == 0 {
+            return 0.0;
+        }
+        let used = self.total_bytes.saturating_sub(self.available_bytes);
+        used as f64 * 100.0 / self.total_bytes as f64
+    }
+
+    /// The share of inodes still free, 0 to 100; `None` when the file system reports no inode
+    /// count at all (btrfs), which means "no fixed limit", not "out of inodes".
+    pub fn free_inode_percent(&self) -> Option<f64> {
+        (self.total_inodes > 0).then(|| {
+            self.free_inodes.min(self.total_inodes) as f64 * 100.0 / self.total_inodes as f64
+        })
+    }
+}
