@@ -31,6 +31,12 @@ pub enum EventKind {
     /// index entries stay; PS3.15 "DICOM Instances Deleted" in spirit, the data lives on
     /// upstream).
     InstancesEvicted,
+    /// The health policy raised an alert about the hardware (RAID, disks, UPS, space).
+    AlertRaised,
+    /// The condition behind an alert is over.
+    AlertCleared,
+    /// The appliance powered itself off on the UPS's word.
+    PowerOff,
 }
 
 /// PS3.15 Event Outcome Indicator, in words.

@@ -93,6 +93,9 @@ pub struct DestinationStatus {
     pub dead_lettered: u64,
     /// Outside its delivery window: only STAT and high priority instances go now.
     pub outside_window: bool,
+    /// Held by the power policy (on battery with the link down): only STAT and high
+    /// priority instances go now.
+    pub held_on_battery: bool,
 }
 
 /// Shared between a destination's workers, its prober and the status readers.
@@ -102,6 +105,8 @@ pub(crate) struct Shared {
     pub held: Mutex<std::collections::HashSet<store::outbox::QueueKey>>,
     /// Wakes idle workers (the prober saw the destination come back, or a person asked).
     pub wake: tokio::sync::Notify,
+    /// Set by the power policy for every destination at once: routine work waits.
+    pub battery_hold: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl Shared {
@@ -141,6 +146,7 @@ impl Shared {
 pub struct Forwarder {
     destinations: Vec<Arc<Shared>>,
     tasks: JoinSet<()>,
+    battery_hold: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl Forwarder {
@@ -165,6 +171,7 @@ impl Forwarder {
     ) -> Result<Forwarder, ForwardError> {
         let mut tasks = JoinSet::new();
         let mut destinations = Vec::new();
+        let battery_hold = Arc::new(std::sync::atomic::AtomicBool::new(false));
         for d in &forward.destinations {
             let transport = Arc::new(worker::Transport::new(d, &settings)?);
             let shared = Arc::new(Shared {
@@ -181,9 +188,11 @@ impl Forwarder {
                     retried: 0,
                     dead_lettered: 0,
                     outside_window: false,
+                    held_on_battery: false,
                 }),
                 held: Mutex::new(Default::default()),
                 wake: tokio::sync::Notify::new(),
+                battery_hold: battery_hold.clone(),
             });
             let throttle = d
                 .bandwidth_bytes_per_s
@@ -213,6 +222,7 @@ impl Forwarder {
         Ok(Forwarder {
             destinations,
             tasks,
+            battery_hold,
         })
     }
 
@@ -231,6 +241,25 @@ impl Forwarder {
                 d.wake.notify_waiters();
             }
         }
+    }
+
+    /// Holds routine forwarding (everything below high priority) while the appliance runs on
+    /// battery with an upstream link down: retrying a dead link only drains the battery, and
+    /// urgent studies still go the moment the link answers. `false` releases the hold.
+    pub fn hold_on_battery(&self, hold: bool) {
+        let was = self
+            .battery_hold
+            .swap(hold, std::sync::atomic::Ordering::SeqCst);
+        if was && !hold {
+            for d in &self.destinations {
+                d.wake.notify_waiters();
+            }
+        }
+    }
+
+    /// Whether any destination is down (its link or the peer is not answering).
+    pub fn any_down(&self) -> bool {
+        self.destinations.iter().any(|d| d.state() == State::Down)
     }
 
     /// Waits for the workers to stop (after the shutdown token was cancelled), at most

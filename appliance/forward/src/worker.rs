@@ -239,13 +239,19 @@ impl Worker {
         let name = self.destination.name.clone();
         let batch = self.destination.batch;
         let now_ms = self.clock.now_ms();
-        // Outside the delivery window only STAT and high priority go; they sort first.
-        let open = self.destination.in_window(local_minute());
-        self.shared
-            .status
-            .lock()
-            .expect("status lock")
-            .outside_window = !open;
+        // Outside the delivery window, or on battery with the link down, only STAT and high
+        // priority go; they sort first.
+        let in_window = self.destination.in_window(local_minute());
+        let on_battery = self
+            .shared
+            .battery_hold
+            .load(std::sync::atomic::Ordering::SeqCst);
+        {
+            let mut status = self.shared.status.lock().expect("status lock");
+            status.outside_window = !in_window;
+            status.held_on_battery = on_battery;
+        }
+        let open = in_window && !on_battery;
         let taken = tokio::task::spawn_blocking(move || {
             if store.outbox_paused(&name)? {
                 return Ok(Taken::Paused);

@@ -232,6 +232,24 @@ async fn plain(
             .await;
         }
     };
+    if let (Some(rq), Some(reason)) = (&request, services.store.ingest_held())
+        && only_stores(rq)
+    {
+        // A sender with nothing but instances to give is told to come back later, in the
+        // terms its operator sees; associations that also query or retrieve go on, since
+        // what is stored stays readable.
+        let why = format!("the archive is not accepting instances: {reason}");
+        warn!(%peer, calling = calling.trim(), "association rejected (transient): {why}");
+        audit_rejection(&services, &calling, &called, peer, &why);
+        let rj = AssociationRJ {
+            result: AssociationRJResult::Transient,
+            source: AssociationRJSource::ServiceProviderPresentation(
+                AssociationRJServiceProviderPresentationReason::TemporaryCongestion,
+            ),
+        };
+        reject_raw(socket, length, rj).await;
+        return Err("ingest held");
+    }
     let options = negotiate::options(
         &services,
         negotiate::Accepted,
@@ -446,6 +464,17 @@ async fn read_request<S: tokio::io::AsyncRead + Unpin>(stream: &mut S) -> Option
         Ok(Pdu::AssociationRQ(rq)) => Some(rq),
         _ => None,
     }
+}
+
+/// Whether a request proposes storage (and perhaps Verification) only.
+fn only_stores(rq: &AssociationRQ) -> bool {
+    rq.presentation_contexts.iter().all(|pc| {
+        let uid = pc.abstract_syntax.trim_end_matches('\0');
+        uid == dimse::VERIFICATION || dataset::is_storage_sop_class(uid)
+    }) && rq
+        .presentation_contexts
+        .iter()
+        .any(|pc| pc.abstract_syntax.trim_end_matches('\0') != dimse::VERIFICATION)
 }
 
 fn transient() -> AssociationRJ {

@@ -10,6 +10,7 @@ pub fn store_status(e: &IngestError) -> Status {
     match e {
         // Refused: Out of Resources.
         IngestError::OutOfSpace { .. } => Status::OUT_OF_RESOURCES,
+        IngestError::Held(_) => Status::OUT_OF_RESOURCES,
         IngestError::Write(io) if io.raw_os_error() == Some(28) => Status::OUT_OF_RESOURCES,
         IngestError::Store(StoreError::ShuttingDown) => Status::OUT_OF_RESOURCES,
         // Error: Data Set does not match SOP Class.

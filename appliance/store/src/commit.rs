@@ -96,6 +96,8 @@ enum Msg {
     ),
     Maintenance(Maintenance),
     Ping(oneshot::Sender<()>),
+    /// Checkpoint now rather than when due (the appliance is on battery).
+    Checkpoint(oneshot::Sender<Result<(), StoreError>>),
     Shutdown(oneshot::Sender<Result<(), StoreError>>),
 }
 
@@ -150,6 +152,16 @@ impl Handle {
             tokio::time::timeout(Duration::from_secs(20), rx).await,
             Ok(Ok(()))
         )
+    }
+
+    /// Makes everything acknowledged so far durable now, at a checkpoint, instead of within
+    /// the checkpoint interval.
+    pub async fn checkpoint(&self) -> Result<(), StoreError> {
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .send(Msg::Checkpoint(reply))
+            .map_err(|_| StoreError::ShuttingDown)?;
+        rx.await.map_err(|_| StoreError::ShuttingDown)?
     }
 
     /// Stops the writer once everything acknowledged is checkpointed, and waits for its thread
@@ -284,6 +296,7 @@ impl Committer {
             let mut commits = Vec::new();
             let mut maintenance: Vec<Maintenance> = Vec::new();
             let mut shutdown = None;
+            let mut checkpoints = Vec::new();
             let mut next = Some(first);
             while let Some(msg) = next.take() {
                 match msg {
@@ -299,6 +312,7 @@ impl Committer {
                             let _ = reply.send(());
                         }
                     }
+                    Msg::Checkpoint(reply) => checkpoints.push(reply),
                     Msg::Shutdown(reply) => {
                         shutdown = Some(reply);
                         break;
@@ -314,7 +328,18 @@ impl Committer {
             if !commits.is_empty() {
                 self.batch(commits);
             }
-            if self.checkpoint_due() {
+            if !checkpoints.is_empty() {
+                // A failed checkpoint stops the writer, so `failed` then says why.
+                let result = match &self.failed {
+                    Some(_) => Err(()),
+                    None => self.checkpoint().map_err(|_| ()),
+                };
+                for reply in checkpoints {
+                    let _ = reply.send(result.map_err(|()| {
+                        StoreError::WriterFailed(self.failed.clone().unwrap_or_default())
+                    }));
+                }
+            } else if self.checkpoint_due() {
                 let _ = self.checkpoint();
             }
             if let Some(reply) = shutdown {
@@ -326,6 +351,9 @@ impl Committer {
                             let _ = reply.send(Err(StoreError::ShuttingDown));
                         }
                         Msg::Maintenance(m) => m.fail(StoreError::ShuttingDown),
+                        Msg::Checkpoint(reply) => {
+                            let _ = reply.send(Err(StoreError::ShuttingDown));
+                        }
                         Msg::Ping(_) | Msg::Shutdown(_) => {}
                     }
                 }

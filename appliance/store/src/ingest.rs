@@ -68,6 +68,8 @@ pub enum IngestError {
         "only {available} bytes free on the data volume, below the floor of {floor}; refusing new instances until space is freed"
     )]
     OutOfSpace { available: u64, floor: u64 },
+    #[error("the archive is not accepting instances: {0}")]
+    Held(String),
     #[error("transfer syntax {0} is not known, so the data set cannot be read")]
     UnknownTransferSyntax(String),
     #[error("{0}")]
@@ -114,6 +116,10 @@ impl Store {
     /// Starts storing one instance. Fails without touching the disk when free space is below
     /// the floor or the transfer syntax is unknown.
     pub async fn begin(&self, request: IngestRequest) -> Result<Ingest, IngestError> {
+        if let Some(reason) = self.ingest_held() {
+            self.inner.stats.refused.fetch_add(1, Ordering::Relaxed);
+            return Err(IngestError::Held(reason));
+        }
         let info = syntax_info(&request.transfer_syntax)
             .ok_or_else(|| IngestError::UnknownTransferSyntax(request.transfer_syntax.clone()))?;
         self.check_space()?;

@@ -219,6 +219,9 @@ pub(crate) struct Inner {
     pub(crate) stats: Arc<Stats>,
     pub(crate) committer: commit::Handle,
     pub(crate) outbox_changes: Arc<tokio::sync::watch::Sender<u64>>,
+    /// Why new instances are refused, when the appliance's health policy says writing is not
+    /// safe (a failed array, a read-only volume). Queries and retrievals go on.
+    pub(crate) hold: std::sync::RwLock<Option<String>>,
 }
 
 /// A handle on the archive; cheap to clone.
@@ -323,6 +326,7 @@ impl Store {
                 stats,
                 committer,
                 outbox_changes,
+                hold: std::sync::RwLock::new(None),
             }),
         };
         let opened = Opened {
@@ -355,9 +359,30 @@ impl Store {
         self.inner.fs.open(&self.inner.layout.absolute(rel))
     }
 
+    /// Refuses new instances with `reason` (a sentence a sender's operator can act on) until
+    /// called with `None`. Instances already being received finish; nothing stored is touched.
+    pub fn hold_ingest(&self, reason: Option<String>) {
+        *self.inner.hold.write().unwrap_or_else(|e| e.into_inner()) = reason;
+    }
+
+    /// Why new instances are refused, if they are.
+    pub fn ingest_held(&self) -> Option<String> {
+        self.inner
+            .hold
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
     /// Checks that the index writer is alive and working (for the service watchdog).
     pub async fn ping(&self) -> bool {
         self.inner.committer.ping().await
+    }
+
+    /// Makes everything acknowledged durable now (a checkpoint), rather than within the
+    /// checkpoint interval: the appliance runs on battery and the next power cut may be near.
+    pub async fn checkpoint(&self) -> Result<(), StoreError> {
+        self.inner.committer.checkpoint().await
     }
 
     /// Stops the index writer after it made everything durable. Ingests still running fail.

@@ -122,6 +122,35 @@ async fn below_the_free_space_floor_nothing_is_written() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_held_archive_refuses_new_instances_and_keeps_what_it_has() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, _) = Store::open(config(dir.path())).unwrap();
+    let first = SynthInstance::ct(1, 1, 1, 1);
+    assert_eq!(store_instance(&store, &first).await, Outcome::Stored);
+    // An instance already being received when the hold comes finishes.
+    let second = SynthInstance::ct(1, 1, 1, 2);
+    let mut running = store.begin(request(&second)).await.unwrap();
+    store.hold_ingest(Some("RAID md0 failed".into()));
+    running.write(second.dataset(Encoding::EXPLICIT_LE)).await;
+    assert_eq!(running.finish().await.unwrap().outcome, Outcome::Stored);
+    // A new one is refused with the reason, and nothing of it is written.
+    let third = SynthInstance::ct(1, 1, 1, 3);
+    let e = store.begin(request(&third)).await.err().expect("held");
+    assert!(matches!(e, IngestError::Held(_)), "{e}");
+    assert_eq!(
+        e.to_string(),
+        "the archive is not accepting instances: RAID md0 failed"
+    );
+    assert_eq!(store.ingest_held().as_deref(), Some("RAID md0 failed"));
+    assert_eq!(store.instance_count().unwrap(), 2);
+    // An early checkpoint (on battery) makes what was acknowledged durable now.
+    store.checkpoint().await.unwrap();
+    store.hold_ingest(None);
+    assert_eq!(store_instance(&store, &third).await, Outcome::Stored);
+    assert_eq!(store.instance_count().unwrap(), 3);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_second_process_cannot_open_the_same_archive() {
     let dir = tempfile::tempdir().unwrap();
     let (_store, _) = Store::open(config(dir.path())).unwrap();
