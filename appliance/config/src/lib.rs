@@ -6,12 +6,14 @@
 //! provisioning; `configs/example.toml` documents all of them.
 
 mod forward;
+mod health;
 mod read;
 
 pub use forward::{
     Destination, DestinationKind, DicomDestination, DicomWebDestination, Forward, Priority,
     RetryPolicy, Rule, WebAuth,
 };
+pub use health::{Alerts, Health, Power, Ups};
 
 use std::fmt;
 use std::net::IpAddr;
@@ -32,6 +34,11 @@ pub struct Config {
     pub dicom: Dicom,
     pub storage: Storage,
     pub forward: Forward,
+    pub health: Health,
+    /// Present when `[ups]` is configured.
+    pub ups: Option<Ups>,
+    pub power: Power,
+    pub alerts: Alerts,
     pub audit: Audit,
     pub log: Log,
 }
@@ -404,6 +411,10 @@ fn build(root: &mut Reader, source: &str) -> Option<Config> {
     s.finish();
 
     let forward = forward::read(root);
+    let health = health::read_health(root);
+    let ups = health::read_ups(root, source);
+    let power = health::read_power(root);
+    let alerts = health::read_alerts(root);
 
     let mut a = root.table("audit");
     let audit_path = a.optional_path("path");
@@ -459,6 +470,10 @@ fn build(root: &mut Reader, source: &str) -> Option<Config> {
             capacity_bytes: capacity?.map(|mb| mb * 1024 * 1024),
         },
         forward: forward?,
+        health: health?,
+        ups: ups?,
+        power: power?,
+        alerts: alerts?,
         audit: Audit {
             path: audit_path.unwrap_or_else(|| data_dir.join("audit").join("audit.jsonl")),
         },

@@ -80,6 +80,46 @@ impl<'a> Reader<'a> {
         }
     }
 
+    /// A sub-table as it is, for a section another crate validates (a UPS register map).
+    pub fn raw_table(&mut self, key: &str) -> Option<&'a Table> {
+        match self.get(key) {
+            Some(Value::Table(t)) => Some(t),
+            None => None,
+            Some(other) => {
+                self.problem(key, format!("expected a table, found {}", other.type_str()));
+                None
+            }
+        }
+    }
+
+    /// A string or a list of strings, as a command line: a string is run by `/bin/sh -c`.
+    pub fn command(&mut self, key: &str, default: &[&str]) -> Option<Vec<String>> {
+        match self.get(key) {
+            None => Some(default.iter().map(|s| s.to_string()).collect()),
+            Some(Value::String(s)) if !s.trim().is_empty() => {
+                Some(vec!["/bin/sh".into(), "-c".into(), s.clone()])
+            }
+            Some(Value::Array(_)) => {
+                let argv = self.string_list(key)?;
+                if argv.is_empty() || argv[0].is_empty() {
+                    self.problem(key, "the command must name a program".into());
+                    return None;
+                }
+                Some(argv)
+            }
+            Some(other) => {
+                self.problem(
+                    key,
+                    format!(
+                        "expected a command such as [\"systemctl\", \"poweroff\"] or a shell line, found {}",
+                        other.type_str()
+                    ),
+                );
+                None
+            }
+        }
+    }
+
     /// An array of tables (`[[key]]`), one reader per element.
     pub fn array_of_tables(&mut self, key: &str) -> Vec<Reader<'a>> {
         let base = self.key_path(key);

@@ -245,3 +245,105 @@ match = { "PatientName" = "X*" }
         );
     }
 }
+
+#[test]
+fn ups_power_and_alerts_are_read_and_checked() {
+    let text = r#"
+[ups]
+transport = "tcp"
+address = "10.0.0.5:502"
+profile = "apc-smt"
+shutdown_when_runtime_below_s = 240
+
+[power]
+shutdown_command = "echo off"
+
+[alerts]
+webhook = "https://alerts.example/outpost"
+"#;
+    let c = Config::parse(text, "site.toml").unwrap();
+    let u = c.ups.expect("[ups] is configured");
+    assert_eq!(u.profile.name(), "apc-smt");
+    assert_eq!(u.shutdown_below, std::time::Duration::from_secs(240));
+    assert!(
+        matches!(u.transport, ups::Transport::Tcp { ref address } if address == "10.0.0.5:502")
+    );
+    assert_eq!(c.power.shutdown_command, ["/bin/sh", "-c", "echo off"]);
+    assert_eq!(
+        c.alerts.webhook.as_deref(),
+        Some("https://alerts.example/outpost")
+    );
+    // Without [ups] nothing is watched, and the power-off command has its default.
+    let plain = Config::embedded();
+    assert!(plain.ups.is_none());
+    assert_eq!(plain.power.shutdown_command, ["systemctl", "poweroff"]);
+    assert_eq!(
+        plain.health.helper_dir,
+        std::path::PathBuf::from("/run/outpost-hw")
+    );
+}
+
+#[test]
+fn ups_problems_are_reported_at_once() {
+    let text = r#"
+[ups]
+transport = "modbus"
+profile = "apc-xyz"
+timeout_ms = 9000
+poll_interval_s = 5
+registers = { runtime_s = { address = 1 } }
+
+[health]
+raid_interval_s = 0
+
+[power]
+shutdown_command = 42
+
+[alerts]
+webhook = "alerts.example"
+"#;
+    let problems = Config::parse(text, "site.toml").unwrap_err().0;
+    let keys: Vec<&str> = problems.iter().map(|p| p.key.as_str()).collect();
+    for expected in [
+        "ups.transport",
+        "ups.profile",
+        "ups.timeout_ms",
+        "ups.registers",
+        "health.raid_interval_s",
+        "power.shutdown_command",
+        "alerts.webhook",
+    ] {
+        assert!(keys.contains(&expected), "{expected} missing from {keys:?}");
+    }
+    let profile = problems.iter().find(|p| p.key == "ups.profile").unwrap();
+    assert!(
+        profile.message.contains("\"apc-smt\""),
+        "{}",
+        profile.message
+    );
+}
+
+#[test]
+fn a_generic_ups_profile_is_checked_where_it_is_written() {
+    let text = r#"
+[ups]
+address = "10.0.0.5:502"
+profile = "generic"
+
+[ups.registers]
+name = "site-ups"
+[ups.registers.runtime_s]
+function = "input"
+address = 10
+type = "u16"
+"#;
+    let problems = Config::parse(text, "site.toml").unwrap_err().0;
+    let p = problems.iter().find(|p| p.key == "ups.registers").unwrap();
+    // The profile has no way to tell mains from battery: that is named.
+    assert!(p.message.contains("site.toml"), "{}", p.message);
+    assert!(
+        p.message.contains("on_battery") || p.message.contains("online"),
+        "{}",
+        p.message
+    );
+}
