@@ -1,0 +1,386 @@
+//! The power and storage policy, rule by rule, fed with RAID states and SMART reports
+//! captured from real arrays and disks (the health crate's fixtures) and with UPS readings.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use health::raid::RaidSources;
+use policy::{Policy, Readings, Settings, Severity};
+use ups::{Reading, UpsState};
+
+const SECOND: u64 = 1000;
+/// An arbitrary start time, in Unix milliseconds.
+const T0: u64 = 1_790_000_000_000;
+
+fn fixtures() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../health/tests/fixtures")
+}
+
+fn settings() -> Settings {
+    Settings {
+        shutdown_below: Duration::from_secs(300),
+        debounce: Duration::from_secs(10),
+        bays: vec![
+            ("vdb".into(), "bay 2".into()),
+            ("sdb".into(), "bay 2".into()),
+        ],
+        min_free_bytes: 1_000_000_000,
+        min_free_inodes_percent: 5.0,
+    }
+}
+
+fn raid(case: &str) -> Option<Result<Vec<health::raid::Array>, String>> {
+    let dir = fixtures().join("raid").join(case);
+    let sources = RaidSources {
+        mdstat: dir.join("proc/mdstat"),
+        sysfs_block: dir.join("sys/block"),
+        mdadm_dir: Some(dir.join("mdadm")),
+    };
+    Some(health::raid::sample(&sources).map_err(|e| e.to_string()))
+}
+
+fn smart(files: &[&str]) -> Option<Result<Vec<health::smart::Device>, String>> {
+    Some(Ok(files
+        .iter()
+        .map(|f| {
+            let path = fixtures().join("smart").join(f);
+            health::smart::parse(&std::fs::read_to_string(&path).unwrap(), f).unwrap()
+        })
+        .collect()))
+}
+
+fn volume(available: u64, read_only: bool) -> Option<Result<health::volume::Volume, String>> {
+    Some(Ok(health::volume::Volume {
+        path: "/var/lib/outpost".into(),
+        total_bytes: 100_000_000_000,
+        available_bytes: available,
+        total_inodes: 1_000_000,
+        free_inodes: 900_000,
+        read_only,
+    }))
+}
+
+fn ups(state: UpsState, runtime_s: u32) -> Option<Reading> {
+    Some(Reading {
+        state,
+        runtime_s: Some(runtime_s),
+        charge_pct: Some(80.0),
+        load_pct: Some(30.0),
+        battery_voltage: Some(27.1),
+        replace_battery: false,
+        flags: Vec::new(),
+        error: None,
+    })
+}
+
+fn healthy() -> Readings {
+    Readings {
+        raid: raid("raid1-clean"),
+        volume: volume(50_000_000_000, false),
+        smart: smart(&["sata-qemu.json", "nvme-qemu.json"]),
+        ups: ups(UpsState::Online, 3600),
+        ups_name: "APC Smart-UPS at 10.0.0.5:502 unit 1".into(),
+        links_down: Vec::new(),
+    }
+}
+
+#[test]
+fn a_healthy_appliance_has_no_alerts_and_no_holds() {
+    let mut p = Policy::new(settings());
+    let d = p.evaluate(&healthy(), T0);
+    assert!(d.active.is_empty(), "{:?}", d.active);
+    assert_eq!(d.hold_ingest, None);
+    assert!(!d.hold_forwarding && !d.checkpoint && d.power_off.is_none());
+}
+
+#[test]
+fn on_battery_counts_after_the_debounce_then_checkpoints_and_keeps_accepting() {
+    let mut p = Policy::new(settings());
+    let mut r = healthy();
+    p.evaluate(&r, T0);
+    r.ups = ups(UpsState::OnBattery, 1800);
+    let d = p.evaluate(&r, T0 + SECOND);
+    assert!(
+        d.raised.is_empty(),
+        "raised inside the debounce: {:?}",
+        d.raised
+    );
+    let d = p.evaluate(&r, T0 + 10 * SECOND);
+    assert!(d.raised.is_empty());
+    let d = p.evaluate(&r, T0 + 11 * SECOND);
+    assert_eq!(d.raised.len(), 1, "{:?}", d.raised);
+    let a = &d.raised[0];
+    assert_eq!(
+        (a.key.as_str(), a.severity),
+        ("ups.on_battery", Severity::Warning)
+    );
+    assert!(
+        a.message.starts_with("Mains power lost at "),
+        "{}",
+        a.message
+    );
+    assert!(
+        a.message.contains("30 min left, 80 % charged"),
+        "{}",
+        a.message
+    );
+    assert!(
+        a.message.contains("less than 5 min remains"),
+        "{}",
+        a.message
+    );
+    // The alert is dated when the power went, not when the debounce ended.
+    assert_eq!(a.since, (T0 + SECOND) / 1000);
+    assert!(d.checkpoint, "no checkpoint when the battery took over");
+    assert_eq!(
+        d.hold_ingest, None,
+        "studies must still be accepted on battery"
+    );
+    assert!(!d.hold_forwarding, "the link is up: forwarding goes on");
+    assert!(d.power_off.is_none());
+    // The checkpoint is asked for once, not at every evaluation.
+    assert!(!p.evaluate(&r, T0 + 12 * SECOND).checkpoint);
+}
+
+#[test]
+fn a_flickering_input_raises_nothing() {
+    let mut p = Policy::new(settings());
+    let mut r = healthy();
+    for i in 0..30 {
+        r.ups = if i % 2 == 0 {
+            ups(UpsState::OnBattery, 200)
+        } else {
+            ups(UpsState::Online, 3600)
+        };
+        let d = p.evaluate(&r, T0 + i * 3 * SECOND);
+        assert!(d.raised.is_empty() && d.power_off.is_none(), "{i}: {d:?}");
+    }
+}
+
+#[test]
+fn routine_forwarding_waits_on_battery_only_while_a_link_is_down() {
+    let mut p = Policy::new(settings());
+    let mut r = healthy();
+    r.ups = ups(UpsState::OnBattery, 1800);
+    p.evaluate(&r, T0);
+    assert!(!p.evaluate(&r, T0 + 10 * SECOND).hold_forwarding);
+    r.links_down = vec!["central".into()];
+    assert!(p.evaluate(&r, T0 + 11 * SECOND).hold_forwarding);
+    r.links_down.clear();
+    assert!(!p.evaluate(&r, T0 + 12 * SECOND).hold_forwarding);
+    // Back on mains (once that held for the debounce), a link down is forwarding's own
+    // business.
+    r.ups = ups(UpsState::Online, 3600);
+    r.links_down = vec!["central".into()];
+    p.evaluate(&r, T0 + 40 * SECOND);
+    assert!(!p.evaluate(&r, T0 + 50 * SECOND).hold_forwarding);
+}
+
+#[test]
+fn low_runtime_on_battery_powers_off_once_after_the_debounce() {
+    let mut p = Policy::new(settings());
+    let mut r = healthy();
+    r.ups = ups(UpsState::OnBattery, 250);
+    assert!(p.evaluate(&r, T0).power_off.is_none());
+    assert!(p.evaluate(&r, T0 + 9 * SECOND).power_off.is_none());
+    let d = p.evaluate(&r, T0 + 10 * SECOND);
+    let why = d.power_off.expect("power off below the threshold");
+    assert!(
+        why.contains("4 min 10 s of runtime left, below the 5 min threshold"),
+        "{why}"
+    );
+    assert!(p.evaluate(&r, T0 + 11 * SECOND).power_off.is_none());
+}
+
+#[test]
+fn the_ups_low_battery_signal_powers_off_whatever_the_runtime() {
+    let mut p = Policy::new(settings());
+    let mut r = healthy();
+    r.ups = ups(UpsState::LowBattery, 900);
+    p.evaluate(&r, T0);
+    let why = p.evaluate(&r, T0 + 10 * SECOND).power_off.unwrap();
+    assert!(why.contains("the UPS signals low battery"), "{why}");
+}
+
+#[test]
+fn low_runtime_on_mains_is_a_charging_battery_not_a_power_off() {
+    let mut p = Policy::new(settings());
+    let mut r = healthy();
+    r.ups = ups(UpsState::Online, 120);
+    p.evaluate(&r, T0);
+    let d = p.evaluate(&r, T0 + 60 * SECOND);
+    assert!(d.power_off.is_none() && d.active.is_empty(), "{d:?}");
+}
+
+#[test]
+fn a_silent_ups_is_an_alert_and_on_battery_stays_on_battery() {
+    let mut p = Policy::new(settings());
+    let mut r = healthy();
+    r.ups = ups(UpsState::OnBattery, 1800);
+    p.evaluate(&r, T0);
+    p.evaluate(&r, T0 + 10 * SECOND);
+    r.ups = Some(Reading::communication_lost("no answer within 2 s"));
+    p.evaluate(&r, T0 + 11 * SECOND);
+    let d = p.evaluate(&r, T0 + 30 * SECOND);
+    let keys: Vec<&str> = d.active.iter().map(|a| a.key.as_str()).collect();
+    assert!(keys.contains(&"ups.communication"), "{keys:?}");
+    assert!(
+        keys.contains(&"ups.on_battery"),
+        "blind is not back on mains: {keys:?}"
+    );
+    let lost = d
+        .active
+        .iter()
+        .find(|a| a.key == "ups.communication")
+        .unwrap();
+    assert!(
+        lost.message.contains("10.0.0.5:502") && lost.message.contains("no answer within 2 s"),
+        "{}",
+        lost.message
+    );
+    // Back and on mains: both clear after the debounce.
+    r.ups = ups(UpsState::Online, 3600);
+    p.evaluate(&r, T0 + 31 * SECOND);
+    let d = p.evaluate(&r, T0 + 41 * SECOND);
+    assert_eq!(d.cleared.len(), 2, "{:?}", d.cleared);
+    assert!(d.active.is_empty());
+}
+
+#[test]
+fn a_degraded_array_alerts_with_the_member_and_its_bay_and_keeps_accepting() {
+    let mut p = Policy::new(settings());
+    let mut r = healthy();
+    r.raid = raid("raid1-degraded");
+    let d = p.evaluate(&r, T0);
+    assert_eq!(d.raised.len(), 1, "{:?}", d.raised);
+    let a = &d.raised[0];
+    assert_eq!(a.severity, Severity::Warning);
+    assert!(
+        a.message.starts_with("RAID md0 (raid1) degraded at "),
+        "{}",
+        a.message
+    );
+    assert!(a.message.contains("replace the disk of "), "{}", a.message);
+    assert_eq!(d.hold_ingest, None);
+    // Repaired: cleared at once (arrays do not flicker).
+    r.raid = raid("raid1-clean");
+    let d = p.evaluate(&r, T0 + SECOND);
+    assert_eq!(d.cleared.len(), 1);
+}
+
+#[test]
+fn a_rebuild_is_information_and_a_check_is_nothing() {
+    let mut p = Policy::new(settings());
+    let mut r = healthy();
+    r.raid = raid("raid1-recovering");
+    let d = p.evaluate(&r, T0);
+    assert_eq!(d.raised.len(), 1, "{:?}", d.raised);
+    assert_eq!(d.raised[0].severity, Severity::Info);
+    assert!(
+        d.raised[0].message.contains("rebuilding"),
+        "{}",
+        d.raised[0].message
+    );
+    r.raid = raid("raid5-check");
+    let d = p.evaluate(&r, T0 + SECOND);
+    assert!(
+        d.active.is_empty(),
+        "a scrub is not a problem: {:?}",
+        d.active
+    );
+}
+
+#[test]
+fn a_failed_array_or_a_read_only_volume_refuses_new_instances() {
+    let mut p = Policy::new(settings());
+    let mut r = healthy();
+    r.raid = raid("raid5-failed");
+    let d = p.evaluate(&r, T0);
+    let why = d.hold_ingest.expect("a failed array must hold ingest");
+    assert!(
+        why.contains("failed") && why.contains("New studies are refused"),
+        "{why}"
+    );
+    assert_eq!(d.raised[0].severity, Severity::Critical);
+
+    r.raid = raid("raid5-clean");
+    assert_eq!(p.evaluate(&r, T0 + SECOND).hold_ingest, None);
+
+    r.volume = volume(50_000_000_000, true);
+    let why = p.evaluate(&r, T0 + 2 * SECOND).hold_ingest.unwrap();
+    assert!(why.contains("read-only"), "{why}");
+    r.volume = volume(50_000_000_000, false);
+    assert_eq!(p.evaluate(&r, T0 + 3 * SECOND).hold_ingest, None);
+}
+
+#[test]
+fn an_inactive_array_counts_as_failed() {
+    let mut p = Policy::new(settings());
+    let mut r = healthy();
+    r.raid = raid("inactive");
+    assert!(p.evaluate(&r, T0).hold_ingest.is_some());
+}
+
+#[test]
+fn space_below_the_floor_alerts_but_leaves_refusal_to_the_archive() {
+    let mut p = Policy::new(settings());
+    let mut r = healthy();
+    r.volume = volume(1_500_000_000, false);
+    let d = p.evaluate(&r, T0);
+    assert_eq!(d.raised[0].key, "volume.space");
+    assert_eq!(d.raised[0].severity, Severity::Warning);
+    r.volume = volume(500_000_000, false);
+    let d = p.evaluate(&r, T0 + SECOND);
+    let a = d.active.iter().find(|a| a.key == "volume.space").unwrap();
+    assert_eq!(a.severity, Severity::Critical);
+    assert!(a.message.contains("500 MB free"), "{}", a.message);
+    // The archive's own floor refuses instances; the policy does not add a second hold.
+    assert_eq!(d.hold_ingest, None);
+}
+
+#[test]
+fn smart_predictions_alert_and_keep_running() {
+    let mut p = Policy::new(settings());
+    let mut r = healthy();
+    r.smart = smart(&["sata-failed.json", "nvme-hot.json"]);
+    let d = p.evaluate(&r, T0);
+    let severities: Vec<Severity> = d.raised.iter().map(|a| a.severity).collect();
+    assert!(severities.contains(&Severity::Critical), "{:?}", d.raised);
+    assert!(severities.contains(&Severity::Warning), "{:?}", d.raised);
+    assert_eq!(d.hold_ingest, None);
+    let failing = d
+        .raised
+        .iter()
+        .find(|a| a.severity == Severity::Critical)
+        .unwrap();
+    assert!(
+        failing.message.contains("predicts its own failure"),
+        "{}",
+        failing.message
+    );
+}
+
+#[test]
+fn monitors_that_cannot_read_their_source_say_so() {
+    let mut p = Policy::new(settings());
+    let mut r = healthy();
+    r.raid = Some(Err("cannot read /proc/mdstat: permission denied".into()));
+    let d = p.evaluate(&r, T0);
+    assert_eq!(d.raised[0].key, "monitor.raid");
+    assert!(d.raised[0].message.contains("permission denied"));
+}
+
+#[test]
+fn alerts_are_listed_worst_first() {
+    let mut p = Policy::new(settings());
+    let mut r = healthy();
+    r.raid = raid("raid1-recovering");
+    r.volume = volume(50_000_000_000, true);
+    r.smart = smart(&["sata-reallocated.json"]);
+    let d = p.evaluate(&r, T0);
+    let severities: Vec<Severity> = d.active.iter().map(|a| a.severity).collect();
+    let mut sorted = severities.clone();
+    sorted.sort_by(|a, b| b.cmp(a));
+    assert_eq!(severities, sorted);
+    assert_eq!(severities[0], Severity::Critical);
+}
