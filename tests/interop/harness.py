@@ -172,6 +172,10 @@ class Outpost:
     # [[forward.destination]] and [[forward.rule]] tables, as dicts of keys.
     destinations: list = field(default_factory=list)
     rules: list = field(default_factory=list)
+    # Further sections ([health], [ups], [power], [alerts]) as TOML text.
+    extra_toml: str = ""
+    # Put before the binary, such as setpriv's arguments to run as the unit's user.
+    launcher: list = field(default_factory=list)
     proc: subprocess.Popen | None = None
     starts: int = 0
 
@@ -193,7 +197,7 @@ class Outpost:
         storage.update(self.storage)
         text = toml_text(dicom, self.remotes, storage, {"path": self.audit_path},
                          {"level": self.log_level}, self.destinations, self.rules)
-        self.config_path.write_text(text)
+        self.config_path.write_text(text + self.extra_toml)
 
     # -- process ------------------------------------------------------------------------
 
@@ -217,7 +221,8 @@ class Outpost:
             log.write(f"\n===== start #{self.starts} =====\n".encode())
             log.flush()
             self.proc = subprocess.Popen(
-                [str(OUTPOST_BIN), "serve", "--config", str(self.config_path)],
+                [*map(str, self.launcher), str(OUTPOST_BIN), "serve", "--config",
+                 str(self.config_path)],
                 stdin=subprocess.DEVNULL, stdout=log, stderr=log, env=full_env)
         if wait:
             self.wait_ready(timeout)

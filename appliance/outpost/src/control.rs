@@ -67,6 +67,9 @@ pub struct LiveState {
     pub dead_lettered: u64,
     /// Outside the delivery window: only STAT and high priority go now.
     pub outside_window: bool,
+    /// On battery with the link down: only STAT and high priority go now.
+    #[serde(default)]
+    pub held_on_battery: bool,
 }
 
 /// What `outpost status` shows.
@@ -85,6 +88,9 @@ pub struct Status {
     pub high_watermark: u8,
     pub low_watermark: u8,
     pub destinations: Vec<QueueRow>,
+    /// RAID, data volume, SMART, UPS and alerts (see `hardware::Snapshot`); kept as JSON so
+    /// the client needs no copy of every reading's type.
+    pub hardware: serde_json::Value,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -105,6 +111,7 @@ pub fn socket_path(data_dir: &Path) -> PathBuf {
 pub struct Control {
     pub store: Store,
     pub forwarder: Option<Arc<forward::Forwarder>>,
+    pub hardware: Arc<std::sync::Mutex<crate::hardware::Snapshot>>,
     pub destinations: Vec<String>,
     /// Facts about the running service that do not change.
     pub identity: Identity,
@@ -214,6 +221,8 @@ async fn handle(request: Request, control: &Control) -> Response {
                 high_watermark: id.high_watermark,
                 low_watermark: id.low_watermark,
                 destinations: rows,
+                hardware: serde_json::to_value(&*control.hardware.lock().expect("snapshot lock"))
+                    .unwrap_or_default(),
             }))
         }
         Request::Queue => match queue_rows(control).await {
@@ -345,6 +354,7 @@ async fn queue_rows(control: &Control) -> Result<Vec<QueueRow>, String> {
             retried: s.retried,
             dead_lettered: s.dead_lettered,
             outside_window: s.outside_window,
+            held_on_battery: s.held_on_battery,
         });
         rows.push(QueueRow {
             queue: summary,

@@ -2,7 +2,10 @@
 //! crate knows all the others; it parses, builds, spawns and stops, and holds no domain logic.
 
 mod control;
+mod hardware;
 mod import;
+mod marker;
+mod power;
 mod queue;
 mod serve;
 mod status;

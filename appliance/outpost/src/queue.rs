@@ -67,6 +67,9 @@ pub fn run(c: &config::Config, action: Option<Action>, json: bool) -> anyhow::Re
             for row in rows {
                 let q = &row.queue;
                 let (kind, mut state, live_error) = match &row.live {
+                    Some(l) if l.held_on_battery => {
+                        (l.kind.as_str(), "battery".to_string(), l.last_error.clone())
+                    }
                     Some(l) if l.outside_window => {
                         (l.kind.as_str(), "window".to_string(), l.last_error.clone())
                     }

@@ -1,6 +1,8 @@
 //! `outpost serve`: open the archive, bind the listeners, serve, and stop in three steps:
-//! decide (a signal), tell everyone (one cancellation token), wait with a deadline (the
-//! listener's grace period, then forwarding, then the index writer's final flush).
+//! decide (a signal, or the power policy on a failing UPS), tell everyone (one cancellation
+//! token), wait with a deadline (the listener's grace period, then forwarding and the
+//! monitors, then the index writer's final flush). A clean stop leaves a marker; a power-off
+//! then tells the UPS to cut and restore power and runs the configured power-off command.
 
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -64,6 +66,20 @@ async fn run(c: config::Config) -> anyhow::Result<ExitCode> {
         .await
         .context("opening the archive")?
         .with_context(|| format!("opening the archive in {}", data_dir.display()))?;
+    match crate::marker::take(&data_dir) {
+        Ok(Some(previous)) => info!(
+            stopped_at = previous.stopped_at,
+            reason = %previous.reason,
+            "the previous run stopped cleanly"
+        ),
+        Ok(None) if opened.instances > 0 => warn!(
+            incomplete_removed = opened.reconciled.incomplete_removed,
+            finished_indexed = opened.reconciled.finished_indexed,
+            "the previous run did not stop cleanly (a power cut or a crash); the archive was checked and repaired"
+        ),
+        Ok(None) => {}
+        Err(e) => warn!(error = %e, "cannot read the clean-shutdown marker"),
+    }
     info!(
         data_dir = %data_dir.display(),
         instances = opened.instances,
@@ -121,6 +137,17 @@ async fn run(c: config::Config) -> anyhow::Result<ExitCode> {
         );
         Some(Arc::new(f))
     };
+    let (power_tx, mut power_rx) = tokio::sync::mpsc::channel::<String>(1);
+    let hardware = crate::hardware::start(
+        &c,
+        crate::hardware::Effects {
+            store: store.clone(),
+            forwarder: forwarder.clone(),
+            audit: audit.clone(),
+            power_off: power_tx,
+        },
+        background.clone(),
+    );
     let cache_task = tokio::spawn(maintain_cache(
         store.clone(),
         audit.clone(),
@@ -133,6 +160,7 @@ async fn run(c: config::Config) -> anyhow::Result<ExitCode> {
         Arc::new(crate::control::Control {
             store: store.clone(),
             forwarder: forwarder.clone(),
+            hardware: hardware.snapshot.clone(),
             destinations: c
                 .forward
                 .destinations
@@ -204,15 +232,23 @@ async fn run(c: config::Config) -> anyhow::Result<ExitCode> {
     let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
     let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
     let mut ended = None;
+    let mut power_off = None;
     let reason = tokio::select! {
         _ = term.recv() => "SIGTERM",
         _ = int.recv() => "SIGINT",
+        Some(why) = power_rx.recv() => {
+            power_off = Some(why);
+            "the UPS is running out"
+        }
         r = &mut listener => {
             ended = Some(r);
             "the DICOM listener stopped unexpectedly"
         }
     };
     // 2. Tell everyone.
+    if let Some(why) = &power_off {
+        error!(grace = ?dicom.shutdown_grace, "powering off because {why}");
+    }
     info!(reason, grace = ?dicom.shutdown_grace, "stopping: no new associations; running ones may finish");
     notify::stopping("stopping: finishing running associations");
     shutdown.cancel();
@@ -229,6 +265,7 @@ async fn run(c: config::Config) -> anyhow::Result<ExitCode> {
     background.cancel();
     let _ = control_task.await;
     let _ = cache_task.await;
+    hardware.wait(Duration::from_secs(5)).await;
     let _ = std::fs::remove_file(&control_path);
     if let Some(f) = forwarder {
         match Arc::try_unwrap(f) {
@@ -265,14 +302,32 @@ async fn run(c: config::Config) -> anyhow::Result<ExitCode> {
             Outcome::SeriousFailure
         }
     };
+    let clean = outcome == Outcome::Success;
     audit.record(
         Event::new(EventKind::ApplicationStop, outcome).detail(format!(
             "stopped on {reason}; {} association(s) aborted at the deadline",
             stopped.aborted
         )),
     );
+    if let Some(why) = &power_off {
+        audit.record(
+            Event::new(EventKind::PowerOff, Outcome::Success).detail(format!(
+                "powering off: {why}; running {:?}",
+                c.power.shutdown_command
+            )),
+        );
+    }
     audit.close();
+    // The marker says the archive was closed in order; after anything less the next start
+    // says so, whatever the repair finds.
+    if clean && let Err(e) = crate::marker::record(&data_dir, reason) {
+        warn!(error = %e, "cannot record the clean-shutdown marker");
+    }
     info!("outpost stopped");
+    if power_off.is_some() {
+        crate::power::power_off(&c, hardware.ups.as_ref()).await;
+        return Ok(ExitCode::SUCCESS);
+    }
     Ok(if reason.starts_with("SIG") {
         ExitCode::SUCCESS
     } else {

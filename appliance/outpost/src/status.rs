@@ -67,7 +67,129 @@ pub fn run(c: &config::Config, json: bool) -> anyhow::Result<ExitCode> {
             println!("    last error: {e}");
         }
     }
+    print_hardware(&status.hardware);
     Ok(ExitCode::SUCCESS)
+}
+
+/// The hardware sections, read from the JSON snapshot the service sent.
+fn print_hardware(h: &serde_json::Value) {
+    let text = |v: &serde_json::Value| v.as_str().unwrap_or("?").to_string();
+    let raid = &h["raid"];
+    match (raid["reading"].as_array(), raid["error"].as_str()) {
+        (_, Some(e)) => println!("  raid:      cannot be read: {e}"),
+        (Some(arrays), None) if arrays.is_empty() => println!("  raid:      no md arrays"),
+        (Some(arrays), None) => {
+            for a in arrays {
+                let mut line = format!(
+                    "  raid:      {} {} {}",
+                    text(&a["name"]),
+                    a["level"].as_str().unwrap_or("md"),
+                    text(&a["health"])
+                );
+                if let Some(s) = a["mdstat_status"].as_str() {
+                    line.push_str(&format!(" {s}"));
+                }
+                if let (Some(action), Some(pct)) = (
+                    a["sync_action"].as_str(),
+                    a["sync_progress"]["percent"].as_f64(),
+                ) && action != "idle"
+                {
+                    line.push_str(&format!(", {action} {pct:.1}%"));
+                }
+                println!("{line}");
+            }
+        }
+        (None, None) => println!("  raid:      not sampled yet"),
+    }
+    let volume = &h["volume"];
+    match (&volume["reading"], volume["error"].as_str()) {
+        (_, Some(e)) => println!("  volume:    cannot be read: {e}"),
+        (v, None) if v.is_object() => {
+            let total = v["total_bytes"].as_u64().unwrap_or(0);
+            let avail = v["available_bytes"].as_u64().unwrap_or(0);
+            println!(
+                "  volume:    {} free of {}{}",
+                bytes(avail),
+                bytes(total),
+                if v["read_only"].as_bool() == Some(true) {
+                    ", READ-ONLY"
+                } else {
+                    ""
+                }
+            );
+        }
+        _ => println!("  volume:    not sampled yet"),
+    }
+    let smart = &h["smart"];
+    match (smart["reading"].as_array(), smart["error"].as_str()) {
+        (_, Some(e)) => println!("  smart:     cannot be read: {e}"),
+        (Some(d), None) if d.is_empty() => {
+            println!("  smart:     no reports (is the outpost-hwprobe timer installed?)")
+        }
+        (Some(devices), None) => {
+            for d in devices {
+                let reasons = d["verdict"]["reasons"]
+                    .as_array()
+                    .map(|r| r.iter().map(text).collect::<Vec<_>>().join("; "))
+                    .or_else(|| d["verdict"]["reason"].as_str().map(str::to_string))
+                    .unwrap_or_default();
+                println!(
+                    "  smart:     {} {}{}{}",
+                    text(&d["device"]),
+                    text(&d["verdict"]["level"]),
+                    d["temperature_c"]
+                        .as_i64()
+                        .map(|t| format!(", {t} °C"))
+                        .unwrap_or_default(),
+                    if reasons.is_empty() {
+                        String::new()
+                    } else {
+                        format!(": {reasons}")
+                    }
+                );
+            }
+        }
+        (None, None) => println!("  smart:     not sampled yet"),
+    }
+    match h["ups"].as_object() {
+        None => println!("  ups:       none configured"),
+        Some(u) => {
+            let r = &u["reading"];
+            if r.is_object() {
+                let mut line = format!("  ups:       {} {}", text(&u["name"]), text(&r["state"]));
+                if let Some(s) = r["runtime_s"].as_u64() {
+                    line.push_str(&format!(", {} runtime", crate::queue::age(s)));
+                }
+                if let Some(c) = r["charge_pct"].as_f64() {
+                    line.push_str(&format!(", {c:.0}% charged"));
+                }
+                if let Some(l) = r["load_pct"].as_f64() {
+                    line.push_str(&format!(", {l:.0}% load"));
+                }
+                if let Some(e) = r["error"].as_str() {
+                    line.push_str(&format!(": {e}"));
+                }
+                println!("{line}");
+            } else {
+                println!("  ups:       {} not read yet", text(&u["name"]));
+            }
+        }
+    }
+    if let Some(why) = h["ingest_held"].as_str() {
+        println!("  INGEST REFUSED: {why}");
+    }
+    if h["forwarding_held"].as_bool() == Some(true) {
+        println!("  forwarding: routine studies wait (on battery, link down)");
+    }
+    match h["alerts"].as_array() {
+        Some(alerts) if !alerts.is_empty() => {
+            println!("  alerts:");
+            for a in alerts {
+                println!("    [{}] {}", text(&a["severity"]), text(&a["message"]));
+            }
+        }
+        _ => println!("  alerts:    none"),
+    }
 }
 
 fn bytes(n: u64) -> String {

@@ -1,0 +1,499 @@
+//! Watching the hardware: runs the RAID, data-volume, SMART and UPS monitors on their own
+//! intervals, hands their readings to the policy, and carries out its decisions: alerts to
+//! the log, the audit trail, `outpost status` and the webhook; holding ingest or routine
+//! forwarding; an early checkpoint; and the request to power off, which `serve` acts on.
+//!
+//! Monitors never touch the ingest path: each reads its source on the blocking pool or over
+//! its own connection and only stores what it read.
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use audit::{Audit, Event, EventKind, Outcome};
+use policy::{Alert, Decision, Policy, Readings, Severity};
+use serde::Serialize;
+use tokio::sync::{Notify, mpsc};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{error, info, warn};
+
+/// The hardware's state for `outpost status`.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct Snapshot {
+    pub raid: Section<Vec<health::raid::Array>>,
+    pub volume: Section<health::volume::Volume>,
+    pub smart: Section<Vec<health::smart::Device>>,
+    /// `None` when no UPS is configured.
+    pub ups: Option<UpsSection>,
+    pub alerts: Vec<Alert>,
+    /// Why new instances are refused, when they are.
+    pub ingest_held: Option<String>,
+    /// Routine forwarding waits (on battery with a link down).
+    pub forwarding_held: bool,
+}
+
+/// One monitor's latest reading, or why it has none.
+#[derive(Clone, Debug, Serialize)]
+pub struct Section<T> {
+    pub reading: Option<T>,
+    pub error: Option<String>,
+    /// Unix seconds of the last sample; 0 before the first.
+    pub sampled_at: u64,
+}
+
+impl<T> Default for Section<T> {
+    fn default() -> Self {
+        Section {
+            reading: None,
+            error: None,
+            sampled_at: 0,
+        }
+    }
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct UpsSection {
+    pub name: String,
+    pub reading: Option<ups::Reading>,
+    pub sampled_at: u64,
+}
+
+/// The running monitors.
+pub struct Hardware {
+    pub snapshot: Arc<Mutex<Snapshot>>,
+    /// The UPS connection, shared with `serve` for the outlet-off command.
+    pub ups: Option<Arc<tokio::sync::Mutex<ups::Ups>>>,
+    tasks: TaskTracker,
+}
+
+impl Hardware {
+    /// Waits for the monitors and the webhook sender to stop (after `stop` was cancelled).
+    pub async fn wait(&self, deadline: Duration) {
+        self.tasks.close();
+        if tokio::time::timeout(deadline, self.tasks.wait())
+            .await
+            .is_err()
+        {
+            warn!("hardware monitors did not stop in time");
+        }
+    }
+}
+
+/// What the policy's decisions act on.
+pub struct Effects {
+    pub store: store::Store,
+    pub forwarder: Option<Arc<forward::Forwarder>>,
+    pub audit: Audit,
+    /// Receives the reason once the policy decides to power off.
+    pub power_off: mpsc::Sender<String>,
+}
+
+/// Starts every configured monitor and the policy loop.
+pub fn start(c: &config::Config, effects: Effects, stop: CancellationToken) -> Hardware {
+    let tasks = TaskTracker::new();
+    let readings = Arc::new(Mutex::new(Readings::default()));
+    let snapshot = Arc::new(Mutex::new(Snapshot::default()));
+    let kick = Arc::new(Notify::new());
+    let h = &c.health;
+
+    if h.raid {
+        let sources = health::raid::RaidSources {
+            mdstat: h.mdstat.clone(),
+            sysfs_block: h.sysfs_block.clone(),
+            mdadm_dir: Some(h.helper_dir.clone()),
+        };
+        let (readings, snapshot, kick, stop) = (
+            readings.clone(),
+            snapshot.clone(),
+            kick.clone(),
+            stop.clone(),
+        );
+        let interval = h.raid_interval;
+        tasks.spawn(async move {
+            loop {
+                let s = sources.clone();
+                let r = blocking(move || health::raid::sample(&s).map_err(|e| e.to_string())).await;
+                publish(&snapshot, |s| set(&mut s.raid, &r));
+                readings.lock().expect("readings lock").raid = Some(r);
+                kick.notify_one();
+                if sleep_or_stop(interval, &stop).await {
+                    return;
+                }
+            }
+        });
+    }
+    {
+        let path = c.storage.data_dir.clone();
+        let (readings, snapshot, kick, stop) = (
+            readings.clone(),
+            snapshot.clone(),
+            kick.clone(),
+            stop.clone(),
+        );
+        let interval = h.volume_interval;
+        tasks.spawn(async move {
+            loop {
+                let p = path.clone();
+                let r =
+                    blocking(move || health::volume::sample(&p).map_err(|e| e.to_string())).await;
+                publish(&snapshot, |s| set(&mut s.volume, &r));
+                readings.lock().expect("readings lock").volume = Some(r);
+                kick.notify_one();
+                if sleep_or_stop(interval, &stop).await {
+                    return;
+                }
+            }
+        });
+    }
+    {
+        let dir = h.helper_dir.clone();
+        let max_age = h.smart_max_age;
+        let (readings, snapshot, kick, stop) = (
+            readings.clone(),
+            snapshot.clone(),
+            kick.clone(),
+            stop.clone(),
+        );
+        let interval = h.smart_interval;
+        tasks.spawn(async move {
+            loop {
+                let d = dir.clone();
+                let r = blocking(move || {
+                    health::smart::sample_dir(&d, max_age).map_err(|e| e.to_string())
+                })
+                .await;
+                publish(&snapshot, |s| set(&mut s.smart, &r));
+                readings.lock().expect("readings lock").smart = Some(r);
+                kick.notify_one();
+                if sleep_or_stop(interval, &stop).await {
+                    return;
+                }
+            }
+        });
+    }
+    let ups = c.ups.as_ref().map(|u| {
+        let device = ups::Ups::new(ups::Settings {
+            transport: u.transport.clone(),
+            unit_id: u.unit_id,
+            profile: u.profile.clone(),
+            timeout: u.timeout,
+        });
+        let name = device.describe();
+        readings.lock().expect("readings lock").ups_name = name.clone();
+        publish(&snapshot, |s| {
+            s.ups = Some(UpsSection {
+                name: name.clone(),
+                reading: None,
+                sampled_at: 0,
+            })
+        });
+        let device = Arc::new(tokio::sync::Mutex::new(device));
+        let (shared, readings, snapshot, kick, stop) = (
+            device.clone(),
+            readings.clone(),
+            snapshot.clone(),
+            kick.clone(),
+            stop.clone(),
+        );
+        let interval = u.poll_interval;
+        info!(ups = %name, "watching the UPS");
+        tasks.spawn(async move {
+            let mut last_state = None;
+            loop {
+                let reading = shared.lock().await.read().await;
+                if last_state != Some(reading.state) {
+                    info!(ups = %name, state = ?reading.state, runtime_s = reading.runtime_s, error = reading.error.as_deref().unwrap_or(""), "UPS state");
+                    last_state = Some(reading.state);
+                }
+                publish(&snapshot, |s| {
+                    if let Some(u) = &mut s.ups {
+                        u.reading = Some(reading.clone());
+                        u.sampled_at = unix_now();
+                    }
+                });
+                readings.lock().expect("readings lock").ups = Some(reading);
+                kick.notify_one();
+                if sleep_or_stop(interval, &stop).await {
+                    return;
+                }
+            }
+        });
+        device
+    });
+
+    let webhook = c.alerts.webhook.clone().map(|url| {
+        let (tx, rx) = mpsc::channel(WEBHOOK_QUEUE);
+        let appliance = c.dicom.ae_title.as_str().to_string();
+        tasks.spawn(send_webhooks(
+            url,
+            c.alerts.webhook_timeout,
+            appliance,
+            rx,
+            stop.clone(),
+        ));
+        tx
+    });
+    let settings = policy::Settings {
+        shutdown_below: c.ups.as_ref().map(|u| u.shutdown_below).unwrap_or_default(),
+        debounce: c.ups.as_ref().map(|u| u.debounce).unwrap_or_default(),
+        bays: h.bays.clone(),
+        min_free_bytes: c.storage.min_free_bytes,
+        min_free_inodes_percent: h.min_free_inodes_percent,
+    };
+    tasks.spawn(run_policy(
+        Policy::new(settings),
+        readings,
+        snapshot.clone(),
+        kick,
+        effects,
+        webhook,
+        stop,
+    ));
+    Hardware {
+        snapshot,
+        ups,
+        tasks,
+    }
+}
+
+/// Debounce periods end between samples, so the policy also looks once a second.
+const POLICY_TICK: Duration = Duration::from_secs(1);
+
+async fn run_policy(
+    mut policy: Policy,
+    readings: Arc<Mutex<Readings>>,
+    snapshot: Arc<Mutex<Snapshot>>,
+    kick: Arc<Notify>,
+    effects: Effects,
+    webhook: Option<mpsc::Sender<Notice>>,
+    stop: CancellationToken,
+) {
+    let mut held: Option<String> = None;
+    let mut forwarding_held = false;
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = kick.notified() => {}
+            _ = tokio::time::sleep(POLICY_TICK) => {}
+        }
+        let current = {
+            let mut r = readings.lock().expect("readings lock");
+            r.links_down = effects
+                .forwarder
+                .as_ref()
+                .map(|f| {
+                    f.status()
+                        .into_iter()
+                        .filter(|d| d.state == forward::State::Down)
+                        .map(|d| d.name)
+                        .collect()
+                })
+                .unwrap_or_default();
+            r.clone()
+        };
+        let d = policy.evaluate(&current, now_ms());
+        announce(&d, &effects.audit, webhook.as_ref());
+        if d.hold_ingest != held {
+            match &d.hold_ingest {
+                Some(why) => error!("refusing new instances: {why}"),
+                None => info!("accepting new instances again"),
+            }
+            effects.store.hold_ingest(d.hold_ingest.clone());
+            held = d.hold_ingest.clone();
+        }
+        if d.hold_forwarding != forwarding_held {
+            if let Some(f) = &effects.forwarder {
+                f.hold_on_battery(d.hold_forwarding);
+            }
+            if d.hold_forwarding {
+                warn!(
+                    "on battery with an upstream link down: routine forwarding waits; STAT and high priority studies still go"
+                );
+            } else {
+                info!("routine forwarding resumes");
+            }
+            forwarding_held = d.hold_forwarding;
+        }
+        if d.checkpoint {
+            match effects.store.checkpoint().await {
+                Ok(()) => info!("on battery: everything acknowledged is checkpointed"),
+                Err(e) => error!(error = %e, "on battery: the checkpoint failed"),
+            }
+        }
+        publish(&snapshot, |s| {
+            s.alerts = d.active.clone();
+            s.ingest_held = d.hold_ingest.clone();
+            s.forwarding_held = d.hold_forwarding;
+        });
+        if let Some(why) = d.power_off {
+            let _ = effects.power_off.try_send(why);
+        }
+    }
+}
+
+/// Logs, audits and posts the alerts that were raised or cleared.
+fn announce(d: &Decision, audit: &Audit, webhook: Option<&mpsc::Sender<Notice>>) {
+    for a in &d.raised {
+        match a.severity {
+            Severity::Critical => error!(alert = %a.key, "{}", a.message),
+            Severity::Warning => warn!(alert = %a.key, "{}", a.message),
+            Severity::Info => info!(alert = %a.key, "{}", a.message),
+        }
+        let outcome = match a.severity {
+            Severity::Critical => Outcome::SeriousFailure,
+            _ => Outcome::MinorFailure,
+        };
+        audit.record(Event::new(EventKind::AlertRaised, outcome).detail(a.message.clone()));
+        post(webhook, "raised", a);
+    }
+    for a in &d.cleared {
+        info!(alert = %a.key, "resolved: {}", a.message);
+        audit.record(
+            Event::new(EventKind::AlertCleared, Outcome::Success)
+                .detail(format!("resolved: {}", a.message)),
+        );
+        post(webhook, "cleared", a);
+    }
+}
+
+/// At most this many alerts wait for the webhook; beyond it the oldest news is dropped,
+/// since the log and the audit trail keep every alert anyway.
+const WEBHOOK_QUEUE: usize = 256;
+
+#[derive(Clone, Debug, Serialize)]
+struct Notice {
+    event: &'static str,
+    #[serde(flatten)]
+    alert: Alert,
+}
+
+fn post(webhook: Option<&mpsc::Sender<Notice>>, event: &'static str, alert: &Alert) {
+    if let Some(tx) = webhook
+        && tx
+            .try_send(Notice {
+                event,
+                alert: alert.clone(),
+            })
+            .is_err()
+    {
+        warn!(
+            alert = %alert.key,
+            "the webhook queue is full; this alert reaches the log and the audit trail only"
+        );
+    }
+}
+
+/// Posts alerts in order, retrying each with backoff until the receiver takes it (2xx) or
+/// refuses it for good (4xx other than 408 and 429, which are retried).
+async fn send_webhooks(
+    url: String,
+    timeout: Duration,
+    appliance: String,
+    mut rx: mpsc::Receiver<Notice>,
+    stop: CancellationToken,
+) {
+    let client = match reqwest::Client::builder().timeout(timeout).build() {
+        Ok(c) => c,
+        Err(e) => {
+            error!(error = %e, "cannot set up the alert webhook client; alerts go to the log and the audit trail only");
+            return;
+        }
+    };
+    loop {
+        let notice = tokio::select! {
+            n = rx.recv() => match n { Some(n) => n, None => return },
+            _ = stop.cancelled() => match rx.try_recv() {
+                // On the way out (a power-off) the last alerts still get a short try.
+                Ok(n) => n,
+                Err(_) => return,
+            },
+        };
+        let body = serde_json::json!({
+            "appliance": appliance,
+            "event": notice.event,
+            "key": notice.alert.key,
+            "severity": notice.alert.severity,
+            "message": notice.alert.message,
+            "since": notice.alert.since,
+        });
+        let mut backoff = Duration::from_secs(1);
+        let mut attempts = 0u32;
+        loop {
+            attempts += 1;
+            let outcome = client.post(&url).json(&body).send().await;
+            let retry = match outcome {
+                Ok(r) if r.status().is_success() => false,
+                Ok(r)
+                    if r.status().is_client_error()
+                        && r.status() != reqwest::StatusCode::REQUEST_TIMEOUT
+                        && r.status() != reqwest::StatusCode::TOO_MANY_REQUESTS =>
+                {
+                    warn!(status = %r.status(), alert = %notice.alert.key, "the alert webhook refused the alert; not retrying it (check the webhook URL and its authorisation)");
+                    false
+                }
+                Ok(r) => {
+                    warn!(status = %r.status(), alert = %notice.alert.key, attempts, "the alert webhook failed; retrying");
+                    true
+                }
+                Err(e) => {
+                    warn!(error = %e, alert = %notice.alert.key, attempts, "the alert webhook is unreachable; retrying");
+                    true
+                }
+            };
+            if !retry {
+                break;
+            }
+            // While stopping, one attempt is all there is time for.
+            if stop.is_cancelled() {
+                return;
+            }
+            tokio::select! {
+                _ = stop.cancelled() => {}
+                _ = tokio::time::sleep(backoff) => {}
+            }
+            backoff = (backoff * 2).min(Duration::from_secs(300));
+        }
+    }
+}
+
+fn set<T: Clone>(section: &mut Section<T>, r: &Result<T, String>) {
+    match r {
+        Ok(v) => {
+            section.reading = Some(v.clone());
+            section.error = None;
+        }
+        Err(e) => section.error = Some(e.clone()),
+    }
+    section.sampled_at = unix_now();
+}
+
+fn publish(snapshot: &Mutex<Snapshot>, change: impl FnOnce(&mut Snapshot)) {
+    change(&mut snapshot.lock().expect("snapshot lock"));
+}
+
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, String> + Send + 'static,
+) -> Result<T, String> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .unwrap_or_else(|e| Err(format!("the monitor failed: {e}")))
+}
+
+/// Sleeps for `d`; true when `stop` was cancelled meanwhile.
+async fn sleep_or_stop(d: Duration, stop: &CancellationToken) -> bool {
+    tokio::select! {
+        _ = stop.cancelled() => true,
+        _ = tokio::time::sleep(d) => false,
+    }
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+fn unix_now() -> u64 {
+    now_ms() / 1000
+}
