@@ -336,3 +336,70 @@ async fn store_by_a_remote_without_store_permission_is_not_authorized() {
     .await;
     app.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_held_archive_turns_senders_away_and_keeps_answering_queries() {
+    let app = Appliance::start(&open_config("")).await;
+    app.store
+        .hold_ingest(Some("RAID md0 (raid5) failed at 03:12".into()));
+    // A sender with nothing but instances to give is told to come back later.
+    let rj = rejection(Scu::connect(app.addr, "CT1", "OUTPOST", &[(CT, &[EXPLICIT_LE])], &[]).await);
+    assert_eq!(rj.result, AssociationRJResult::Transient);
+    assert_eq!(
+        rj.source,
+        AssociationRJSource::ServiceProviderPresentation(
+            AssociationRJServiceProviderPresentationReason::TemporaryCongestion
+        )
+    );
+    let lines = rejections(&app);
+    assert!(
+        lines.iter().any(|l| l.contains("RAID md0 (raid5) failed")),
+        "{lines:?}"
+    );
+    // Verification alone is no sender: a modality checking the link still gets its answer.
+    let mut echo = Scu::connect(app.addr, "CT1", "OUTPOST", ECHO, &[])
+        .await
+        .unwrap();
+    assert_eq!(echo.echo().await.unwrap(), Status::SUCCESS);
+    echo.release().await.unwrap();
+    // An association that also queries is accepted; its C-STORE gets 0xA700 with the reason.
+    let mut mixed = Scu::connect(
+        app.addr,
+        "VIEWER",
+        "OUTPOST",
+        &[
+            (CT, &[EXPLICIT_LE]),
+            (dimse::STUDY_ROOT_FIND, &[EXPLICIT_LE]),
+        ],
+        &[],
+    )
+    .await
+    .unwrap();
+    let inst = SynthInstance::ct(1, 1, 1, 1);
+    let rsp = mixed
+        .store(CT, &inst.sop_uid, None, &inst.dataset(Encoding::EXPLICIT_LE))
+        .await
+        .unwrap();
+    assert_eq!(rsp.status, Some(Status::OUT_OF_RESOURCES));
+    assert!(
+        rsp.error_comment
+            .as_deref()
+            .is_some_and(|c| c.contains("not accepting instances")),
+        "{:?}",
+        rsp.error_comment
+    );
+    assert_eq!(instance_count(&app), 0);
+    mixed.release().await.unwrap();
+    // Released: stores are taken again.
+    app.store.hold_ingest(None);
+    let mut scu = Scu::connect(app.addr, "CT1", "OUTPOST", &[(CT, &[EXPLICIT_LE])], &[])
+        .await
+        .unwrap();
+    let rsp = scu
+        .store(CT, &inst.sop_uid, None, &inst.dataset(Encoding::EXPLICIT_LE))
+        .await
+        .unwrap();
+    assert_eq!(rsp.status, Some(Status::SUCCESS));
+    scu.release().await.unwrap();
+    app.stop().await;
+}
