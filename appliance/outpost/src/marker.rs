@@ -50,3 +50,23 @@ pub fn take(data_dir: &Path) -> std::io::Result<Option<Marker>> {
     std::fs::File::open(data_dir)?.sync_all()?;
     Ok(serde_json::from_slice(&text).ok())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_recorded_stop_is_taken_once() {
+        let dir = tempfile::tempdir().unwrap();
+        assert!(take(dir.path()).unwrap().is_none());
+        record(dir.path(), "SIGTERM").unwrap();
+        let m = take(dir.path())
+            .unwrap()
+            .expect("the marker of the clean stop");
+        assert_eq!(m.reason, "SIGTERM");
+        assert!(m.stopped_at > 0);
+        // Taken away at start: a crash of the next run is not mistaken for a clean stop.
+        assert!(take(dir.path()).unwrap().is_none());
+        assert!(!dir.path().join("clean-shutdown.json.tmp").exists());
+    }
+}

@@ -417,3 +417,57 @@ priority = "stat"
     edge.stop().await;
     central.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_battery_only_urgent_instances_go_until_the_hold_is_released() {
+    let central = Appliance::start(&central_toml()).await;
+    let rules = r#"
+[[forward.rule]]
+name = "emergency"
+calling_ae = ["ER"]
+destinations = ["central"]
+priority = "stat"
+"#;
+    let edge = Appliance::start(&(edge_toml(central.addr.port(), "") + rules)).await;
+    let forwarder = edge.forwarder.as_ref().unwrap();
+    forwarder.hold_on_battery(true);
+    let routine = instances(2);
+    store_into(&edge, &routine).await;
+    let mut urgent = SynthInstance::ct(5, 1, 1, 1);
+    urgent.pixel_bytes = 1000;
+    {
+        let mut scu = Scu::connect(
+            edge.addr,
+            "ER",
+            "EDGE",
+            &[(urgent.sop_class.as_str(), &[EXPLICIT_VR_LITTLE_ENDIAN])],
+            &[],
+        )
+        .await
+        .unwrap();
+        scu.store(
+            &urgent.sop_class,
+            &urgent.sop_uid,
+            Some(EXPLICIT_VR_LITTLE_ENDIAN),
+            &urgent.dataset(Encoding::EXPLICIT_LE),
+        )
+        .await
+        .unwrap();
+        scu.release().await.unwrap();
+    }
+    eventually("the STAT instance arrived", || {
+        held_by(&central, &urgent.sop_uid).is_some()
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(depth(&edge), 2, "routine instances wait on battery");
+    assert!(held_by(&central, &routine[0].sop_uid).is_none());
+    assert!(state(&edge).held_on_battery);
+    // Mains back: the routine instances go without waiting for a retry timer.
+    forwarder.hold_on_battery(false);
+    eventually("the routine instances arrived", || depth(&edge) == 0).await;
+    assert!(held_by(&central, &routine[1].sop_uid).is_some());
+    assert!(!state(&edge).held_on_battery);
+    edge.stop().await;
+    central.stop().await;
+}

@@ -343,7 +343,8 @@ async fn a_held_archive_turns_senders_away_and_keeps_answering_queries() {
     app.store
         .hold_ingest(Some("RAID md0 (raid5) failed at 03:12".into()));
     // A sender with nothing but instances to give is told to come back later.
-    let rj = rejection(Scu::connect(app.addr, "CT1", "OUTPOST", &[(CT, &[EXPLICIT_LE])], &[]).await);
+    let rj =
+        rejection(Scu::connect(app.addr, "CT1", "OUTPOST", &[(CT, &[EXPLICIT_LE])], &[]).await);
     assert_eq!(rj.result, AssociationRJResult::Transient);
     assert_eq!(
         rj.source,
@@ -377,7 +378,12 @@ async fn a_held_archive_turns_senders_away_and_keeps_answering_queries() {
     .unwrap();
     let inst = SynthInstance::ct(1, 1, 1, 1);
     let rsp = mixed
-        .store(CT, &inst.sop_uid, None, &inst.dataset(Encoding::EXPLICIT_LE))
+        .store(
+            CT,
+            &inst.sop_uid,
+            None,
+            &inst.dataset(Encoding::EXPLICIT_LE),
+        )
         .await
         .unwrap();
     assert_eq!(rsp.status, Some(Status::OUT_OF_RESOURCES));
@@ -396,7 +402,12 @@ async fn a_held_archive_turns_senders_away_and_keeps_answering_queries() {
         .await
         .unwrap();
     let rsp = scu
-        .store(CT, &inst.sop_uid, None, &inst.dataset(Encoding::EXPLICIT_LE))
+        .store(
+            CT,
+            &inst.sop_uid,
+            None,
+            &inst.dataset(Encoding::EXPLICIT_LE),
+        )
         .await
         .unwrap();
     assert_eq!(rsp.status, Some(Status::SUCCESS));
