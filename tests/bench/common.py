@@ -72,10 +72,12 @@ class Server:
 class Outpost(Server):
     ae = "OUTPOST"
 
-    def __init__(self, workdir, durability):
+    def __init__(self, workdir, durability, name=None, extra=""):
         super().__init__(workdir)
         self.durability = durability
-        self.name = f"outpost-{durability}"
+        self.name = name or f"outpost-{durability}"
+        # Further configuration sections, as TOML text.
+        self.extra = extra
 
     def start(self):
         self.reset()
@@ -96,6 +98,7 @@ min_free_mb = 0
 [log]
 level = "warn"
 """
+            + self.extra
         )
         self.proc = subprocess.Popen(
             [str(OUTPOST), "serve", "--config", str(cfg)],

@@ -83,11 +83,21 @@ def hardware_dir(o: Outpost, user: UnitUser, raid_case: str = "raid1-clean") -> 
 
 
 def set_raid(hw: Path, case: str) -> None:
-    """Puts a captured RAID state in place (replacing the one before)."""
+    """Puts a captured RAID state in place, replacing the one before by renames, so the
+    monitor never reads a half-copied tree (or none, which would read as "no arrays")."""
     src = FIXTURES / "raid" / case
     for part in ("proc", "sys"):
-        shutil.rmtree(hw / part, ignore_errors=True)
-        shutil.copytree(src / part, hw / part)
+        new = hw / f".{part}.new"
+        shutil.rmtree(new, ignore_errors=True)
+        shutil.copytree(src / part, new)
+        if (hw / part).exists():
+            old = hw / f".{part}.old"
+            shutil.rmtree(old, ignore_errors=True)
+            (hw / part).rename(old)
+            new.rename(hw / part)
+            shutil.rmtree(old)
+        else:
+            new.rename(hw / part)
     helper = hw / "helper"
     helper.mkdir(parents=True, exist_ok=True)
     for old in list(helper.glob("*.export")) + list(helper.glob("*.detail")):
@@ -97,9 +107,11 @@ def set_raid(hw: Path, case: str) -> None:
 
 
 def health_toml(hw: Path, **overrides) -> str:
+    # The captured arrays are md0 (and md1); the test machine's own volume is on no array.
     keys = {"mdstat": hw / "proc" / "mdstat", "sysfs_block": hw / "sys" / "block",
             "helper_dir": hw / "helper", "raid_interval_s": 1, "volume_interval_s": 1,
-            "smart_interval_s": 10, "bays": {"sda": "bay 1", "sdb": "bay 2"}}
+            "smart_interval_s": 10, "bays": {"sda": "bay 1", "sdb": "bay 2"},
+            "data_arrays": ["md0"]}
     keys.update(overrides)
     return "\n[health]\n" + "".join(f"{k} = {toml(v)}\n" for k, v in keys.items())
 
@@ -491,3 +503,36 @@ def test_unit_files_verify_and_are_hardened(tmp_path):
     level = float(exposure[0].split("level for")[1].split(":")[1].split()[0])
     # 0 is sealed, 10 is fully exposed; systemd calls below 2 "OK" and below 1 "SAFE".
     assert level <= 2.0, out
+
+
+def test_hwprobe_leaves_reports_the_service_reads(unit_user, tmp_path):
+    """The root helper runs smartctl for every disk `smartctl --scan` lists (stand-ins here,
+    printing captured reports), names disks behind a RAID controller apart, writes the
+    reports for the service's group only, and forgets disks that are gone."""
+    stubs = tmp_path / "bin"
+    stubs.mkdir()
+    sata = FIXTURES / "smart" / "sata-qemu.json"
+    nvme = FIXTURES / "smart" / "nvme-qemu.json"
+    (stubs / "smartctl").write_text(f"""#!/bin/sh
+case "$*" in
+--scan) printf '%s\\n' '/dev/sda -d sat # /dev/sda [SAT], ATA device' \\
+    '/dev/nvme0 -d nvme # /dev/nvme0, NVMe device' \\
+    '/dev/bus/0 -d megaraid,3 # /dev/bus/0 [megaraid_disk_03], SCSI device' ;;
+*sda*) cat {sata}; exit 4 ;;
+*) cat {nvme} ;;
+esac
+""")
+    (stubs / "smartctl").chmod(0o755)
+    out = tmp_path / "hw"
+    out.mkdir()
+    (out / "smart-gone.json").write_text("{}")
+    env = {"PATH": f"{stubs}:/usr/sbin:/usr/bin:/sbin:/bin"}
+    r = subprocess.run([str(REPO / "configs" / "systemd" / "outpost-hwprobe"), str(out)],
+                       env=env, capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    names = sorted(p.name for p in out.iterdir())
+    assert names == ["smart-0-megaraid_3.json", "smart-nvme0.json", "smart-sda.json"], names
+    for p in out.iterdir():
+        assert p.stat().st_mode & 0o777 == 0o640, (p, oct(p.stat().st_mode))
+    # A disk's findings set smartctl's exit bits; the report is kept all the same.
+    assert (out / "smart-sda.json").read_bytes() == sata.read_bytes()

@@ -27,6 +27,9 @@ pub struct Health {
     pub bays: Vec<(String, String)>,
     /// Alert when fewer inodes than this percentage are free on the data volume.
     pub min_free_inodes_percent: f64,
+    /// The md arrays whose failure refuses new instances; `None`: those the data volume is
+    /// found on (through sysfs).
+    pub data_arrays: Option<Vec<String>>,
 }
 
 /// The UPS, read over Modbus.
@@ -76,6 +79,11 @@ pub(crate) fn read_health(root: &mut Reader) -> Option<Health> {
     let smart_max_age = h.seconds("smart_max_age_s", 7200, 60, 7 * 86_400);
     let bays = h.string_map("bays");
     let inodes = h.float("min_free_inodes_percent", 5.0, 0.0, 100.0);
+    let data_arrays = if h.has("data_arrays") {
+        h.string_list("data_arrays").map(Some)
+    } else {
+        h.string_list("data_arrays").map(|_| None)
+    };
     h.finish();
     Some(Health {
         raid: raid?,
@@ -88,6 +96,7 @@ pub(crate) fn read_health(root: &mut Reader) -> Option<Health> {
         smart_max_age: smart_max_age?,
         bays: bays?,
         min_free_inodes_percent: inodes?,
+        data_arrays: data_arrays?,
     })
 }
 
@@ -134,6 +143,12 @@ pub(crate) fn read_ups(root: &mut Reader, source: &str) -> Option<Option<Ups>> {
         None => None,
     };
     let unit_id = u.int("unit_id", 1, 0, 247);
+    if unit_id == Some(0) && matches!(transport, Some(ups::Transport::Rtu { .. })) {
+        u.problem(
+            "unit_id",
+            "0 is the broadcast address on a serial line, which no UPS answers; use the UPS's own unit ID (1 by default)".into(),
+        );
+    }
     let profile_name = u.string("profile", None);
     let registers = u.raw_table("registers");
     let profile = match profile_name.as_deref() {
@@ -203,7 +218,8 @@ pub(crate) fn read_ups(root: &mut Reader, source: &str) -> Option<Option<Ups>> {
         .map(Duration::from_millis);
     let shutdown_below = u.seconds("shutdown_when_runtime_below_s", 300, 0, 86_400);
     let debounce = u.seconds("debounce_s", 10, 0, 600);
-    let outlet_off_delay = u.seconds("outlet_off_delay_s", 120, 10, 3600);
+    // The operating system must be off before the UPS cuts the outlets.
+    let outlet_off_delay = u.seconds("outlet_off_delay_s", 120, 30, 3600);
     if let (Some(p), Some(t)) = (poll_interval, timeout)
         && t >= p
     {
@@ -245,7 +261,12 @@ pub(crate) fn read_ups(root: &mut Reader, source: &str) -> Option<Option<Ups>> {
 
 pub(crate) fn read_power(root: &mut Reader) -> Option<Power> {
     let mut p = root.table("power");
-    let command = p.command("shutdown_command", &["systemctl", "poweroff"]);
+    // Inhibitors (a package update, a logged-in session) must not keep a UPS power-off from
+    // happening; the polkit rule allows exactly this.
+    let command = p.command(
+        "shutdown_command",
+        &["systemctl", "poweroff", "--ignore-inhibitors"],
+    );
     p.finish();
     Some(Power {
         shutdown_command: command?,

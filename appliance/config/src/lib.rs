@@ -413,6 +413,23 @@ fn build(root: &mut Reader, source: &str) -> Option<Config> {
     let forward = forward::read(root);
     let health = health::read_health(root);
     let ups = health::read_ups(root, source);
+    if let (Some(Some(u)), Some(grace)) = (&ups, shutdown_grace) {
+        // From the decision to the outlet-off command: the grace period, then forwarding
+        // (10 s), the index's final flush and the UPS command, with room to spare.
+        let needed = grace + Duration::from_secs(60) + u.outlet_off_delay;
+        if !u.shutdown_below.is_zero() && u.shutdown_below < needed {
+            root.problem(
+                "ups.shutdown_when_runtime_below_s",
+                format!(
+                    "{} s of runtime does not cover the power-off: dicom.shutdown_grace_s ({} s), about 60 s to close the archive, and outlet_off_delay_s ({} s) add up to {} s; raise it or shorten those",
+                    u.shutdown_below.as_secs(),
+                    grace.as_secs(),
+                    u.outlet_off_delay.as_secs(),
+                    needed.as_secs()
+                ),
+            );
+        }
+    }
     let power = health::read_power(root);
     let alerts = health::read_alerts(root);
 

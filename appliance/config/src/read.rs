@@ -99,6 +99,14 @@ impl<'a> Reader<'a> {
             Some(Value::String(s)) if !s.trim().is_empty() => {
                 Some(vec!["/bin/sh".into(), "-c".into(), s.clone()])
             }
+            Some(Value::String(_)) => {
+                self.problem(
+                    key,
+                    "the command is empty; name a program, such as [\"systemctl\", \"poweroff\"]"
+                        .into(),
+                );
+                None
+            }
             Some(Value::Array(_)) => {
                 let argv = self.string_list(key)?;
                 if argv.is_empty() || argv[0].is_empty() {

@@ -276,7 +276,10 @@ webhook = "https://alerts.example/outpost"
     // Without [ups] nothing is watched, and the power-off command has its default.
     let plain = Config::embedded();
     assert!(plain.ups.is_none());
-    assert_eq!(plain.power.shutdown_command, ["systemctl", "poweroff"]);
+    assert_eq!(
+        plain.power.shutdown_command,
+        ["systemctl", "poweroff", "--ignore-inhibitors"]
+    );
     assert_eq!(
         plain.health.helper_dir,
         std::path::PathBuf::from("/run/outpost-hw")
@@ -345,5 +348,27 @@ type = "u16"
         p.message.contains("on_battery") || p.message.contains("online"),
         "{}",
         p.message
+    );
+}
+
+#[test]
+fn the_runtime_threshold_must_cover_the_power_off() {
+    let text = r#"
+[dicom]
+shutdown_grace_s = 60
+
+[ups]
+address = "10.0.0.5:502"
+profile = "apc-smt"
+shutdown_when_runtime_below_s = 200
+outlet_off_delay_s = 120
+"#;
+    let problems = Config::parse(text, "site.toml").unwrap_err().0;
+    assert_eq!(problems.len(), 1, "{problems:?}");
+    assert_eq!(problems[0].key, "ups.shutdown_when_runtime_below_s");
+    assert!(
+        problems[0].message.contains("add up to 240 s"),
+        "{}",
+        problems[0].message
     );
 }

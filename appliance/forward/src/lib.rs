@@ -105,8 +105,8 @@ pub(crate) struct Shared {
     pub held: Mutex<std::collections::HashSet<store::outbox::QueueKey>>,
     /// Wakes idle workers (the prober saw the destination come back, or a person asked).
     pub wake: tokio::sync::Notify,
-    /// Set by the power policy for every destination at once: routine work waits.
-    pub battery_hold: Arc<std::sync::atomic::AtomicBool>,
+    /// Set by the power policy: on battery, routine work for this destination waits.
+    pub battery_hold: std::sync::atomic::AtomicBool,
 }
 
 impl Shared {
@@ -146,7 +146,6 @@ impl Shared {
 pub struct Forwarder {
     destinations: Vec<Arc<Shared>>,
     tasks: JoinSet<()>,
-    battery_hold: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl Forwarder {
@@ -171,7 +170,6 @@ impl Forwarder {
     ) -> Result<Forwarder, ForwardError> {
         let mut tasks = JoinSet::new();
         let mut destinations = Vec::new();
-        let battery_hold = Arc::new(std::sync::atomic::AtomicBool::new(false));
         for d in &forward.destinations {
             let transport = Arc::new(worker::Transport::new(d, &settings)?);
             let shared = Arc::new(Shared {
@@ -192,7 +190,7 @@ impl Forwarder {
                 }),
                 held: Mutex::new(Default::default()),
                 wake: tokio::sync::Notify::new(),
-                battery_hold: battery_hold.clone(),
+                battery_hold: std::sync::atomic::AtomicBool::new(false),
             });
             let throttle = d
                 .bandwidth_bytes_per_s
@@ -222,7 +220,6 @@ impl Forwarder {
         Ok(Forwarder {
             destinations,
             tasks,
-            battery_hold,
         })
     }
 
@@ -243,23 +240,21 @@ impl Forwarder {
         }
     }
 
-    /// Holds routine forwarding (everything below high priority) while the appliance runs on
-    /// battery with an upstream link down: retrying a dead link only drains the battery, and
-    /// urgent studies still go the moment the link answers. `false` releases the hold.
-    pub fn hold_on_battery(&self, hold: bool) {
-        let was = self
-            .battery_hold
-            .swap(hold, std::sync::atomic::Ordering::SeqCst);
-        if was && !hold {
-            for d in &self.destinations {
+    /// Holds routine forwarding (everything below high priority) to the named destinations
+    /// while the appliance runs on battery: their link was down, and when it answers again the
+    /// battery's remaining runtime goes to urgent studies first. Destinations not named are
+    /// released (and woken, so their routine work goes at once).
+    pub fn hold_on_battery(&self, destinations: &[String]) {
+        for d in &self.destinations {
+            let name = d.status.lock().expect("status lock").name.clone();
+            let hold = destinations.contains(&name);
+            let was = d
+                .battery_hold
+                .swap(hold, std::sync::atomic::Ordering::SeqCst);
+            if was && !hold {
                 d.wake.notify_waiters();
             }
         }
-    }
-
-    /// Whether any destination is down (its link or the peer is not answering).
-    pub fn any_down(&self) -> bool {
-        self.destinations.iter().any(|d| d.state() == State::Down)
     }
 
     /// Waits for the workers to stop (after the shutdown token was cancelled), at most

@@ -70,3 +70,57 @@ impl Volume {
         })
     }
 }
+
+/// The md arrays the file system holding `path` lives on, found through sysfs: the block
+/// device of `path` (`/sys/dev/block/MAJOR:MINOR`), and what it is built on (`slaves/`,
+/// through partitions, LUKS and LVM), down to every `md*` array. Empty when the volume is
+/// not on md, or when sysfs cannot tell.
+pub fn md_arrays_under(path: &Path, sys_dev_block: &Path) -> Vec<String> {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(meta) = std::fs::metadata(path) else {
+        return Vec::new();
+    };
+    let dev = meta.dev();
+    // The Linux encoding of a dev_t (glibc's gnu_dev_major and gnu_dev_minor).
+    let major = ((dev >> 32) & 0xffff_f000) | ((dev >> 8) & 0x0000_0fff);
+    let minor = ((dev >> 12) & 0xffff_ff00) | (dev & 0x0000_00ff);
+    md_arrays_of_device(major, minor, sys_dev_block)
+}
+
+/// [`md_arrays_under`] for a device number.
+pub fn md_arrays_of_device(major: u64, minor: u64, sys_dev_block: &Path) -> Vec<String> {
+    let mut found = Vec::new();
+    if let Ok(node) = std::fs::canonicalize(sys_dev_block.join(format!("{major}:{minor}"))) {
+        collect_md(&node, &mut found, 0);
+    }
+    found.sort();
+    found.dedup();
+    found
+}
+
+fn collect_md(node: &Path, found: &mut Vec<String>, depth: usize) {
+    // Stacks are a few levels deep (partition, LUKS, LVM, md); a loop in a broken sysfs
+    // must not recurse for ever.
+    if depth > 16 {
+        return;
+    }
+    // A partition's directory sits inside its disk's: md0p1 lives in md0.
+    let disk = if node.join("partition").exists() {
+        node.parent().unwrap_or(node)
+    } else {
+        node
+    };
+    if disk.join("md").is_dir()
+        && let Some(name) = disk.file_name().and_then(|n| n.to_str())
+    {
+        found.push(name.to_string());
+    }
+    let Ok(entries) = std::fs::read_dir(disk.join("slaves")) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        if let Ok(below) = std::fs::canonicalize(entry.path()) {
+            collect_md(&below, found, depth + 1);
+        }
+    }
+}

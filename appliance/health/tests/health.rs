@@ -16,3 +16,45 @@ use std::path::PathBuf;
 fn fixtures() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
 }
+
+/// A sysfs tree for the stack "ext4 on LUKS (dm-0) on md0p1, md0 built on vdb and vdc",
+/// and a stray md127 the volume does not use.
+#[test]
+fn the_arrays_under_the_data_volume_are_found_through_sysfs() {
+    use std::os::unix::fs::symlink;
+    let root = tempfile::tempdir().unwrap();
+    let devices = root.path().join("devices/virtual/block");
+    let md0 = devices.join("md0");
+    std::fs::create_dir_all(md0.join("md")).unwrap();
+    std::fs::create_dir_all(md0.join("md0p1")).unwrap();
+    std::fs::write(md0.join("md0p1/partition"), "1\n").unwrap();
+    std::fs::create_dir_all(md0.join("slaves")).unwrap();
+    let disks = root.path().join("devices/pci/block");
+    for d in ["vdb", "vdc"] {
+        std::fs::create_dir_all(disks.join(d)).unwrap();
+        symlink(disks.join(d), md0.join("slaves").join(d)).unwrap();
+    }
+    let dm = devices.join("dm-0");
+    std::fs::create_dir_all(dm.join("slaves")).unwrap();
+    symlink(md0.join("md0p1"), dm.join("slaves/md0p1")).unwrap();
+    std::fs::create_dir_all(devices.join("md127/md")).unwrap();
+    let by_number = root.path().join("dev/block");
+    std::fs::create_dir_all(&by_number).unwrap();
+    symlink(&dm, by_number.join("253:0")).unwrap();
+    symlink(devices.join("md127"), by_number.join("9:127")).unwrap();
+    symlink(disks.join("vdb"), by_number.join("254:16")).unwrap();
+
+    let arrays = health::volume::md_arrays_of_device(253, 0, &by_number);
+    assert_eq!(arrays, ["md0"]);
+    assert_eq!(
+        health::volume::md_arrays_of_device(9, 127, &by_number),
+        ["md127"]
+    );
+    assert!(health::volume::md_arrays_of_device(254, 16, &by_number).is_empty());
+    assert!(health::volume::md_arrays_of_device(1, 1, &by_number).is_empty());
+    // This machine's own temporary directory is not on md (its kernel has no md driver).
+    assert!(
+        health::volume::md_arrays_under(root.path(), std::path::Path::new("/sys/dev/block"))
+            .is_empty()
+    );
+}

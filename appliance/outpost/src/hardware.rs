@@ -6,11 +6,12 @@
 //! Monitors never touch the ingest path: each reads its source on the blocking pool or over
 //! its own connection and only stores what it read.
 
+use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use audit::{Audit, Event, EventKind, Outcome};
-use policy::{Alert, Decision, Policy, Readings, Severity};
+use policy::{Alert, Decision, Now, Policy, Readings, Severity};
 use serde::Serialize;
 use tokio::sync::{Notify, mpsc};
 use tokio_util::sync::CancellationToken;
@@ -28,8 +29,10 @@ pub struct Snapshot {
     pub alerts: Vec<Alert>,
     /// Why new instances are refused, when they are.
     pub ingest_held: Option<String>,
-    /// Routine forwarding waits (on battery with a link down).
-    pub forwarding_held: bool,
+    /// Destinations whose routine forwarding waits (found down while on battery).
+    pub forwarding_held: Vec<String>,
+    /// The md arrays whose failure refuses new instances.
+    pub data_arrays: Vec<String>,
 }
 
 /// One monitor's latest reading, or why it has none.
@@ -112,7 +115,10 @@ pub fn start(c: &config::Config, effects: Effects, stop: CancellationToken) -> H
         tasks.spawn(async move {
             loop {
                 let s = sources.clone();
-                let r = blocking(move || health::raid::sample(&s).map_err(|e| e.to_string())).await;
+                let r = blocking("the RAID monitor", move || {
+                    health::raid::sample(&s).map_err(|e| e.to_string())
+                })
+                .await;
                 publish(&snapshot, |s| set(&mut s.raid, &r));
                 readings.lock().expect("readings lock").raid = Some(r);
                 kick.notify_one();
@@ -134,8 +140,10 @@ pub fn start(c: &config::Config, effects: Effects, stop: CancellationToken) -> H
         tasks.spawn(async move {
             loop {
                 let p = path.clone();
-                let r =
-                    blocking(move || health::volume::sample(&p).map_err(|e| e.to_string())).await;
+                let r = blocking("the volume monitor", move || {
+                    health::volume::sample(&p).map_err(|e| e.to_string())
+                })
+                .await;
                 publish(&snapshot, |s| set(&mut s.volume, &r));
                 readings.lock().expect("readings lock").volume = Some(r);
                 kick.notify_one();
@@ -158,7 +166,7 @@ pub fn start(c: &config::Config, effects: Effects, stop: CancellationToken) -> H
         tasks.spawn(async move {
             loop {
                 let d = dir.clone();
-                let r = blocking(move || {
+                let r = blocking("the SMART monitor", move || {
                     health::smart::sample_dir(&d, max_age).map_err(|e| e.to_string())
                 })
                 .await;
@@ -200,7 +208,11 @@ pub fn start(c: &config::Config, effects: Effects, stop: CancellationToken) -> H
         tasks.spawn(async move {
             let mut last_state = None;
             loop {
-                let reading = shared.lock().await.read().await;
+                // A read takes at most about two request timeouts; a stop does not wait.
+                let reading = tokio::select! {
+                    _ = stop.cancelled() => return,
+                    r = async { shared.lock().await.read().await } => r,
+                };
                 if last_state != Some(reading.state) {
                     info!(ups = %name, state = ?reading.state, runtime_s = reading.runtime_s, error = reading.error.as_deref().unwrap_or(""), "UPS state");
                     last_state = Some(reading.state);
@@ -222,23 +234,35 @@ pub fn start(c: &config::Config, effects: Effects, stop: CancellationToken) -> H
     });
 
     let webhook = c.alerts.webhook.clone().map(|url| {
-        let (tx, rx) = mpsc::channel(WEBHOOK_QUEUE);
+        let queue = Arc::new(Outbox::default());
         let appliance = c.dicom.ae_title.as_str().to_string();
         tasks.spawn(send_webhooks(
             url,
             c.alerts.webhook_timeout,
             appliance,
-            rx,
+            queue.clone(),
             stop.clone(),
         ));
-        tx
+        queue
     });
+    let data_arrays = h.data_arrays.clone().unwrap_or_else(|| {
+        health::volume::md_arrays_under(&c.storage.data_dir, std::path::Path::new("/sys/dev/block"))
+    });
+    if data_arrays.is_empty() {
+        info!(
+            "the data volume is not on an md array; a failed array raises an alert but does not stop ingest"
+        );
+    } else {
+        info!(arrays = ?data_arrays, "a failure of these md arrays stops ingest");
+    }
+    publish(&snapshot, |s| s.data_arrays = data_arrays.clone());
     let settings = policy::Settings {
         shutdown_below: c.ups.as_ref().map(|u| u.shutdown_below).unwrap_or_default(),
         debounce: c.ups.as_ref().map(|u| u.debounce).unwrap_or_default(),
         bays: h.bays.clone(),
         min_free_bytes: c.storage.min_free_bytes,
         min_free_inodes_percent: h.min_free_inodes_percent,
+        data_arrays,
     };
     tasks.spawn(run_policy(
         Policy::new(settings),
@@ -265,11 +289,13 @@ async fn run_policy(
     snapshot: Arc<Mutex<Snapshot>>,
     kick: Arc<Notify>,
     effects: Effects,
-    webhook: Option<mpsc::Sender<Notice>>,
+    webhook: Option<Arc<Outbox>>,
     stop: CancellationToken,
 ) {
     let mut held: Option<String> = None;
-    let mut forwarding_held = false;
+    let mut forwarding_held: Vec<String> = Vec::new();
+    // Debouncing runs on this clock, which never steps.
+    let started = Instant::now();
     loop {
         tokio::select! {
             _ = stop.cancelled() => return,
@@ -291,8 +317,12 @@ async fn run_policy(
                 .unwrap_or_default();
             r.clone()
         };
-        let d = policy.evaluate(&current, now_ms());
-        announce(&d, &effects.audit, webhook.as_ref());
+        let now = Now {
+            monotonic_ms: started.elapsed().as_millis() as u64,
+            unix_ms: now_ms(),
+        };
+        let d = policy.evaluate(&current, now);
+        announce(&d, &effects.audit, webhook.as_deref());
         if d.hold_ingest != held {
             match &d.hold_ingest {
                 Some(why) => error!("refusing new instances: {why}"),
@@ -303,16 +333,17 @@ async fn run_policy(
         }
         if d.hold_forwarding != forwarding_held {
             if let Some(f) = &effects.forwarder {
-                f.hold_on_battery(d.hold_forwarding);
+                f.hold_on_battery(&d.hold_forwarding);
             }
-            if d.hold_forwarding {
-                warn!(
-                    "on battery with an upstream link down: routine forwarding waits; STAT and high priority studies still go"
-                );
-            } else {
+            if d.hold_forwarding.is_empty() {
                 info!("routine forwarding resumes");
+            } else {
+                warn!(
+                    destinations = ?d.hold_forwarding,
+                    "on battery, and these links were down: their routine forwarding waits until mains returns; STAT and high priority studies still go"
+                );
             }
-            forwarding_held = d.hold_forwarding;
+            forwarding_held = d.hold_forwarding.clone();
         }
         if d.checkpoint {
             match effects.store.checkpoint().await {
@@ -332,7 +363,7 @@ async fn run_policy(
 }
 
 /// Logs, audits and posts the alerts that were raised or cleared.
-fn announce(d: &Decision, audit: &Audit, webhook: Option<&mpsc::Sender<Notice>>) {
+fn announce(d: &Decision, audit: &Audit, webhook: Option<&Outbox>) {
     for a in &d.raised {
         match a.severity {
             Severity::Critical => error!(alert = %a.key, "{}", a.message),
@@ -356,40 +387,115 @@ fn announce(d: &Decision, audit: &Audit, webhook: Option<&mpsc::Sender<Notice>>)
     }
 }
 
-/// At most this many alerts wait for the webhook; beyond it the oldest news is dropped,
-/// since the log and the audit trail keep every alert anyway.
+/// At most this many alerts wait for the webhook; beyond it the oldest are dropped, since
+/// the log and the audit trail keep every alert anyway and the newest say the most.
 const WEBHOOK_QUEUE: usize = 256;
+/// Each alert is tried this many times (backoff 1 s doubling, about 8.5 minutes in all), then
+/// given up, so one dead receiver does not hold the alerts behind it for ever.
+const WEBHOOK_ATTEMPTS: u32 = 10;
+/// On the way out (a power-off), what is still queued gets this long in all.
+const WEBHOOK_LAST_CALL: Duration = Duration::from_secs(5);
 
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug)]
 struct Notice {
     event: &'static str,
-    #[serde(flatten)]
     alert: Alert,
 }
 
-fn post(webhook: Option<&mpsc::Sender<Notice>>, event: &'static str, alert: &Alert) {
-    if let Some(tx) = webhook
-        && tx
-            .try_send(Notice {
-                event,
-                alert: alert.clone(),
-            })
-            .is_err()
-    {
-        warn!(
-            alert = %alert.key,
-            "the webhook queue is full; this alert reaches the log and the audit trail only"
-        );
+/// The alerts waiting for the webhook, oldest first.
+#[derive(Default)]
+struct Outbox {
+    queue: Mutex<VecDeque<Notice>>,
+    added: Notify,
+}
+
+impl Outbox {
+    fn push(&self, notice: Notice) {
+        let mut q = self.queue.lock().expect("webhook queue lock");
+        if q.len() >= WEBHOOK_QUEUE
+            && let Some(dropped) = q.pop_front()
+        {
+            warn!(alert = %dropped.alert.key, "the webhook queue is full; the oldest alert reaches the log and the audit trail only");
+        }
+        q.push_back(notice);
+        drop(q);
+        self.added.notify_one();
+    }
+
+    fn pop(&self) -> Option<Notice> {
+        self.queue.lock().expect("webhook queue lock").pop_front()
+    }
+
+    fn put_back(&self, notice: Notice) {
+        self.queue
+            .lock()
+            .expect("webhook queue lock")
+            .push_front(notice);
     }
 }
 
-/// Posts alerts in order, retrying each with backoff until the receiver takes it (2xx) or
-/// refuses it for good (4xx other than 408 and 429, which are retried).
+fn post(webhook: Option<&Outbox>, event: &'static str, alert: &Alert) {
+    if let Some(q) = webhook {
+        q.push(Notice {
+            event,
+            alert: alert.clone(),
+        });
+    }
+}
+
+/// What one attempt to post an alert came to.
+enum Posted {
+    Taken,
+    /// Refused for good (4xx other than 408 and 429): retrying cannot help.
+    Refused,
+    Failed,
+}
+
+async fn post_one(
+    client: &reqwest::Client,
+    url: &str,
+    appliance: &str,
+    notice: &Notice,
+    attempt: u32,
+) -> Posted {
+    let body = serde_json::json!({
+        "appliance": appliance,
+        "event": notice.event,
+        "key": notice.alert.key,
+        "severity": notice.alert.severity,
+        "message": notice.alert.message,
+        "since": notice.alert.since,
+    });
+    let key = &notice.alert.key;
+    match client.post(url).json(&body).send().await {
+        Ok(r) if r.status().is_success() => Posted::Taken,
+        Ok(r)
+            if r.status().is_client_error()
+                && r.status() != reqwest::StatusCode::REQUEST_TIMEOUT
+                && r.status() != reqwest::StatusCode::TOO_MANY_REQUESTS =>
+        {
+            warn!(status = %r.status(), alert = %key, "the alert webhook refused the alert; not retrying it (check the webhook URL and its authorisation)");
+            Posted::Refused
+        }
+        Ok(r) => {
+            warn!(status = %r.status(), alert = %key, attempt, "the alert webhook failed");
+            Posted::Failed
+        }
+        Err(e) => {
+            warn!(error = %e, alert = %key, attempt, "the alert webhook is unreachable");
+            Posted::Failed
+        }
+    }
+}
+
+/// Posts alerts in order, retrying each with backoff until the receiver takes it (2xx),
+/// refuses it for good, or [`WEBHOOK_ATTEMPTS`] are spent. On stop, what is queued gets one
+/// more try within [`WEBHOOK_LAST_CALL`].
 async fn send_webhooks(
     url: String,
     timeout: Duration,
     appliance: String,
-    mut rx: mpsc::Receiver<Notice>,
+    queue: Arc<Outbox>,
     stop: CancellationToken,
 ) {
     let client = match reqwest::Client::builder().timeout(timeout).build() {
@@ -399,60 +505,46 @@ async fn send_webhooks(
             return;
         }
     };
-    loop {
-        let notice = tokio::select! {
-            n = rx.recv() => match n { Some(n) => n, None => return },
-            _ = stop.cancelled() => match rx.try_recv() {
-                // On the way out (a power-off) the last alerts still get a short try.
-                Ok(n) => n,
-                Err(_) => return,
-            },
-        };
-        let body = serde_json::json!({
-            "appliance": appliance,
-            "event": notice.event,
-            "key": notice.alert.key,
-            "severity": notice.alert.severity,
-            "message": notice.alert.message,
-            "since": notice.alert.since,
-        });
-        let mut backoff = Duration::from_secs(1);
-        let mut attempts = 0u32;
-        loop {
-            attempts += 1;
-            let outcome = client.post(&url).json(&body).send().await;
-            let retry = match outcome {
-                Ok(r) if r.status().is_success() => false,
-                Ok(r)
-                    if r.status().is_client_error()
-                        && r.status() != reqwest::StatusCode::REQUEST_TIMEOUT
-                        && r.status() != reqwest::StatusCode::TOO_MANY_REQUESTS =>
-                {
-                    warn!(status = %r.status(), alert = %notice.alert.key, "the alert webhook refused the alert; not retrying it (check the webhook URL and its authorisation)");
-                    false
-                }
-                Ok(r) => {
-                    warn!(status = %r.status(), alert = %notice.alert.key, attempts, "the alert webhook failed; retrying");
-                    true
-                }
-                Err(e) => {
-                    warn!(error = %e, alert = %notice.alert.key, attempts, "the alert webhook is unreachable; retrying");
-                    true
-                }
-            };
-            if !retry {
-                break;
-            }
-            // While stopping, one attempt is all there is time for.
-            if stop.is_cancelled() {
-                return;
+    'alerts: loop {
+        let notice = loop {
+            if let Some(n) = queue.pop() {
+                break n;
             }
             tokio::select! {
-                _ = stop.cancelled() => {}
+                _ = stop.cancelled() => break 'alerts,
+                _ = queue.added.notified() => {}
+            }
+        };
+        let mut backoff = Duration::from_secs(1);
+        for attempt in 1..=WEBHOOK_ATTEMPTS {
+            match post_one(&client, &url, &appliance, &notice, attempt).await {
+                Posted::Taken | Posted::Refused => continue 'alerts,
+                Posted::Failed => {}
+            }
+            if attempt == WEBHOOK_ATTEMPTS {
+                warn!(alert = %notice.alert.key, attempts = attempt, "giving up on posting this alert; it is in the log and the audit trail");
+                continue 'alerts;
+            }
+            tokio::select! {
+                _ = stop.cancelled() => {
+                    queue.put_back(notice);
+                    break 'alerts;
+                }
                 _ = tokio::time::sleep(backoff) => {}
             }
-            backoff = (backoff * 2).min(Duration::from_secs(300));
+            backoff *= 2;
         }
+    }
+    let last_call = async {
+        while let Some(n) = queue.pop() {
+            post_one(&client, &url, &appliance, &n, 0).await;
+        }
+    };
+    if tokio::time::timeout(WEBHOOK_LAST_CALL, last_call)
+        .await
+        .is_err()
+    {
+        warn!("alerts still queued for the webhook at the stop were not all posted");
     }
 }
 
@@ -471,12 +563,22 @@ fn publish(snapshot: &Mutex<Snapshot>, change: impl FnOnce(&mut Snapshot)) {
     change(&mut snapshot.lock().expect("snapshot lock"));
 }
 
+/// A read of a file system on a dying disk can hang; the monitor then reports that instead
+/// of going silent.
+const SAMPLE_TIMEOUT: Duration = Duration::from_secs(30);
+
 async fn blocking<T: Send + 'static>(
+    what: &'static str,
     f: impl FnOnce() -> Result<T, String> + Send + 'static,
 ) -> Result<T, String> {
-    tokio::task::spawn_blocking(f)
-        .await
-        .unwrap_or_else(|e| Err(format!("the monitor failed: {e}")))
+    match tokio::time::timeout(SAMPLE_TIMEOUT, tokio::task::spawn_blocking(f)).await {
+        Ok(Ok(r)) => r,
+        Ok(Err(e)) => Err(format!("{what} failed: {e}")),
+        Err(_) => Err(format!(
+            "{what} got no answer in {} s (a hung disk or file system?)",
+            SAMPLE_TIMEOUT.as_secs()
+        )),
+    }
 }
 
 /// Sleeps for `d`; true when `stop` was cancelled meanwhile.

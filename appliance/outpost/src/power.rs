@@ -10,25 +10,34 @@ use tracing::{error, info, warn};
 /// The power-off command gets this long; `systemctl poweroff` returns at once.
 const COMMAND_TIMEOUT: Duration = Duration::from_secs(60);
 
-pub async fn power_off(c: &config::Config, ups: Option<&Arc<tokio::sync::Mutex<ups::Ups>>>) {
+/// Returns whether the power-off command succeeded.
+pub async fn power_off(
+    c: &config::Config,
+    ups: Option<&Arc<tokio::sync::Mutex<ups::Ups>>>,
+) -> bool {
     if let (Some(device), Some(u)) = (ups, &c.ups) {
-        let mut device = device.lock().await;
-        // Two request timeouts per step cover a reconnect; a hung card must not keep the
-        // appliance from powering off.
-        let deadline = u.timeout * 6 + Duration::from_secs(1);
-        match tokio::time::timeout(deadline, device.outlets_off_after(u.outlet_off_delay)).await {
-            Ok(Ok(())) => info!(
-                ups = %device.describe(),
+        // Two request timeouts per step cover a reconnect, and two more waiting for the
+        // monitor's last read to let go; a hung card must not keep the appliance from
+        // powering off.
+        let deadline = u.timeout * 8 + Duration::from_secs(1);
+        let sent = tokio::time::timeout(deadline, async {
+            let mut device = device.lock().await;
+            let r = device.outlets_off_after(u.outlet_off_delay).await;
+            (device.describe(), r)
+        })
+        .await;
+        match sent {
+            Ok((name, Ok(()))) => info!(
+                ups = %name,
                 delay = ?u.outlet_off_delay,
                 "the UPS will switch its outlets off after the delay, and on again when mains returns"
             ),
-            Ok(Err(e)) => warn!(
-                ups = %device.describe(),
+            Ok((name, Err(e))) => warn!(
+                ups = %name,
                 error = %e,
                 "the UPS did not take the outlet-off command; the appliance may stay off until someone presses its power button after mains returns"
             ),
             Err(_) => warn!(
-                ups = %device.describe(),
                 "the UPS did not answer the outlet-off command in time; the appliance may stay off until someone presses its power button after mains returns"
             ),
         }
@@ -38,11 +47,14 @@ pub async fn power_off(c: &config::Config, ups: Option<&Arc<tokio::sync::Mutex<u
     let mut command = tokio::process::Command::new(&argv[0]);
     command.args(&argv[1..]).kill_on_drop(true);
     match tokio::time::timeout(COMMAND_TIMEOUT, command.output()).await {
-        Ok(Ok(out)) if out.status.success() => info!("the power-off command succeeded"),
+        Ok(Ok(out)) if out.status.success() => {
+            info!("the power-off command succeeded");
+            return true;
+        }
         Ok(Ok(out)) => error!(
             status = %out.status,
             stderr = %String::from_utf8_lossy(&out.stderr).trim(),
-            "the power-off command failed; the archive is closed, but the operating system keeps running until the UPS cuts power"
+            "the power-off command failed (is configs/polkit/50-outpost.rules installed, and polkit running?); the archive is closed, but the operating system keeps running until the UPS cuts power"
         ),
         Ok(Err(e)) => error!(
             error = %e,
@@ -51,4 +63,5 @@ pub async fn power_off(c: &config::Config, ups: Option<&Arc<tokio::sync::Mutex<u
         ),
         Err(_) => error!("the power-off command did not finish in 60 s"),
     }
+    false
 }

@@ -25,7 +25,10 @@ pub fn serve(c: config::Config) -> anyhow::Result<ExitCode> {
         .thread_name("outpost")
         .build()
         .context("starting the async runtime")?;
-    runtime.block_on(run(c))
+    let result = runtime.block_on(run(c));
+    // A monitor's read stuck in a hung file system must not keep the process from exiting.
+    runtime.shutdown_timeout(Duration::from_secs(5));
+    result
 }
 
 fn init_logging(log: &config::Log) {
@@ -78,7 +81,11 @@ async fn run(c: config::Config) -> anyhow::Result<ExitCode> {
             "the previous run did not stop cleanly (a power cut or a crash); the archive was checked and repaired"
         ),
         Ok(None) => {}
-        Err(e) => warn!(error = %e, "cannot read the clean-shutdown marker"),
+        Err(e) => warn!(
+            error = %e,
+            path = %data_dir.join("clean-shutdown.json").display(),
+            "cannot take the clean-shutdown marker away"
+        ),
     }
     info!(
         data_dir = %data_dir.display(),
@@ -248,6 +255,9 @@ async fn run(c: config::Config) -> anyhow::Result<ExitCode> {
     // 2. Tell everyone.
     if let Some(why) = &power_off {
         error!(grace = ?dicom.shutdown_grace, "powering off because {why}");
+        // The grace period, the final flush, the UPS command and the power-off command may
+        // take longer than the unit's stop timeout; systemd must not kill the sequence.
+        notify::extend_timeout(dicom.shutdown_grace + Duration::from_secs(180));
     }
     info!(reason, grace = ?dicom.shutdown_grace, "stopping: no new associations; running ones may finish");
     notify::stopping("stopping: finishing running associations");
@@ -325,8 +335,16 @@ async fn run(c: config::Config) -> anyhow::Result<ExitCode> {
     }
     info!("outpost stopped");
     if power_off.is_some() {
-        crate::power::power_off(&c, hardware.ups.as_ref()).await;
-        return Ok(ExitCode::SUCCESS);
+        // A failed power-off command exits with failure, so the service manager restarts
+        // the service (which powers off again if the UPS still says so) and the failure
+        // shows in `systemctl status`.
+        return Ok(
+            if crate::power::power_off(&c, hardware.ups.as_ref()).await {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            },
+        );
     }
     Ok(if reason.starts_with("SIG") {
         ExitCode::SUCCESS

@@ -13,13 +13,20 @@
 //!   battery: power off in order (once).
 //! - UPS readings count once they held for the debounce period, in both directions, so a
 //!   flickering input neither raises alerts nor powers the box off. A UPS that stops answering
-//!   while on battery is assumed to still be on battery.
+//!   while on battery is assumed to still be on battery, with its runtime running down from
+//!   the last reading; the appliance powers off when that estimate falls below the threshold,
+//!   or at once when the runtime was never known.
 //! - RAID degraded or rebuilding, a SMART failure prediction, a nearly full volume: alert and
 //!   keep running.
-//! - RAID failed or the data volume read-only: refuse new instances rather than risk losing
-//!   them; queries and retrievals go on.
+//! - An array holding the archive failed, or the data volume read-only: refuse new instances
+//!   rather than risk losing them; queries and retrievals go on. Other failed arrays alert.
+//! - A monitor that cannot read its source keeps its alerts as they were: an unreadable array
+//!   is no repaired array. A condition that gets worse is announced again.
+//!
+//! Debouncing runs on a monotonic clock, so a wall-clock step (NTP setting the time after a
+//! boot) neither delays a power-off nor skips a debounce; alerts are dated by the wall clock.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::time::Duration;
 
 use health::raid::{Array, RaidHealth};
@@ -40,6 +47,18 @@ pub struct Settings {
     /// The archive's free-space floor (new instances are refused below it).
     pub min_free_bytes: u64,
     pub min_free_inodes_percent: f64,
+    /// The md arrays the archive's data volume lives on: only their failure refuses new
+    /// instances.
+    pub data_arrays: Vec<String>,
+}
+
+/// The time of an evaluation, on both clocks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Now {
+    /// Milliseconds on a clock that never steps (debouncing).
+    pub monotonic_ms: u64,
+    /// Unix milliseconds (dating alerts).
+    pub unix_ms: u64,
 }
 
 /// The latest reading of each monitor; `None` until it first reported. An `Err` is the
@@ -87,8 +106,9 @@ pub struct Decision {
     pub active: Vec<Alert>,
     /// Refuse new instances, with the reason.
     pub hold_ingest: Option<String>,
-    /// Hold routine (below high priority) forwarding.
-    pub hold_forwarding: bool,
+    /// Destinations whose routine (below high priority) forwarding waits: those found down
+    /// while on battery, until mains returns.
+    pub hold_forwarding: Vec<String>,
     /// Make everything acknowledged durable now.
     pub checkpoint: bool,
     /// Begin the orderly power-off, with the reason; given once.
@@ -109,11 +129,15 @@ struct Candidate {
 pub struct Policy {
     settings: Settings,
     active: BTreeMap<String, Alert>,
-    /// Debounced conditions seen but not yet held long enough: key -> first seen (ms).
-    rising: HashMap<String, u64>,
-    /// Debounced active alerts whose condition is absent: key -> first absent (ms).
+    /// Debounced conditions seen but not yet held long enough: key -> when first seen.
+    rising: HashMap<String, Now>,
+    /// Debounced active alerts whose condition is absent: key -> first absent (monotonic ms).
     falling: HashMap<String, u64>,
     powered_off: bool,
+    /// The last reading taken on battery: its runtime and when (monotonic ms).
+    last_on_battery: Option<(Option<u32>, u64)>,
+    /// Destinations found down while on battery.
+    battery_held: BTreeSet<String>,
 }
 
 const ON_BATTERY: &str = "ups.on_battery";
@@ -127,13 +151,22 @@ impl Policy {
             rising: HashMap::new(),
             falling: HashMap::new(),
             powered_off: false,
+            last_on_battery: None,
+            battery_held: BTreeSet::new(),
         }
     }
 
-    /// Evaluates the latest readings at `now_ms` (Unix milliseconds).
-    pub fn evaluate(&mut self, r: &Readings, now_ms: u64) -> Decision {
+    /// Evaluates the latest readings at `now`.
+    pub fn evaluate(&mut self, r: &Readings, now: Now) -> Decision {
+        match r.ups.as_ref().map(|u| u.state) {
+            Some(UpsState::OnBattery | UpsState::LowBattery) => {
+                self.last_on_battery = r.ups.as_ref().map(|u| (u.runtime_s, now.monotonic_ms));
+            }
+            Some(UpsState::Online) => self.last_on_battery = None,
+            Some(UpsState::CommunicationLost) | None => {}
+        }
         let mut found = Vec::new();
-        self.ups_conditions(r, &mut found);
+        self.ups_conditions(r, now, &mut found);
         self.raid_conditions(r, &mut found);
         self.volume_conditions(r, &mut found);
         self.smart_conditions(r, &mut found);
@@ -146,20 +179,29 @@ impl Policy {
         for c in found {
             self.falling.remove(&c.key);
             if let Some(a) = self.active.get_mut(&c.key) {
-                a.severity = c.severity;
-                a.message = fill(&c.template, a.since);
+                if c.severity > a.severity {
+                    // Worse than before (degraded to failed, wear to failing): announced
+                    // again, dated now.
+                    a.severity = c.severity;
+                    a.since = now.unix_ms / 1000;
+                    a.message = fill(&c.template, a.since);
+                    decision.raised.push(a.clone());
+                } else {
+                    a.severity = c.severity;
+                    a.message = fill(&c.template, a.since);
+                }
                 continue;
             }
             let first = if c.debounced {
-                *self.rising.entry(c.key.clone()).or_insert(now_ms)
+                *self.rising.entry(c.key.clone()).or_insert(now)
             } else {
-                now_ms
+                now
             };
-            if now_ms.saturating_sub(first) < debounce_ms && c.debounced {
+            if c.debounced && now.monotonic_ms.saturating_sub(first.monotonic_ms) < debounce_ms {
                 continue;
             }
             self.rising.remove(&c.key);
-            let since = first / 1000;
+            let since = first.unix_ms / 1000;
             let alert = Alert {
                 message: fill(&c.template, since),
                 key: c.key.clone(),
@@ -178,11 +220,11 @@ impl Policy {
         for key in gone {
             let debounced = key.starts_with("ups.");
             let first = if debounced {
-                *self.falling.entry(key.clone()).or_insert(now_ms)
+                *self.falling.entry(key.clone()).or_insert(now.monotonic_ms)
             } else {
-                now_ms
+                now.monotonic_ms
             };
-            if debounced && now_ms.saturating_sub(first) < debounce_ms {
+            if debounced && now.monotonic_ms.saturating_sub(first) < debounce_ms {
                 continue;
             }
             self.falling.remove(&key);
@@ -192,22 +234,32 @@ impl Policy {
         }
 
         let on_battery = self.active.contains_key(ON_BATTERY);
-        decision.checkpoint = decision.raised.iter().any(|a| a.key == ON_BATTERY);
-        decision.hold_forwarding = on_battery && !r.links_down.is_empty();
+        decision.checkpoint = decision
+            .raised
+            .iter()
+            .any(|a| a.key == ON_BATTERY && a.severity == Severity::Warning);
+        // A destination found down on battery keeps only urgent work until mains returns,
+        // also once its link is back: the battery's runtime goes to what matters first.
+        if on_battery {
+            self.battery_held.extend(r.links_down.iter().cloned());
+        } else {
+            self.battery_held.clear();
+        }
+        decision.hold_forwarding = self.battery_held.iter().cloned().collect();
         decision.hold_ingest = self
             .active
-            .values()
-            .filter(|a| a.key.starts_with("raid.") || a.key == "volume.read_only")
-            .find(|a| a.severity == Severity::Critical)
-            .map(|a| a.message.clone());
+            .iter()
+            .filter(|(k, _)| {
+                k.strip_prefix("raid.")
+                    .is_some_and(|md| self.settings.data_arrays.iter().any(|d| d == md))
+                    || *k == "volume.read_only"
+            })
+            .find(|(_, a)| a.severity == Severity::Critical)
+            .map(|(_, a)| a.message.clone());
         if self.active.contains_key(POWER_OFF) && !self.powered_off {
             self.powered_off = true;
-            // Said in the words of the latest reading; a UPS that fell silent after the
-            // decision still gets the decision carried out.
             decision.power_off = Some(
-                r.ups
-                    .as_ref()
-                    .and_then(|u| power_off_reason(u, self.settings.shutdown_below))
+                self.power_off_reason(r, now)
                     .unwrap_or_else(|| "the UPS battery is running out".into()),
             );
         }
@@ -218,7 +270,35 @@ impl Policy {
         decision
     }
 
-    fn ups_conditions(&self, r: &Readings, out: &mut Vec<Candidate>) {
+    /// Why the appliance must power off now, if it must: on battery with the UPS signalling
+    /// low battery or less runtime left than the threshold; or blind (the UPS stopped
+    /// answering) on battery, with the last runtime run down below the threshold or never
+    /// known.
+    fn power_off_reason(&self, r: &Readings, now: Now) -> Option<String> {
+        let u = r.ups.as_ref()?;
+        let threshold = self.settings.shutdown_below;
+        if u.state != UpsState::CommunicationLost {
+            return power_off_reason(u, threshold);
+        }
+        let (runtime, at) = self.last_on_battery?;
+        let Some(runtime) = runtime else {
+            return Some(
+                "the UPS stopped answering while on battery, and its runtime was never known"
+                    .into(),
+            );
+        };
+        let elapsed = Duration::from_millis(now.monotonic_ms.saturating_sub(at));
+        let left = Duration::from_secs(u64::from(runtime)).saturating_sub(elapsed);
+        (left < threshold).then(|| {
+            format!(
+                "the UPS stopped answering while on battery; by its last reading about {} of runtime is left, below the {} threshold",
+                span(left),
+                span(threshold)
+            )
+        })
+    }
+
+    fn ups_conditions(&self, r: &Readings, now: Now, out: &mut Vec<Candidate>) {
         let Some(u) = &r.ups else { return };
         let threshold = self.settings.shutdown_below;
         let runtime = u.runtime_s.map(|s| Duration::from_secs(u64::from(s)));
@@ -240,21 +320,26 @@ impl Policy {
                     span(threshold)
                 ),
             });
-            if let Some(why) = power_off_reason(u, threshold) {
-                out.push(Candidate {
-                    key: POWER_OFF.into(),
-                    severity: Severity::Critical,
-                    debounced: true,
-                    template: format!(
-                        "Powering off at {{at}}: {why}. Running associations finish, everything is flushed, and the UPS is told to cut and later restore power, so the appliance starts again when mains returns."
-                    ),
-                });
-            }
+        }
+        if (battery || u.state == UpsState::CommunicationLost)
+            && let Some(why) = self.power_off_reason(r, now)
+        {
+            out.push(Candidate {
+                key: POWER_OFF.into(),
+                severity: Severity::Critical,
+                debounced: true,
+                template: format!(
+                    "Powering off at {{at}}: {why}. Running associations finish, everything is flushed, and the UPS is told to cut and later restore power, so the appliance starts again when mains returns."
+                ),
+            });
         }
         if u.state == UpsState::CommunicationLost {
             // Blind on battery is still on battery: keep that alert (and its hold) until
-            // the UPS says otherwise.
-            if self.active.contains_key(ON_BATTERY) {
+            // the UPS says otherwise. The same goes for what it said of its battery.
+            if let Some(a) = self.active.get("ups.replace_battery") {
+                out.push(keep(a));
+            }
+            if self.last_on_battery.is_some() {
                 out.push(Candidate {
                     key: ON_BATTERY.into(),
                     severity: Severity::Warning,
@@ -267,7 +352,7 @@ impl Policy {
                 severity: Severity::Warning,
                 debounced: true,
                 template: format!(
-                    "The UPS ({}) has not answered since {{at}}: {}. Check its network card or serial cable; the appliance cannot power off cleanly on a power cut until the UPS answers.",
+                    "The UPS ({}) has not answered since {{at}}: {}. Check its network card or serial cable; until it answers, a power cut is judged by the UPS's last reading.",
                     r.ups_name,
                     u.error.as_deref().unwrap_or("no answer")
                 ),
@@ -289,12 +374,15 @@ impl Policy {
     fn raid_conditions(&self, r: &Readings, out: &mut Vec<Candidate>) {
         match &r.raid {
             None => {}
-            Some(Err(e)) => out.push(Candidate {
-                key: "monitor.raid".into(),
-                severity: Severity::Warning,
-                debounced: false,
-                template: format!("The RAID arrays cannot be read since {{at}}: {e}"),
-            }),
+            Some(Err(e)) => {
+                out.push(Candidate {
+                    key: "monitor.raid".into(),
+                    severity: Severity::Warning,
+                    debounced: false,
+                    template: format!("The RAID arrays cannot be read since {{at}}: {e}"),
+                });
+                self.keep_all("raid.", out);
+            }
             Some(Ok(arrays)) => {
                 for a in arrays {
                     let problem = a
@@ -318,10 +406,18 @@ impl Policy {
                                 self.replacement(a)
                             ),
                         ),
-                        RaidHealth::Failed => (
+                        RaidHealth::Failed if self.settings.data_arrays.contains(&a.name) => (
                             Severity::Critical,
                             format!(
                                 "RAID {} ({level}) failed at {{at}}: {problem}. New studies are refused until the array is repaired; stored studies stay readable where the remaining disks allow. {}",
+                                a.name,
+                                self.replacement(a)
+                            ),
+                        ),
+                        RaidHealth::Failed => (
+                            Severity::Critical,
+                            format!(
+                                "RAID {} ({level}) failed at {{at}}: {problem}. It does not hold the archive, so studies are still accepted. {}",
                                 a.name,
                                 self.replacement(a)
                             ),
@@ -382,6 +478,7 @@ impl Policy {
                     debounced: false,
                     template: format!("The data volume cannot be read since {{at}}: {e}"),
                 });
+                self.keep_all("volume.", out);
                 return;
             }
             Some(Ok(v)) => v,
@@ -445,6 +542,7 @@ impl Policy {
                     debounced: false,
                     template: format!("SMART reports cannot be read since {{at}}: {e}"),
                 });
+                self.keep_all("smart.", out);
                 return;
             }
             Some(Ok(d)) => d,
@@ -476,6 +574,17 @@ impl Policy {
                         reasons.join("; ")
                     ),
                 ),
+                // A disk that said it was wearing or failing and now says nothing (the probe
+                // stopped, the report went stale) is not better: its alert stays as it was.
+                Verdict::Unknown { .. }
+                    if self
+                        .active
+                        .get(&format!("smart.{name}"))
+                        .is_some_and(|a| a.severity > Severity::Info) =>
+                {
+                    out.push(keep(&self.active[&format!("smart.{name}")]));
+                    continue;
+                }
                 Verdict::Unknown { reason } => (
                     Severity::Info,
                     format!(
@@ -490,6 +599,28 @@ impl Policy {
                 template,
             });
         }
+    }
+}
+
+/// An active alert carried over unchanged: its source could not be read this time.
+fn keep(a: &Alert) -> Candidate {
+    Candidate {
+        key: a.key.clone(),
+        severity: a.severity,
+        debounced: false,
+        template: a.message.clone(),
+    }
+}
+
+impl Policy {
+    /// Carries over every active alert whose key starts with `prefix`.
+    fn keep_all(&self, prefix: &str, out: &mut Vec<Candidate>) {
+        out.extend(
+            self.active
+                .iter()
+                .filter(|(k, _)| k.starts_with(prefix))
+                .map(|(_, a)| keep(a)),
+        );
     }
 }
 

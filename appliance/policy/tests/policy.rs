@@ -5,12 +5,20 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use health::raid::RaidSources;
-use policy::{Policy, Readings, Settings, Severity};
+use policy::{Now, Policy, Readings, Settings, Severity};
 use ups::{Reading, UpsState};
 
 const SECOND: u64 = 1000;
 /// An arbitrary start time, in Unix milliseconds.
 const T0: u64 = 1_790_000_000_000;
+
+/// The same instant on both clocks (tests that step one clock build `Now` themselves).
+fn at(ms: u64) -> Now {
+    Now {
+        monotonic_ms: ms,
+        unix_ms: ms,
+    }
+}
 
 fn fixtures() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../health/tests/fixtures")
@@ -26,6 +34,7 @@ fn settings() -> Settings {
         ],
         min_free_bytes: 1_000_000_000,
         min_free_inodes_percent: 5.0,
+        data_arrays: vec!["md0".into()],
     }
 }
 
@@ -87,27 +96,27 @@ fn healthy() -> Readings {
 #[test]
 fn a_healthy_appliance_has_no_alerts_and_no_holds() {
     let mut p = Policy::new(settings());
-    let d = p.evaluate(&healthy(), T0);
+    let d = p.evaluate(&healthy(), at(T0));
     assert!(d.active.is_empty(), "{:?}", d.active);
     assert_eq!(d.hold_ingest, None);
-    assert!(!d.hold_forwarding && !d.checkpoint && d.power_off.is_none());
+    assert!(d.hold_forwarding.is_empty() && !d.checkpoint && d.power_off.is_none());
 }
 
 #[test]
 fn on_battery_counts_after_the_debounce_then_checkpoints_and_keeps_accepting() {
     let mut p = Policy::new(settings());
     let mut r = healthy();
-    p.evaluate(&r, T0);
+    p.evaluate(&r, at(T0));
     r.ups = ups(UpsState::OnBattery, 1800);
-    let d = p.evaluate(&r, T0 + SECOND);
+    let d = p.evaluate(&r, at(T0 + SECOND));
     assert!(
         d.raised.is_empty(),
         "raised inside the debounce: {:?}",
         d.raised
     );
-    let d = p.evaluate(&r, T0 + 10 * SECOND);
+    let d = p.evaluate(&r, at(T0 + 10 * SECOND));
     assert!(d.raised.is_empty());
-    let d = p.evaluate(&r, T0 + 11 * SECOND);
+    let d = p.evaluate(&r, at(T0 + 11 * SECOND));
     assert_eq!(d.raised.len(), 1, "{:?}", d.raised);
     let a = &d.raised[0];
     assert_eq!(
@@ -136,10 +145,13 @@ fn on_battery_counts_after_the_debounce_then_checkpoints_and_keeps_accepting() {
         d.hold_ingest, None,
         "studies must still be accepted on battery"
     );
-    assert!(!d.hold_forwarding, "the link is up: forwarding goes on");
+    assert!(
+        d.hold_forwarding.is_empty(),
+        "the link is up: forwarding goes on"
+    );
     assert!(d.power_off.is_none());
     // The checkpoint is asked for once, not at every evaluation.
-    assert!(!p.evaluate(&r, T0 + 12 * SECOND).checkpoint);
+    assert!(!p.evaluate(&r, at(T0 + 12 * SECOND)).checkpoint);
 }
 
 #[test]
@@ -152,28 +164,48 @@ fn a_flickering_input_raises_nothing() {
         } else {
             ups(UpsState::Online, 3600)
         };
-        let d = p.evaluate(&r, T0 + i * 3 * SECOND);
+        let d = p.evaluate(&r, at(T0 + i * 3 * SECOND));
         assert!(d.raised.is_empty() && d.power_off.is_none(), "{i}: {d:?}");
     }
 }
 
 #[test]
-fn routine_forwarding_waits_on_battery_only_while_a_link_is_down() {
+fn routine_forwarding_waits_on_battery_for_links_found_down_until_mains_returns() {
     let mut p = Policy::new(settings());
     let mut r = healthy();
     r.ups = ups(UpsState::OnBattery, 1800);
-    p.evaluate(&r, T0);
-    assert!(!p.evaluate(&r, T0 + 10 * SECOND).hold_forwarding);
+    p.evaluate(&r, at(T0));
+    assert!(
+        p.evaluate(&r, at(T0 + 10 * SECOND))
+            .hold_forwarding
+            .is_empty()
+    );
     r.links_down = vec!["central".into()];
-    assert!(p.evaluate(&r, T0 + 11 * SECOND).hold_forwarding);
+    assert_eq!(
+        p.evaluate(&r, at(T0 + 11 * SECOND)).hold_forwarding,
+        ["central"]
+    );
+    // The link answers again, but the battery still runs: urgent work first.
     r.links_down.clear();
-    assert!(!p.evaluate(&r, T0 + 12 * SECOND).hold_forwarding);
-    // Back on mains (once that held for the debounce), a link down is forwarding's own
-    // business.
+    assert_eq!(
+        p.evaluate(&r, at(T0 + 12 * SECOND)).hold_forwarding,
+        ["central"]
+    );
+    // Back on mains (once that held for the debounce): everything goes.
     r.ups = ups(UpsState::Online, 3600);
+    p.evaluate(&r, at(T0 + 40 * SECOND));
+    assert!(
+        p.evaluate(&r, at(T0 + 50 * SECOND))
+            .hold_forwarding
+            .is_empty()
+    );
+    // A link down on mains is forwarding's own business.
     r.links_down = vec!["central".into()];
-    p.evaluate(&r, T0 + 40 * SECOND);
-    assert!(!p.evaluate(&r, T0 + 50 * SECOND).hold_forwarding);
+    assert!(
+        p.evaluate(&r, at(T0 + 60 * SECOND))
+            .hold_forwarding
+            .is_empty()
+    );
 }
 
 #[test]
@@ -181,15 +213,15 @@ fn low_runtime_on_battery_powers_off_once_after_the_debounce() {
     let mut p = Policy::new(settings());
     let mut r = healthy();
     r.ups = ups(UpsState::OnBattery, 250);
-    assert!(p.evaluate(&r, T0).power_off.is_none());
-    assert!(p.evaluate(&r, T0 + 9 * SECOND).power_off.is_none());
-    let d = p.evaluate(&r, T0 + 10 * SECOND);
+    assert!(p.evaluate(&r, at(T0)).power_off.is_none());
+    assert!(p.evaluate(&r, at(T0 + 9 * SECOND)).power_off.is_none());
+    let d = p.evaluate(&r, at(T0 + 10 * SECOND));
     let why = d.power_off.expect("power off below the threshold");
     assert!(
         why.contains("4 min 10 s of runtime left, below the 5 min threshold"),
         "{why}"
     );
-    assert!(p.evaluate(&r, T0 + 11 * SECOND).power_off.is_none());
+    assert!(p.evaluate(&r, at(T0 + 11 * SECOND)).power_off.is_none());
 }
 
 #[test]
@@ -197,8 +229,8 @@ fn the_ups_low_battery_signal_powers_off_whatever_the_runtime() {
     let mut p = Policy::new(settings());
     let mut r = healthy();
     r.ups = ups(UpsState::LowBattery, 900);
-    p.evaluate(&r, T0);
-    let why = p.evaluate(&r, T0 + 10 * SECOND).power_off.unwrap();
+    p.evaluate(&r, at(T0));
+    let why = p.evaluate(&r, at(T0 + 10 * SECOND)).power_off.unwrap();
     assert!(why.contains("the UPS signals low battery"), "{why}");
 }
 
@@ -207,8 +239,8 @@ fn low_runtime_on_mains_is_a_charging_battery_not_a_power_off() {
     let mut p = Policy::new(settings());
     let mut r = healthy();
     r.ups = ups(UpsState::Online, 120);
-    p.evaluate(&r, T0);
-    let d = p.evaluate(&r, T0 + 60 * SECOND);
+    p.evaluate(&r, at(T0));
+    let d = p.evaluate(&r, at(T0 + 60 * SECOND));
     assert!(d.power_off.is_none() && d.active.is_empty(), "{d:?}");
 }
 
@@ -217,11 +249,11 @@ fn a_silent_ups_is_an_alert_and_on_battery_stays_on_battery() {
     let mut p = Policy::new(settings());
     let mut r = healthy();
     r.ups = ups(UpsState::OnBattery, 1800);
-    p.evaluate(&r, T0);
-    p.evaluate(&r, T0 + 10 * SECOND);
+    p.evaluate(&r, at(T0));
+    p.evaluate(&r, at(T0 + 10 * SECOND));
     r.ups = Some(Reading::communication_lost("no answer within 2 s"));
-    p.evaluate(&r, T0 + 11 * SECOND);
-    let d = p.evaluate(&r, T0 + 30 * SECOND);
+    p.evaluate(&r, at(T0 + 11 * SECOND));
+    let d = p.evaluate(&r, at(T0 + 30 * SECOND));
     let keys: Vec<&str> = d.active.iter().map(|a| a.key.as_str()).collect();
     assert!(keys.contains(&"ups.communication"), "{keys:?}");
     assert!(
@@ -240,8 +272,8 @@ fn a_silent_ups_is_an_alert_and_on_battery_stays_on_battery() {
     );
     // Back and on mains: both clear after the debounce.
     r.ups = ups(UpsState::Online, 3600);
-    p.evaluate(&r, T0 + 31 * SECOND);
-    let d = p.evaluate(&r, T0 + 41 * SECOND);
+    p.evaluate(&r, at(T0 + 31 * SECOND));
+    let d = p.evaluate(&r, at(T0 + 41 * SECOND));
     assert_eq!(d.cleared.len(), 2, "{:?}", d.cleared);
     assert!(d.active.is_empty());
 }
@@ -251,7 +283,7 @@ fn a_degraded_array_alerts_with_the_member_and_its_bay_and_keeps_accepting() {
     let mut p = Policy::new(settings());
     let mut r = healthy();
     r.raid = raid("raid1-degraded");
-    let d = p.evaluate(&r, T0);
+    let d = p.evaluate(&r, at(T0));
     assert_eq!(d.raised.len(), 1, "{:?}", d.raised);
     let a = &d.raised[0];
     assert_eq!(a.severity, Severity::Warning);
@@ -264,7 +296,7 @@ fn a_degraded_array_alerts_with_the_member_and_its_bay_and_keeps_accepting() {
     assert_eq!(d.hold_ingest, None);
     // Repaired: cleared at once (arrays do not flicker).
     r.raid = raid("raid1-clean");
-    let d = p.evaluate(&r, T0 + SECOND);
+    let d = p.evaluate(&r, at(T0 + SECOND));
     assert_eq!(d.cleared.len(), 1);
 }
 
@@ -273,7 +305,7 @@ fn a_rebuild_is_information_and_a_check_is_nothing() {
     let mut p = Policy::new(settings());
     let mut r = healthy();
     r.raid = raid("raid1-recovering");
-    let d = p.evaluate(&r, T0);
+    let d = p.evaluate(&r, at(T0));
     assert_eq!(d.raised.len(), 1, "{:?}", d.raised);
     assert_eq!(d.raised[0].severity, Severity::Info);
     assert!(
@@ -282,7 +314,7 @@ fn a_rebuild_is_information_and_a_check_is_nothing() {
         d.raised[0].message
     );
     r.raid = raid("raid5-check");
-    let d = p.evaluate(&r, T0 + SECOND);
+    let d = p.evaluate(&r, at(T0 + SECOND));
     assert!(
         d.active.is_empty(),
         "a scrub is not a problem: {:?}",
@@ -295,7 +327,7 @@ fn a_failed_array_or_a_read_only_volume_refuses_new_instances() {
     let mut p = Policy::new(settings());
     let mut r = healthy();
     r.raid = raid("raid5-failed");
-    let d = p.evaluate(&r, T0);
+    let d = p.evaluate(&r, at(T0));
     let why = d.hold_ingest.expect("a failed array must hold ingest");
     assert!(
         why.contains("failed") && why.contains("New studies are refused"),
@@ -304,13 +336,13 @@ fn a_failed_array_or_a_read_only_volume_refuses_new_instances() {
     assert_eq!(d.raised[0].severity, Severity::Critical);
 
     r.raid = raid("raid5-clean");
-    assert_eq!(p.evaluate(&r, T0 + SECOND).hold_ingest, None);
+    assert_eq!(p.evaluate(&r, at(T0 + SECOND)).hold_ingest, None);
 
     r.volume = volume(50_000_000_000, true);
-    let why = p.evaluate(&r, T0 + 2 * SECOND).hold_ingest.unwrap();
+    let why = p.evaluate(&r, at(T0 + 2 * SECOND)).hold_ingest.unwrap();
     assert!(why.contains("read-only"), "{why}");
     r.volume = volume(50_000_000_000, false);
-    assert_eq!(p.evaluate(&r, T0 + 3 * SECOND).hold_ingest, None);
+    assert_eq!(p.evaluate(&r, at(T0 + 3 * SECOND)).hold_ingest, None);
 }
 
 #[test]
@@ -318,7 +350,7 @@ fn an_inactive_array_counts_as_failed() {
     let mut p = Policy::new(settings());
     let mut r = healthy();
     r.raid = raid("inactive");
-    assert!(p.evaluate(&r, T0).hold_ingest.is_some());
+    assert!(p.evaluate(&r, at(T0)).hold_ingest.is_some());
 }
 
 #[test]
@@ -326,11 +358,11 @@ fn space_below_the_floor_alerts_but_leaves_refusal_to_the_archive() {
     let mut p = Policy::new(settings());
     let mut r = healthy();
     r.volume = volume(1_500_000_000, false);
-    let d = p.evaluate(&r, T0);
+    let d = p.evaluate(&r, at(T0));
     assert_eq!(d.raised[0].key, "volume.space");
     assert_eq!(d.raised[0].severity, Severity::Warning);
     r.volume = volume(500_000_000, false);
-    let d = p.evaluate(&r, T0 + SECOND);
+    let d = p.evaluate(&r, at(T0 + SECOND));
     let a = d.active.iter().find(|a| a.key == "volume.space").unwrap();
     assert_eq!(a.severity, Severity::Critical);
     assert!(a.message.contains("500 MB free"), "{}", a.message);
@@ -343,7 +375,7 @@ fn smart_predictions_alert_and_keep_running() {
     let mut p = Policy::new(settings());
     let mut r = healthy();
     r.smart = smart(&["sata-failed.json", "nvme-hot.json"]);
-    let d = p.evaluate(&r, T0);
+    let d = p.evaluate(&r, at(T0));
     let severities: Vec<Severity> = d.raised.iter().map(|a| a.severity).collect();
     assert!(severities.contains(&Severity::Critical), "{:?}", d.raised);
     assert!(severities.contains(&Severity::Warning), "{:?}", d.raised);
@@ -365,7 +397,7 @@ fn monitors_that_cannot_read_their_source_say_so() {
     let mut p = Policy::new(settings());
     let mut r = healthy();
     r.raid = Some(Err("cannot read /proc/mdstat: permission denied".into()));
-    let d = p.evaluate(&r, T0);
+    let d = p.evaluate(&r, at(T0));
     assert_eq!(d.raised[0].key, "monitor.raid");
     assert!(d.raised[0].message.contains("permission denied"));
 }
@@ -377,10 +409,194 @@ fn alerts_are_listed_worst_first() {
     r.raid = raid("raid1-recovering");
     r.volume = volume(50_000_000_000, true);
     r.smart = smart(&["sata-reallocated.json"]);
-    let d = p.evaluate(&r, T0);
+    let d = p.evaluate(&r, at(T0));
     let severities: Vec<Severity> = d.active.iter().map(|a| a.severity).collect();
     let mut sorted = severities.clone();
     sorted.sort_by(|a, b| b.cmp(a));
     assert_eq!(severities, sorted);
     assert_eq!(severities[0], Severity::Critical);
+}
+
+#[test]
+fn a_failed_array_that_does_not_hold_the_archive_alerts_without_refusing() {
+    let mut s = settings();
+    s.data_arrays = vec!["md1".into()];
+    let mut p = Policy::new(s);
+    let mut r = healthy();
+    r.raid = raid("raid5-failed");
+    let d = p.evaluate(&r, at(T0));
+    assert_eq!(d.hold_ingest, None);
+    let a = &d.raised[0];
+    assert_eq!(a.severity, Severity::Critical);
+    assert!(
+        a.message.contains("does not hold the archive"),
+        "{}",
+        a.message
+    );
+}
+
+// Review finding: when the RAID or volume monitor failed to read its source (EIO on a dying
+// array, a hung statvfs), the failed array's alert vanished from that evaluation and was
+// cleared as "resolved", and new instances were accepted again onto the broken array. An
+// unreadable source now keeps its alerts, and with them the hold.
+#[test]
+fn an_unreadable_source_keeps_its_alerts_and_its_hold() {
+    let mut p = Policy::new(settings());
+    let mut r = healthy();
+    r.raid = raid("raid5-failed");
+    assert!(p.evaluate(&r, at(T0)).hold_ingest.is_some());
+    r.raid = Some(Err("cannot read /proc/mdstat: input/output error".into()));
+    let d = p.evaluate(&r, at(T0 + SECOND));
+    assert!(d.cleared.is_empty(), "{:?}", d.cleared);
+    assert!(
+        d.hold_ingest.is_some(),
+        "the hold was lifted by a read error"
+    );
+    assert!(d.active.iter().any(|a| a.key == "monitor.raid"));
+
+    r.raid = raid("raid1-clean");
+    r.volume = volume(50_000_000_000, true);
+    assert!(p.evaluate(&r, at(T0 + 2 * SECOND)).hold_ingest.is_some());
+    r.volume = Some(Err("statvfs /var/lib/outpost: input/output error".into()));
+    let d = p.evaluate(&r, at(T0 + 3 * SECOND));
+    assert!(
+        d.hold_ingest.is_some(),
+        "the hold was lifted by a read error"
+    );
+    // A good reading is what clears them.
+    r.volume = volume(50_000_000_000, false);
+    let d = p.evaluate(&r, at(T0 + 4 * SECOND));
+    assert_eq!(d.hold_ingest, None);
+    assert!(d.cleared.iter().any(|a| a.key == "volume.read_only"));
+}
+
+// Review finding: an array going from degraded to failed kept its alert key, so only the
+// severity changed in place: no log line, no audit event and no webhook said that the
+// array had failed. A condition that gets worse is now raised again, dated when it did.
+#[test]
+fn getting_worse_is_announced_again() {
+    let mut p = Policy::new(settings());
+    let mut r = healthy();
+    r.raid = raid("raid5-degraded");
+    let d = p.evaluate(&r, at(T0));
+    assert_eq!(d.raised[0].severity, Severity::Warning);
+    r.raid = raid("raid5-failed");
+    let d = p.evaluate(&r, at(T0 + 60 * SECOND));
+    assert_eq!(d.raised.len(), 1, "{d:?}");
+    assert_eq!(d.raised[0].severity, Severity::Critical);
+    assert_eq!(d.raised[0].since, (T0 + 60 * SECOND) / 1000);
+    // Getting better is not news until it is over.
+    r.raid = raid("raid5-degraded");
+    assert!(p.evaluate(&r, at(T0 + 61 * SECOND)).raised.is_empty());
+}
+
+// Review finding: a UPS whose network card stopped answering while on battery (the switch
+// between the appliance and the card is not on the UPS) never led to a power-off: the box
+// ran on until the battery died and took the hard power cut the UPS is there to prevent.
+// Blind on battery, the runtime is now run down from the last reading.
+#[test]
+fn a_ups_silent_on_battery_is_run_down_from_its_last_reading() {
+    let mut p = Policy::new(settings());
+    let mut r = healthy();
+    r.ups = ups(UpsState::OnBattery, 400);
+    p.evaluate(&r, at(T0));
+    p.evaluate(&r, at(T0 + 10 * SECOND));
+    r.ups = Some(Reading::communication_lost("no answer within 2 s"));
+    // 400 s as last read at +10 s: below 300 s after +110 s, then the 10 s debounce.
+    for t in (11..=116).step_by(5) {
+        let d = p.evaluate(&r, at(T0 + t * SECOND));
+        assert!(d.power_off.is_none(), "powered off at +{t} s");
+    }
+    let d = p.evaluate(&r, at(T0 + 121 * SECOND));
+    let why = d.power_off.expect("blind on battery, the runtime ran out");
+    assert!(why.contains("stopped answering while on battery"), "{why}");
+}
+
+#[test]
+fn a_ups_silent_on_battery_with_no_runtime_powers_off_after_the_debounce() {
+    let mut p = Policy::new(settings());
+    let mut r = healthy();
+    let mut reading = ups(UpsState::OnBattery, 0).unwrap();
+    reading.runtime_s = None;
+    r.ups = Some(reading);
+    p.evaluate(&r, at(T0));
+    // The card falls silent before the on-battery alert was even raised.
+    r.ups = Some(Reading::communication_lost("connection refused"));
+    p.evaluate(&r, at(T0 + 2 * SECOND));
+    assert!(p.evaluate(&r, at(T0 + 11 * SECOND)).power_off.is_none());
+    let d = p.evaluate(&r, at(T0 + 13 * SECOND));
+    assert!(
+        d.active.iter().any(|a| a.key == "ups.on_battery"),
+        "{:?}",
+        d.active
+    );
+    let why = d.power_off.expect("blind on battery with no runtime known");
+    assert!(why.contains("never known"), "{why}");
+}
+
+// Review finding: the debounce ran on the wall clock, so NTP setting the clock back after a
+// boot held a power-off back until the wall clock caught up again.
+#[test]
+fn a_wall_clock_step_neither_delays_nor_skips_the_debounce() {
+    let mut p = Policy::new(settings());
+    let mut r = healthy();
+    r.ups = ups(UpsState::OnBattery, 100);
+    let now = |mono: u64, wall: u64| Now {
+        monotonic_ms: mono,
+        unix_ms: wall,
+    };
+    p.evaluate(&r, now(T0, T0));
+    // The wall clock jumps an hour back, then a day forward; the debounce does not care.
+    assert!(
+        p.evaluate(&r, now(T0 + 5 * SECOND, T0 - 3_600_000))
+            .power_off
+            .is_none()
+    );
+    assert!(
+        p.evaluate(&r, now(T0 + 6 * SECOND, T0 + 86_400_000))
+            .power_off
+            .is_none()
+    );
+    assert!(
+        p.evaluate(&r, now(T0 + 10 * SECOND, T0 - 3_590_000))
+            .power_off
+            .is_some()
+    );
+}
+
+#[test]
+fn what_a_silent_ups_said_of_its_battery_stays_said() {
+    let mut p = Policy::new(settings());
+    let mut r = healthy();
+    let mut worn = ups(UpsState::Online, 3600).unwrap();
+    worn.replace_battery = true;
+    r.ups = Some(worn);
+    p.evaluate(&r, at(T0));
+    assert!(!p.evaluate(&r, at(T0 + 10 * SECOND)).raised.is_empty());
+    r.ups = Some(Reading::communication_lost("no answer"));
+    for t in 11..40 {
+        let d = p.evaluate(&r, at(T0 + t * SECOND));
+        assert!(d.cleared.is_empty(), "{:?}", d.cleared);
+    }
+}
+
+#[test]
+fn a_failing_disk_that_falls_silent_stays_failing() {
+    let mut p = Policy::new(settings());
+    let mut r = healthy();
+    r.smart = smart(&["sata-failed.json"]);
+    let d = p.evaluate(&r, at(T0));
+    assert_eq!(d.raised[0].severity, Severity::Critical);
+    let mut stale = health::smart::parse(
+        &std::fs::read_to_string(fixtures().join("smart/sata-failed.json")).unwrap(),
+        "x",
+    )
+    .unwrap();
+    stale.verdict = health::smart::Verdict::Unknown {
+        reason: "stale: the SMART helper last ran 300 min ago".into(),
+    };
+    r.smart = Some(Ok(vec![stale]));
+    let d = p.evaluate(&r, at(T0 + SECOND));
+    assert!(d.cleared.is_empty());
+    assert_eq!(d.active[0].severity, Severity::Critical);
 }

@@ -430,7 +430,7 @@ priority = "stat"
 "#;
     let edge = Appliance::start(&(edge_toml(central.addr.port(), "") + rules)).await;
     let forwarder = edge.forwarder.as_ref().unwrap();
-    forwarder.hold_on_battery(true);
+    forwarder.hold_on_battery(&["central".to_string()]);
     let routine = instances(2);
     store_into(&edge, &routine).await;
     let mut urgent = SynthInstance::ct(5, 1, 1, 1);
@@ -464,7 +464,7 @@ priority = "stat"
     assert!(held_by(&central, &routine[0].sop_uid).is_none());
     assert!(state(&edge).held_on_battery);
     // Mains back: the routine instances go without waiting for a retry timer.
-    forwarder.hold_on_battery(false);
+    forwarder.hold_on_battery(&[]);
     eventually("the routine instances arrived", || depth(&edge) == 0).await;
     assert!(held_by(&central, &routine[1].sop_uid).is_some());
     assert!(!state(&edge).held_on_battery);

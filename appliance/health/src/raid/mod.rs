@@ -42,7 +42,7 @@ impl Default for RaidSources {
         RaidSources {
             mdstat: PathBuf::from("/proc/mdstat"),
             sysfs_block: PathBuf::from("/sys/block"),
-            mdadm_dir: Some(PathBuf::from("/run/outpost/hw")),
+            mdadm_dir: Some(PathBuf::from("/run/outpost-hw")),
         }
     }
 }

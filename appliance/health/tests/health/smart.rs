@@ -216,11 +216,11 @@ fn text_that_is_not_smartctl_json_is_an_error_naming_its_origin() {
         "{\"device\": {\"name\": \"/dev/sda\"}}",
         "smartctl 7.3 2022-02-28 r5338 [x86_64-linux-6.1.0] (local build)",
     ] {
-        let error = smart::parse(text, "/run/outpost/hw/sda.json").unwrap_err();
+        let error = smart::parse(text, "/run/outpost-hw/smart-sda.json").unwrap_err();
         assert!(matches!(error, HealthError::SmartJson { .. }), "{error:?}");
         let message = error.to_string();
         assert!(
-            message.contains("/run/outpost/hw/sda.json"),
+            message.contains("/run/outpost-hw/smart-sda.json"),
             "{text}: {message}"
         );
     }
