@@ -2,6 +2,11 @@
 
 Everything here talks to real processes over 127.0.0.1 only. The binary is found through
 the environment variable OUTPOST_BIN (default: <repo>/target/release/outpost).
+
+When the tests run as root (as CI does), every Outpost process runs the way its systemd
+unit runs it: as the unit's user with the unit's capabilities (unit.py), in directories that
+user owns, so that a permission the service lacks fails a test rather than a clinic.
+OUTPOST_TEST_AS_ROOT=1 runs them as root instead.
 """
 
 from __future__ import annotations
@@ -38,6 +43,38 @@ NATIVE_LE = {EXPLICIT_LE, IMPLICIT_LE}
 
 # ---------------------------------------------------------------------------------------
 # Ports and processes
+
+
+_unit_user = None
+
+
+def unit_user():
+    """The unit's user (created when missing), or None when the service runs as the caller."""
+    global _unit_user
+    if os.geteuid() != 0 or os.environ.get("OUTPOST_TEST_AS_ROOT") == "1":
+        return None
+    if _unit_user is None:
+        from unit import UnitUser
+        _unit_user = UnitUser()
+    return _unit_user
+
+
+def reachable(path: Path) -> None:
+    """Lets other users through every directory above `path` (pytest makes its temporary
+    directories private to their owner), and read `path` itself and what is below it."""
+    path = Path(path).resolve()
+    for d in [*reversed(path.parents)]:
+        if d == Path("/"):
+            continue
+        mode = d.stat().st_mode
+        if mode & 0o001 == 0:
+            d.chmod(mode | 0o001)
+    if path.is_dir():
+        for p in [path, *path.rglob("*")]:
+            mode = p.stat().st_mode
+            p.chmod(mode | (0o005 if p.is_dir() else 0o004))
+    elif path.exists():
+        path.chmod(path.stat().st_mode | 0o004)
 
 
 def free_port() -> int:
@@ -188,6 +225,11 @@ class Outpost:
         self.config_path = self.workdir / "outpost.toml"
         self.log_path = self.workdir / "outpost.log"
         self.write_config()
+        user = unit_user()
+        if user is not None and not self.launcher:
+            self.launcher = user.launcher()
+            reachable(self.workdir)
+            user.give(self.workdir)
 
     def write_config(self) -> None:
         dicom = {"ae_title": self.ae_title, "bind": "127.0.0.1", "port": self.port,
@@ -301,21 +343,27 @@ class Outpost:
     # -- the command line ---------------------------------------------------------------
 
     def cli(self, *args: Any, timeout: float = 120) -> subprocess.CompletedProcess:
-        """Runs `outpost ARGS --config <this config>`."""
+        """Runs `outpost ARGS --config <this config>` as the service's user, as a technician
+        on the appliance does (`sudo -u outpost outpost import ...`), so what it writes into
+        the archive stays the service's."""
         self.write_config()
-        return run_outpost(*args, "--config", self.config_path, timeout=timeout)
+        for a in args:
+            if isinstance(a, Path) and a.exists():
+                reachable(a)
+        return run_outpost(*args, "--config", self.config_path, timeout=timeout,
+                           launcher=self.launcher)
 
     def object_files(self) -> list[Path]:
         return sorted((self.data_dir / "objects").rglob("*.dcm"))
 
 
-def run_outpost(*args: Any, timeout: float = 120, cwd: Path | None = None
-                ) -> subprocess.CompletedProcess:
+def run_outpost(*args: Any, timeout: float = 120, cwd: Path | None = None,
+                launcher: list | None = None) -> subprocess.CompletedProcess:
     env = dict(os.environ)
     env["NO_COLOR"] = "1"
     env.pop("RUST_LOG", None)
-    return subprocess.run([str(OUTPOST_BIN), *map(str, args)], capture_output=True,
-                          text=True, timeout=timeout, env=env, cwd=cwd)
+    return subprocess.run([*map(str, launcher or []), str(OUTPOST_BIN), *map(str, args)],
+                          capture_output=True, text=True, timeout=timeout, env=env, cwd=cwd)
 
 
 # ---------------------------------------------------------------------------------------

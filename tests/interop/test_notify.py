@@ -9,14 +9,16 @@ exit status 0. The binary must be built with `--features systemd`.
 
 from __future__ import annotations
 
+import os
 import signal
 import socket
 import threading
 import time
+from pathlib import Path
 
 import pytest
 
-from harness import port_accepts
+from harness import port_accepts, reachable
 
 WATCHDOG_USEC = 500_000
 BUILD_HINT = ("no sd_notify message arrived: is the binary built with the systemd feature? "
@@ -28,6 +30,9 @@ class NotifySocket:
         self.path = path
         self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
         self.sock.bind(str(path))
+        # The service may run as another user (harness.unit_user): let it send.
+        os.chmod(path, 0o777)
+        reachable(Path(path).parent)
         self.sock.settimeout(0.1)
         self.messages: list[tuple[float, dict[str, str]]] = []
         self.cond = threading.Condition()
