@@ -158,3 +158,20 @@ def test_verify_good_then_damaged_then_orphan(imported, small_corpus):
     assert re.search(rf"^orphan: .*{re.escape(orphan.name)} is not in the index", r.stdout,
                      re.M), r.stdout
     assert r.stdout.splitlines()[-1].endswith("3 problem(s)"), r.stdout
+
+
+def test_root_may_not_write_into_the_services_archive(imported):
+    """Run as root on an archive the service's user owns, `import`, `verify` and `serve`
+    refuse and say how to run them: directories root created there would be root's, and
+    the service could no longer store beside them."""
+    from harness import unit_user
+    outpost, src, first = imported
+    if unit_user() is None:
+        pytest.skip("needs root, and the service running as its unit's user")
+    assert first.returncode == 0
+    for args in (["import", src], ["verify"], ["serve"]):
+        r = run_outpost(*args, "--config", outpost.config_path)
+        assert r.returncode == 1, (args, r.stdout, r.stderr)
+        assert "belongs to outpost" in r.stderr and "sudo -u outpost outpost" in r.stderr, r.stderr
+    # Nothing of root's was left in it.
+    assert not [p for p in outpost.data_dir.rglob("*") if p.stat().st_uid == 0]

@@ -73,12 +73,16 @@ enum Command {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Serve { config } => load(config.as_deref()).and_then(serve::serve),
+        Command::Serve { config } => load(config.as_deref())
+            .and_then(owner_only)
+            .and_then(serve::serve),
         Command::CheckConfig { file } => check_config(&file),
-        Command::Import { dir, config, jobs } => {
-            load(config.as_deref()).and_then(|c| import::import(c, &dir, jobs))
-        }
-        Command::Verify { config } => load(config.as_deref()).and_then(verify),
+        Command::Import { dir, config, jobs } => load(config.as_deref())
+            .and_then(owner_only)
+            .and_then(|c| import::import(c, &dir, jobs)),
+        Command::Verify { config } => load(config.as_deref())
+            .and_then(owner_only)
+            .and_then(verify),
         Command::Queue {
             config,
             json,
@@ -95,6 +99,29 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// Refuses to open the archive as root when it belongs to another user (the service's):
+/// files and directories root created there would be root's, and the service could no
+/// longer write beside them.
+fn owner_only(c: config::Config) -> anyhow::Result<config::Config> {
+    use std::os::unix::fs::MetadataExt;
+    let dir = &c.storage.data_dir;
+    if let Ok(meta) = std::fs::metadata(dir)
+        && nix::unistd::geteuid().is_root()
+        && meta.uid() != 0
+    {
+        let owner = nix::unistd::User::from_uid(meta.uid().into())
+            .ok()
+            .flatten()
+            .map(|u| u.name)
+            .unwrap_or_else(|| meta.uid().to_string());
+        anyhow::bail!(
+            "{} belongs to {owner}, and what root writes there the service could not change later; run this as {owner} (sudo -u {owner} outpost ...)",
+            dir.display()
+        );
+    }
+    Ok(c)
 }
 
 /// The configuration from a file, or the embedded default.
