@@ -536,3 +536,87 @@ esac
         assert p.stat().st_mode & 0o777 == 0o640, (p, oct(p.stat().st_mode))
     # A disk's findings set smartctl's exit bits; the report is kept all the same.
     assert (out / "smart-sda.json").read_bytes() == sata.read_bytes()
+
+
+class SerialLine:
+    """Two pseudo-terminals joined back to back, as a serial cable joins the appliance to the
+    UPS: what is written to one end's device is read from the other's. The appliance's end
+    gets the owner and mode udev gives a USB serial adapter (root:dialout, 0660)."""
+
+    def __init__(self):
+        import grp
+        import os
+        import pty
+        import tty
+        self._os = os
+        self.ups_master, ups_slave = pty.openpty()
+        self.outpost_master, outpost_slave = pty.openpty()
+        # Raw from the start, so nothing is echoed or translated before a side opens it.
+        for fd in (ups_slave, outpost_slave):
+            tty.setraw(fd)
+        self._slaves = (ups_slave, outpost_slave)
+        self.ups_device = os.ttyname(ups_slave)
+        self.outpost_device = os.ttyname(outpost_slave)
+        os.chown(self.outpost_device, 0, grp.getgrnam("dialout").gr_gid)
+        os.chmod(self.outpost_device, 0o660)
+        self._stop = False
+        self._thread = threading.Thread(target=self._pump, daemon=True)
+        self._thread.start()
+
+    def _pump(self):
+        import select
+        os = self._os
+        peer = {self.ups_master: self.outpost_master, self.outpost_master: self.ups_master}
+        while not self._stop:
+            ready, _, _ = select.select(list(peer), [], [], 0.1)
+            for fd in ready:
+                try:
+                    data = os.read(fd, 4096)
+                except OSError:
+                    continue
+                if data:
+                    os.write(peer[fd], data)
+
+    def close(self):
+        self._stop = True
+        self._thread.join(2)
+        for fd in (self.ups_master, self.outpost_master, *self._slaves):
+            self._os.close(fd)
+
+
+@pytest.mark.timeout(120)
+def test_ups_over_a_serial_line(unit_outposts, unit_user):
+    """Modbus RTU over a serial line, to pymodbus's serial server: the unit's user reads the
+    UPS through the dialout group the unit gives it; without access to the device, the
+    status says what to fix."""
+    line = SerialLine()
+    sim = UpsSimulator(serial_port=line.ups_device)
+    sim.start()
+    try:
+        o = unit_outposts("rtu", start=False)
+        o.extra_toml = ("\n[health]\nraid = false\n"
+                        + "\n[ups]\ntransport = \"rtu\"\n"
+                        + f"device = \"{line.outpost_device}\"\nbaud = 9600\n"
+                        + "profile = \"apc-smt\"\npoll_interval_s = 1\ntimeout_ms = 800\n"
+                        + "debounce_s = 1\n")
+        unit_user.give(o.workdir)
+        # First without the group's access: the technician is told what to do.
+        import os
+        os.chmod(line.outpost_device, 0o600)
+        o.start()
+        s = wait_status(o, unit_user, "the UPS unreadable",
+                        lambda st: ups_state(st) == "communication_lost")
+        assert "dialout" in s["hardware"]["ups"]["reading"]["error"], s["hardware"]["ups"]
+        os.chmod(line.outpost_device, 0o660)
+        s = wait_status(o, unit_user, "online over RTU", lambda st: ups_state(st) == "online")
+        reading = s["hardware"]["ups"]["reading"]
+        assert reading["runtime_s"] == 3600 and reading["charge_pct"] == pytest.approx(100)
+        sim.on_battery(runtime_s=1500, charge_pct=70.0)
+        s = wait_status(o, unit_user, "on battery over RTU",
+                        lambda st: ups_state(st) == "on_battery")
+        assert s["hardware"]["ups"]["reading"]["runtime_s"] == 1500
+        wait_status(o, unit_user, "the on-battery alert", lambda st: alert(st, "ups.on_battery"))
+        assert o.terminate() == 0
+    finally:
+        sim.stop()
+        line.close()

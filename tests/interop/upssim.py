@@ -15,6 +15,8 @@ big-endian, 32-bit values high word first.
     sim.writes                        # [(address, [values]), ...] the client wrote
     sim.stop()
 
+    UpsSimulator(serial_port="/dev/pts/7")  # Modbus RTU on a serial line instead, 9600 8N1
+
 Written for pymodbus 3.16 (tests/requirements.txt), whose server takes a SimDevice with an
 `action` hook; the ModbusServerContext/ModbusDeviceContext classes of earlier 3.x releases
 are deprecated there.
@@ -26,7 +28,8 @@ import asyncio
 import logging
 import threading
 
-from pymodbus.server import ModbusTcpServer
+from pymodbus import FramerType
+from pymodbus.server import ModbusSerialServer, ModbusTcpServer
 from pymodbus.simulator import DataType, SimData, SimDevice
 
 # UPSStatus_BF (u32 at 0..1).
@@ -62,8 +65,11 @@ SIZE = 1600          # registers 0..1599, all readable and writable
 class UpsSimulator:
     """Serves the APC SMT register map on 127.0.0.1 in a background thread."""
 
-    def __init__(self, unit_id: int = 1, host: str = "127.0.0.1", port: int = 0):
+    def __init__(self, unit_id: int = 1, host: str = "127.0.0.1", port: int = 0,
+                 serial_port: str | None = None, baudrate: int = 9600):
         self.unit_id = unit_id
+        self.serial_port = serial_port
+        self.baudrate = baudrate
         self.host = host
         self.port = port            # the bound port once started (0 asks for a free one)
         self._lock = threading.Lock()
@@ -117,9 +123,14 @@ class UpsSimulator:
             simdata=[SimData(0, count=SIZE, values=0, datatype=DataType.REGISTERS)],
             action=self._action,
         )
-        server = ModbusTcpServer(device, address=(self.host, self.port))
-        await server.serve_forever(background=True)
-        self.port = server.transport.sockets[0].getsockname()[1]
+        if self.serial_port:
+            server = ModbusSerialServer(device, framer=FramerType.RTU, port=self.serial_port,
+                                        baudrate=self.baudrate)
+            await server.serve_forever(background=True)
+        else:
+            server = ModbusTcpServer(device, address=(self.host, self.port))
+            await server.serve_forever(background=True)
+            self.port = server.transport.sockets[0].getsockname()[1]
         self._ready.set()
         await self._stop.wait()
         with self._lock:
