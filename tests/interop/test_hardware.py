@@ -434,6 +434,8 @@ def test_status_json_and_webhook(unit_outposts, unit_user, ups):
                         and st["hardware"]["smart"]["reading"]
                         and st["hardware"]["volume"]["reading"] and ups_state(st) == "online")
         assert s["version"] and s["uptime_s"] >= 0 and s["ae_title"] == "OUTPOST"
+        assert s["kernel"] == Path("/proc/sys/kernel/osrelease").read_text().strip()
+        assert s["os"], s
         h = s["hardware"]
         arrays = h["raid"]["reading"]
         assert [a["health"] for a in arrays] == ["degraded"], arrays
@@ -445,7 +447,8 @@ def test_status_json_and_webhook(unit_outposts, unit_user, ups):
         r = subprocess.run([*unit_user.launcher(), str(OUTPOST_BIN), "status", "--config",
                             str(o.config_path)], capture_output=True, text=True, timeout=30)
         assert r.returncode == 0, r.stderr
-        for word in ("raid:", "degraded", "volume:", "smart:", "ups:", "online", "alerts:"):
+        for word in ("system:", "raid:", "degraded", "volume:", "smart:", "ups:", "online",
+                     "alerts:"):
             assert word in r.stdout, r.stdout
         wait_for("the webhook got the RAID alert", lambda: any(
             n["key"].startswith("raid.") and n["event"] == "raised" for n in Webhook.received),

@@ -76,6 +76,12 @@ pub struct LiveState {
 #[derive(Debug, Serialize, Deserialize)]
 pub struct Status {
     pub version: String,
+    /// The operating system (`PRETTY_NAME` of os-release) and the kernel release, which a
+    /// technician needs beside the appliance's own version.
+    #[serde(default)]
+    pub os: String,
+    #[serde(default)]
+    pub kernel: String,
     /// Unix seconds when the service started, and seconds since.
     pub started_at: u64,
     pub uptime_s: u64,
@@ -101,6 +107,17 @@ pub enum Response {
     Dead(Vec<(u64, DeadLetter)>),
     Done(String),
     Error(String),
+}
+
+/// `PRETTY_NAME` from os-release, or "" when there is none.
+fn os_name() -> String {
+    let text = std::fs::read_to_string("/etc/os-release")
+        .or_else(|_| std::fs::read_to_string("/usr/lib/os-release"))
+        .unwrap_or_default();
+    text.lines()
+        .find_map(|l| l.strip_prefix("PRETTY_NAME="))
+        .map(|v| v.trim_matches('"').to_string())
+        .unwrap_or_default()
 }
 
 pub fn socket_path(data_dir: &Path) -> PathBuf {
@@ -211,6 +228,10 @@ async fn handle(request: Request, control: &Control) -> Response {
             let now = store::layout::unix_now();
             Response::Status(Box::new(Status {
                 version: env!("CARGO_PKG_VERSION").to_string(),
+                os: os_name(),
+                kernel: std::fs::read_to_string("/proc/sys/kernel/osrelease")
+                    .map(|k| k.trim().to_string())
+                    .unwrap_or_default(),
                 started_at: id.started_at,
                 uptime_s: now.saturating_sub(id.started_at),
                 ae_title: id.ae_title.clone(),

@@ -29,6 +29,9 @@ pub fn run(c: &config::Config, json: bool) -> anyhow::Result<ExitCode> {
         status.ae_title,
         crate::queue::age(status.uptime_s)
     );
+    if !status.os.is_empty() || !status.kernel.is_empty() {
+        println!("  system:    {}, kernel {}", status.os, status.kernel);
+    }
     println!("  listening: {}", status.listening.join(", "));
     println!(
         "  archive:   {} instances in {}",
