@@ -60,21 +60,29 @@ def unit_user():
 
 
 def reachable(path: Path) -> None:
-    """Lets other users through every directory above `path` (pytest makes its temporary
-    directories private to their owner), and read `path` itself and what is below it."""
-    path = Path(path).resolve()
-    for d in [*reversed(path.parents)]:
-        if d == Path("/"):
+    """Lets other users through every directory above `path` that is under /tmp (pytest
+    makes its temporary directories private to their owner), and read `path` itself and
+    what is below it. Symbolic links are left alone, and nothing outside /tmp is changed:
+    a directory there the service's user cannot pass is reported instead."""
+    path = Path(path).absolute()
+    tmp = Path("/tmp")
+    for d in reversed(path.parents):
+        if d in (Path("/"), tmp) or d.is_symlink():
             continue
         mode = d.stat().st_mode
-        if mode & 0o001 == 0:
-            d.chmod(mode | 0o001)
-    if path.is_dir():
-        for p in [path, *path.rglob("*")]:
-            mode = p.stat().st_mode
-            p.chmod(mode | (0o005 if p.is_dir() else 0o004))
-    elif path.exists():
-        path.chmod(path.stat().st_mode | 0o004)
+        if mode & 0o001:
+            continue
+        if not d.is_relative_to(tmp):
+            raise PermissionError(
+                f"{d} is closed to other users, so the service's user cannot reach {path}; "
+                "run pytest with its temporary directories under /tmp (--basetemp)")
+        d.chmod(mode | 0o001)
+    items = [path, *path.rglob("*")] if path.is_dir() and not path.is_symlink() else [path]
+    for p in items:
+        if p.is_symlink() or not p.exists():
+            continue
+        mode = p.stat().st_mode
+        p.chmod(mode | (0o005 if p.is_dir() else 0o004))
 
 
 def free_port() -> int:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import http.server
 import json
+import os
 import shutil
 import socket
 import struct
@@ -70,46 +71,39 @@ def ups():
 
 def hardware_dir(o: Outpost, user: UnitUser, raid_case: str = "raid1-clean") -> Path:
     """A copy of a captured RAID state and of SMART reports, laid out as the service reads
-    them: <hw>/proc/mdstat, <hw>/sys/block/..., and the root helper's directory <hw>/helper
-    with <mdN>.export, <mdN>.detail and smart-<disk>.json."""
+    them: <hw>/current/proc/mdstat, <hw>/current/sys/block/..., and the root helper's
+    directory <hw>/current/helper with <mdN>.export, <mdN>.detail and smart-<disk>.json.
+    `current` is a symbolic link, so set_raid swaps the whole state at once."""
     hw = o.workdir / "hw"
+    hw.mkdir(exist_ok=True)
     set_raid(hw, raid_case)
-    helper = hw / "helper"
-    helper.mkdir(parents=True, exist_ok=True)
-    shutil.copy(FIXTURES / "smart" / "sata-qemu.json", helper / "smart-sda.json")
-    shutil.copy(FIXTURES / "smart" / "nvme-qemu.json", helper / "smart-nvme0.json")
     user.give(hw)
     return hw
 
 
 def set_raid(hw: Path, case: str) -> None:
-    """Puts a captured RAID state in place, replacing the one before by renames, so the
-    monitor never reads a half-copied tree (or none, which would read as "no arrays")."""
+    """Puts a captured RAID state (and the SMART reports) in place by turning the `current`
+    link to a new copy, atomically, so the monitor never reads half of one state and half
+    of another, or none at all."""
     src = FIXTURES / "raid" / case
-    for part in ("proc", "sys"):
-        new = hw / f".{part}.new"
-        shutil.rmtree(new, ignore_errors=True)
-        shutil.copytree(src / part, new)
-        if (hw / part).exists():
-            old = hw / f".{part}.old"
-            shutil.rmtree(old, ignore_errors=True)
-            (hw / part).rename(old)
-            new.rename(hw / part)
-            shutil.rmtree(old)
-        else:
-            new.rename(hw / part)
-    helper = hw / "helper"
-    helper.mkdir(parents=True, exist_ok=True)
-    for old in list(helper.glob("*.export")) + list(helper.glob("*.detail")):
-        old.unlink()
-    for f in (src / "mdadm").glob("*"):
-        shutil.copy(f, helper / f.name)
+    n = len(list(hw.glob("state-*")))
+    state = hw / f"state-{n}"
+    shutil.copytree(src / "proc", state / "proc")
+    shutil.copytree(src / "sys", state / "sys")
+    helper = state / "helper"
+    shutil.copytree(src / "mdadm", helper)
+    shutil.copy(FIXTURES / "smart" / "sata-qemu.json", helper / "smart-sda.json")
+    shutil.copy(FIXTURES / "smart" / "nvme-qemu.json", helper / "smart-nvme0.json")
+    link = hw / f".current-{n}"
+    link.symlink_to(state.name)
+    os.replace(link, hw / "current")
 
 
 def health_toml(hw: Path, **overrides) -> str:
     # The captured arrays are md0 (and md1); the test machine's own volume is on no array.
-    keys = {"mdstat": hw / "proc" / "mdstat", "sysfs_block": hw / "sys" / "block",
-            "helper_dir": hw / "helper", "raid_interval_s": 1, "volume_interval_s": 1,
+    keys = {"mdstat": hw / "current" / "proc" / "mdstat",
+            "sysfs_block": hw / "current" / "sys" / "block",
+            "helper_dir": hw / "current" / "helper", "raid_interval_s": 1, "volume_interval_s": 1,
             "smart_interval_s": 10, "bays": {"sda": "bay 1", "sdb": "bay 2"},
             "data_arrays": ["md0"]}
     keys.update(overrides)
@@ -529,7 +523,8 @@ esac
     out = tmp_path / "hw"
     out.mkdir()
     (out / "smart-gone.json").write_text("{}")
-    env = {"PATH": f"{stubs}:/usr/sbin:/usr/bin:/sbin:/bin"}
+    # No sbin on the PATH: a real mdadm (on a machine with arrays) must not add reports.
+    env = {"PATH": f"{stubs}:/usr/bin:/bin"}
     r = subprocess.run([str(REPO / "configs" / "systemd" / "outpost-hwprobe"), str(out)],
                        env=env, capture_output=True, text=True, timeout=60)
     assert r.returncode == 0, r.stderr
@@ -548,7 +543,6 @@ class SerialLine:
 
     def __init__(self):
         import grp
-        import os
         import pty
         import tty
         self._os = os
@@ -577,8 +571,8 @@ class SerialLine:
                     data = os.read(fd, 4096)
                 except OSError:
                     continue
-                if data:
-                    os.write(peer[fd], data)
+                while data:
+                    data = data[os.write(peer[fd], data):]
 
     def close(self):
         self._stop = True
@@ -604,7 +598,6 @@ def test_ups_over_a_serial_line(unit_outposts, unit_user):
                         + "debounce_s = 1\n")
         unit_user.give(o.workdir)
         # First without the group's access: the technician is told what to do.
-        import os
         os.chmod(line.outpost_device, 0o600)
         o.start()
         s = wait_status(o, unit_user, "the UPS unreadable",

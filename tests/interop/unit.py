@@ -3,8 +3,8 @@ capabilities and no way to gain more, so a permission the service lacks fails he
 than in a clinic.
 
 The unit file (configs/systemd/outpost.service) is read, not copied: User=, Group=,
-SupplementaryGroups=, AmbientCapabilities= and CapabilityBoundingSet= become setpriv
-arguments, and NoNewPrivileges=yes becomes --no-new-privs. The user is created from
+SupplementaryGroups= (and no other group), AmbientCapabilities= and CapabilityBoundingSet=
+become setpriv arguments, and NoNewPrivileges=yes becomes --no-new-privs. The user is created from
 configs/systemd/outpost.sysusers when it does not exist yet (tests/run runs as root in CI).
 """
 
@@ -75,7 +75,11 @@ class UnitUser:
         ambient = self.ambient if ambient is None else ambient
         inh = ",".join(["-all"] + [f"+{c}" for c in ambient])
         bounding = ",".join(["-all"] + [f"+{c}" for c in self.bounding])
-        args = ["setpriv", f"--reuid={self.uid}", f"--regid={self.gid}", "--init-groups",
+        # The unit's SupplementaryGroups=, not the user's groups in /etc/group: the unit is
+        # what gives the service the dialout group on the appliance.
+        groups = (["--groups=" + ",".join(str(grp.getgrnam(g).gr_gid) for g in self.groups)]
+                  if self.groups else ["--clear-groups"])
+        args = ["setpriv", f"--reuid={self.uid}", f"--regid={self.gid}", *groups,
                 f"--inh-caps={inh}", f"--ambient-caps={inh}", f"--bounding-set={bounding}"]
         if self.no_new_privs:
             args.append("--no-new-privs")

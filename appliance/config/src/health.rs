@@ -80,7 +80,24 @@ pub(crate) fn read_health(root: &mut Reader) -> Option<Health> {
     let bays = h.string_map("bays");
     let inodes = h.float("min_free_inodes_percent", 5.0, 0.0, 100.0);
     let data_arrays = if h.has("data_arrays") {
-        h.string_list("data_arrays").map(Some)
+        h.string_list("data_arrays").and_then(|names| {
+            let names: Vec<String> = names
+                .iter()
+                .map(|n| n.trim_start_matches("/dev/").to_string())
+                .collect();
+            match names.iter().find(|n| !is_md_name(n)) {
+                Some(bad) => {
+                    h.problem(
+                        "data_arrays",
+                        format!(
+                            "{bad:?} is not an md array's kernel name; use names as /proc/mdstat shows them, such as \"md0\" or \"md127\""
+                        ),
+                    );
+                    None
+                }
+                None => Some(Some(names)),
+            }
+        })
     } else {
         h.string_list("data_arrays").map(|_| None)
     };
@@ -97,6 +114,13 @@ pub(crate) fn read_health(root: &mut Reader) -> Option<Health> {
         bays: bays?,
         min_free_inodes_percent: inodes?,
         data_arrays: data_arrays?,
+    })
+}
+
+/// `md0`, `md127`, `md_d0`: the names the kernel gives md arrays.
+fn is_md_name(n: &str) -> bool {
+    n.strip_prefix("md").is_some_and(|rest| {
+        !rest.is_empty() && rest.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
     })
 }
 

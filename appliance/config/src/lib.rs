@@ -414,17 +414,28 @@ fn build(root: &mut Reader, source: &str) -> Option<Config> {
     let health = health::read_health(root);
     let ups = health::read_ups(root, source);
     if let (Some(Some(u)), Some(grace)) = (&ups, shutdown_grace) {
-        // From the decision to the outlet-off command: the grace period, then forwarding
-        // (10 s), the index's final flush and the UPS command, with room to spare.
-        let needed = grace + Duration::from_secs(60) + u.outlet_off_delay;
+        // From the first low reading to the UPS cutting power: a poll and the debounce to
+        // decide, the grace period, about 60 s for forwarding, the monitors and the index's
+        // final flush, the outlet-off command (eight request timeouts at most), then the
+        // outlet delay, during which the operating system powers off.
+        let outlet = if u.profile.has_outlet_command() {
+            u.outlet_off_delay
+        } else {
+            Duration::ZERO
+        };
+        let needed =
+            u.poll_interval + u.debounce + grace + Duration::from_secs(60) + u.timeout * 8 + outlet;
         if !u.shutdown_below.is_zero() && u.shutdown_below < needed {
             root.problem(
                 "ups.shutdown_when_runtime_below_s",
                 format!(
-                    "{} s of runtime does not cover the power-off: dicom.shutdown_grace_s ({} s), about 60 s to close the archive, and outlet_off_delay_s ({} s) add up to {} s; raise it or shorten those",
+                    "{} s of runtime does not cover the power-off: poll_interval_s ({} s), debounce_s ({} s), dicom.shutdown_grace_s ({} s), about {} s to close the archive and command the UPS, and outlet_off_delay_s ({} s) add up to {} s; raise it or shorten those",
                     u.shutdown_below.as_secs(),
+                    u.poll_interval.as_secs(),
+                    u.debounce.as_secs(),
                     grace.as_secs(),
-                    u.outlet_off_delay.as_secs(),
+                    (Duration::from_secs(60) + u.timeout * 8).as_secs(),
+                    outlet.as_secs(),
                     needed.as_secs()
                 ),
             );

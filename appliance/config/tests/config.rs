@@ -327,6 +327,28 @@ webhook = "alerts.example"
 }
 
 #[test]
+fn data_arrays_are_md_names() {
+    let c = Config::parse(
+        "[health]\ndata_arrays = [\"/dev/md0\", \"md127\"]\n",
+        "site.toml",
+    )
+    .unwrap();
+    assert_eq!(
+        c.health.data_arrays,
+        Some(vec!["md0".to_string(), "md127".to_string()])
+    );
+    let problems = Config::parse("[health]\ndata_arrays = [\"md/archive\"]\n", "site.toml")
+        .unwrap_err()
+        .0;
+    assert_eq!(problems[0].key, "health.data_arrays");
+    assert!(
+        problems[0].message.contains("\"md/archive\""),
+        "{}",
+        problems[0].message
+    );
+}
+
+#[test]
 fn a_generic_ups_profile_is_checked_where_it_is_written() {
     let text = r#"
 [ups]
@@ -367,7 +389,7 @@ outlet_off_delay_s = 120
     assert_eq!(problems.len(), 1, "{problems:?}");
     assert_eq!(problems[0].key, "ups.shutdown_when_runtime_below_s");
     assert!(
-        problems[0].message.contains("add up to 240 s"),
+        problems[0].message.contains("add up to 271 s"),
         "{}",
         problems[0].message
     );

@@ -74,28 +74,23 @@ impl Volume {
 /// The md arrays the file system holding `path` lives on, found through sysfs: the block
 /// device of `path` (`/sys/dev/block/MAJOR:MINOR`), and what it is built on (`slaves/`,
 /// through partitions, LUKS and LVM), down to every `md*` array. Empty when the volume is
-/// not on md, or when sysfs cannot tell.
-pub fn md_arrays_under(path: &Path, sys_dev_block: &Path) -> Vec<String> {
+/// on block devices but none is md; `None` when sysfs cannot tell which block device holds
+/// it (btrfs and ZFS report an anonymous device, tmpfs and overlays have none).
+pub fn md_arrays_under(path: &Path, sys_dev_block: &Path) -> Option<Vec<String>> {
     use std::os::unix::fs::MetadataExt;
-    let Ok(meta) = std::fs::metadata(path) else {
-        return Vec::new();
-    };
-    let dev = meta.dev();
-    // The Linux encoding of a dev_t (glibc's gnu_dev_major and gnu_dev_minor).
-    let major = ((dev >> 32) & 0xffff_f000) | ((dev >> 8) & 0x0000_0fff);
-    let minor = ((dev >> 12) & 0xffff_ff00) | (dev & 0x0000_00ff);
+    let dev = std::fs::metadata(path).ok()?.dev();
+    let (major, minor) = (nix::sys::stat::major(dev), nix::sys::stat::minor(dev));
     md_arrays_of_device(major, minor, sys_dev_block)
 }
 
 /// [`md_arrays_under`] for a device number.
-pub fn md_arrays_of_device(major: u64, minor: u64, sys_dev_block: &Path) -> Vec<String> {
+pub fn md_arrays_of_device(major: u64, minor: u64, sys_dev_block: &Path) -> Option<Vec<String>> {
+    let node = std::fs::canonicalize(sys_dev_block.join(format!("{major}:{minor}"))).ok()?;
     let mut found = Vec::new();
-    if let Ok(node) = std::fs::canonicalize(sys_dev_block.join(format!("{major}:{minor}"))) {
-        collect_md(&node, &mut found, 0);
-    }
+    collect_md(&node, &mut found, 0);
     found.sort();
     found.dedup();
-    found
+    Some(found)
 }
 
 fn collect_md(node: &Path, found: &mut Vec<String>, depth: usize) {

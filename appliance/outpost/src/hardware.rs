@@ -113,12 +113,12 @@ pub fn start(c: &config::Config, effects: Effects, stop: CancellationToken) -> H
         );
         let interval = h.raid_interval;
         tasks.spawn(async move {
+            let mut sampler = Sampler::new("the RAID monitor");
             loop {
                 let s = sources.clone();
-                let r = blocking("the RAID monitor", move || {
-                    health::raid::sample(&s).map_err(|e| e.to_string())
-                })
-                .await;
+                let r = sampler
+                    .run(move || health::raid::sample(&s).map_err(|e| e.to_string()))
+                    .await;
                 publish(&snapshot, |s| set(&mut s.raid, &r));
                 readings.lock().expect("readings lock").raid = Some(r);
                 kick.notify_one();
@@ -138,12 +138,12 @@ pub fn start(c: &config::Config, effects: Effects, stop: CancellationToken) -> H
         );
         let interval = h.volume_interval;
         tasks.spawn(async move {
+            let mut sampler = Sampler::new("the volume monitor");
             loop {
                 let p = path.clone();
-                let r = blocking("the volume monitor", move || {
-                    health::volume::sample(&p).map_err(|e| e.to_string())
-                })
-                .await;
+                let r = sampler
+                    .run(move || health::volume::sample(&p).map_err(|e| e.to_string()))
+                    .await;
                 publish(&snapshot, |s| set(&mut s.volume, &r));
                 readings.lock().expect("readings lock").volume = Some(r);
                 kick.notify_one();
@@ -164,12 +164,12 @@ pub fn start(c: &config::Config, effects: Effects, stop: CancellationToken) -> H
         );
         let interval = h.smart_interval;
         tasks.spawn(async move {
+            let mut sampler = Sampler::new("the SMART monitor");
             loop {
                 let d = dir.clone();
-                let r = blocking("the SMART monitor", move || {
-                    health::smart::sample_dir(&d, max_age).map_err(|e| e.to_string())
-                })
-                .await;
+                let r = sampler
+                    .run(move || health::smart::sample_dir(&d, max_age).map_err(|e| e.to_string()))
+                    .await;
                 publish(&snapshot, |s| set(&mut s.smart, &r));
                 readings.lock().expect("readings lock").smart = Some(r);
                 kick.notify_one();
@@ -245,9 +245,22 @@ pub fn start(c: &config::Config, effects: Effects, stop: CancellationToken) -> H
         ));
         queue
     });
-    let data_arrays = h.data_arrays.clone().unwrap_or_else(|| {
-        health::volume::md_arrays_under(&c.storage.data_dir, std::path::Path::new("/sys/dev/block"))
-    });
+    let data_arrays = match h.data_arrays.clone() {
+        Some(listed) => listed,
+        None => match health::volume::md_arrays_under(
+            &c.storage.data_dir,
+            std::path::Path::new("/sys/dev/block"),
+        ) {
+            Some(found) => found,
+            None => {
+                warn!(
+                    data_dir = %c.storage.data_dir.display(),
+                    "cannot tell which md arrays hold the data volume (its file system reports no block device sysfs knows); any failed array stops ingest. Name them in [health] data_arrays"
+                );
+                vec!["*".to_string()]
+            }
+        },
+    };
     if data_arrays.is_empty() {
         info!(
             "the data volume is not on an md array; a failed array raises an alert but does not stop ingest"
@@ -567,17 +580,42 @@ fn publish(snapshot: &Mutex<Snapshot>, change: impl FnOnce(&mut Snapshot)) {
 /// of going silent.
 const SAMPLE_TIMEOUT: Duration = Duration::from_secs(30);
 
-async fn blocking<T: Send + 'static>(
+/// Runs one monitor's reads on the blocking pool, one at a time: while a read hangs (a
+/// statvfs stuck on a dying disk), the next sample waits for it instead of starting another
+/// thread, so a hung disk cannot fill the pool that ingest and queries need.
+struct Sampler<T> {
     what: &'static str,
-    f: impl FnOnce() -> Result<T, String> + Send + 'static,
-) -> Result<T, String> {
-    match tokio::time::timeout(SAMPLE_TIMEOUT, tokio::task::spawn_blocking(f)).await {
-        Ok(Ok(r)) => r,
-        Ok(Err(e)) => Err(format!("{what} failed: {e}")),
-        Err(_) => Err(format!(
-            "{what} got no answer in {} s (a hung disk or file system?)",
-            SAMPLE_TIMEOUT.as_secs()
-        )),
+    pending: Option<(tokio::task::JoinHandle<Result<T, String>>, Instant)>,
+}
+
+impl<T: Send + 'static> Sampler<T> {
+    fn new(what: &'static str) -> Sampler<T> {
+        Sampler {
+            what,
+            pending: None,
+        }
+    }
+
+    async fn run(
+        &mut self,
+        f: impl FnOnce() -> Result<T, String> + Send + 'static,
+    ) -> Result<T, String> {
+        let (mut handle, started) = match self.pending.take() {
+            Some(still_running) => still_running,
+            None => (tokio::task::spawn_blocking(f), Instant::now()),
+        };
+        match tokio::time::timeout(SAMPLE_TIMEOUT, &mut handle).await {
+            Ok(Ok(r)) => r,
+            Ok(Err(e)) => Err(format!("{} failed: {e}", self.what)),
+            Err(_) => {
+                let waited = started.elapsed().as_secs();
+                self.pending = Some((handle, started));
+                Err(format!(
+                    "{} has had no answer for {waited} s (a hung disk or file system?)",
+                    self.what
+                ))
+            }
+        }
     }
 }
 

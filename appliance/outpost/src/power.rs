@@ -10,16 +10,29 @@ use tracing::{error, info, warn};
 /// The power-off command gets this long; `systemctl poweroff` returns at once.
 const COMMAND_TIMEOUT: Duration = Duration::from_secs(60);
 
-/// Returns whether the power-off command succeeded.
+/// What the last steps achieved.
+#[derive(Debug, Clone, Copy)]
+pub struct Done {
+    /// The UPS took the outlet-off command.
+    pub outlets_off: bool,
+    /// The power-off command succeeded.
+    pub command_ok: bool,
+}
+
 pub async fn power_off(
     c: &config::Config,
     ups: Option<&Arc<tokio::sync::Mutex<ups::Ups>>>,
-) -> bool {
+) -> Done {
+    let mut done = Done {
+        outlets_off: false,
+        command_ok: false,
+    };
     if let (Some(device), Some(u)) = (ups, &c.ups) {
         // Two request timeouts per step cover a reconnect, and two more waiting for the
         // monitor's last read to let go; a hung card must not keep the appliance from
         // powering off.
         let deadline = u.timeout * 8 + Duration::from_secs(1);
+        notify::extend_timeout(deadline + Duration::from_secs(10));
         let sent = tokio::time::timeout(deadline, async {
             let mut device = device.lock().await;
             let r = device.outlets_off_after(u.outlet_off_delay).await;
@@ -27,11 +40,14 @@ pub async fn power_off(
         })
         .await;
         match sent {
-            Ok((name, Ok(()))) => info!(
-                ups = %name,
-                delay = ?u.outlet_off_delay,
-                "the UPS will switch its outlets off after the delay, and on again when mains returns"
-            ),
+            Ok((name, Ok(()))) => {
+                done.outlets_off = true;
+                info!(
+                    ups = %name,
+                    delay = ?u.outlet_off_delay,
+                    "the UPS will switch its outlets off after the delay, and on again when mains returns"
+                )
+            }
             Ok((name, Err(e))) => warn!(
                 ups = %name,
                 error = %e,
@@ -43,13 +59,14 @@ pub async fn power_off(
         }
     }
     let argv = &c.power.shutdown_command;
+    notify::extend_timeout(COMMAND_TIMEOUT + Duration::from_secs(10));
     info!(command = ?argv, "running the power-off command");
     let mut command = tokio::process::Command::new(&argv[0]);
     command.args(&argv[1..]).kill_on_drop(true);
     match tokio::time::timeout(COMMAND_TIMEOUT, command.output()).await {
         Ok(Ok(out)) if out.status.success() => {
             info!("the power-off command succeeded");
-            return true;
+            done.command_ok = true;
         }
         Ok(Ok(out)) => error!(
             status = %out.status,
@@ -63,5 +80,5 @@ pub async fn power_off(
         ),
         Err(_) => error!("the power-off command did not finish in 60 s"),
     }
-    false
+    done
 }

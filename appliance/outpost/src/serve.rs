@@ -255,12 +255,14 @@ async fn run(c: config::Config) -> anyhow::Result<ExitCode> {
     // 2. Tell everyone.
     if let Some(why) = &power_off {
         error!(grace = ?dicom.shutdown_grace, "powering off because {why}");
-        // The grace period, the final flush, the UPS command and the power-off command may
-        // take longer than the unit's stop timeout; systemd must not kill the sequence.
-        notify::extend_timeout(dicom.shutdown_grace + Duration::from_secs(180));
     }
     info!(reason, grace = ?dicom.shutdown_grace, "stopping: no new associations; running ones may finish");
     notify::stopping("stopping: finishing running associations");
+    if power_off.is_some() {
+        // STOPPING=1 starts the unit's stop timeout; the grace period, the final flush and
+        // the UPS command must not be cut short by it. Each later step extends it again.
+        notify::extend_timeout(dicom.shutdown_grace + Duration::from_secs(90));
+    }
     shutdown.cancel();
     // 3. Wait, with deadlines: the listener's grace period, then the index writer's flush.
     let stopped = match ended {
@@ -335,16 +337,18 @@ async fn run(c: config::Config) -> anyhow::Result<ExitCode> {
     }
     info!("outpost stopped");
     if power_off.is_some() {
-        // A failed power-off command exits with failure, so the service manager restarts
-        // the service (which powers off again if the UPS still says so) and the failure
-        // shows in `systemctl status`.
-        return Ok(
-            if crate::power::power_off(&c, hardware.ups.as_ref()).await {
-                ExitCode::SUCCESS
-            } else {
-                ExitCode::FAILURE
-            },
-        );
+        let done = crate::power::power_off(&c, hardware.ups.as_ref()).await;
+        // When neither the UPS took the outlet-off command nor the power-off command
+        // worked, nothing will cut and restore power: exit with failure, so the service
+        // manager starts the service again (it powers off again while the UPS still says
+        // so, and serves once mains is back). When the UPS took the command, it cuts power
+        // and brings the appliance back up on mains; restarting meanwhile would only send
+        // the command again and could postpone the cut.
+        return Ok(if done.outlets_off || done.command_ok {
+            ExitCode::SUCCESS
+        } else {
+            ExitCode::FAILURE
+        });
     }
     Ok(if reason.starts_with("SIG") {
         ExitCode::SUCCESS

@@ -12,10 +12,13 @@
 //! - On battery with less runtime left than the threshold, or with the UPS signalling low
 //!   battery: power off in order (once).
 //! - UPS readings count once they held for the debounce period, in both directions, so a
-//!   flickering input neither raises alerts nor powers the box off. A UPS that stops answering
-//!   while on battery is assumed to still be on battery, with its runtime running down from
-//!   the last reading; the appliance powers off when that estimate falls below the threshold,
-//!   or at once when the runtime was never known.
+//!   flickering input (readings that go back and forth) neither raises alerts nor powers the
+//!   box off. A UPS whose last word before falling silent was "on battery" is taken to be on
+//!   battery still, as NUT's upsmon takes a UPS on battery it can no longer reach: its runtime
+//!   runs down from the last reading, and the appliance powers off when that estimate reaches
+//!   the threshold, or after the debounce when the UPS had signalled low battery or never
+//!   told its runtime. (Mains failing often takes the network switch to the UPS card with
+//!   it, so the silence may come within seconds of the outage.)
 //! - RAID degraded or rebuilding, a SMART failure prediction, a nearly full volume: alert and
 //!   keep running.
 //! - An array holding the archive failed, or the data volume read-only: refuse new instances
@@ -48,7 +51,8 @@ pub struct Settings {
     pub min_free_bytes: u64,
     pub min_free_inodes_percent: f64,
     /// The md arrays the archive's data volume lives on: only their failure refuses new
-    /// instances.
+    /// instances, and a listed array that is not running counts as failed. `["*"]` means
+    /// every array (when it is not known which ones hold the volume).
     pub data_arrays: Vec<String>,
 }
 
@@ -134,10 +138,20 @@ pub struct Policy {
     /// Debounced active alerts whose condition is absent: key -> first absent (monotonic ms).
     falling: HashMap<String, u64>,
     powered_off: bool,
-    /// The last reading taken on battery: its runtime and when (monotonic ms).
-    last_on_battery: Option<(Option<u32>, u64)>,
+    /// The last reading taken on battery, kept until mains is back for good.
+    last_on_battery: Option<OnBattery>,
     /// Destinations found down while on battery.
     battery_held: BTreeSet<String>,
+}
+
+/// What the UPS last said on battery.
+#[derive(Clone, Copy, Debug)]
+struct OnBattery {
+    runtime_s: Option<u32>,
+    /// The UPS signalled low battery.
+    low: bool,
+    /// When (monotonic ms).
+    at: u64,
 }
 
 const ON_BATTERY: &str = "ups.on_battery";
@@ -158,12 +172,25 @@ impl Policy {
 
     /// Evaluates the latest readings at `now`.
     pub fn evaluate(&mut self, r: &Readings, now: Now) -> Decision {
-        match r.ups.as_ref().map(|u| u.state) {
-            Some(UpsState::OnBattery | UpsState::LowBattery) => {
-                self.last_on_battery = r.ups.as_ref().map(|u| (u.runtime_s, now.monotonic_ms));
+        match &r.ups {
+            Some(u) if matches!(u.state, UpsState::OnBattery | UpsState::LowBattery) => {
+                self.last_on_battery = Some(OnBattery {
+                    runtime_s: u.runtime_s,
+                    low: u.state == UpsState::LowBattery,
+                    at: now.monotonic_ms,
+                });
             }
-            Some(UpsState::Online) => self.last_on_battery = None,
-            Some(UpsState::CommunicationLost) | None => {}
+            // One reading on mains in the middle of an outage is not the end of it: what the
+            // UPS said on battery is forgotten only when mains is read with no outage active
+            // or pending, so a silence right after the blip is still judged by it.
+            Some(u)
+                if u.state == UpsState::Online
+                    && !self.active.contains_key(ON_BATTERY)
+                    && !self.rising.contains_key(ON_BATTERY) =>
+            {
+                self.last_on_battery = None;
+            }
+            _ => {}
         }
         let mut found = Vec::new();
         self.ups_conditions(r, now, &mut found);
@@ -251,7 +278,7 @@ impl Policy {
             .iter()
             .filter(|(k, _)| {
                 k.strip_prefix("raid.")
-                    .is_some_and(|md| self.settings.data_arrays.iter().any(|d| d == md))
+                    .is_some_and(|md| self.holds_archive(md))
                     || *k == "volume.read_only"
             })
             .find(|(_, a)| a.severity == Severity::Critical)
@@ -280,16 +307,20 @@ impl Policy {
         if u.state != UpsState::CommunicationLost {
             return power_off_reason(u, threshold);
         }
-        let (runtime, at) = self.last_on_battery?;
-        let Some(runtime) = runtime else {
+        let last = self.last_on_battery?;
+        if last.low {
+            return Some("the UPS signalled low battery, then stopped answering".into());
+        }
+        let Some(runtime) = last.runtime_s else {
             return Some(
                 "the UPS stopped answering while on battery, and its runtime was never known"
                     .into(),
             );
         };
-        let elapsed = Duration::from_millis(now.monotonic_ms.saturating_sub(at));
+        let elapsed = Duration::from_millis(now.monotonic_ms.saturating_sub(last.at));
         let left = Duration::from_secs(u64::from(runtime)).saturating_sub(elapsed);
-        (left < threshold).then(|| {
+        // `<=`: with a threshold of 0 the estimate running out is still a power-off.
+        (left <= threshold).then(|| {
             format!(
                 "the UPS stopped answering while on battery; by its last reading about {} of runtime is left, below the {} threshold",
                 span(left),
@@ -384,6 +415,18 @@ impl Policy {
                 self.keep_all("raid.", out);
             }
             Some(Ok(arrays)) => {
+                for name in &self.settings.data_arrays {
+                    if name != "*" && !arrays.iter().any(|a| &a.name == name) {
+                        out.push(Candidate {
+                            key: format!("raid.{name}"),
+                            severity: Severity::Critical,
+                            debounced: false,
+                            template: format!(
+                                "RAID {name}, which holds the archive, is not running since {{at}} (it is not in /proc/mdstat). New studies are refused until it is assembled again; check the disks and `mdadm --assemble --scan`."
+                            ),
+                        });
+                    }
+                }
                 for a in arrays {
                     let problem = a
                         .describe_problem()
@@ -406,7 +449,7 @@ impl Policy {
                                 self.replacement(a)
                             ),
                         ),
-                        RaidHealth::Failed if self.settings.data_arrays.contains(&a.name) => (
+                        RaidHealth::Failed if self.holds_archive(&a.name) => (
                             Severity::Critical,
                             format!(
                                 "RAID {} ({level}) failed at {{at}}: {problem}. New studies are refused until the array is repaired; stored studies stay readable where the remaining disks allow. {}",
@@ -613,6 +656,14 @@ fn keep(a: &Alert) -> Candidate {
 }
 
 impl Policy {
+    /// Whether the archive lives on array `md`.
+    fn holds_archive(&self, md: &str) -> bool {
+        self.settings
+            .data_arrays
+            .iter()
+            .any(|d| d == md || d == "*")
+    }
+
     /// Carries over every active alert whose key starts with `prefix`.
     fn keep_all(&self, prefix: &str, out: &mut Vec<Candidate>) {
         out.extend(

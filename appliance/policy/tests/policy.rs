@@ -419,8 +419,9 @@ fn alerts_are_listed_worst_first() {
 
 #[test]
 fn a_failed_array_that_does_not_hold_the_archive_alerts_without_refusing() {
+    // The data volume is on no array (a single disk, say) and an old array failed.
     let mut s = settings();
-    s.data_arrays = vec!["md1".into()];
+    s.data_arrays = vec![];
     let mut p = Policy::new(s);
     let mut r = healthy();
     r.raid = raid("raid5-failed");
@@ -599,4 +600,89 @@ fn a_failing_disk_that_falls_silent_stays_failing() {
     let d = p.evaluate(&r, at(T0 + SECOND));
     assert!(d.cleared.is_empty());
     assert_eq!(d.active[0].severity, Severity::Critical);
+}
+
+#[test]
+fn an_array_holding_the_archive_that_is_not_running_counts_as_failed() {
+    let mut s = settings();
+    s.data_arrays = vec!["md0".into(), "md1".into()];
+    let mut p = Policy::new(s);
+    let mut r = healthy();
+    r.raid = raid("raid1-clean");
+    let d = p.evaluate(&r, at(T0));
+    let why = d.hold_ingest.expect("md1 holds the archive and is gone");
+    assert!(
+        why.contains("RAID md1, which holds the archive, is not running"),
+        "{why}"
+    );
+    r.raid = raid("two-arrays");
+    assert_eq!(p.evaluate(&r, at(T0 + SECOND)).hold_ingest, None);
+}
+
+#[test]
+fn when_it_is_unknown_which_arrays_hold_the_archive_any_failed_one_refuses() {
+    let mut s = settings();
+    s.data_arrays = vec!["*".into()];
+    let mut p = Policy::new(s);
+    let mut r = healthy();
+    assert_eq!(p.evaluate(&r, at(T0)).hold_ingest, None);
+    r.raid = raid("raid5-failed");
+    assert!(p.evaluate(&r, at(T0 + SECOND)).hold_ingest.is_some());
+}
+
+// Second review: a single reading on mains in the middle of an outage, followed by the
+// UPS falling silent, made the policy forget the outage, so the box never powered off.
+#[test]
+fn one_reading_on_mains_during_an_outage_does_not_forget_it() {
+    let mut p = Policy::new(settings());
+    let mut r = healthy();
+    r.ups = ups(UpsState::OnBattery, 200);
+    p.evaluate(&r, at(T0));
+    p.evaluate(&r, at(T0 + 5 * SECOND));
+    r.ups = ups(UpsState::Online, 3600);
+    p.evaluate(&r, at(T0 + 6 * SECOND));
+    r.ups = Some(Reading::communication_lost("no answer"));
+    let mut powered = None;
+    for t in 7..30 {
+        if let Some(why) = p.evaluate(&r, at(T0 + t * SECOND)).power_off {
+            powered = Some((t, why));
+            break;
+        }
+    }
+    let (t, why) = powered.expect("the outage was forgotten");
+    assert!(t <= 17, "powered off only at +{t} s");
+    assert!(why.contains("below the 5 min threshold"), "{why}");
+}
+
+// Second review: the UPS signalled low battery and fell silent within the debounce; the
+// signal was forgotten and only the (optimistic) runtime estimate counted.
+#[test]
+fn a_low_battery_signal_before_the_silence_still_powers_off() {
+    let mut p = Policy::new(settings());
+    let mut r = healthy();
+    r.ups = ups(UpsState::LowBattery, 900);
+    p.evaluate(&r, at(T0));
+    r.ups = Some(Reading::communication_lost("no answer"));
+    assert!(p.evaluate(&r, at(T0 + 5 * SECOND)).power_off.is_none());
+    let why = p
+        .evaluate(&r, at(T0 + 10 * SECOND))
+        .power_off
+        .expect("low battery, then silence");
+    assert!(why.contains("signalled low battery"), "{why}");
+}
+
+// Second review: with shutdown_when_runtime_below_s = 0 the estimate of a silent UPS could
+// never fall below the threshold, so the box ran until the battery died.
+#[test]
+fn with_a_zero_threshold_a_silent_ups_powers_off_when_the_estimate_runs_out() {
+    let mut s = settings();
+    s.shutdown_below = Duration::ZERO;
+    let mut p = Policy::new(s);
+    let mut r = healthy();
+    r.ups = ups(UpsState::OnBattery, 100);
+    p.evaluate(&r, at(T0));
+    r.ups = Some(Reading::communication_lost("no answer"));
+    assert!(p.evaluate(&r, at(T0 + 50 * SECOND)).power_off.is_none());
+    p.evaluate(&r, at(T0 + 100 * SECOND));
+    assert!(p.evaluate(&r, at(T0 + 110 * SECOND)).power_off.is_some());
 }
