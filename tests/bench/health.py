@@ -26,7 +26,7 @@ import tempfile
 import time
 
 from common import REPO, Outpost, StoreScp, log, median
-from ingest import corpus, send
+from ingest import corpus, ingest_rate
 
 sys.path.insert(0, str(REPO / "tests" / "interop"))
 from upssim import UpsSimulator  # noqa: E402
@@ -97,15 +97,7 @@ def main():
             order = [(s, n) for s in servers for n in (1, 4)]
             rng.shuffle(order)
             for server, n in order:
-                server.start()
-                try:
-                    elapsed = send(server, files, n)
-                    stored = server.count()
-                    if stored != len(files):
-                        raise RuntimeError(f"{server.name} holds {stored} of {len(files)} instances")
-                finally:
-                    server.stop()
-                rate = len(files) / elapsed
+                rate = ingest_rate(server, files, n)
                 rates.setdefault((server.name, n), []).append(rate)
                 log(f"round {r + 1}: {server.name:18} {n} assoc {rate:7.0f} instances/s")
         idle = {}

@@ -91,6 +91,20 @@ def send(server, files, associations):
     return time.perf_counter() - t
 
 
+def ingest_rate(server, files, associations):
+    """Instances per second for a freshly started `server` to take all `files`, checked to
+    hold every one of them afterwards."""
+    server.start()
+    try:
+        elapsed = send(server, files, associations)
+        stored = server.count()
+        if stored != len(files):
+            raise RuntimeError(f"{server.name} holds {stored} of {len(files)} instances")
+    finally:
+        server.stop()
+    return len(files) / elapsed
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--rounds", type=int, default=3)
@@ -110,15 +124,7 @@ def main():
         order = [(s, n) for s in servers for n in (1, 4)]
         rng.shuffle(order)
         for server, n in order:
-            server.start()
-            try:
-                elapsed = send(server, files, n)
-                stored = server.count()
-                if stored != len(files):
-                    raise RuntimeError(f"{server.name} holds {stored} of {len(files)} instances")
-            finally:
-                server.stop()
-            rate = len(files) / elapsed
+            rate = ingest_rate(server, files, n)
             rates.setdefault((server.name, n), []).append(rate)
             log(f"round {r + 1}: {server.name:16} {n} assoc {rate:7.0f} instances/s")
 

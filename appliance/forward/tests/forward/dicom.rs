@@ -360,6 +360,32 @@ async fn a_bandwidth_cap_spreads_the_sending() {
     central.stop().await;
 }
 
+/// Stores one small instance as the emergency room's modality (AE `ER`), which the tests'
+/// rules send at STAT priority.
+async fn store_from_the_emergency_room(edge: &Appliance) -> SynthInstance {
+    let mut urgent = SynthInstance::ct(5, 1, 1, 1);
+    urgent.pixel_bytes = 1000;
+    let mut scu = Scu::connect(
+        edge.addr,
+        "ER",
+        "EDGE",
+        &[(urgent.sop_class.as_str(), &[EXPLICIT_VR_LITTLE_ENDIAN])],
+        &[],
+    )
+    .await
+    .unwrap();
+    scu.store(
+        &urgent.sop_class,
+        &urgent.sop_uid,
+        Some(EXPLICIT_VR_LITTLE_ENDIAN),
+        &urgent.dataset(Encoding::EXPLICIT_LE),
+    )
+    .await
+    .unwrap();
+    scu.release().await.unwrap();
+    urgent
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn outside_its_window_a_destination_takes_only_urgent_instances() {
     use chrono::Timelike;
@@ -384,28 +410,7 @@ priority = "stat"
     let edge = Appliance::start(&(edge_toml(central.addr.port(), &window) + rules)).await;
     let routine = instances(2);
     store_into(&edge, &routine).await;
-    let mut urgent = SynthInstance::ct(5, 1, 1, 1);
-    urgent.pixel_bytes = 1000;
-    {
-        let mut scu = Scu::connect(
-            edge.addr,
-            "ER",
-            "EDGE",
-            &[(urgent.sop_class.as_str(), &[EXPLICIT_VR_LITTLE_ENDIAN])],
-            &[],
-        )
-        .await
-        .unwrap();
-        scu.store(
-            &urgent.sop_class,
-            &urgent.sop_uid,
-            Some(EXPLICIT_VR_LITTLE_ENDIAN),
-            &urgent.dataset(Encoding::EXPLICIT_LE),
-        )
-        .await
-        .unwrap();
-        scu.release().await.unwrap();
-    }
+    let urgent = store_from_the_emergency_room(&edge).await;
     eventually("the STAT instance arrived", || {
         held_by(&central, &urgent.sop_uid).is_some()
     })
@@ -433,28 +438,7 @@ priority = "stat"
     forwarder.hold_on_battery(&["central".to_string()]);
     let routine = instances(2);
     store_into(&edge, &routine).await;
-    let mut urgent = SynthInstance::ct(5, 1, 1, 1);
-    urgent.pixel_bytes = 1000;
-    {
-        let mut scu = Scu::connect(
-            edge.addr,
-            "ER",
-            "EDGE",
-            &[(urgent.sop_class.as_str(), &[EXPLICIT_VR_LITTLE_ENDIAN])],
-            &[],
-        )
-        .await
-        .unwrap();
-        scu.store(
-            &urgent.sop_class,
-            &urgent.sop_uid,
-            Some(EXPLICIT_VR_LITTLE_ENDIAN),
-            &urgent.dataset(Encoding::EXPLICIT_LE),
-        )
-        .await
-        .unwrap();
-        scu.release().await.unwrap();
-    }
+    let urgent = store_from_the_emergency_room(&edge).await;
     eventually("the STAT instance arrived", || {
         held_by(&central, &urgent.sop_uid).is_some()
     })
