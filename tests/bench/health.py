@@ -29,26 +29,20 @@ from common import REPO, Outpost, StoreScp, log, median
 from ingest import corpus, ingest_rate
 
 sys.path.insert(0, str(REPO / "tests" / "interop"))
+from hwstate import health_keys, set_raid  # noqa: E402
 from upssim import UpsSimulator  # noqa: E402
-
-FIXTURES = REPO / "appliance" / "health" / "tests" / "fixtures"
 
 
 def monitored_toml(workdir, ups_port):
     hw = workdir / "hw"
     shutil.rmtree(hw, ignore_errors=True)
-    src = FIXTURES / "raid" / "raid1-clean"
-    shutil.copytree(src / "proc", hw / "proc")
-    shutil.copytree(src / "sys", hw / "sys")
-    helper = hw / "helper"
-    shutil.copytree(src / "mdadm", helper)
-    shutil.copy(FIXTURES / "smart" / "sata-qemu.json", helper / "smart-sda.json")
-    shutil.copy(FIXTURES / "smart" / "nvme-qemu.json", helper / "smart-nvme0.json")
+    set_raid(hw, "raid1-clean")
+    keys = health_keys(hw)
     return f"""
 [health]
-mdstat = "{hw / 'proc' / 'mdstat'}"
-sysfs_block = "{hw / 'sys' / 'block'}"
-helper_dir = "{helper}"
+mdstat = "{keys['mdstat']}"
+sysfs_block = "{keys['sysfs_block']}"
+helper_dir = "{keys['helper_dir']}"
 raid_interval_s = 1
 volume_interval_s = 1
 smart_interval_s = 10

@@ -22,10 +22,9 @@ import dicomnet as net
 import synth
 from harness import (EXPLICIT_LE, OUTPOST_BIN, REPO, Outpost, dataset_bytes, dcmtk,
                      port_accepts)
+from hwstate import FIXTURES, health_keys, set_raid
 from unit import UnitUser
 from upssim import UpsSimulator
-
-FIXTURES = REPO / "appliance" / "health" / "tests" / "fixtures"
 
 
 @pytest.fixture(scope="module")
@@ -70,40 +69,16 @@ def ups():
 
 
 def hardware_dir(o: Outpost, user: UnitUser, raid_case: str = "raid1-clean") -> Path:
-    """A copy of a captured RAID state and of SMART reports, laid out as the service reads
-    them: <hw>/current/proc/mdstat, <hw>/current/sys/block/..., and the root helper's
-    directory <hw>/current/helper with <mdN>.export, <mdN>.detail and smart-<disk>.json.
-    `current` is a symbolic link, so set_raid swaps the whole state at once."""
+    """A captured RAID state and SMART reports for the appliance (hwstate.py)."""
     hw = o.workdir / "hw"
-    hw.mkdir(exist_ok=True)
     set_raid(hw, raid_case)
     user.give(hw)
     return hw
 
 
-def set_raid(hw: Path, case: str) -> None:
-    """Puts a captured RAID state (and the SMART reports) in place by turning the `current`
-    link to a new copy, atomically, so the monitor never reads half of one state and half
-    of another, or none at all."""
-    src = FIXTURES / "raid" / case
-    n = len(list(hw.glob("state-*")))
-    state = hw / f"state-{n}"
-    shutil.copytree(src / "proc", state / "proc")
-    shutil.copytree(src / "sys", state / "sys")
-    helper = state / "helper"
-    shutil.copytree(src / "mdadm", helper)
-    shutil.copy(FIXTURES / "smart" / "sata-qemu.json", helper / "smart-sda.json")
-    shutil.copy(FIXTURES / "smart" / "nvme-qemu.json", helper / "smart-nvme0.json")
-    link = hw / f".current-{n}"
-    link.symlink_to(state.name)
-    os.replace(link, hw / "current")
-
-
 def health_toml(hw: Path, **overrides) -> str:
     # The captured arrays are md0 (and md1); the test machine's own volume is on no array.
-    keys = {"mdstat": hw / "current" / "proc" / "mdstat",
-            "sysfs_block": hw / "current" / "sys" / "block",
-            "helper_dir": hw / "current" / "helper", "raid_interval_s": 1, "volume_interval_s": 1,
+    keys = {**health_keys(hw), "raid_interval_s": 1, "volume_interval_s": 1,
             "smart_interval_s": 10, "bays": {"sda": "bay 1", "sdb": "bay 2"},
             "data_arrays": ["md0"]}
     keys.update(overrides)
@@ -488,8 +463,7 @@ def test_unit_files_verify_and_are_hardened(tmp_path):
                                                    "outpost-hwprobe.timer"))],
                        capture_output=True, text=True, timeout=60)
     problems = [line for line in (r.stdout + r.stderr).splitlines()
-                if str(units) in line and "Unknown" in line or "Invalid" in line
-                or "Failed to parse" in line]
+                if any(w in line for w in ("Unknown", "Invalid", "Failed to parse"))]
     assert r.returncode == 0 and not problems, r.stdout + r.stderr
     r = subprocess.run(["systemd-analyze", "security", "--offline=yes", "--no-pager",
                         str(units / "outpost.service")],

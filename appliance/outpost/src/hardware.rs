@@ -99,86 +99,54 @@ pub fn start(c: &config::Config, effects: Effects, stop: CancellationToken) -> H
     let kick = Arc::new(Notify::new());
     let h = &c.health;
 
+    let outlet = Outlet {
+        readings: readings.clone(),
+        snapshot: snapshot.clone(),
+        kick: kick.clone(),
+        stop: stop.clone(),
+    };
     if h.raid {
         let sources = health::raid::RaidSources {
             mdstat: h.mdstat.clone(),
             sysfs_block: h.sysfs_block.clone(),
             mdadm_dir: Some(h.helper_dir.clone()),
         };
-        let (readings, snapshot, kick, stop) = (
-            readings.clone(),
-            snapshot.clone(),
-            kick.clone(),
-            stop.clone(),
+        sample_on_interval(
+            &tasks,
+            outlet.clone(),
+            "the RAID monitor",
+            h.raid_interval,
+            move || health::raid::sample(&sources).map_err(|e| e.to_string()),
+            |r, s, v| {
+                set(&mut s.raid, &v);
+                r.raid = Some(v);
+            },
         );
-        let interval = h.raid_interval;
-        tasks.spawn(async move {
-            let mut sampler = Sampler::new("the RAID monitor");
-            loop {
-                let s = sources.clone();
-                let r = sampler
-                    .run(move || health::raid::sample(&s).map_err(|e| e.to_string()))
-                    .await;
-                publish(&snapshot, |s| set(&mut s.raid, &r));
-                readings.lock().expect("readings lock").raid = Some(r);
-                kick.notify_one();
-                if sleep_or_stop(interval, &stop).await {
-                    return;
-                }
-            }
-        });
     }
-    {
-        let path = c.storage.data_dir.clone();
-        let (readings, snapshot, kick, stop) = (
-            readings.clone(),
-            snapshot.clone(),
-            kick.clone(),
-            stop.clone(),
-        );
-        let interval = h.volume_interval;
-        tasks.spawn(async move {
-            let mut sampler = Sampler::new("the volume monitor");
-            loop {
-                let p = path.clone();
-                let r = sampler
-                    .run(move || health::volume::sample(&p).map_err(|e| e.to_string()))
-                    .await;
-                publish(&snapshot, |s| set(&mut s.volume, &r));
-                readings.lock().expect("readings lock").volume = Some(r);
-                kick.notify_one();
-                if sleep_or_stop(interval, &stop).await {
-                    return;
-                }
-            }
-        });
-    }
-    {
-        let dir = h.helper_dir.clone();
-        let max_age = h.smart_max_age;
-        let (readings, snapshot, kick, stop) = (
-            readings.clone(),
-            snapshot.clone(),
-            kick.clone(),
-            stop.clone(),
-        );
-        let interval = h.smart_interval;
-        tasks.spawn(async move {
-            let mut sampler = Sampler::new("the SMART monitor");
-            loop {
-                let d = dir.clone();
-                let r = sampler
-                    .run(move || health::smart::sample_dir(&d, max_age).map_err(|e| e.to_string()))
-                    .await;
-                publish(&snapshot, |s| set(&mut s.smart, &r));
-                readings.lock().expect("readings lock").smart = Some(r);
-                kick.notify_one();
-                if sleep_or_stop(interval, &stop).await {
-                    return;
-                }
-            }
-        });
-    }
+    let path = c.storage.data_dir.clone();
+    sample_on_interval(
+        &tasks,
+        outlet.clone(),
+        "the volume monitor",
+        h.volume_interval,
+        move || health::volume::sample(&path).map_err(|e| e.to_string()),
+        |r, s, v| {
+            set(&mut s.volume, &v);
+            r.volume = Some(v);
+        },
+    );
+    let (dir, max_age) = (h.helper_dir.clone(), h.smart_max_age);
+    sample_on_interval(
+        &tasks,
+        outlet,
+        "the SMART monitor",
+        h.smart_interval,
+        move || health::smart::sample_dir(&dir, max_age).map_err(|e| e.to_string()),
+        |r, s, v| {
+            set(&mut s.smart, &v);
+            r.smart = Some(v);
+        },
+    );
     let ups = c.ups.as_ref().map(|u| {
         let device = ups::Ups::new(ups::Settings {
             transport: u.transport.clone(),
@@ -291,6 +259,44 @@ pub fn start(c: &config::Config, effects: Effects, stop: CancellationToken) -> H
         ups,
         tasks,
     }
+}
+
+/// Where a monitor's readings go: the policy's input, the status snapshot, and a nudge to
+/// the policy loop; `stop` ends the monitor.
+#[derive(Clone)]
+struct Outlet {
+    readings: Arc<Mutex<Readings>>,
+    snapshot: Arc<Mutex<Snapshot>>,
+    kick: Arc<Notify>,
+    stop: CancellationToken,
+}
+
+/// Runs a monitor whose read blocks (files, `statvfs`) every `interval` on the blocking pool
+/// through a [`Sampler`], and files each result with `file` into the readings and the
+/// snapshot.
+fn sample_on_interval<T: Send + 'static>(
+    tasks: &TaskTracker,
+    outlet: Outlet,
+    what: &'static str,
+    interval: Duration,
+    read: impl Fn() -> Result<T, String> + Clone + Send + 'static,
+    file: fn(&mut Readings, &mut Snapshot, Result<T, String>),
+) {
+    tasks.spawn(async move {
+        let mut sampler = Sampler::new(what);
+        loop {
+            let r = sampler.run(read.clone()).await;
+            {
+                let mut readings = outlet.readings.lock().expect("readings lock");
+                let mut snapshot = outlet.snapshot.lock().expect("snapshot lock");
+                file(&mut readings, &mut snapshot, r);
+            }
+            outlet.kick.notify_one();
+            if sleep_or_stop(interval, &outlet.stop).await {
+                return;
+            }
+        }
+    });
 }
 
 /// Debounce periods end between samples, so the policy also looks once a second.

@@ -405,15 +405,7 @@ impl Policy {
     fn raid_conditions(&self, r: &Readings, out: &mut Vec<Candidate>) {
         match &r.raid {
             None => {}
-            Some(Err(e)) => {
-                out.push(Candidate {
-                    key: "monitor.raid".into(),
-                    severity: Severity::Warning,
-                    debounced: false,
-                    template: format!("The RAID arrays cannot be read since {{at}}: {e}"),
-                });
-                self.keep_all("raid.", out);
-            }
+            Some(Err(e)) => self.unreadable("raid", "The RAID arrays", e, out),
             Some(Ok(arrays)) => {
                 for name in &self.settings.data_arrays {
                     if name != "*" && !arrays.iter().any(|a| &a.name == name) {
@@ -514,16 +506,7 @@ impl Policy {
     fn volume_conditions(&self, r: &Readings, out: &mut Vec<Candidate>) {
         let v = match &r.volume {
             None => return,
-            Some(Err(e)) => {
-                out.push(Candidate {
-                    key: "monitor.volume".into(),
-                    severity: Severity::Warning,
-                    debounced: false,
-                    template: format!("The data volume cannot be read since {{at}}: {e}"),
-                });
-                self.keep_all("volume.", out);
-                return;
-            }
+            Some(Err(e)) => return self.unreadable("volume", "The data volume", e, out),
             Some(Ok(v)) => v,
         };
         let path = v.path.display();
@@ -578,16 +561,7 @@ impl Policy {
     fn smart_conditions(&self, r: &Readings, out: &mut Vec<Candidate>) {
         let devices = match &r.smart {
             None => return,
-            Some(Err(e)) => {
-                out.push(Candidate {
-                    key: "monitor.smart".into(),
-                    severity: Severity::Warning,
-                    debounced: false,
-                    template: format!("SMART reports cannot be read since {{at}}: {e}"),
-                });
-                self.keep_all("smart.", out);
-                return;
-            }
+            Some(Err(e)) => return self.unreadable("smart", "SMART reports", e, out),
             Some(Ok(d)) => d,
         };
         for d in devices {
@@ -664,12 +638,21 @@ impl Policy {
             .any(|d| d == md || d == "*")
     }
 
-    /// Carries over every active alert whose key starts with `prefix`.
-    fn keep_all(&self, prefix: &str, out: &mut Vec<Candidate>) {
+    /// A monitor could not read its source (`raid`, `volume`, `smart`): says so, and carries
+    /// over that source's active alerts unchanged, since an unreadable array is no repaired
+    /// array.
+    fn unreadable(&self, source: &str, what: &str, error: &str, out: &mut Vec<Candidate>) {
+        out.push(Candidate {
+            key: format!("monitor.{source}"),
+            severity: Severity::Warning,
+            debounced: false,
+            template: format!("{what} cannot be read since {{at}}: {error}"),
+        });
+        let prefix = format!("{source}.");
         out.extend(
             self.active
                 .iter()
-                .filter(|(k, _)| k.starts_with(prefix))
+                .filter(|(k, _)| k.starts_with(&prefix))
                 .map(|(_, a)| keep(a)),
         );
     }
