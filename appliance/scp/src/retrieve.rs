@@ -16,19 +16,37 @@ use crate::find::{Syntax, key_text};
 use crate::session::Session;
 use crate::statuses::query_status;
 
-/// Sub-operation counters, as C-MOVE/C-GET responses report them.
+/// Sub-operation counters, as C-MOVE/C-GET responses report them. They count in `usize` and
+/// saturate at the response's `u16` fields: a study of more than 65,535 instances is real
+/// (a long cine, a whole-slide image), and release builds do not check overflow, so a `u16`
+/// counter wrapped and told the requestor that nothing had been done.
 #[derive(Default)]
 struct Progress {
     total: usize,
-    completed: u16,
-    failed: u16,
-    warning: u16,
+    completed: usize,
+    failed: usize,
+    warning: usize,
     failed_uids: Vec<String>,
+    /// Instances never attempted because the requestor cancelled; a Cancel response lists
+    /// them with the failed ones (PS3.4 C.4.2.1.4), so the requestor knows what to ask again.
+    unsent_uids: Vec<String>,
+}
+
+/// A count as a response's `u16` field carries it.
+fn saturated(n: usize) -> u16 {
+    u16::try_from(n).unwrap_or(u16::MAX)
 }
 
 impl Progress {
+    fn new(total: usize) -> Progress {
+        Progress {
+            total,
+            ..Progress::default()
+        }
+    }
+
     fn done(&self) -> usize {
-        usize::from(self.completed) + usize::from(self.failed) + usize::from(self.warning)
+        self.completed + self.failed + self.warning
     }
 
     fn record(&mut self, uid: &str, outcome: &SubOutcome) {
@@ -48,28 +66,64 @@ impl Progress {
         }
     }
 
+    /// The requestor cancelled: what was not attempted yet stays unsent. Every instance is
+    /// recorded once and in order, so the first `done()` items are the ones attempted.
+    fn cancel(&mut self, items: &[Retrievable]) {
+        self.unsent_uids = items
+            .iter()
+            .skip(self.done())
+            .map(|i| i.sop_instance_uid.clone())
+            .collect();
+    }
+
     fn response(&self, request: &Command, field: CommandField, status: Status) -> Command {
         let mut rsp = Command::response_to(request, field, status);
-        if status == Status::PENDING {
-            rsp.remaining = Some((self.total - self.done()).min(usize::from(u16::MAX)) as u16);
+        // Pending responses must carry the Remaining count; a Cancel response may, and with
+        // it the requestor can tell a cancel that came too late from one that saved work.
+        if status == Status::PENDING || status == Status::CANCEL {
+            rsp.remaining = Some(saturated(self.total.saturating_sub(self.done())));
         }
-        rsp.completed = Some(self.completed);
-        rsp.failed = Some(self.failed);
-        rsp.warning = Some(self.warning);
+        rsp.completed = Some(saturated(self.completed));
+        rsp.failed = Some(saturated(self.failed));
+        rsp.warning = Some(saturated(self.warning));
         rsp
     }
 
-    /// The final status: cancelled, all well, or done with failures (PS3.4 C.4.2.1.5).
+    /// The final status (PS3.4 C.4.2.1.5, C.4.3.1.5): cancelled; every sub-operation failed,
+    /// which is 0xA702 as dcm4che and Google's adapter answer (0xB000 would tell the
+    /// requestor that some arrived); some failed or warned; or all well.
     fn final_status(&self, cancelled: bool) -> Status {
         if cancelled {
             Status::CANCEL
+        } else if self.failed > 0 && self.completed == 0 && self.warning == 0 {
+            Status::OUT_OF_RESOURCES_SUBOPS
         } else if self.failed > 0 || self.warning > 0 {
             Status::SUBOPS_WITH_FAILURES
         } else {
             Status::SUCCESS
         }
     }
+
+    /// The Failed SOP Instance UID List of the final response, if it has one.
+    fn listed_uids(&self) -> Vec<&str> {
+        self.failed_uids
+            .iter()
+            .chain(&self.unsent_uids)
+            .map(String::as_str)
+            .collect()
+    }
 }
+
+/// How often a retrieval waiting for a recall sends a Pending response.
+const RECALL_PENDING_EVERY: std::time::Duration = std::time::Duration::from_secs(3);
+
+/// How often a retrieval waiting for a recall looks for the requestor's C-CANCEL.
+const CANCEL_CHECK_EVERY: std::time::Duration = std::time::Duration::from_millis(200);
+
+/// Studies recalled at once for one retrieval. Each recall makes the upstream archive open an
+/// association back to us, and the listener keeps only a few slots for upstream archives
+/// beyond the general ones (`accept::UPSTREAM_RESERVE`).
+const RECALLS_AT_ONCE: usize = 4;
 
 /// How one sub-operation ended.
 enum SubOutcome {
@@ -205,10 +259,7 @@ impl<L: Link> Session<L> {
         destination: &str,
     ) -> Result<(Progress, bool), DimseError> {
         let field = CommandField::C_MOVE_RSP;
-        let mut progress = Progress {
-            total: items.len(),
-            ..Progress::default()
-        };
+        let mut progress = Progress::new(items.len());
         let originator = MoveOriginator {
             ae_title: self.calling.clone(),
             message_id: command.message_id.unwrap_or(0),
@@ -216,6 +267,7 @@ impl<L: Link> Session<L> {
         let limit = self.services.config.transcode_memory_limit;
         for item in items {
             if self.cancel_requested(command.message_id).await? {
+                progress.cancel(items);
                 return Ok((progress, true));
             }
             let sent = if item.nearline {
@@ -263,10 +315,7 @@ impl<L: Link> Session<L> {
         else {
             return Ok(());
         };
-        let mut progress = Progress {
-            total: items.len(),
-            ..Progress::default()
-        };
+        let mut progress = Progress::new(items.len());
         let requestor = self.calling.clone();
         let mut cancelled = false;
         for item in &items {
@@ -342,6 +391,9 @@ impl<L: Link> Session<L> {
                 self.channel.send_command(pc_id, &rsp).await?;
             }
         }
+        if cancelled {
+            progress.cancel(&items);
+        }
         self.finish_retrieval(
             pc_id,
             &command,
@@ -396,8 +448,10 @@ impl<L: Link> Session<L> {
                 if let Err(e) = self.services.store.touch(studies).await {
                     warn!(peer = %self.peer, error = %e, "could not record the retrieval for the cache");
                 }
-                let items = self.recall_nearline(model, &identifier, items).await;
-                Ok(Some((identifier, items)))
+                let recalled = self
+                    .recall_nearline(pc_id, command, field, model, &identifier, items)
+                    .await?;
+                Ok(recalled.map(|items| (identifier, items)))
             }
             Err(e) => {
                 let status = query_status(&e, true);
@@ -411,15 +465,24 @@ impl<L: Link> Session<L> {
 
     /// Brings back the files of instances held only upstream (evicted from the local cache)
     /// through the configured recall, then resolves again; what is still upstream afterwards
-    /// fails its sub-operation with the reason.
+    /// fails its sub-operation with the reason. `None` when the requestor cancelled during
+    /// the recall (and was answered).
+    ///
+    /// A recall can take minutes, and requestors give up on a retrieval that says nothing
+    /// for their DIMSE timeout (often 10 to 60 s), so while it runs the requestor gets a
+    /// Pending response every `RECALL_PENDING_EVERY` and may cancel; studies are recalled
+    /// `RECALLS_AT_ONCE` at a time.
     async fn recall_nearline(
-        &self,
+        &mut self,
+        pc_id: u8,
+        command: &Command,
+        field: CommandField,
         model: Model,
         identifier: &Identifier,
         items: Vec<Retrievable>,
-    ) -> Vec<Retrievable> {
-        let Some(recall) = &self.services.recall else {
-            return items;
+    ) -> Result<Option<Vec<Retrievable>>, DimseError> {
+        let Some(recall) = self.services.recall.clone() else {
+            return Ok(Some(items));
         };
         let mut studies: Vec<String> = Vec::new();
         for item in items.iter().filter(|i| i.nearline) {
@@ -428,20 +491,69 @@ impl<L: Link> Session<L> {
             }
         }
         if studies.is_empty() {
-            return items;
+            return Ok(Some(items));
         }
-        for study in studies {
-            info!(peer = %self.peer, study = %study, "recalling a study held only upstream");
-            if let Err(why) = recall.recall(study.clone()).await {
-                warn!(peer = %self.peer, study = %study, "recall failed: {why}");
+        let waiting = Progress::new(items.len());
+        let mut queued = studies.into_iter();
+        // Dropping the set aborts what is still running: a cancelled retrieval stops its
+        // recalls too (what already arrived stays stored).
+        let mut running = tokio::task::JoinSet::new();
+        let mut pending_due = tokio::time::Instant::now() + RECALL_PENDING_EVERY;
+        let mut tick = tokio::time::interval(CANCEL_CHECK_EVERY);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            while running.len() < RECALLS_AT_ONCE {
+                let Some(study) = queued.next() else { break };
+                info!(peer = %self.peer, study = %study, "recalling a study held only upstream");
+                let recall = recall.clone();
+                running.spawn(async move {
+                    let result = recall.recall(study.clone()).await;
+                    (study, result)
+                });
+            }
+            if running.is_empty() {
+                break;
+            }
+            tokio::select! {
+                joined = running.join_next() => {
+                    match joined {
+                        Some(Ok((study, Err(why)))) => {
+                            warn!(peer = %self.peer, study = %study, "recall failed: {why}");
+                        }
+                        Some(Err(e)) => warn!(peer = %self.peer, error = %e, "a recall task failed"),
+                        Some(Ok((_, Ok(())))) | None => {}
+                    }
+                }
+                _ = tick.tick() => {
+                    if self.cancel_requested(command.message_id).await? {
+                        info!(peer = %self.peer, "{} cancelled while recalling", field.name());
+                        drop(running);
+                        let mut progress = waiting;
+                        progress.cancel(&items);
+                        let destination = match field {
+                            CommandField::C_MOVE_RSP => command.move_destination.clone().unwrap_or_default(),
+                            _ => self.calling.clone(),
+                        };
+                        self.finish_retrieval(pc_id, command, field, identifier, destination.trim(), progress, true)
+                            .await?;
+                        return Ok(None);
+                    }
+                    if tokio::time::Instant::now() >= pending_due {
+                        let rsp = waiting.response(command, field, Status::PENDING);
+                        self.channel.send_command(pc_id, &rsp).await?;
+                        pending_due = tokio::time::Instant::now() + RECALL_PENDING_EVERY;
+                    }
+                }
             }
         }
         let store = self.services.store.clone();
         let query = identifier.clone();
-        match tokio::task::spawn_blocking(move || store.resolve(model, &query)).await {
-            Ok(Ok(again)) => again,
-            _ => items,
-        }
+        Ok(Some(
+            match tokio::task::spawn_blocking(move || store.resolve(model, &query)).await {
+                Ok(Ok(again)) => again,
+                _ => items,
+            },
+        ))
     }
 
     async fn finish_retrieval(
@@ -456,7 +568,7 @@ impl<L: Link> Session<L> {
     ) -> Result<(), DimseError> {
         let status = progress.final_status(cancelled);
         let mut rsp = progress.response(command, field, status);
-        let sent = u64::from(progress.completed) + u64::from(progress.warning);
+        let sent = (progress.completed + progress.warning) as u64;
         self.tally.sent += sent;
         info!(
             peer = %self.peer,
@@ -472,10 +584,12 @@ impl<L: Link> Session<L> {
         let failure =
             (progress.failed > 0).then(|| format!("{} sub-operations failed", progress.failed));
         self.audit_retrieval(identifier, destination, sent, failure.as_deref());
-        if progress.failed_uids.is_empty() {
+        let listed = progress.listed_uids();
+        if listed.is_empty() {
             return self.channel.send_command(pc_id, &rsp).await;
         }
-        // A final response reporting failures lists them (PS3.4 C.4.2.1.4, C.4.3.1.4).
+        // A final response reporting failures, or a cancel, lists them (PS3.4 C.4.2.1.4,
+        // C.4.3.1.4).
         rsp.has_data_set = true;
         self.channel.send_command(pc_id, &rsp).await?;
         let syntax = self
@@ -489,7 +603,7 @@ impl<L: Link> Session<L> {
         let list = Element {
             tag: tags::FAILED_SOP_INSTANCE_UID_LIST,
             vr: Vr::UI,
-            value: progress.failed_uids.join("\\").into_bytes(),
+            value: listed.join("\\").into_bytes(),
         };
         self.channel
             .send_data_set(pc_id, &syntax.encode(&[list]))
@@ -561,5 +675,28 @@ fn nearline(item: &Retrievable, recall: bool) -> String {
             "instance {} is held only upstream (evicted from this cache); set [forward] recall_from to fetch it back",
             item.sop_instance_uid
         )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counters_saturate_instead_of_wrapping() {
+        // The counters were u16 and incremented unchecked: past 65,535 sub-operations a
+        // release build wrapped, so a retrieval of a 70,000-frame study reported 4,464
+        // completed and, in Pending responses, a nonsense Remaining count.
+        let mut request = Command::new(CommandField::C_GET_RQ);
+        request.message_id = Some(7);
+        let mut progress = Progress::new(140_000);
+        for _ in 0..70_000 {
+            progress.record("1.2.3", &SubOutcome::Stored(Status::SUCCESS));
+        }
+        let rsp = progress.response(&request, CommandField::C_GET_RSP, Status::PENDING);
+        assert_eq!(rsp.completed, Some(u16::MAX));
+        assert_eq!(rsp.remaining, Some(u16::MAX));
+        assert_eq!(rsp.failed, Some(0));
+        assert_eq!(progress.final_status(false), Status::SUCCESS);
     }
 }

@@ -230,6 +230,19 @@ where
         self.channel.send_command(pc, &rq).await
     }
 
+    /// Sends a C-GET request; returns its message ID. Read responses with
+    /// [`Scu::response_with_data`] (when no sub-operation is expected, as while the
+    /// appliance recalls a study) or use [`Scu::get`] for the whole exchange.
+    pub async fn start_get(&mut self, model: &str, identifier: &[u8]) -> Result<u16, DimseError> {
+        let (pc, _) = self.context(model, None).expect("get model accepted");
+        let mut rq = self.request(CommandField::C_GET_RQ, model);
+        rq.has_data_set = true;
+        let id = rq.message_id.expect("set");
+        self.channel.send_command(pc, &rq).await?;
+        self.channel.send_data_set(pc, identifier).await?;
+        Ok(id)
+    }
+
     /// A whole C-GET: the instances received (answered with `store_status`) and every
     /// C-GET response.
     pub async fn get(
@@ -238,11 +251,7 @@ where
         identifier: &[u8],
         store_status: Status,
     ) -> Result<(Vec<Received>, Vec<(Command, Option<Vec<u8>>)>), DimseError> {
-        let (pc, _) = self.context(model, None).expect("get model accepted");
-        let mut rq = self.request(CommandField::C_GET_RQ, model);
-        rq.has_data_set = true;
-        self.channel.send_command(pc, &rq).await?;
-        self.channel.send_data_set(pc, identifier).await?;
+        self.start_get(model, identifier).await?;
         let mut received = Vec::new();
         let mut responses = Vec::new();
         loop {

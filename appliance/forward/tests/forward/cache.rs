@@ -281,3 +281,101 @@ async fn unconfirmed_instances_are_never_evicted_and_without_recall_a_retrieval_
     edge.stop().await;
     central.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_recall_sends_pending_responses_and_honours_c_cancel() {
+    // A C-GET or C-MOVE of an evicted study ran the whole recall (up to 600 s per study, one
+    // study after another) before sending any response, and a C-CANCEL sent meanwhile was
+    // not read. Viewers give up on a retrieval that says nothing for their DIMSE timeout
+    // (10 to 60 s), so behind a slow WAN link an evicted study could never be opened, and
+    // the viewer's cancel did not stop the recall either. Now the requestor gets a Pending
+    // response every few seconds while the recall runs, and its C-CANCEL ends the retrieval
+    // at once with the count of what remains and the list of what was never sent.
+    let (edge, central) = pair(true).await;
+    let old = study(1, 10);
+    store_into(&edge, &old).await;
+    eventually("everything is confirmed upstream", || {
+        edge.store.outbox_summary("central").unwrap().depth == 0
+    })
+    .await;
+    edge.store
+        .maintain_cache()
+        .await
+        .unwrap()
+        .expect("above 50%");
+    assert!(
+        old.iter()
+            .all(|i| edge.store.is_evicted(&i.sop_uid).unwrap())
+    );
+
+    // The central archive now hangs: it takes the connection and never answers, as a
+    // saturated WAN link does, so the recall waits for its association timeout.
+    let central_port = central.addr.port();
+    central.stop().await;
+    let silent = tokio::net::TcpListener::bind(("127.0.0.1", central_port))
+        .await
+        .unwrap();
+    let hold = tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((socket, _)) = silent.accept().await {
+            held.push(socket);
+        }
+    });
+
+    let mut scu = Scu::connect(
+        edge.addr,
+        "VIEWER",
+        "EDGE",
+        &[
+            (dimse::STUDY_ROOT_GET, &[IMPLICIT_VR_LITTLE_ENDIAN]),
+            (CT, &[EXPLICIT_VR_LITTLE_ENDIAN]),
+        ],
+        &[CT],
+    )
+    .await
+    .unwrap();
+    let started = std::time::Instant::now();
+    let id = scu
+        .start_get(
+            dimse::STUDY_ROOT_GET,
+            &study_identifier(b"STUDY", &old[0].study_uid, false),
+        )
+        .await
+        .unwrap();
+    let mut pending_at = Vec::new();
+    while pending_at.len() < 2 {
+        let (rsp, _) = scu.response_with_data().await.unwrap();
+        assert_eq!(rsp.status, Some(Status::PENDING), "{rsp:?}");
+        assert_eq!(rsp.remaining, Some(10));
+        assert_eq!(rsp.completed, Some(0));
+        pending_at.push(started.elapsed());
+    }
+    // Every few seconds, well inside a viewer's DIMSE timeout.
+    assert!(pending_at[0] < Duration::from_secs(5), "{pending_at:?}");
+    assert!(
+        pending_at[1] - pending_at[0] < Duration::from_secs(5),
+        "{pending_at:?}"
+    );
+
+    let cancelled_at = std::time::Instant::now();
+    scu.cancel(dimse::STUDY_ROOT_GET, id).await.unwrap();
+    let (last, data) = loop {
+        let (rsp, data) = scu.response_with_data().await.unwrap();
+        if rsp.status != Some(Status::PENDING) {
+            break (rsp, data);
+        }
+    };
+    assert!(cancelled_at.elapsed() < Duration::from_secs(2));
+    assert_eq!(last.status, Some(Status::CANCEL), "{last:?}");
+    assert_eq!(
+        (last.remaining, last.completed, last.failed, last.warning),
+        (Some(10), Some(0), Some(0), Some(0))
+    );
+    // The Cancel response lists every instance that was never sent.
+    let data = data.expect("a cancel lists what was not sent");
+    let text = String::from_utf8_lossy(&data);
+    assert!(old.iter().all(|i| text.contains(&i.sop_uid)), "{text}");
+    scu.release().await.unwrap();
+    hold.abort();
+    edge.stop().await;
+}

@@ -11,6 +11,8 @@ use testkit::{Appliance, CT, EXPLICIT_LE, IMPLICIT_LE, Scu};
 
 use crate::support::{identifier, instance_count, open_config, store_all, stored, value, walk};
 
+const MR: &str = "1.2.840.10008.5.1.4.1.1.4";
+
 fn series(n: u32) -> Vec<SynthInstance> {
     (1..=n).map(|i| SynthInstance::ct(1, 1, 1, i)).collect()
 }
@@ -97,7 +99,7 @@ fn joined_uids(instances: &[SynthInstance]) -> Vec<u8> {
 }
 
 /// Checks the responses of a retrieval of two instances whose receiver refused both: one
-/// pending response after the first failure, then 0xB000 listing both instances.
+/// pending response after the first failure, then 0xA702 listing both instances.
 fn assert_both_sub_operations_failed(
     responses: &[(Command, Option<Vec<u8>>)],
     instances: &[SynthInstance],
@@ -108,7 +110,7 @@ fn assert_both_sub_operations_failed(
         vec![
             (Status::PENDING, Some(1), Some(0), Some(1), Some(0)),
             (
-                Status::SUBOPS_WITH_FAILURES,
+                Status::OUT_OF_RESOURCES_SUBOPS,
                 None,
                 Some(0),
                 Some(2),
@@ -234,8 +236,11 @@ async fn move_to_a_destination_that_is_down_is_refused_with_a702() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn move_to_a_receiver_that_refuses_ends_with_b000() {
-    // The destination's disk is "full": it answers every C-STORE with 0xA700.
+async fn move_to_a_receiver_that_refuses_everything_ends_with_a702() {
+    // When no sub-operation succeeded the final status was 0xB000 ("completed, with
+    // failures"), which requestors read as "some arrived"; dcm4che and Google's adapter
+    // answer 0xA702 (out of resources, unable to perform sub-operations), as PS3.4 C.4.2.1.5
+    // provides. The destination's disk is "full": it answers every C-STORE with 0xA700.
     let dest = destination(|s| s.min_free_bytes = u64::MAX).await;
     let instances = series(2);
     let app = source(&instances, &remote("DEST", dest.addr.port())).await;
@@ -271,13 +276,13 @@ async fn cancel_during_a_move_ends_it_with_fe00() {
         .unwrap();
     scu.cancel(dimse::STUDY_ROOT_MOVE, id).await.unwrap();
     let mut responses = Vec::new();
-    let last = loop {
-        let (rsp, _) = scu.response_with_data().await.unwrap();
+    let (last, last_data) = loop {
+        let (rsp, data) = scu.response_with_data().await.unwrap();
         assert_eq!(rsp.message_id_responded_to, Some(id));
         if rsp.status == Some(Status::PENDING) {
             responses.push(rsp);
         } else {
-            break rsp;
+            break (rsp, data);
         }
     };
     assert_eq!(last.status, Some(Status::CANCEL));
@@ -285,10 +290,23 @@ async fn cancel_during_a_move_ends_it_with_fe00() {
     assert!(completed < 40, "{completed} of 40 sent despite the cancel");
     assert_eq!(last.failed, Some(0));
     assert_eq!(usize::from(completed), responses.len());
+    // A Cancel response said nothing of what was left: it now carries the Remaining count
+    // and lists the instances never attempted, so the requestor knows what to ask again.
+    assert_eq!(last.remaining, Some(40 - completed));
+    let listed = failed_list(&last_data);
+    let unsent: std::collections::BTreeSet<&str> =
+        std::str::from_utf8(&listed).unwrap().split('\\').collect();
+    assert_eq!(unsent.len(), 40 - usize::from(completed));
+    assert!(
+        unsent
+            .iter()
+            .all(|uid| instances.iter().any(|i| i.sop_uid == *uid))
+    );
     scu.release().await.unwrap();
     app.stop().await;
-    // What was reported sent did arrive.
+    // What was reported sent did arrive, and what was listed as unsent did not.
     assert_eq!(instance_count(&dest), u64::from(completed));
+    assert!(unsent.iter().all(|uid| dest.stored_dataset(uid).is_none()));
     dest.stop().await;
 }
 
@@ -405,7 +423,7 @@ async fn get_without_role_selection_fails_every_sub_operation() {
             (Status::PENDING, Some(2), Some(0), Some(1), Some(0)),
             (Status::PENDING, Some(1), Some(0), Some(2), Some(0)),
             (
-                Status::SUBOPS_WITH_FAILURES,
+                Status::OUT_OF_RESOURCES_SUBOPS,
                 None,
                 Some(0),
                 Some(3),
@@ -422,7 +440,7 @@ async fn get_without_role_selection_fails_every_sub_operation() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn get_whose_receiver_refuses_ends_with_b000() {
+async fn get_whose_receiver_refuses_everything_ends_with_a702() {
     let instances = series(2);
     let app = source(&instances, "").await;
     let mut scu = getter(&app, &[EXPLICIT_LE], &[CT]).await;
@@ -436,6 +454,59 @@ async fn get_whose_receiver_refuses_ends_with_b000() {
         .unwrap();
     assert_eq!(received.len(), 2);
     assert_both_sub_operations_failed(&responses, &instances);
+    scu.release().await.unwrap();
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn get_with_some_sub_operations_failed_ends_with_b000() {
+    // 0xA702 is for a retrieval that delivered nothing; one that delivered some and failed
+    // others still ends with 0xB000 and lists only the failed ones.
+    let ct = SynthInstance::ct(1, 1, 1, 1);
+    let mut mr = SynthInstance::ct(1, 1, 2, 1);
+    mr.modality = "MR".into();
+    mr.sop_class = MR.into();
+    let app = source(&[], "").await;
+    let mut scu = Scu::connect(
+        app.addr,
+        "MODALITY",
+        "OUTPOST",
+        &[(CT, &[EXPLICIT_LE]), (MR, &[EXPLICIT_LE])],
+        &[],
+    )
+    .await
+    .unwrap();
+    store_all(
+        &mut scu,
+        &[ct.clone(), mr.clone()],
+        EXPLICIT_LE,
+        Encoding::EXPLICIT_LE,
+    )
+    .await;
+    scu.release().await.unwrap();
+    // The viewer takes CT only: the MR sub-operation has no context and fails.
+    let mut scu = getter(&app, &[EXPLICIT_LE], &[CT]).await;
+    let (received, responses) = scu
+        .get(
+            dimse::STUDY_ROOT_GET,
+            &study_identifier(&ct),
+            Status::SUCCESS,
+        )
+        .await
+        .unwrap();
+    assert_eq!(received.len(), 1);
+    let (last, data) = responses.last().unwrap();
+    assert_eq!(
+        progress(last),
+        (
+            Status::SUBOPS_WITH_FAILURES,
+            None,
+            Some(1),
+            Some(1),
+            Some(0)
+        )
+    );
+    assert_eq!(failed_list(data), mr.sop_uid.as_bytes());
     scu.release().await.unwrap();
     app.stop().await;
 }
