@@ -40,6 +40,10 @@ pub struct Destination {
     /// (minutes after midnight, start and end; a window may wrap past midnight). STAT and
     /// high priority go at any time.
     pub window: Option<(u16, u16)>,
+    /// The destination replaces the copy it holds when sent a new one of the same SOP
+    /// Instance UID. Only then does its acknowledgement of an overwritten (corrected)
+    /// instance prove it holds the correction, and only then may the local copy be evicted.
+    pub overwrites: bool,
 }
 
 impl Destination {
@@ -318,6 +322,7 @@ fn read_destination(d: &mut Reader) -> Option<Destination> {
     let attempts = d.int("max_attempts", 0, 0, 1_000_000);
     let probe = d.seconds("probe_interval_s", 5, 1, 3600);
     let bandwidth = d.int("bandwidth_kbps", 0, 0, 100_000_000);
+    let overwrites = d.bool("overwrites", false);
     let window = if d.has("window") {
         d.parse_str("window", None, parse_window).map(Some)
     } else {
@@ -425,6 +430,7 @@ fn read_destination(d: &mut Reader) -> Option<Destination> {
             kbps => Some(kbps * 1000 / 8),
         },
         window: window?,
+        overwrites: overwrites?,
     })
 }
 

@@ -22,6 +22,8 @@ pub struct Rules {
     /// AE titles whose instances came from upstream: remotes marked `upstream = true` and
     /// the DICOM destinations themselves (instances fetched back from them).
     upstream: Vec<config::AeTitle>,
+    /// Destinations configured with `overwrites = true`.
+    overwriting: Vec<String>,
 }
 
 impl Rules {
@@ -58,6 +60,12 @@ impl Rules {
                 .collect(),
             rules: forward.rules.clone(),
             upstream,
+            overwriting: forward
+                .destinations
+                .iter()
+                .filter(|d| d.overwrites)
+                .map(|d| d.name.clone())
+                .collect(),
         })
     }
 
@@ -69,6 +77,10 @@ impl Rules {
 impl Router for Rules {
     fn destinations(&self) -> Vec<String> {
         self.destinations.clone()
+    }
+
+    fn replaces_copies(&self, destination: &str) -> bool {
+        self.overwriting.iter().any(|d| d == destination)
     }
 
     fn route(&self, source_ae: &str, instance: &Extracted) -> Vec<Route> {

@@ -454,9 +454,35 @@ impl Committer {
                         cache::unmark_evicted(&txn, sop, old)?;
                         bytes += size;
                         if recalled {
+                            let got = &p.request.record;
+                            if (got.size, got.crc32c) != (old.size, old.crc32c) {
+                                // The upstream archive held another version than the one
+                                // evicted (a correction it never took): say so, loudly.
+                                error!(
+                                    sop,
+                                    evicted_size = old.size,
+                                    evicted_crc32c = old.crc32c,
+                                    recalled_size = got.size,
+                                    recalled_crc32c = got.crc32c,
+                                    "the recalled copy differs from the copy that was evicted: \
+                                     the upstream archive holds another version of this instance"
+                                );
+                                outbox::record_recall_mismatch(
+                                    &txn,
+                                    sop,
+                                    &outbox::RecallMismatch {
+                                        evicted_size: old.size,
+                                        evicted_crc32c: old.crc32c,
+                                        recalled_size: got.size,
+                                        recalled_crc32c: got.crc32c,
+                                        at: now,
+                                    },
+                                )?;
+                            }
                             p.result = Some(Ok(Outcome::Stored));
                             continue;
                         }
+                        outbox::mark_overwritten(&txn, sop)?;
                         if let Some(enqueuer) = enqueuer.as_mut() {
                             enqueuer.enqueue(
                                 &txn,
@@ -486,6 +512,7 @@ impl Committer {
                         }
                         Filed::KeptFirst => Outcome::Duplicate,
                         Filed::Overwrote { old_file, old_size } => {
+                            outbox::mark_overwritten(&txn, sop)?;
                             bytes += size - old_size as i64;
                             tables.pending_deletes.insert(old_file.as_str(), ())?;
                             replaced.push(old_file);
@@ -562,7 +589,9 @@ impl Committer {
                 .map_err(|e| StoreError::Inconsistent(e.to_string()))?;
             for m in &requests {
                 match m {
-                    Maintenance::Queue(ops, _) => outbox::apply(&txn, ops, now)?,
+                    Maintenance::Queue(ops, _) => {
+                        outbox::apply(&txn, ops, now, self.config.router.as_deref())?
+                    }
                     Maintenance::Evict(candidates, _) => {
                         let protect = self.config.cache.map_or(0, |c| c.protect_recent_s);
                         let marked = cache::mark_evicted(&txn, candidates, protect)?;

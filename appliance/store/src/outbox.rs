@@ -40,6 +40,18 @@ pub(crate) const COMMITMENTS: TableDefinition<&str, &[u8]> = TableDefinition::ne
 pub(crate) const EARLY_REPORTS: TableDefinition<&str, &[u8]> =
     TableDefinition::new("commitment_early_reports");
 const EARLY_REPORT_LIFETIME_S: u64 = 3600;
+/// Instances overwritten by a corrected copy (`duplicates = "overwrite"`): SOP Instance UID
+/// to the destinations that acknowledged the corrected copy without that proving they hold
+/// it (a keep-first PACS, Orthanc by default, answers success and keeps its old copy), as a
+/// `Vec<String>`. While an instance is here, only destinations that replace their copies
+/// ([`Router::replaces_copies`]) confirm it; the others' acknowledgements wait here until a
+/// person releases them, so the only copy of a correction is never evicted on their word.
+pub(crate) const OVERWRITTEN: TableDefinition<&str, &[u8]> =
+    TableDefinition::new("overwritten_held");
+/// Recalled copies that differ from the copy that was evicted: SOP Instance UID to a
+/// [`RecallMismatch`]. The upstream archive held another version than the one we evicted.
+pub(crate) const RECALL_MISMATCHES: TableDefinition<&str, &[u8]> =
+    TableDefinition::new("recall_mismatches");
 /// At most this many early reports are kept, of at most this many instances each.
 const MAX_EARLY_REPORTS: u64 = 64;
 const MAX_EARLY_REPORT_SIZE: usize = 10_000;
@@ -52,6 +64,31 @@ pub trait Router: Send + Sync + std::fmt::Debug {
     fn destinations(&self) -> Vec<String>;
     /// The destinations (and rank, 0 most urgent) for an instance received from `source_ae`.
     fn route(&self, source_ae: &str, instance: &Extracted) -> Vec<Route>;
+    /// Whether `destination` replaces the copy it holds when sent a new one of the same SOP
+    /// Instance UID. Unless it does, its acknowledgement of an overwritten instance does not
+    /// confirm the correction. The default is the safe assumption: it keeps its first copy.
+    fn replaces_copies(&self, _destination: &str) -> bool {
+        false
+    }
+}
+
+/// An overwritten instance that stays local because destinations acknowledged the
+/// correction without that proving they hold it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HeldCorrection {
+    pub sop_instance_uid: String,
+    pub destinations: Vec<String>,
+}
+
+/// A recalled copy that is not the copy that was evicted.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RecallMismatch {
+    pub evicted_size: u64,
+    pub evicted_crc32c: u32,
+    pub recalled_size: u64,
+    pub recalled_crc32c: u32,
+    /// Unix seconds.
+    pub at: u64,
 }
 
 /// One destination an instance is queued for.
@@ -232,6 +269,10 @@ pub enum QueueOp {
     /// The destination's report: committed instances count as confirmed upstream; the others
     /// are queued again with the reason.
     Committed(CommitmentReport),
+    /// A person released held corrections (see [`Store::held_corrections`]).
+    ReleaseCorrections {
+        sop_instance_uids: Vec<String>,
+    },
     /// No report in time: every instance of the transaction is queued again.
     CommitmentExpired {
         transaction_uid: String,
@@ -251,7 +292,9 @@ impl QueueOp {
             | QueueOp::AwaitCommitment { destination, .. }
             | QueueOp::Pause { destination, .. } => destination,
             // These name a transaction; its record names the destination.
-            QueueOp::Committed(_) | QueueOp::CommitmentExpired { .. } => "",
+            QueueOp::Committed(_)
+            | QueueOp::CommitmentExpired { .. }
+            | QueueOp::ReleaseCorrections { .. } => "",
         }
     }
 }
@@ -282,6 +325,8 @@ pub(crate) fn create_tables(
     txn.open_table(PAUSED)?;
     txn.open_table(COMMITMENTS)?;
     txn.open_table(EARLY_REPORTS)?;
+    txn.open_table(OVERWRITTEN)?;
+    txn.open_table(RECALL_MISMATCHES)?;
     for d in destinations {
         txn.open_table(queue_def(&queue_name(d)))?;
         txn.open_table(dead_def(&dead_name(d)))?;
@@ -384,12 +429,19 @@ pub(crate) fn apply(
     txn: &redb::WriteTransaction,
     ops: &[QueueOp],
     now: u64,
+    router: Option<&dyn Router>,
 ) -> Result<(), StoreError> {
     let mut seq = None;
     for op in ops {
         match op {
+            QueueOp::ReleaseCorrections { sop_instance_uids } => {
+                for sop in sop_instance_uids {
+                    release_correction(txn, sop)?;
+                }
+                continue;
+            }
             QueueOp::Committed(report) => {
-                if !settle_commitment(txn, report, None, &mut seq)? {
+                if !settle_commitment(txn, report, None, &mut seq, router)? {
                     // Kept for its transaction, within bounds: a peer reporting transactions
                     // that are not ours cannot fill the index.
                     let mut early = txn.open_table(EARLY_REPORTS)?;
@@ -411,7 +463,7 @@ pub(crate) fn apply(
                     transaction_uid: transaction_uid.clone(),
                     ..CommitmentReport::default()
                 };
-                settle_commitment(txn, &report, Some(reason), &mut seq)?;
+                settle_commitment(txn, &report, Some(reason), &mut seq, router)?;
                 continue;
             }
             _ => {}
@@ -419,7 +471,9 @@ pub(crate) fn apply(
         let name = queue_name(op.destination());
         let mut queue = txn.open_table(queue_def(&name))?;
         match op {
-            QueueOp::Committed(_) | QueueOp::CommitmentExpired { .. } => {}
+            QueueOp::Committed(_)
+            | QueueOp::CommitmentExpired { .. }
+            | QueueOp::ReleaseCorrections { .. } => {}
             QueueOp::AwaitCommitment {
                 destination,
                 transaction_uid,
@@ -470,7 +524,7 @@ pub(crate) fn apply(
                     }
                 }
                 if let Some(report) = early_report {
-                    settle_commitment(txn, &report, None, &mut seq)?;
+                    settle_commitment(txn, &report, None, &mut seq, router)?;
                 }
             }
             QueueOp::Ack {
@@ -482,16 +536,7 @@ pub(crate) fn apply(
             } => {
                 queue.remove((key.rank, key.seq))?;
                 if *confirmed && still_stored(txn, sop_instance_uid, file)? {
-                    let mut copies = txn.open_table(UPSTREAM)?;
-                    let mut state: UpstreamState = match copies.get(sop_instance_uid.as_str())? {
-                        Some(v) => record::decode(v.value())?,
-                        None => UpstreamState::default(),
-                    };
-                    if !state.confirmed.contains(destination) {
-                        state.confirmed.push(destination.clone());
-                        copies
-                            .insert(sop_instance_uid.as_str(), record::encode(&state).as_slice())?;
-                    }
+                    confirm(txn, sop_instance_uid, destination, router)?;
                 }
             }
             QueueOp::Retry {
@@ -605,6 +650,7 @@ fn settle_commitment(
     report: &CommitmentReport,
     expired: Option<&String>,
     seq: &mut Option<u64>,
+    router: Option<&dyn Router>,
 ) -> Result<bool, StoreError> {
     let record: Commitment = {
         let mut table = txn.open_table(COMMITMENTS)?;
@@ -622,15 +668,9 @@ fn settle_commitment(
             continue;
         }
         if committed {
-            let mut copies = txn.open_table(UPSTREAM)?;
-            let mut state: UpstreamState = match copies.get(sop.as_str())? {
-                Some(v) => record::decode(v.value())?,
-                None => UpstreamState::default(),
-            };
-            if !state.confirmed.contains(&record.destination) {
-                state.confirmed.push(record.destination.clone());
-                copies.insert(sop.as_str(), record::encode(&state).as_slice())?;
-            }
+            // A commitment proves the UID, not the content: a keep-first PACS commits to the
+            // copy it already held, so an overwritten instance is held like an Ack.
+            confirm(txn, &sop, &record.destination, router)?;
             continue;
         }
         let reason = match expired {
@@ -685,6 +725,81 @@ fn now_ms() -> u64 {
 }
 
 /// Whether the archive still holds `file` for the instance (not replaced or evicted since).
+/// Counts `destination`'s copy of `sop` as confirmed upstream, which is what lets the cache
+/// evict it; for an overwritten instance and a destination that keeps its first copy, the
+/// acknowledgement is only recorded, for a person to release.
+fn confirm(
+    txn: &redb::WriteTransaction,
+    sop: &str,
+    destination: &str,
+    router: Option<&dyn Router>,
+) -> Result<(), StoreError> {
+    if !router.is_some_and(|r| r.replaces_copies(destination)) {
+        let mut held = txn.open_table(OVERWRITTEN)?;
+        let acknowledged = match held.get(sop)? {
+            Some(v) => Some(record::decode::<Vec<String>>(v.value())?),
+            None => None,
+        };
+        if let Some(mut acknowledged) = acknowledged {
+            if !acknowledged.iter().any(|d| d == destination) {
+                acknowledged.push(destination.to_string());
+                held.insert(sop, record::encode(&acknowledged).as_slice())?;
+            }
+            return Ok(());
+        }
+    }
+    let mut copies = txn.open_table(UPSTREAM)?;
+    let mut state: UpstreamState = match copies.get(sop)? {
+        Some(v) => record::decode(v.value())?,
+        None => UpstreamState::default(),
+    };
+    if !state.confirmed.iter().any(|d| d == destination) {
+        state.confirmed.push(destination.to_string());
+        copies.insert(sop, record::encode(&state).as_slice())?;
+    }
+    Ok(())
+}
+
+/// Records that `sop` was just overwritten by a new copy: acknowledgements of the old copy
+/// are forgotten with it, and those of the new one confirm it only from destinations that
+/// replace their copies.
+pub(crate) fn mark_overwritten(txn: &redb::WriteTransaction, sop: &str) -> Result<(), StoreError> {
+    txn.open_table(OVERWRITTEN)?
+        .insert(sop, record::encode(&Vec::<String>::new()).as_slice())?;
+    Ok(())
+}
+
+/// A person released a held correction: the destinations that acknowledged it count as
+/// confirmed, and later acknowledgements confirm as for any instance.
+fn release_correction(txn: &redb::WriteTransaction, sop: &str) -> Result<(), StoreError> {
+    let acknowledged = match txn.open_table(OVERWRITTEN)?.remove(sop)? {
+        Some(v) => record::decode::<Vec<String>>(v.value())?,
+        None => return Ok(()),
+    };
+    if !still_indexed(txn, sop)? {
+        return Ok(());
+    }
+    for destination in acknowledged {
+        confirm(txn, sop, &destination, None)?;
+    }
+    Ok(())
+}
+
+fn still_indexed(txn: &redb::WriteTransaction, sop: &str) -> Result<bool, StoreError> {
+    Ok(txn.open_table(INSTANCES)?.get(sop)?.is_some())
+}
+
+/// Records that a recalled copy of `sop` differs from the copy that was evicted.
+pub(crate) fn record_recall_mismatch(
+    txn: &redb::WriteTransaction,
+    sop: &str,
+    mismatch: &RecallMismatch,
+) -> Result<(), StoreError> {
+    txn.open_table(RECALL_MISMATCHES)?
+        .insert(sop, record::encode(mismatch).as_slice())?;
+    Ok(())
+}
+
 fn still_stored(txn: &redb::WriteTransaction, sop: &str, file: &str) -> Result<bool, StoreError> {
     let instances = txn.open_table(INSTANCES)?;
     let Some(v) = instances.get(sop)? else {
@@ -912,6 +1027,62 @@ impl Store {
             Some(v) => Ok(record::decode::<UpstreamState>(v.value())?.confirmed),
             None => Ok(Vec::new()),
         }
+    }
+
+    /// Overwritten instances kept local because destinations acknowledged the correction
+    /// without that proving they hold it (see [`Router::replaces_copies`]).
+    pub fn held_corrections(&self) -> Result<Vec<HeldCorrection>, StoreError> {
+        let txn = self.db().begin_read()?;
+        let Some(held) = missing_is_empty(txn.open_table(OVERWRITTEN).map(Some))? else {
+            return Ok(Vec::new());
+        };
+        let mut out = Vec::new();
+        for row in held.iter()? {
+            let (k, v) = row?;
+            let destinations: Vec<String> = record::decode(v.value())?;
+            if !destinations.is_empty() {
+                out.push(HeldCorrection {
+                    sop_instance_uid: k.value().to_string(),
+                    destinations,
+                });
+            }
+        }
+        Ok(out)
+    }
+
+    /// A person has checked that the destinations hold the corrections (or accepts that
+    /// they may not): their acknowledgements count as confirmation, so the instances may be
+    /// evicted. Returns how many of `sop_instance_uids` were held.
+    pub async fn release_corrections(
+        &self,
+        sop_instance_uids: Vec<String>,
+    ) -> Result<usize, StoreError> {
+        let held: HashSet<String> = self
+            .held_corrections()?
+            .into_iter()
+            .map(|h| h.sop_instance_uid)
+            .collect();
+        let released = sop_instance_uids
+            .iter()
+            .filter(|s| held.contains(s.as_str()))
+            .count();
+        self.outbox_apply(vec![QueueOp::ReleaseCorrections { sop_instance_uids }])
+            .await?;
+        Ok(released)
+    }
+
+    /// Recalled copies that differ from the copy that was evicted.
+    pub fn recall_mismatches(&self) -> Result<Vec<(String, RecallMismatch)>, StoreError> {
+        let txn = self.db().begin_read()?;
+        let Some(t) = missing_is_empty(txn.open_table(RECALL_MISMATCHES).map(Some))? else {
+            return Ok(Vec::new());
+        };
+        let mut out = Vec::new();
+        for row in t.iter()? {
+            let (k, v) = row?;
+            out.push((k.value().to_string(), record::decode(v.value())?));
+        }
+        Ok(out)
     }
 
     /// Applies queue operations through the index writer (durable at its next checkpoint).

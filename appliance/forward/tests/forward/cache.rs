@@ -379,3 +379,137 @@ async fn a_slow_recall_sends_pending_responses_and_honours_c_cancel() {
     hold.abort();
     edge.stop().await;
 }
+
+/// An edge that keeps corrections (`duplicates = "overwrite"`) and its central archive,
+/// which keeps the first copy it got (as Orthanc does by default); `overwrites` is what the
+/// edge is told of the central archive.
+async fn overwrite_pair(overwrites: bool) -> (Appliance, Appliance) {
+    let (edge_port, central_port) = (free_port().await, free_port().await);
+    let central = Appliance::launch(
+        tempfile::tempdir().unwrap(),
+        &central_toml(edge_port),
+        central_port,
+        Clock::System,
+        |_| {},
+    )
+    .await;
+    let edge_config = edge_toml(central_port, true)
+        .replace("[storage]\n", "[storage]\nduplicates = \"overwrite\"\n")
+        .replace(
+            "probe_interval_s = 1\n",
+            &format!("probe_interval_s = 1\noverwrites = {overwrites}\n"),
+        );
+    let edge = Appliance::launch(
+        tempfile::tempdir().unwrap(),
+        &edge_config,
+        edge_port,
+        Clock::System,
+        |_| {},
+    )
+    .await;
+    (edge, central)
+}
+
+/// Stores a first version of a study, waits until the central archive confirmed it, then a
+/// corrected version (same UIDs, another patient name), and waits until that was delivered.
+async fn store_and_correct(edge: &Appliance) -> Vec<SynthInstance> {
+    let first = study(1, 10);
+    store_into(edge, &first).await;
+    eventually("the first version is confirmed upstream", || {
+        edge.store.outbox_summary("central").unwrap().depth == 0
+    })
+    .await;
+    let corrected: Vec<SynthInstance> = first
+        .iter()
+        .map(|i| {
+            let mut c = i.clone();
+            c.patient_name = b"PATIENT1^CORRECTED".to_vec();
+            c
+        })
+        .collect();
+    store_into(edge, &corrected).await;
+    eventually("the correction is delivered", || {
+        edge.store.outbox_summary("central").unwrap().depth == 0
+    })
+    .await;
+    corrected
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_correction_acknowledged_by_a_keep_first_archive_is_never_evicted_until_released() {
+    // With duplicates = "overwrite", a corrected re-send counted as confirmed upstream as
+    // soon as the central archive answered success. But Orthanc by default (and any
+    // keep-first PACS) answers success and keeps its old copy. The corrected local file was
+    // then evicted, a later recall brought back the old version, and the correction existed
+    // nowhere. Now an acknowledgement of an overwritten instance confirms it only from a
+    // destination configured with `overwrites = true`; otherwise the correction stays local
+    // until a person releases it, and a recall whose copy differs from the evicted one is
+    // recorded and logged as an error.
+    let (edge, central) = overwrite_pair(false).await;
+    let corrected = store_and_correct(&edge).await;
+    // Nothing can be evicted: the only confirmation of each correction is a keep-first one.
+    let report = edge
+        .store
+        .maintain_cache()
+        .await
+        .unwrap()
+        .expect("above 50%");
+    assert_eq!(report.instances, 0, "{report:?}");
+    assert!(
+        corrected
+            .iter()
+            .all(|i| !edge.store.is_evicted(&i.sop_uid).unwrap())
+    );
+    let held = edge.store.held_corrections().unwrap();
+    assert_eq!(held.len(), corrected.len());
+    assert!(held.iter().all(|h| h.destinations == ["central"]));
+
+    // A person releases them (accepting that central may hold the old version): now they
+    // go like any confirmed instance.
+    let uids = corrected.iter().map(|i| i.sop_uid.clone()).collect();
+    assert_eq!(edge.store.release_corrections(uids).await.unwrap(), 10);
+    eventually("the release is applied", || {
+        edge.store.held_corrections().unwrap().is_empty()
+    })
+    .await;
+    edge.store
+        .maintain_cache()
+        .await
+        .unwrap()
+        .expect("evictable once released");
+    assert!(
+        corrected
+            .iter()
+            .all(|i| edge.store.is_evicted(&i.sop_uid).unwrap())
+    );
+
+    // The recall brings back central's first version: that is recorded, not silent.
+    let (received, last) = get_study(&edge, &corrected[0].study_uid).await;
+    assert_eq!(last.status, Some(Status::SUCCESS), "{last:?}");
+    assert_eq!(received, corrected.len());
+    let mismatches = edge.store.recall_mismatches().unwrap();
+    assert_eq!(mismatches.len(), corrected.len(), "{mismatches:?}");
+    edge.stop().await;
+    central.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_correction_acknowledged_by_an_overwriting_archive_may_be_evicted() {
+    // The counterpart: a destination said to replace its copies confirms a correction by
+    // its acknowledgement, as before.
+    let (edge, central) = overwrite_pair(true).await;
+    let corrected = store_and_correct(&edge).await;
+    edge.store
+        .maintain_cache()
+        .await
+        .unwrap()
+        .expect("above 50%");
+    assert!(
+        corrected
+            .iter()
+            .all(|i| edge.store.is_evicted(&i.sop_uid).unwrap())
+    );
+    assert!(edge.store.held_corrections().unwrap().is_empty());
+    edge.stop().await;
+    central.stop().await;
+}
