@@ -7,6 +7,8 @@
 //!
 //! It knows nothing of the network, the disk or the index.
 
+#[cfg(feature = "synth")]
+pub mod bomb;
 pub mod charset;
 pub mod encode;
 pub mod meta;
