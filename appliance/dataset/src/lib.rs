@@ -21,7 +21,7 @@ pub mod walk;
 
 pub use tag::{Tag, Vr, tags};
 pub use ts::{Encoding, SyntaxInfo};
-pub use walk::{Capture, Element, WalkError, Walked, Walker};
+pub use walk::{Capture, Element, Misordered, WalkError, Walked, Walker};
 
 /// Whether a SOP class UID is one of the standard's Storage SOP Classes.
 pub fn is_storage_sop_class(uid: &str) -> bool {

@@ -10,6 +10,14 @@
 //! Sequences of defined length are skipped as a whole: their contents cannot break the
 //! framing of the enclosing data set, and nothing inside them is indexed. Sequences of
 //! undefined length must be walked item by item to find their end.
+//!
+//! Only the first occurrence of a captured tag is kept, so repeats cost nothing. PS3.5 7.1
+//! asks for each tag once, in ascending order; a walker built with
+//! [`Walker::require_tag_order`] (ingest) refuses a repeat, or more than [`MAX_MISORDERED`]
+//! breaks of order, in the top-level data set or in an item of undefined length, at the
+//! element that shows it. Items of defined length are skipped unchecked, like their sequences.
+
+use std::collections::BTreeSet;
 
 use flate2::{Decompress, FlushDecompress, Status};
 
@@ -19,6 +27,10 @@ use crate::ts::{Encoding, SyntaxInfo};
 /// How deep sequences may nest before the data set is refused; real data sets stay far below.
 const MAX_DEPTH: usize = 64;
 const UNDEFINED_LENGTH: u32 = 0xFFFF_FFFF;
+/// How many breaks of ascending tag order one data set (or one item) may have before a walk
+/// that requires tag order refuses it. Modalities occasionally misplace an element; a data
+/// set with more breaks than this is not a misplaced element.
+pub const MAX_MISORDERED: u32 = 8;
 
 /// A top-level attribute taken out of a data set. Binary values are little endian whatever
 /// the data set's byte order; text values are the raw bytes, in the data set's character set.
@@ -57,6 +69,19 @@ pub struct Walked {
     pub length: u64,
     /// Offset of the top-level Pixel Data element's header, if there is one.
     pub pixel_data_offset: Option<u64>,
+    /// Elements found out of ascending order, at any level (at most [`MAX_MISORDERED`] are
+    /// noted), so that the caller can log them.
+    pub misordered: Vec<Misordered>,
+}
+
+/// An element whose tag is lower than the one before it in the same data set or item.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Misordered {
+    pub tag: Tag,
+    /// The element before it.
+    pub after: Tag,
+    /// Offset of its header in the (inflated) data set.
+    pub at: u64,
 }
 
 impl Walked {
@@ -101,12 +126,26 @@ pub enum WalkErrorKind {
     Deflate(String),
     #[error("deflated data set ends before its deflate stream does")]
     DeflateTruncated,
+    #[error(
+        "element {tag} repeats at byte {at}; PS3.5 7.1 allows each tag once, in ascending order"
+    )]
+    RepeatedTag { tag: Tag, at: u64 },
+    #[error(
+        "element {tag} at byte {at} follows {after}: more than {MAX_MISORDERED} elements out of ascending order; PS3.5 7.1 requires ascending tags"
+    )]
+    TooManyMisordered { tag: Tag, after: Tag, at: u64 },
 }
 
 #[derive(Clone, Copy, Debug)]
 enum Frame {
-    /// A data set: the top level, or an item of undefined length (`delimited`).
-    Dataset { enc: Encoding, delimited: bool },
+    /// A data set: the top level, or an item of undefined length (`delimited`), with the
+    /// tag of its last element and how often its order broke, for PS3.5 7.1.
+    Dataset {
+        enc: Encoding,
+        delimited: bool,
+        last: Option<Tag>,
+        misordered: u32,
+    },
     /// Items of a sequence of undefined length.
     Sequence { enc: Encoding },
     /// Fragments of encapsulated pixel data.
@@ -141,6 +180,9 @@ pub struct Walker {
     inflater: Option<Inflater>,
     /// Set once an error was returned; the walker refuses further input after that.
     failed: bool,
+    strict: bool,
+    /// Top-level tags captured so far (at most the number of elements captured).
+    captured: BTreeSet<Tag>,
 }
 
 struct Inflater {
@@ -156,6 +198,8 @@ impl Walker {
             frames: vec![Frame::Dataset {
                 enc: info.encoding,
                 delimited: false,
+                last: None,
+                misordered: 0,
             }],
             state: State::Header,
             header: [0; 12],
@@ -170,7 +214,17 @@ impl Walker {
                 ended: false,
             }),
             failed: false,
+            strict: false,
+            captured: BTreeSet::new(),
         }
+    }
+
+    /// Makes the walk refuse a data set in which a tag repeats within one data set or item,
+    /// or more than [`MAX_MISORDERED`] elements break ascending order (PS3.5 7.1). Without it
+    /// such data sets are walked, and only the first occurrence of a tag is captured.
+    pub fn require_tag_order(mut self) -> Walker {
+        self.strict = true;
+        self
     }
 
     /// Feeds the next bytes of the data set, as they arrived.
@@ -352,6 +406,8 @@ impl Walker {
                     tags::ITEM if length == UNDEFINED_LENGTH => self.push(Frame::Dataset {
                         enc,
                         delimited: true,
+                        last: None,
+                        misordered: 0,
                     })?,
                     tags::ITEM => self.skip(length, tag),
                     tags::SEQUENCE_DELIMITATION => {
@@ -398,14 +454,29 @@ impl Walker {
                 } else {
                     (dictionary_vr(tag), read_u32(&self.header[4..8], enc))
                 };
+                self.check_order(tag, header_start)?;
                 let top_level = self.frames.len() == 1;
-                if top_level && tag == tags::PIXEL_DATA {
+                if top_level && tag == tags::PIXEL_DATA && self.walked.pixel_data_offset.is_none() {
                     self.walked.pixel_data_offset = Some(header_start);
                 }
                 let wanted = if top_level {
                     self.capture.wants(tag)
                 } else {
                     None
+                };
+                // Only the first occurrence is captured: repeats would otherwise cost one
+                // element each, without limit.
+                let wanted = match wanted {
+                    Some(_) if !self.captured.insert(tag) => {
+                        if self.strict {
+                            return Err(self.error(WalkErrorKind::RepeatedTag {
+                                tag,
+                                at: header_start,
+                            }));
+                        }
+                        None
+                    }
+                    w => w,
                 };
                 if length == UNDEFINED_LENGTH {
                     let inner = if !enc.explicit_vr || vr == Vr::SQ {
@@ -465,6 +536,37 @@ impl Walker {
                     }
                 }
             }
+        }
+        Ok(())
+    }
+
+    /// Checks an element's tag against the one before it in the same data set or item. Only
+    /// neighbours are compared (a repeat further back is caught for captured tags, and
+    /// otherwise counts as a break of order), so this costs no memory per element.
+    fn check_order(&mut self, tag: Tag, at: u64) -> Result<(), WalkError> {
+        let strict = self.strict;
+        let Some(Frame::Dataset {
+            last, misordered, ..
+        }) = self.frames.last_mut()
+        else {
+            unreachable!("elements are read only in data set frames");
+        };
+        let previous = last.replace(tag);
+        let Some(after) = previous.filter(|&p| tag <= p) else {
+            return Ok(());
+        };
+        if tag == after {
+            if strict {
+                return Err(self.error(WalkErrorKind::RepeatedTag { tag, at }));
+            }
+            return Ok(());
+        }
+        *misordered += 1;
+        if strict && *misordered > MAX_MISORDERED {
+            return Err(self.error(WalkErrorKind::TooManyMisordered { tag, after, at }));
+        }
+        if self.walked.misordered.len() < MAX_MISORDERED as usize {
+            self.walked.misordered.push(Misordered { tag, after, at });
         }
         Ok(())
     }
