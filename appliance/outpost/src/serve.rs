@@ -95,6 +95,9 @@ async fn run(c: config::Config) -> anyhow::Result<ExitCode> {
         finished_indexed = opened.reconciled.finished_indexed,
         "archive open"
     );
+    for unreadable in &opened.reconciled.unreadable {
+        error!(file = %unreadable.file.display(), errno = unreadable.errno, "start-up repair kept a received instance it cannot read: {unreadable}");
+    }
 
     let dicom = c.dicom.clone();
     let plain = TcpListener::bind((dicom.bind, dicom.port)).await.with_context(|| {

@@ -11,6 +11,10 @@
 //! name; a name (creation, link, removal) becomes durable only when its directory is synced.
 //! Real file systems are often kinder (ext4 commits the name with the data); the store must
 //! not rely on that.
+//!
+//! [`MemFs::inject`] makes chosen files fail to open or read with a given errno (EIO from a
+//! marginal disk, EACCES after a permission change, EMFILE), as the disk may after a power
+//! cut, so start-up repair can be shown to keep what it cannot read.
 
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
@@ -104,6 +108,41 @@ struct FsState {
     dirs: HashMap<PathBuf, Dir>,
     files: HashMap<u64, FileData>,
     next_inode: u64,
+    faults: HashMap<PathBuf, Fault>,
+}
+
+/// An I/O error a file gives instead of its contents (see [`MemFs::inject`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Fault {
+    /// Opening the file fails with this errno (`libc`'s numbering, as `io::Error` has it).
+    Open(i32),
+    /// Opening succeeds; reading fails with `errno` once `after` bytes were read.
+    Read { after: u64, errno: i32 },
+}
+
+/// A file's contents that fail to read past a point.
+struct FailingReader {
+    data: Cursor<Vec<u8>>,
+    fail_at: u64,
+    errno: i32,
+}
+
+impl io::Read for FailingReader {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let pos = self.data.position();
+        if pos >= self.fail_at {
+            return Err(io::Error::from_raw_os_error(self.errno));
+        }
+        let room = usize::try_from(self.fail_at - pos).unwrap_or(usize::MAX);
+        let n = buf.len().min(room);
+        self.data.read(&mut buf[..n])
+    }
+}
+
+impl io::Seek for FailingReader {
+    fn seek(&mut self, to: io::SeekFrom) -> io::Result<u64> {
+        self.data.seek(to)
+    }
 }
 
 /// An in-memory file system with power cuts; see the module documentation.
@@ -174,6 +213,18 @@ impl MemFs {
             state: Arc::new(Mutex::new(state)),
             power,
         }
+    }
+
+    /// Makes `path` fail to open or read with `fault` from now on (until [`MemFs::heal`]).
+    /// Faults belong to this instance: [`MemFs::after_power_cut`] starts without any.
+    pub fn inject(&self, path: &Path, fault: Fault) {
+        let mut state = self.state.lock().expect("fs lock");
+        state.faults.insert(path.to_path_buf(), fault);
+    }
+
+    /// Removes every injected fault: the disk answers again.
+    pub fn heal(&self) {
+        self.state.lock().expect("fs lock").faults.clear();
     }
 
     fn split(path: &Path) -> io::Result<(PathBuf, String)> {
@@ -250,15 +301,25 @@ impl Fs for MemFs {
     fn open(&self, path: &Path) -> io::Result<Box<dyn FileReader>> {
         self.power.check()?;
         let state = self.state.lock().expect("fs lock");
-        match Self::lookup(&state, path) {
-            Some(Entry::File(inode)) => Ok(Box::new(Cursor::new(
-                state
-                    .files
-                    .get(&inode)
-                    .map(|f| f.volatile.clone())
-                    .unwrap_or_default(),
-            ))),
-            _ => Err(io::Error::from(io::ErrorKind::NotFound)),
+        let fault = state.faults.get(path).copied();
+        if let Some(Fault::Open(errno)) = fault {
+            return Err(io::Error::from_raw_os_error(errno));
+        }
+        let data = match Self::lookup(&state, path) {
+            Some(Entry::File(inode)) => state
+                .files
+                .get(&inode)
+                .map(|f| f.volatile.clone())
+                .unwrap_or_default(),
+            _ => return Err(io::Error::from(io::ErrorKind::NotFound)),
+        };
+        match fault {
+            Some(Fault::Read { after, errno }) => Ok(Box::new(FailingReader {
+                data: Cursor::new(data),
+                fail_at: after,
+                errno,
+            })),
+            _ => Ok(Box::new(Cursor::new(data))),
         }
     }
 

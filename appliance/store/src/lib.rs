@@ -35,7 +35,7 @@ pub use cache::{CacheConfig, PROTECT_RECENT_S, Recall, Usage};
 pub use commit::Outcome;
 pub use ingest::{Ingest, IngestError, IngestRequest, Receipt};
 pub use outbox::{Route, Router};
-pub use reconcile::Reconciled;
+pub use reconcile::{Reconciled, Unreadable};
 pub use verify::{VerifyProblem, VerifyReport};
 
 use crate::fs::Fs;

@@ -7,15 +7,20 @@
 //! - `<id>.<crc>.<size>.ready`: the instance arrived whole. If its contents match the CRC and
 //!   size its name carries, it may have been acknowledged: give it its final name if it lacks
 //!   one, file it in the index if the index lacks it (the duplicate policy applies), make both
-//!   durable, then remove the temporary name. If they do not match, the name outlived its
-//!   data (possible only with relaxed durability, or before the acknowledgement): remove it.
+//!   durable, then remove the temporary name. If a complete read shows they do not match, the
+//!   name outlived its data (possible only with relaxed durability, or before the
+//!   acknowledgement): remove it. If the file cannot be read at all (EIO from a marginal disk
+//!   after the power cut, EACCES, EMFILE), nothing says its data is gone: it may be the only
+//!   copy of an acknowledged instance, so it is kept as it is, reported, and tried again at the
+//!   next start.
 //!
 //! Files listed in `pending_deletes` (replaced by an overwrite) are deleted too.
 
+use std::io::Read;
 use std::path::{Path, PathBuf};
 
 use redb::{Database, ReadableDatabase, ReadableTable};
-use tracing::{info, warn};
+use tracing::{error, info, warn};
 
 use crate::cache;
 use crate::fs::Fs;
@@ -23,7 +28,7 @@ use crate::index::{self, Filed, Tables};
 use crate::layout::{Layout, TmpName, unix_now};
 use crate::outbox::Enqueuer;
 use crate::record::{self, InstanceRecord};
-use crate::verify::scan_file;
+use crate::verify::{Scan, ScanError, scan_file};
 use crate::{DuplicatePolicy, StoreConfig, StoreError};
 
 /// What start-up repair did.
@@ -37,6 +42,84 @@ pub struct Reconciled {
     pub finished_discarded: usize,
     /// Files replaced by overwrites, deleted.
     pub replaced_deleted: usize,
+    /// Received files that could not be read, left as they are for the next start.
+    pub unreadable: Vec<Unreadable>,
+}
+
+/// A received (`.ready`) file start-up repair could not read. It may hold the only copy of
+/// an acknowledged instance, so it was neither filed nor removed; until it is readable its
+/// instance may be missing from the index, or indexed with its final file unchecked.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Unreadable {
+    pub file: PathBuf,
+    /// The operating system's error number (EIO, EACCES, EMFILE...), when there is one.
+    pub errno: Option<i32>,
+    pub error: String,
+}
+
+impl std::fmt::Display for Unreadable {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} could not be read ({}); it was kept and will be tried again at the next start: check the disk (dmesg, `outpost status`) and the file's owner and permissions, then restart",
+            self.file.display(),
+            self.error
+        )
+    }
+}
+
+/// What reading a `.ready` file showed.
+enum Check {
+    /// Its contents match the CRC and size its name carries.
+    Whole(Box<Scan>),
+    /// It was read to the end and is not what its name promises: the data did not survive.
+    Damaged(String),
+    /// It is what its name promises but cannot be filed.
+    Unindexable(String),
+    /// It could not be read; nothing is known of its contents.
+    Unreadable(std::io::Error),
+}
+
+/// Reads a `.ready` file once; a second, plain read only when parsing failed, to tell a
+/// truncated file (the data did not survive) from one that cannot be read.
+fn check_ready(fs: &dyn Fs, path: &Path, crc32c: u32, size: u64) -> Check {
+    let promise = |c: u32, s: u64| {
+        format!("holds {s} bytes with CRC {c:08x}, its name promises {size} and {crc32c:08x}")
+    };
+    let parse_error = match scan_file(fs, path) {
+        Ok(scan) if scan.crc32c == crc32c && scan.size == size => {
+            return Check::Whole(Box::new(scan));
+        }
+        Ok(scan) => return Check::Damaged(promise(scan.crc32c, scan.size)),
+        Err(ScanError::Io(e)) => return Check::Unreadable(e),
+        // A header cut short reads as an early end of file; any other I/O error while
+        // reading the header is the disk's, not the file's.
+        Err(ScanError::Meta(dataset::meta::MetaError::Io(e)))
+            if e.kind() != std::io::ErrorKind::UnexpectedEof =>
+        {
+            return Check::Unreadable(e);
+        }
+        Err(e) => e.to_string(),
+    };
+    let digest = (|| {
+        let mut file = fs.open(path)?;
+        let (mut crc, mut len) = (0u32, 0u64);
+        let mut buf = vec![0u8; 256 * 1024];
+        loop {
+            match file.read(&mut buf)? {
+                0 => return Ok::<_, std::io::Error>((crc, len)),
+                n => {
+                    crc = crc32c::crc32c_append(crc, &buf[..n]);
+                    len += n as u64;
+                }
+            }
+        }
+    })();
+    match digest {
+        Err(e) => Check::Unreadable(e),
+        Ok((c, s)) if (c, s) != (crc32c, size) => Check::Damaged(promise(c, s)),
+        Ok(_) => Check::Unindexable(parse_error),
+    }
 }
 
 pub(crate) fn run(
@@ -94,20 +177,34 @@ pub(crate) fn run(
             };
             let rel = layout.object_rel(&id);
             let target = layout.absolute(&rel);
-            let scan = match scan_file(fs, &tmp) {
-                Ok(scan) if scan.crc32c == crc32c && scan.size == size => scan,
-                outcome => {
-                    let why = match outcome {
-                        Ok(scan) => format!(
-                            "holds {} bytes with CRC {:08x}, its name promises {size} and {crc32c:08x}",
-                            scan.size, scan.crc32c
-                        ),
-                        Err(e) => e.to_string(),
-                    };
+            let scan = match check_ready(fs, &tmp, crc32c, size) {
+                Check::Whole(scan) => scan,
+                Check::Damaged(why) => {
                     warn!(file = %tmp.display(), "removing a received file whose data did not survive: {why}");
                     done.finished_discarded += 1;
                     to_remove.push(tmp);
                     to_remove.push(target);
+                    continue;
+                }
+                Check::Unindexable(why) => {
+                    warn!(file = %tmp.display(), error = %why, "removing a received file that cannot be indexed");
+                    done.finished_discarded += 1;
+                    to_remove.push(tmp);
+                    to_remove.push(target);
+                    continue;
+                }
+                Check::Unreadable(e) => {
+                    let unreadable = Unreadable {
+                        file: tmp,
+                        errno: e.raw_os_error(),
+                        error: e.to_string(),
+                    };
+                    error!(
+                        file = %unreadable.file.display(),
+                        errno = unreadable.errno,
+                        "a received instance cannot be read at start-up: {unreadable}"
+                    );
+                    done.unreadable.push(unreadable);
                     continue;
                 }
             };
@@ -254,6 +351,7 @@ pub(crate) fn run(
     }
     if done != Reconciled::default() {
         info!(
+            unreadable = done.unreadable.len(),
             incomplete_removed = done.incomplete_removed,
             finished_indexed = done.finished_indexed,
             finished_discarded = done.finished_discarded,

@@ -97,3 +97,130 @@ async fn in_flight_files_are_finished_or_removed() {
     let report = store.verify(|_| {}).unwrap();
     assert!(report.problems.is_empty(), "{:?}", report.problems);
 }
+
+/// Opens a store over the power-cut backends, with full durability.
+fn open_mem(
+    fs: &store::crash::MemFs,
+    backend: &store::crash::MemBackend,
+    duplicates: store::DuplicatePolicy,
+) -> (Store, store::Opened) {
+    let mut c = store::StoreConfig::new("/data");
+    c.min_free_bytes = 0;
+    c.index_cache_bytes = 1024 * 1024;
+    c.duplicates = duplicates;
+    Store::open_with(
+        c,
+        std::sync::Arc::new(fs.clone()),
+        store::IndexBackend::Custom(Box::new(backend.clone())),
+    )
+    .expect("the store opens")
+}
+
+/// The `.ready` names in `/data/tmp`, sorted.
+fn ready_names(fs: &store::crash::MemFs) -> Vec<String> {
+    use store::fs::Fs;
+    let mut names: Vec<String> = fs
+        .list_dir(Path::new("/data/tmp"))
+        .unwrap()
+        .into_iter()
+        .filter(|n| n.ends_with(".ready"))
+        .collect();
+    names.sort();
+    names
+}
+
+// Review finding 5 (B.8). Start-up repair removed a `.ready` file, and its final file, on any
+// error reading it, as if its data had not survived the power cut. But the `.ready` name
+// exists exactly for acknowledged instances whose final name or index entry may not be
+// durable yet, and a power cut followed by a marginal disk (EIO), a permission change
+// (EACCES) or too many open files (EMFILE) is when reads fail: the only copy of an
+// acknowledged study was deleted during repair, and the index could be left naming a file
+// that no longer existed. Only a complete read showing another CRC or size proves the data
+// gone; an unreadable file must be kept, reported, and tried again at the next start.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreadable_ready_file_is_kept_reported_and_filed_at_the_next_start() {
+    use store::crash::{Fault, MemBackend, MemFs, Power};
+    use store::fs::Fs;
+    const EIO: i32 = 5;
+    const EACCES: i32 = 13;
+    const EMFILE: i32 = 24;
+    let inst = SynthInstance::ct(7, 1, 1, 1);
+    let bytes = inst.dataset(Encoding::EXPLICIT_LE);
+    for errno in [EIO, EACCES, EMFILE] {
+        for fault in [Fault::Open(errno), Fault::Read { after: 300, errno }] {
+            // Two crash states: the power failed right after the acknowledgement (only the
+            // `.ready` file is durable), or after the checkpoint's durable commit but before
+            // it removed the `.ready` name (the index names the final file too).
+            for checkpointed in [false, true] {
+                let case = format!("{fault:?}, checkpointed: {checkpointed}");
+                let power = Power::steady();
+                let (fs, backend) = (MemFs::new(power.clone()), MemBackend::new(power.clone()));
+                let (store, _) = open_mem(&fs, &backend, store::DuplicatePolicy::KeepFirst);
+                crate::support::store_instance(&store, &inst).await;
+                let ready = ready_names(&fs);
+                assert_eq!(
+                    ready.len(),
+                    1,
+                    "{case}: one instance waits for its checkpoint"
+                );
+                let ready = Path::new("/data/tmp").join(&ready[0]);
+                let (fs, backend) = if checkpointed {
+                    let target = Path::new("/data")
+                        .join(crate::support::stored_file(&store, &inst.sop_uid).expect("indexed"));
+                    store.close().await.unwrap();
+                    // The checkpoint is durable; put back the name it then removed.
+                    fs.hard_link(&target, &ready).unwrap();
+                    fs.sync_dir(Path::new("/data/tmp")).unwrap();
+                    (
+                        fs.after_power_cut(Power::steady()),
+                        backend.after_power_cut(Power::steady()),
+                    )
+                } else {
+                    // The disk as a power cut right after the acknowledgement leaves it.
+                    let after = (
+                        fs.after_power_cut(Power::steady()),
+                        backend.after_power_cut(Power::steady()),
+                    );
+                    power.cut();
+                    after
+                };
+                drop(store);
+                assert!(fs.exists(&ready), "{case}: the `.ready` name is durable");
+
+                fs.inject(&ready, fault);
+                let (store, opened) = open_mem(&fs, &backend, store::DuplicatePolicy::KeepFirst);
+                let unreadable = &opened.reconciled.unreadable;
+                assert_eq!(unreadable.len(), 1, "{case}: {:?}", opened.reconciled);
+                assert_eq!(unreadable[0].file, ready, "{case}");
+                assert_eq!(unreadable[0].errno, Some(errno), "{case}");
+                assert_eq!(opened.reconciled.finished_discarded, 0, "{case}");
+                assert!(
+                    fs.exists(&ready),
+                    "{case}: an unreadable `.ready` file must be kept"
+                );
+                if checkpointed {
+                    assert_eq!(
+                        stored_dataset(&store, &inst.sop_uid).as_ref(),
+                        Some(&bytes),
+                        "{case}: the indexed file must be left alone"
+                    );
+                }
+                store.close().await.unwrap();
+                drop(store);
+
+                // The disk answers again: the next start files it.
+                fs.heal();
+                let (store, opened) = open_mem(&fs, &backend, store::DuplicatePolicy::KeepFirst);
+                assert!(opened.reconciled.unreadable.is_empty(), "{case}");
+                assert_eq!(
+                    stored_dataset(&store, &inst.sop_uid).as_ref(),
+                    Some(&bytes),
+                    "{case}: the acknowledged instance must come back"
+                );
+                assert!(ready_names(&fs).is_empty(), "{case}");
+                assert!(store.verify(|_| {}).unwrap().problems.is_empty(), "{case}");
+                store.close().await.unwrap();
+            }
+        }
+    }
+}

@@ -102,3 +102,18 @@ pub fn queued_uids(store: &Store, destination: &str) -> std::collections::HashSe
         .map(|q| q.entry.sop_instance_uid)
         .collect()
 }
+
+/// The file (relative to the data directory) the index names for an instance.
+pub fn stored_file(store: &Store, sop: &str) -> Option<String> {
+    let q = store::query::Identifier {
+        level: store::query::Level::Image,
+        charset: dataset::charset::Charset::Default,
+        keys: vec![dataset::Element {
+            tag: dataset::tags::SOP_INSTANCE_UID,
+            vr: dataset::Vr::UI,
+            value: sop.as_bytes().to_vec(),
+        }],
+    };
+    let found = store.resolve(store::query::Model::StudyRoot, &q).ok()?;
+    Some(found.into_iter().next()?.file)
+}
