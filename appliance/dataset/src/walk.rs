@@ -272,6 +272,11 @@ impl Walker {
         self.offset
     }
 
+    /// Elements captured so far, so a caller can bound their count while bytes arrive.
+    pub fn captured(&self) -> &[Element] {
+        &self.walked.elements
+    }
+
     fn inflate(&mut self, inflater: &mut Inflater, mut data: &[u8]) -> Result<(), WalkError> {
         while !data.is_empty() && !inflater.ended {
             let before_in = inflater.decompress.total_in();

@@ -16,10 +16,26 @@ use redb::{
 };
 
 use crate::record::{
-    self, Attr, InstanceRecord, PatientRecord, SeriesRecord, StudyRecord, patient_id_of,
+    self, Attr, INSTANCE_TAGS, InstanceRecord, PATIENT_TAGS, PatientRecord, SERIES_TAGS,
+    STUDY_TAGS, SeriesRecord, StudyRecord, patient_id_of,
 };
 use crate::{Store, StoreError};
 use crate::{cache, index};
+
+/// Most distinct keys an identifier may hold. Real identifiers carry a few dozen; every key
+/// costs an element in every response, so an identifier of 130,000 empty keys once cost 4 MiB
+/// per match. C-FIND and QIDO-RS both refuse identifiers above it.
+pub const MAX_KEYS: usize = 1024;
+
+/// Longest key value accepted. The identifier reader used to capture longer values as empty,
+/// which silently turned a matching key into universal matching.
+pub const MAX_KEY_VALUE: usize = 64 * 1024;
+
+/// Whether an element of a request identifier is a key: QueryRetrieveLevel, Specific
+/// Character Set and group lengths are not, and do not count towards [`MAX_KEYS`].
+pub fn counts_as_key(tag: Tag) -> bool {
+    tag != tags::QUERY_RETRIEVE_LEVEL && tag != tags::SPECIFIC_CHARACTER_SET && tag.element() != 0
+}
 
 /// Query/Retrieve information model.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -91,6 +107,11 @@ pub enum QueryError {
     },
     #[error("more than {cap} matches; narrow the query")]
     TooManyMatches { cap: usize },
+    // Error Comment holds 64 characters: these messages fit.
+    #[error("identifier has over {limit} distinct keys; send fewer")]
+    TooManyKeys { limit: usize },
+    #[error("key {tag} is {len} bytes long, over the {limit} allowed")]
+    KeyValueTooLong { tag: Tag, len: usize, limit: usize },
     #[error("{0}")]
     Store(#[from] StoreError),
 }
@@ -117,16 +138,26 @@ pub struct Identifier {
     pub level: Level,
     pub charset: Charset,
     /// The keys, without QueryRetrieveLevel and SpecificCharacterSet, in identifier order.
+    /// `from_elements` keeps the first of duplicated tags; `Store::find` answers a tag once.
     pub keys: Vec<Element>,
 }
 
 impl Identifier {
-    /// Builds an identifier from the walked top-level elements of a request data set.
+    /// Builds an identifier from the walked top-level elements of a request data set: at most
+    /// [`MAX_KEYS`] distinct keys of at most [`MAX_KEY_VALUE`] bytes each, duplicates dropped.
     pub fn from_elements(model: Model, elements: Vec<Element>) -> Result<Identifier, QueryError> {
         let mut level = None;
         let mut charset = Charset::Default;
         let mut keys = Vec::new();
+        let mut seen = HashSet::new();
         for e in elements {
+            if e.value.len() > MAX_KEY_VALUE {
+                return Err(QueryError::KeyValueTooLong {
+                    tag: e.tag,
+                    len: e.value.len(),
+                    limit: MAX_KEY_VALUE,
+                });
+            }
             match e.tag {
                 tags::QUERY_RETRIEVE_LEVEL => {
                     level = Some(Level::parse(&e.value).ok_or_else(|| {
@@ -138,6 +169,12 @@ impl Identifier {
                 tags::SPECIFIC_CHARACTER_SET => charset = Charset::from_raw(&e.value),
                 // Group lengths carry no key.
                 t if t.element() == 0 => {}
+                // A data set holds each tag once (PS3.5 7.1); a repeated key is answered once,
+                // with the first value.
+                t if !seen.insert(t) => {}
+                _ if keys.len() == MAX_KEYS => {
+                    return Err(QueryError::TooManyKeys { limit: MAX_KEYS });
+                }
                 _ => keys.push(e),
             }
         }
@@ -175,13 +212,43 @@ impl Identifier {
         (!v.is_empty()).then_some(v)
     }
 
-    /// Checks that the level exists in the model (identifiers need not come from
-    /// `from_elements`).
+    /// Checks that the level exists in the model and the key count is within bounds
+    /// (identifiers need not come from `from_elements`).
     fn check_model(&self, model: Model) -> Result<(), QueryError> {
         if model == Model::StudyRoot && self.level == Level::Patient {
             return Err(QueryError::LevelNotInModel { level: "PATIENT" });
         }
+        if self.keys.len() > MAX_KEYS {
+            return Err(QueryError::TooManyKeys { limit: MAX_KEYS });
+        }
+        if let Some(e) = self.keys.iter().find(|e| e.value.len() > MAX_KEY_VALUE) {
+            return Err(QueryError::KeyValueTooLong {
+                tag: e.tag,
+                len: e.value.len(),
+                limit: MAX_KEY_VALUE,
+            });
+        }
         Ok(())
+    }
+
+    /// The keys this archive answers at the query's level, each tag once, in request order.
+    fn answered(&self) -> Vec<&Element> {
+        let mut seen = HashSet::new();
+        self.keys
+            .iter()
+            .filter(|k| answerable(self.level, k.tag) && seen.insert(k.tag))
+            .collect()
+    }
+
+    /// Keys sent with a value that this archive cannot match at the query's level (it does
+    /// not index them there). They are ignored for matching and not returned; PS3.4
+    /// C.4.1.1.4 has the SCP say so with Pending 0xFF01 rather than match nothing.
+    pub fn unmatched_keys(&self) -> Vec<Tag> {
+        self.keys
+            .iter()
+            .filter(|k| !answerable(self.level, k.tag) && Matcher::new(k, &self.charset).is_some())
+            .map(|k| k.tag)
+            .collect()
     }
 
     /// Checks the unique keys the hierarchical model requires above the query level.
@@ -386,8 +453,9 @@ impl Store {
         query.check_hierarchy(model)?;
         let txn = self.inner.db.begin_read()?;
         let t = Tables::open(&txn)?;
-        let matchers: Vec<(Tag, Matcher)> = query
-            .keys
+        // Worked out once per query, not per match: the keys answered, and their matchers.
+        let answered = query.answered();
+        let matchers: Vec<(Tag, Matcher)> = answered
             .iter()
             .filter_map(|k| Matcher::new(k, &query.charset).map(|m| (k.tag, m)))
             .collect();
@@ -399,7 +467,7 @@ impl Store {
             if found.len() >= cap {
                 return Err(QueryError::TooManyMatches { cap });
             }
-            found.push(respond(query, ctx, primary_charset));
+            found.push(respond(&answered, ctx, primary_charset));
             Ok(())
         };
         match query.level {
@@ -801,12 +869,42 @@ fn study_computed(s: &StudyRecord) -> Vec<Element> {
     ]
 }
 
-/// Builds the response to one match: every requested key, in the order asked, with the value
+/// Attributes the index holds, or works out, at a level: the level's own and its ancestors'
+/// (a study record carries its patient's demographics), the counts and availability, and the
+/// Retrieve AE Title the listener fills in.
+fn answerable(level: Level, tag: Tag) -> bool {
+    let computed: &[Tag] = match level {
+        Level::Patient => &[
+            tags::NUMBER_OF_PATIENT_RELATED_STUDIES,
+            tags::NUMBER_OF_PATIENT_RELATED_SERIES,
+            tags::NUMBER_OF_PATIENT_RELATED_INSTANCES,
+        ],
+        Level::Study => &[
+            tags::NUMBER_OF_STUDY_RELATED_SERIES,
+            tags::NUMBER_OF_STUDY_RELATED_INSTANCES,
+            tags::MODALITIES_IN_STUDY,
+            tags::SOP_CLASSES_IN_STUDY,
+        ],
+        Level::Series => &[tags::NUMBER_OF_SERIES_RELATED_INSTANCES],
+        Level::Image => &[tags::AVAILABLE_TRANSFER_SYNTAX_UID],
+    };
+    let indexed: &[&[Tag]] = match level {
+        Level::Patient => &[PATIENT_TAGS],
+        Level::Study => &[STUDY_TAGS, PATIENT_TAGS],
+        Level::Series => &[SERIES_TAGS, STUDY_TAGS, PATIENT_TAGS],
+        Level::Image => &[INSTANCE_TAGS, SERIES_TAGS, STUDY_TAGS, PATIENT_TAGS],
+    };
+    matches!(tag, tags::RETRIEVE_AE_TITLE | tags::INSTANCE_AVAILABILITY)
+        || computed.contains(&tag)
+        || indexed.iter().any(|l| l.contains(&tag))
+}
+
+/// Builds the response to one match: every answered key, in the order asked, with the value
 /// this entity has (or empty), in the entity's character set.
-fn respond(query: &Identifier, ctx: &Context, primary: &[u8]) -> Found {
+fn respond(keys: &[&Element], ctx: &Context, primary: &[u8]) -> Found {
     let target = Charset::from_raw(primary);
-    let mut elements = Vec::with_capacity(query.keys.len());
-    for key in &query.keys {
+    let mut elements = Vec::with_capacity(keys.len());
+    for key in keys {
         let value = match ctx.value(key.tag) {
             Some((raw, source, _)) if key.vr != Vr::SQ => {
                 if source == primary || is_charset_neutral(raw) {

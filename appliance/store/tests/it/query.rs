@@ -321,6 +321,7 @@ async fn universal_matching_returns_values_in_request_order() {
         el(tags::MODALITIES_IN_STUDY, Vr::CS, ""),
         // Neither the study nor its patient has these.
         el(tags::PATIENT_COMMENTS, Vr::LT, ""),
+        // A series attribute, which the index does not hold for studies: not answered.
         el(tags::SERIES_DESCRIPTION, Vr::LO, ""),
     ];
     let found = run(s, Model::StudyRoot, &ident(Level::Study, keys.clone()));
@@ -328,7 +329,7 @@ async fn universal_matching_returns_values_in_request_order() {
     let f = &found[0];
     assert_eq!(f.charset, b"ISO_IR 100");
     let order: Vec<Tag> = f.elements.iter().map(|e| e.tag).collect();
-    let asked: Vec<Tag> = keys.iter().map(|e| e.tag).collect();
+    let asked: Vec<Tag> = keys[..keys.len() - 1].iter().map(|e| e.tag).collect();
     assert_eq!(order, asked);
     assert_eq!(raw(f, tags::ACCESSION_NUMBER), padded(b"ACC1001"));
     assert_eq!(raw(f, tags::PATIENT_NAME), b"DOE^JOHN");
@@ -337,20 +338,10 @@ async fn universal_matching_returns_values_in_request_order() {
     assert_eq!(raw(f, tags::STUDY_TIME), b"083000");
     assert_eq!(raw(f, tags::MODALITIES_IN_STUDY), b"CT\\MR");
     assert_eq!(raw(f, tags::PATIENT_COMMENTS), b"");
-    assert_eq!(raw(f, tags::SERIES_DESCRIPTION), b"");
     let vrs: Vec<Vr> = f.elements.iter().map(|e| e.vr).collect();
     assert_eq!(
         vrs,
-        [
-            Vr::SH,
-            Vr::PN,
-            Vr::UI,
-            Vr::DA,
-            Vr::TM,
-            Vr::CS,
-            Vr::LT,
-            Vr::LO
-        ]
+        [Vr::SH, Vr::PN, Vr::UI, Vr::DA, Vr::TM, Vr::CS, Vr::LT]
     );
 
     // Empty keys match every study, including one that lacks a value.
@@ -1487,4 +1478,180 @@ async fn patient_root_retrieval_stays_within_the_named_patient() {
         retrieve(&a.store, Model::StudyRoot, Level::Study, keys),
         sorted([sop(1, 2, 1, 1), sop(2, 1, 1, 1)])
     );
+}
+
+/// `count` distinct zero-length private keys, the way the review built its identifier:
+/// groups 0x0009, 0x000B, ..., elements 0x1000 to 0xFFFF.
+fn empty_private_keys(count: usize) -> Vec<Element> {
+    (0..count)
+        .map(|i| {
+            let group = 0x0009 + 2 * (i / 0xF000) as u16;
+            let element = 0x1000 + (i % 0xF000) as u16;
+            el(Tag::new(group, element), Vr::LO, b"")
+        })
+        .collect()
+}
+
+fn refusal(r: Result<impl std::fmt::Debug, QueryError>) -> String {
+    match r {
+        Err(e) => e.to_string(),
+        Ok(v) => panic!("expected a refusal, got {v:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_identifier_of_120000_empty_keys_is_refused() {
+    // Review finding 3: every key of an identifier became an element of every response, with
+    // no limit. 120,000 zero-length private keys (about 1 MiB) are universal matching, so
+    // every study matched and each match cost about 4 MiB before anything was sent: 300
+    // studies took the process to 2.8 GB. Identifiers are now capped at MAX_KEYS distinct
+    // keys, and keys the archive cannot answer are not built into responses at all.
+    let a = archive().await;
+    let s = &a.store;
+    let level = el(tags::QUERY_RETRIEVE_LEVEL, Vr::CS, b"STUDY ");
+    let mut elements = vec![level.clone()];
+    elements.extend(empty_private_keys(120_000));
+    let why = refusal(Identifier::from_elements(Model::StudyRoot, elements));
+    assert!(why.contains("over 1024 distinct keys"), "{why}");
+    // An identifier built directly (as QIDO-RS will) is refused by the query itself.
+    let direct = ident(Level::Study, empty_private_keys(120_000));
+    let why = refusal(s.find(Model::StudyRoot, &direct, CAP));
+    assert!(why.contains("over 1024 distinct keys"), "{why}");
+
+    // At the limit the query is answered, with only the keys the archive holds.
+    let mut elements = vec![level, study_uid_key("")];
+    elements.extend(empty_private_keys(1023));
+    let q = Identifier::from_elements(Model::StudyRoot, elements).unwrap();
+    let found = run(s, Model::StudyRoot, &q);
+    assert_eq!(found.len(), STUDY_COUNT);
+    for f in &found {
+        let returned: Vec<Tag> = f.elements.iter().map(|e| e.tag).collect();
+        assert_eq!(returned, [tags::STUDY_INSTANCE_UID]);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn duplicate_keys_are_answered_once() {
+    // Review finding 3: duplicated keys were kept, matched and answered once per copy, so a
+    // tag repeated millions of times (cheap over a Deflated context) multiplied every
+    // response. The first occurrence now counts, and each tag is answered once.
+    let a = archive().await;
+    let s = &a.store;
+    let elements = vec![
+        el(tags::QUERY_RETRIEVE_LEVEL, Vr::CS, b"STUDY "),
+        pn("DOE^JOHN"),
+        pn(""),
+        study_uid_key(""),
+        study_uid_key(""),
+        study_uid_key(""),
+    ];
+    let q = Identifier::from_elements(Model::StudyRoot, elements).unwrap();
+    assert_eq!(q.keys, vec![pn("DOE^JOHN"), study_uid_key("")]);
+    let found = run(s, Model::StudyRoot, &q);
+    assert_eq!(
+        column(&found, tags::STUDY_INSTANCE_UID),
+        sorted([study(1, 1), study(1, 2)])
+    );
+    for f in &found {
+        let returned: Vec<Tag> = f.elements.iter().map(|e| e.tag).collect();
+        assert_eq!(returned, [tags::PATIENT_NAME, tags::STUDY_INSTANCE_UID]);
+    }
+    // Duplicates in an identifier built directly are answered once too.
+    let direct = ident(
+        Level::Study,
+        vec![
+            study_uid_key(&study(1, 1)),
+            pn(""),
+            study_uid_key(""),
+            pn(""),
+        ],
+    );
+    let found = run(s, Model::StudyRoot, &direct);
+    assert_eq!(found.len(), 1);
+    let returned: Vec<Tag> = found[0].elements.iter().map(|e| e.tag).collect();
+    assert_eq!(returned, [tags::STUDY_INSTANCE_UID, tags::PATIENT_NAME]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keys_the_archive_does_not_index_are_return_only() {
+    // Review finding 11: a key the archive does not index, sent with a value, made every
+    // entity fail to match, so a viewer that put Timezone Offset From UTC or the
+    // institution in its study browser's query found nothing at all. PS3.4 C.4.1.1.4 lets
+    // the SCP ignore such a key and say so with Pending 0xFF01; the archive now does.
+    let a = archive().await;
+    let s = &a.store;
+    let keys = vec![
+        study_uid_key(""),
+        el(Tag::new(0x0008, 0x0201), Vr::SH, b"+0100"),
+        // Indexed for series, not for studies.
+        el(tags::INSTITUTION_NAME, Vr::LO, b"SOMEWHERE"),
+        el(Tag::new(0x0009, 0x1010), Vr::LO, b"PRIVATE"),
+        el(tags::ACCESSION_NUMBER, Vr::SH, b""),
+    ];
+    let q = ident(Level::Study, keys);
+    let found = run(s, Model::StudyRoot, &q);
+    assert_eq!(found.len(), STUDY_COUNT, "{found:?}");
+    for f in &found {
+        let returned: Vec<Tag> = f.elements.iter().map(|e| e.tag).collect();
+        assert_eq!(returned, [tags::STUDY_INSTANCE_UID, tags::ACCESSION_NUMBER]);
+    }
+    assert_eq!(
+        q.unmatched_keys(),
+        [
+            Tag::new(0x0008, 0x0201),
+            tags::INSTITUTION_NAME,
+            Tag::new(0x0009, 0x1010)
+        ]
+    );
+    // Indexed keys still match: the same institution at SERIES level, where it is indexed,
+    // matches no series, and nothing is reported unmatched.
+    let q = ident(
+        Level::Series,
+        vec![
+            study_uid_key(&study(1, 1)),
+            el(tags::INSTITUTION_NAME, Vr::LO, b"SOMEWHERE"),
+        ],
+    );
+    assert!(run(s, Model::StudyRoot, &q).is_empty());
+    assert!(q.unmatched_keys().is_empty());
+    // Universal keys the archive cannot answer are simply not returned.
+    let q = ident(
+        Level::Study,
+        vec![
+            study_uid_key(&study(1, 1)),
+            el(tags::INSTITUTION_NAME, Vr::LO, b""),
+        ],
+    );
+    assert!(q.unmatched_keys().is_empty());
+    let found = run(s, Model::StudyRoot, &q);
+    assert_eq!(found.len(), 1);
+    assert_eq!(found[0].elements.len(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn key_values_over_64_kib_are_refused() {
+    // Review, also noted: the identifier reader captured values over 64 KiB as empty, which
+    // silently turned a Patient Name key into universal matching and answered every
+    // patient. Such values are now refused, naming the key.
+    let a = archive().await;
+    let s = &a.store;
+    let long = vec![b'A'; 64 * 1024 + 2];
+    let why = refusal(Identifier::from_elements(
+        Model::StudyRoot,
+        vec![el(tags::QUERY_RETRIEVE_LEVEL, Vr::CS, b"STUDY "), pn(&long)],
+    ));
+    assert!(why.contains("(0010,0010) is 65538 bytes long"), "{why}");
+    let why = refusal(s.find(Model::StudyRoot, &ident(Level::Study, vec![pn(&long)]), CAP));
+    assert!(why.contains("65538 bytes long"), "{why}");
+    // Exactly 64 KiB is still a key.
+    let at_limit = vec![b'A'; 64 * 1024];
+    let q = Identifier::from_elements(
+        Model::StudyRoot,
+        vec![
+            el(tags::QUERY_RETRIEVE_LEVEL, Vr::CS, b"STUDY "),
+            pn(&at_limit),
+        ],
+    )
+    .unwrap();
+    assert!(run(s, Model::StudyRoot, &q).is_empty());
 }
