@@ -136,6 +136,17 @@ pub enum WalkErrorKind {
     TooManyMisordered { tag: Tag, after: Tag, at: u64 },
 }
 
+impl WalkErrorKind {
+    /// Whether the data set was refused for breaking PS3.5 7.1 (tags once each, ascending)
+    /// rather than for its framing; only a walk requiring tag order gives these.
+    pub fn is_tag_order(&self) -> bool {
+        matches!(
+            self,
+            WalkErrorKind::RepeatedTag { .. } | WalkErrorKind::TooManyMisordered { .. }
+        )
+    }
+}
+
 #[derive(Clone, Copy, Debug)]
 enum Frame {
     /// A data set: the top level, or an item of undefined length (`delimited`), with the

@@ -18,6 +18,7 @@ pub fn store_status(e: &IngestError) -> Status {
         // Error: Cannot understand (0xCxxx).
         IngestError::UnknownTransferSyntax(_) => Status::UNABLE_TO_PROCESS,
         IngestError::Unparseable(_) => Status::CANNOT_PARSE,
+        IngestError::TagOrder(_) => Status::CANNOT_PARSE,
         IngestError::Unindexable(_) => Status::MISSING_ATTRIBUTE,
         IngestError::InstanceMismatch { .. } => Status::INSTANCE_MISMATCH,
         // Processing failure: our side failed; the sender should retry later.

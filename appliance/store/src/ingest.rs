@@ -11,7 +11,7 @@ use dataset::meta::encode_file_meta;
 use dataset::ts::{syntax_info, trim_uid};
 use dataset::{Capture, Walker};
 use tokio::task::JoinHandle;
-use tracing::debug;
+use tracing::{debug, warn};
 
 use crate::commit::{CommitRequest, Outcome};
 use crate::fs::FileWriter;
@@ -74,6 +74,10 @@ pub enum IngestError {
     UnknownTransferSyntax(String),
     #[error("{0}")]
     Unparseable(#[from] dataset::WalkError),
+    /// A tag repeats, or many break ascending order (PS3.5 7.1); the message leads with the
+    /// element, since the sender sees only its first 64 characters (Error Comment).
+    #[error("{}", .0.kind)]
+    TagOrder(dataset::WalkError),
     #[error("{0}")]
     Unindexable(#[from] ExtractError),
     #[error("data set SOP Instance UID {dataset} differs from the command's {command}")]
@@ -144,13 +148,17 @@ impl Store {
             in_flight: None,
             buffer,
             buffered,
-            walker: Some(Walker::new(
-                info,
-                Capture::Tags {
-                    tags: record::capture_tags(),
-                    max_len: MAX_INDEXED_VALUE,
-                },
-            )),
+            // Tag order is required here, at the way in, and not of files already stored.
+            walker: Some(
+                Walker::new(
+                    info,
+                    Capture::Tags {
+                        tags: record::capture_tags(),
+                        max_len: MAX_INDEXED_VALUE,
+                    },
+                )
+                .require_tag_order(),
+            ),
             crc,
             header_len,
             written: 0,
@@ -189,7 +197,11 @@ impl Ingest {
         }
         let walker = self.walker.as_mut().expect("walker present until finish");
         if let Err(e) = walker.feed(&data) {
-            self.failed = Some(e.into());
+            self.failed = Some(if e.kind.is_tag_order() {
+                IngestError::TagOrder(e)
+            } else {
+                IngestError::Unparseable(e)
+            });
             return;
         }
         self.crc = crc32c::crc32c_append(self.crc, &data);
@@ -272,6 +284,17 @@ impl Ingest {
         self.wait_in_flight().await.map_err(IngestError::Write)?;
         let walker = self.walker.take().expect("walker present until finish");
         let walked = walker.finish()?;
+        if let Some(first) = walked.misordered.first() {
+            warn!(
+                sop = trim_uid(&self.request.sop_instance_uid),
+                calling = %self.request.source_ae,
+                tag = %first.tag,
+                after = %first.after,
+                at = first.at,
+                count = walked.misordered.len(),
+                "data set element out of ascending tag order (PS3.5 7.1); accepted"
+            );
+        }
         let x = record::extract(&walked)?;
         let command_instance = trim_uid(&self.request.sop_instance_uid);
         if !command_instance.is_empty() && command_instance != x.sop_instance_uid {

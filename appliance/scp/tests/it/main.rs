@@ -9,4 +9,5 @@ mod robustness;
 mod shutdown;
 mod storage;
 mod support;
+mod tag_order;
 mod tls;
