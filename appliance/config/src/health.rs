@@ -304,9 +304,12 @@ pub(crate) fn read_alerts(root: &mut Reader) -> Option<Alerts> {
             if w.starts_with("https://") || w.starts_with("http://") {
                 Ok(Some(w.to_string()))
             } else {
-                Err(format!(
-                    "{w:?} is not an http:// or https:// URL; alerts are POSTed to it as JSON"
-                ))
+                // The value is not repeated: webhook URLs carry their secret, and problems
+                // are printed to the journal.
+                Err(
+                    "the webhook is not an http:// or https:// URL (such as \"https://alerts.example/outpost\"); alerts are POSTed to it as JSON"
+                        .to_string(),
+                )
             }
         })
     } else {

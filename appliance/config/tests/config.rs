@@ -394,3 +394,27 @@ outlet_off_delay_s = 120
         problems[0].message
     );
 }
+
+#[test]
+fn a_webhook_without_a_scheme_is_refused_without_echoing_its_secret() {
+    // A webhook pasted without its scheme was refused with the whole value quoted, and
+    // `outpost serve` prints its configuration problems to the journal: the secret token
+    // Slack, Teams and Google Chat put in the URL's path or query went with it.
+    let text = r#"
+[alerts]
+webhook = "hooks.slack.example/services/T000/B000/SECRETTOKEN?token=SECRET2"
+"#;
+    let problems = Config::parse(text, "site.toml").unwrap_err().0;
+    let webhook = problems
+        .iter()
+        .find(|p| p.key == "alerts.webhook")
+        .expect("alerts.webhook is refused");
+    for secret in ["SECRETTOKEN", "SECRET2", "/services"] {
+        assert!(
+            !webhook.message.contains(secret),
+            "{secret} in {}",
+            webhook.message
+        );
+    }
+    assert!(webhook.message.contains("https://"), "{}", webhook.message);
+}

@@ -739,17 +739,25 @@ fn parse_proxy(text: &str) -> Result<reqwest::Proxy, String> {
     reqwest::Proxy::all(url).map_err(|e| error_chain(&e))
 }
 
-/// A URL for messages and `Debug`, with any password replaced.
+/// A URL for messages and `Debug`: its user name and password, and its query (signed URLs
+/// and function keys put their secret there), are replaced.
 fn redact_url(text: &str) -> String {
     match Url::parse(text) {
-        Ok(mut url) if url.password().is_some() => {
-            if url.set_password(Some("redacted")).is_ok() {
+        Ok(mut url) => {
+            let mut hidden = true;
+            if !url.username().is_empty() || url.password().is_some() {
+                hidden &= url.set_password(None).is_ok();
+                hidden &= url.set_username("redacted").is_ok();
+            }
+            if url.query().is_some() {
+                url.set_query(Some("redacted"));
+            }
+            if hidden {
                 url.to_string()
             } else {
-                "<a URL with a password>".into()
+                "<a URL with credentials>".into()
             }
         }
-        Ok(_) => text.to_string(),
         // Unparseable text may still hold credentials; show it only when it cannot.
         Err(_) if text.contains('@') => "<an unparseable URL>".into(),
         Err(_) => text.to_string(),
@@ -1308,11 +1316,11 @@ fn form_encode(text: &str) -> String {
 }
 
 /// An error and its sources, joined: reqwest's own message alone rarely says what failed.
-fn error_chain(error: &dyn std::error::Error) -> String {
-    let mut out = error.to_string();
+fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut out = message(error);
     let mut source = error.source();
     while let Some(e) = source {
-        let text = e.to_string();
+        let text = message(e);
         if !out.ends_with(&text) {
             out.push_str(": ");
             out.push_str(&text);
@@ -1320,6 +1328,20 @@ fn error_chain(error: &dyn std::error::Error) -> String {
         source = e.source();
     }
     out
+}
+
+/// An error's own message, without the " for url (...)" reqwest appends: a URL's query (and
+/// a webhook's path) may hold a key, and the destination is named beside it anyway.
+fn message(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = error.to_string();
+    if error
+        .downcast_ref::<reqwest::Error>()
+        .is_some_and(|e| e.url().is_some())
+        && let Some(at) = text.find(" for url (")
+    {
+        text.truncate(at);
+    }
+    text
 }
 
 /// A transport failure in words.
@@ -1850,5 +1872,64 @@ mod tests {
     fn the_client_is_shareable_across_tasks() {
         fn shareable<T: Send + Sync + Clone + 'static>() {}
         shareable::<StowClient>();
+    }
+}
+
+#[cfg(test)]
+mod secrets {
+    use super::*;
+
+    fn config(url: &str, auth: Auth) -> StowConfig {
+        StowConfig {
+            url: url.into(),
+            auth,
+            ca_bundle: None,
+            client_cert: None,
+            client_key: None,
+            proxy: None,
+            max_request_bytes: 1 << 20,
+            max_request_instances: 10,
+            timeout: Duration::from_secs(5),
+        }
+    }
+
+    #[tokio::test]
+    async fn an_unreachable_destination_is_described_without_its_credentials() {
+        // What a destination's failure says ends up in the log, in `outpost queue` and in
+        // dead-letter reasons. It quoted reqwest's error, which ends in " for url (<the whole
+        // URL>)", and the configured URL with only its password masked: a user name, or a key
+        // in the query (as signed URLs and function keys carry), was logged whenever the
+        // destination or its OAuth2 token endpoint was down. Only the place is shown now.
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let destination =
+            format!("http://alice:PASSWORD1@127.0.0.1:{port}/dicom-web?code=QUERYSECRET1");
+        let token_url = format!("http://bob:PASSWORD2@127.0.0.1:{port}/token?key=QUERYSECRET2");
+        let oauth2 = Auth::OAuth2 {
+            token_url,
+            client_id: "outpost".into(),
+            client_secret: "CLIENTSECRET".into(),
+            scope: None,
+        };
+        for auth in [Auth::None, oauth2] {
+            let client = StowClient::new(config(&destination, auth)).expect("client");
+            let why = client.probe().await.expect_err("nothing listens there");
+            for secret in [
+                "alice",
+                "PASSWORD1",
+                "QUERYSECRET1",
+                "bob",
+                "PASSWORD2",
+                "QUERYSECRET2",
+                "CLIENTSECRET",
+            ] {
+                assert!(!why.contains(secret), "{secret} in {why:?}");
+            }
+            assert!(why.contains(&format!("127.0.0.1:{port}")), "{why}");
+            assert!(why.to_lowercase().contains("connection refused"), "{why}");
+        }
     }
 }

@@ -486,6 +486,9 @@ async fn post_one(
         "since": notice.alert.since,
     });
     let key = &notice.alert.key;
+    // Slack, Teams and Google Chat carry the webhook's secret in its path or query: only the
+    // origin is ever logged.
+    let webhook = origin(url);
     match client.post(url).json(&body).send().await {
         Ok(r) if r.status().is_success() => Posted::Taken,
         Ok(r)
@@ -493,18 +496,43 @@ async fn post_one(
                 && r.status() != reqwest::StatusCode::REQUEST_TIMEOUT
                 && r.status() != reqwest::StatusCode::TOO_MANY_REQUESTS =>
         {
-            warn!(status = %r.status(), alert = %key, "the alert webhook refused the alert; not retrying it (check the webhook URL and its authorisation)");
+            warn!(%webhook, status = %r.status(), alert = %key, "the alert webhook refused the alert; not retrying it (check the webhook URL and its authorisation)");
             Posted::Refused
         }
         Ok(r) => {
-            warn!(status = %r.status(), alert = %key, attempt, "the alert webhook failed");
+            warn!(%webhook, status = %r.status(), alert = %key, attempt, "the alert webhook failed");
             Posted::Failed
         }
         Err(e) => {
-            warn!(error = %e, alert = %key, attempt, "the alert webhook is unreachable");
+            warn!(%webhook, error = %cause(e), alert = %key, attempt, "the alert webhook is unreachable");
             Posted::Failed
         }
     }
+}
+
+/// `scheme://host[:port]` of a URL: what may be logged of a webhook.
+fn origin(url: &str) -> String {
+    match reqwest::Url::parse(url) {
+        Ok(u) if u.host_str().is_some() => u.origin().ascii_serialization(),
+        _ => "the configured webhook".into(),
+    }
+}
+
+/// A reqwest error and its sources without the URL reqwest appends to its message (which
+/// would carry a webhook's secret).
+fn cause(error: reqwest::Error) -> String {
+    let error = error.without_url();
+    let mut out = error.to_string();
+    let mut source = std::error::Error::source(&error);
+    while let Some(e) = source {
+        let text = e.to_string();
+        if !out.ends_with(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        source = e.source();
+    }
+    out
 }
 
 /// Posts alerts in order, retrying each with backoff until the receiver takes it (2xx),
@@ -520,7 +548,7 @@ async fn send_webhooks(
     let client = match reqwest::Client::builder().timeout(timeout).build() {
         Ok(c) => c,
         Err(e) => {
-            error!(error = %e, "cannot set up the alert webhook client; alerts go to the log and the audit trail only");
+            error!(error = %cause(e), "cannot set up the alert webhook client; alerts go to the log and the audit trail only");
             return;
         }
     };
@@ -642,4 +670,134 @@ fn now_ms() -> u64 {
 
 fn unix_now() -> u64 {
     now_ms() / 1000
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    /// Everything the tracing subscriber writes, for grepping.
+    #[derive(Clone, Default)]
+    struct Captured(Arc<Mutex<Vec<u8>>>);
+
+    impl std::io::Write for Captured {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().expect("log lock").extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for Captured {
+        type Writer = Captured;
+        fn make_writer(&'a self) -> Captured {
+            self.clone()
+        }
+    }
+
+    /// An HTTP server on 127.0.0.1 that reads each request whole and answers 500.
+    async fn failing_server() -> u16 {
+        let server = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = server.local_addr().unwrap().port();
+        tokio::spawn(async move {
+            while let Ok((mut socket, _)) = server.accept().await {
+                tokio::spawn(async move {
+                    let mut request = Vec::new();
+                    let mut buf = [0u8; 4096];
+                    loop {
+                        let Ok(n) = socket.read(&mut buf).await else {
+                            return;
+                        };
+                        if n == 0 {
+                            return;
+                        }
+                        request.extend_from_slice(&buf[..n]);
+                        let text = String::from_utf8_lossy(&request).to_ascii_lowercase();
+                        if let Some(end) = text.find("\r\n\r\n") {
+                            let length = text
+                                .lines()
+                                .find_map(|l| l.strip_prefix("content-length:"))
+                                .and_then(|v| v.trim().parse::<usize>().ok())
+                                .unwrap_or(0);
+                            if request.len() >= end + 4 + length {
+                                break;
+                            }
+                        }
+                    }
+                    let _ = socket
+                        .write_all(b"HTTP/1.1 500 Internal Server Error\r\ncontent-length: 0\r\nconnection: close\r\n\r\n")
+                        .await;
+                    let _ = socket.shutdown().await;
+                });
+            }
+        });
+        port
+    }
+
+    #[test]
+    fn a_failing_webhook_never_logs_its_secret_token() {
+        // Slack, Teams and Google Chat put the webhook's secret in the URL's path or query.
+        // A failed post logged reqwest's error, whose text ends in " for url (<the full
+        // URL>)", so every outage of the receiver wrote the token to the journal, which sites
+        // ship to log aggregation where anyone with read access could post as the appliance.
+        // The log must still say which receiver failed (scheme, host, port) and why.
+        let log = Captured::default();
+        let subscriber = tracing_subscriber::fmt()
+            .with_writer(log.clone())
+            .with_ansi(false)
+            .finish();
+        let _guard = tracing::subscriber::set_default(subscriber);
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let refused = {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            l.local_addr().unwrap().port()
+        };
+        let answers_500 = runtime.block_on(async {
+            let answers_500 = failing_server().await;
+            let client = reqwest::Client::builder()
+                .timeout(Duration::from_secs(5))
+                .build()
+                .unwrap();
+            let notice = Notice {
+                event: "raised",
+                alert: Alert {
+                    key: "raid.md0".into(),
+                    severity: Severity::Critical,
+                    message: "md0 has failed".into(),
+                    since: 1,
+                },
+            };
+            for port in [answers_500, refused] {
+                let url =
+                    format!("http://127.0.0.1:{port}/services/T000/B000/SECRETTOKEN?token=SECRET2");
+                let posted = post_one(&client, &url, "outpost-test", &notice, 1).await;
+                assert!(matches!(posted, Posted::Failed), "port {port}");
+            }
+            answers_500
+        });
+        let text = String::from_utf8(log.0.lock().unwrap().clone()).unwrap();
+        for secret in ["SECRETTOKEN", "SECRET2", "/services/T000"] {
+            assert!(!text.contains(secret), "{secret} is in the log:\n{text}");
+        }
+        let lines: Vec<&str> = text.lines().collect();
+        assert!(
+            lines.iter().any(
+                |l| l.contains(&format!("http://127.0.0.1:{answers_500}")) && l.contains("500")
+            ),
+            "the log does not say that 127.0.0.1:{answers_500} answered 500:\n{text}"
+        );
+        assert!(
+            lines
+                .iter()
+                .any(|l| l.contains(&format!("http://127.0.0.1:{refused}"))
+                    && l.to_ascii_lowercase().contains("connection refused")),
+            "the log does not say that 127.0.0.1:{refused} refused the connection:\n{text}"
+        );
+    }
 }
