@@ -114,6 +114,13 @@ impl Progress {
     }
 }
 
+/// A retrieval refused for a reason known before anything is resolved or recalled.
+struct Refusal<'a> {
+    destination: &'a str,
+    status: Status,
+    why: String,
+}
+
 /// How often a retrieval waiting for a recall sends a Pending response.
 const RECALL_PENDING_EVERY: std::time::Duration = std::time::Duration::from_secs(3);
 
@@ -137,21 +144,31 @@ impl<L: Link> Session<L> {
     pub(crate) async fn c_move(&mut self, pc_id: u8, command: Command) -> Result<(), DimseError> {
         self.tally.retrieves += 1;
         let field = CommandField::C_MOVE_RSP;
+        let destination = command.move_destination.clone().unwrap_or_default();
+        let destination = destination.trim();
+        // The destination is checked before anything is resolved: an unknown one must not
+        // cost a recall of evicted studies from upstream first.
+        let remote = self.services.config.remote(destination).cloned();
+        let refusal = remote.is_none().then(|| Refusal {
+            destination,
+            status: Status::MOVE_DESTINATION_UNKNOWN,
+            why: format!("move destination {destination:?} is not in [[dicom.remote]]"),
+        });
         let Some((identifier, items)) = self
-            .retrieval_request(pc_id, &command, field, self.admitted.permissions.move_)
+            .retrieval_request(
+                pc_id,
+                &command,
+                field,
+                self.admitted.permissions.move_,
+                refusal,
+            )
             .await?
         else {
             return Ok(());
         };
-        let destination = command.move_destination.clone().unwrap_or_default();
-        let destination = destination.trim();
-        let Some(remote) = self.services.config.remote(destination).cloned() else {
-            let why = format!("move destination {destination:?} is not in [[dicom.remote]]");
-            warn!(peer = %self.peer, calling = %self.calling, "C-MOVE refused: {why}");
-            self.audit_retrieval(&identifier, destination, 0, Some(&why));
-            let rsp = Command::response_to(&command, field, Status::MOVE_DESTINATION_UNKNOWN)
-                .with_comment(why);
-            return self.channel.send_command(pc_id, &rsp).await;
+        let Some(remote) = remote else {
+            // Refused, and answered, by `retrieval_request` before resolving.
+            return Ok(());
         };
         if items.is_empty() {
             self.audit_retrieval(&identifier, destination, 0, None);
@@ -310,7 +327,7 @@ impl<L: Link> Session<L> {
         self.tally.retrieves += 1;
         let field = CommandField::C_GET_RSP;
         let Some((identifier, items)) = self
-            .retrieval_request(pc_id, &command, field, self.admitted.permissions.get)
+            .retrieval_request(pc_id, &command, field, self.admitted.permissions.get, None)
             .await?
         else {
             return Ok(());
@@ -407,13 +424,15 @@ impl<L: Link> Session<L> {
     }
 
     /// Reads, checks and resolves a retrieval request. `None` when it was refused (and
-    /// answered) already.
+    /// answered) already; a `refusal` known before resolving is answered once the identifier
+    /// is read, so nothing is resolved or recalled for it.
     async fn retrieval_request(
         &mut self,
         pc_id: u8,
         command: &Command,
         field: CommandField,
         permitted: bool,
+        refusal: Option<Refusal<'_>>,
     ) -> Result<Option<(Identifier, Vec<Retrievable>)>, DimseError> {
         if !permitted {
             if command.has_data_set {
@@ -433,6 +452,18 @@ impl<L: Link> Session<L> {
                 return Ok(None);
             }
         };
+        if let Some(Refusal {
+            destination,
+            status,
+            why,
+        }) = refusal
+        {
+            warn!(peer = %self.peer, calling = %self.calling, %status, "{} refused: {why}", field.name());
+            self.audit_retrieval(&identifier, destination, 0, Some(&why));
+            let rsp = Command::response_to(command, field, status).with_comment(why);
+            self.channel.send_command(pc_id, &rsp).await?;
+            return Ok(None);
+        }
         let store = self.services.store.clone();
         let query = identifier.clone();
         let resolved = tokio::task::spawn_blocking(move || store.resolve(model, &query))

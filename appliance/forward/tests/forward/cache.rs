@@ -291,36 +291,7 @@ async fn a_slow_recall_sends_pending_responses_and_honours_c_cancel() {
     // the viewer's cancel did not stop the recall either. Now the requestor gets a Pending
     // response every few seconds while the recall runs, and its C-CANCEL ends the retrieval
     // at once with the count of what remains and the list of what was never sent.
-    let (edge, central) = pair(true).await;
-    let old = study(1, 10);
-    store_into(&edge, &old).await;
-    eventually("everything is confirmed upstream", || {
-        edge.store.outbox_summary("central").unwrap().depth == 0
-    })
-    .await;
-    edge.store
-        .maintain_cache()
-        .await
-        .unwrap()
-        .expect("above 50%");
-    assert!(
-        old.iter()
-            .all(|i| edge.store.is_evicted(&i.sop_uid).unwrap())
-    );
-
-    // The central archive now hangs: it takes the connection and never answers, as a
-    // saturated WAN link does, so the recall waits for its association timeout.
-    let central_port = central.addr.port();
-    central.stop().await;
-    let silent = tokio::net::TcpListener::bind(("127.0.0.1", central_port))
-        .await
-        .unwrap();
-    let hold = tokio::spawn(async move {
-        let mut held = Vec::new();
-        while let Ok((socket, _)) = silent.accept().await {
-            held.push(socket);
-        }
-    });
+    let (edge, old, hung) = evicted_behind_a_hung_central().await;
 
     let mut scu = Scu::connect(
         edge.addr,
@@ -376,7 +347,99 @@ async fn a_slow_recall_sends_pending_responses_and_honours_c_cancel() {
     let text = String::from_utf8_lossy(&data);
     assert!(old.iter().all(|i| text.contains(&i.sop_uid)), "{text}");
     scu.release().await.unwrap();
-    hold.abort();
+    hung.hold.abort();
+    edge.stop().await;
+}
+
+/// A central archive that took over a port and hangs: it accepts connections, counts them and
+/// never answers, as a saturated WAN link does.
+struct Hung {
+    hold: tokio::task::JoinHandle<()>,
+    connections: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+}
+
+/// An edge whose one study of 10 instances was confirmed upstream and evicted, with its
+/// central archive now hung, so that any recall waits for its association timeout.
+async fn evicted_behind_a_hung_central() -> (Appliance, Vec<SynthInstance>, Hung) {
+    let (edge, central) = pair(true).await;
+    let old = study(1, 10);
+    store_into(&edge, &old).await;
+    eventually("everything is confirmed upstream", || {
+        edge.store.outbox_summary("central").unwrap().depth == 0
+    })
+    .await;
+    edge.store
+        .maintain_cache()
+        .await
+        .unwrap()
+        .expect("above 50%");
+    assert!(
+        old.iter()
+            .all(|i| edge.store.is_evicted(&i.sop_uid).unwrap())
+    );
+    let central_port = central.addr.port();
+    central.stop().await;
+    let silent = tokio::net::TcpListener::bind(("127.0.0.1", central_port))
+        .await
+        .unwrap();
+    let connections = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counted = connections.clone();
+    let hold = tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((socket, _)) = silent.accept().await {
+            counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            held.push(socket);
+        }
+    });
+    (edge, old, Hung { hold, connections })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_move_of_an_evicted_study_to_an_unknown_destination_is_refused_before_any_recall() {
+    // A C-MOVE of an evicted study named a destination that is not configured. The edge
+    // first recalled the whole study from the central archive (minutes over a WAN, and the
+    // upstream archive's work), sending Pending responses meanwhile, and only then answered
+    // 0xA801. Anyone on the modality network could thus make the box pull any evicted study
+    // back across the WAN with a made-up destination. Now the destination is checked first:
+    // 0xA801 at once, and the central archive is never called.
+    let (edge, old, hung) = evicted_behind_a_hung_central().await;
+    let mut scu = Scu::connect(
+        edge.addr,
+        "VIEWER",
+        "EDGE",
+        &[(dimse::STUDY_ROOT_MOVE, &[IMPLICIT_VR_LITTLE_ENDIAN])],
+        &[],
+    )
+    .await
+    .unwrap();
+    let started = std::time::Instant::now();
+    let responses = scu
+        .move_(
+            dimse::STUDY_ROOT_MOVE,
+            "NOWHERE",
+            &study_identifier(b"STUDY", &old[0].study_uid, false),
+        )
+        .await
+        .unwrap();
+    let elapsed = started.elapsed();
+    let statuses: Vec<_> = responses.iter().map(|(r, _)| r.status).collect();
+    assert_eq!(
+        statuses,
+        vec![Some(Status::MOVE_DESTINATION_UNKNOWN)],
+        "after {elapsed:?}"
+    );
+    assert!(elapsed < Duration::from_secs(2), "{elapsed:?}");
+    assert_eq!(
+        hung.connections.load(std::sync::atomic::Ordering::SeqCst),
+        0,
+        "no recall was attempted"
+    );
+    assert!(
+        old.iter()
+            .all(|i| edge.store.is_evicted(&i.sop_uid).unwrap())
+    );
+    scu.release().await.unwrap();
+    hung.hold.abort();
     edge.stop().await;
 }
 
