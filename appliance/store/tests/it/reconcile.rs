@@ -25,7 +25,8 @@ pub(crate) fn write_ready(
 ) -> std::path::PathBuf {
     let bytes = inst.part10(EXPLICIT_VR_LITTLE_ENDIAN, Encoding::EXPLICIT_LE);
     let crc = crc32c::crc32c(&bytes) ^ u32::from(damaged);
-    let path = layout.ready_path(id, crc, bytes.len() as u64);
+    // Written before anything else is received: the lowest sequence number.
+    let path = layout.ready_path(id, 0, crc, bytes.len() as u64);
     std::fs::write(&path, bytes).unwrap();
     path
 }
@@ -209,10 +210,13 @@ async fn an_unreadable_ready_file_is_kept_reported_and_filed_at_the_next_start()
 
                 fs.inject(&ready, fault);
                 let (store, opened) = open_mem(&fs, &backend, store::DuplicatePolicy::KeepFirst);
-                let unreadable = &opened.reconciled.unreadable;
-                assert_eq!(unreadable.len(), 1, "{case}: {:?}", opened.reconciled);
-                assert_eq!(unreadable[0].file, ready, "{case}");
-                assert_eq!(unreadable[0].errno, Some(errno), "{case}");
+                assert_alerted(
+                    &opened.reconciled,
+                    store::RepairStep::ReadReceived,
+                    &ready,
+                    Some(errno),
+                    &case,
+                );
                 assert_eq!(opened.reconciled.finished_discarded, 0, "{case}");
                 assert!(
                     fs.exists(&ready),
@@ -231,7 +235,7 @@ async fn an_unreadable_ready_file_is_kept_reported_and_filed_at_the_next_start()
                 // The disk answers again: the next start files it.
                 fs.heal();
                 let (store, opened) = open_mem(&fs, &backend, store::DuplicatePolicy::KeepFirst);
-                assert!(opened.reconciled.unreadable.is_empty(), "{case}");
+                assert!(opened.reconciled.alerts.is_empty(), "{case}");
                 assert_eq!(
                     stored_dataset(&store, &inst.sop_uid).as_ref(),
                     Some(&bytes),
@@ -243,6 +247,27 @@ async fn an_unreadable_ready_file_is_kept_reported_and_filed_at_the_next_start()
             }
         }
     }
+}
+
+/// Checks that repair raised exactly one alert, for this step, file and errno.
+fn assert_alerted(
+    r: &store::Reconciled,
+    step: store::RepairStep,
+    file: &Path,
+    errno: Option<i32>,
+    case: &str,
+) {
+    assert_eq!(r.alerts.len(), 1, "{case}: {r:?}");
+    let a = &r.alerts[0];
+    assert_eq!(
+        (a.step, a.file.as_path(), a.errno),
+        (step, file, errno),
+        "{case}"
+    );
+    // What a person reads names the file and says what to do.
+    let text = a.to_string();
+    assert!(text.contains(&file.display().to_string()), "{case}: {text}");
+    assert!(text.contains("kept"), "{case}: {text}");
 }
 
 /// Where start-up repair meets an I/O error after the power cut.
@@ -307,6 +332,15 @@ async fn repair_keeps_what_an_io_error_interrupts_raises_an_alert_and_goes_on() 
             };
             fs.inject(&path, fault);
             let (store, opened) = open_mem(&fs, &backend, store::DuplicatePolicy::KeepFirst);
+            let step = match failing {
+                Failing::LinkFinal | Failing::LinkIndexedWithoutFile => {
+                    store::RepairStep::LinkFinal
+                }
+                Failing::SyncFinalDir => store::RepairStep::SyncDirectory,
+                Failing::RemoveReady => store::RepairStep::RemoveReceived,
+                Failing::ListTmp => store::RepairStep::ListTemporary,
+            };
+            assert_alerted(&opened.reconciled, step, &path, Some(errno), &case);
             assert!(
                 fs.exists(&ready),
                 "{case}: the `.ready` name must outlive an interrupted repair"
@@ -324,6 +358,7 @@ async fn repair_keeps_what_an_io_error_interrupts_raises_an_alert_and_goes_on() 
 
             fs.heal();
             let (store, opened) = open_mem(&fs, &backend, store::DuplicatePolicy::KeepFirst);
+            assert!(opened.reconciled.alerts.is_empty(), "{case}");
             assert_eq!(
                 stored_dataset(&store, &inst.sop_uid).as_ref(),
                 Some(&bytes),
@@ -371,7 +406,15 @@ async fn a_replaced_file_repair_cannot_delete_is_kept_listed_and_deleted_later()
 
         fs.inject(&old, Fault::Remove(errno));
         let (store, opened) = open_mem(&fs, &backend, store::DuplicatePolicy::Overwrite);
-        assert_eq!(opened.reconciled.replaced_deleted, 0, "errno {errno}");
+        let case = format!("errno {errno}");
+        assert_alerted(
+            &opened.reconciled,
+            store::RepairStep::DeleteReplaced,
+            &old,
+            Some(errno),
+            &case,
+        );
+        assert_eq!(opened.reconciled.replaced_deleted, 0, "{case}");
         assert!(fs.exists(&old), "errno {errno}");
         assert_eq!(
             stored_dataset(&store, &v2.sop_uid),
@@ -382,7 +425,8 @@ async fn a_replaced_file_repair_cannot_delete_is_kept_listed_and_deleted_later()
 
         fs.heal();
         let (store, opened) = open_mem(&fs, &backend, store::DuplicatePolicy::Overwrite);
-        assert_eq!(opened.reconciled.replaced_deleted, 1, "errno {errno}");
+        assert!(opened.reconciled.alerts.is_empty(), "{case}");
+        assert_eq!(opened.reconciled.replaced_deleted, 1, "{case}");
         assert!(!fs.exists(&old), "errno {errno}");
         let problems = store.verify(|_| {}).unwrap().problems;
         assert!(problems.is_empty(), "errno {errno}: {problems:?}");
