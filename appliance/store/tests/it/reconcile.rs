@@ -471,3 +471,32 @@ async fn a_whole_ready_file_that_cannot_be_indexed_is_kept_and_reported() {
     );
     store.close().await.unwrap();
 }
+
+// Finding B.9, across a restart: the sequence in `.ready` names is not stored, so a start
+// must number new files above every name still in `tmp/` (here one kept because it cannot be
+// read), or a file received after the restart could sort before an older one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ready_names_are_numbered_above_those_a_restart_found() {
+    use store::crash::Fault;
+    use store::layout::TmpName;
+    let seq = |name: &str| match TmpName::parse(name) {
+        Some(TmpName::Ready { seq, .. }) => seq,
+        other => panic!("{name}: {other:?}"),
+    };
+    let (fs, backend, kept, _) = crash_state(
+        &SynthInstance::ct(8, 3, 1, 1),
+        false,
+        store::DuplicatePolicy::Overwrite,
+    )
+    .await;
+    let kept_name = kept.file_name().unwrap().to_str().unwrap().to_string();
+    assert!(seq(&kept_name).is_some(), "new names carry a sequence");
+    fs.inject(&kept, Fault::Open(5));
+    let (store, _) = open_mem(&fs, &backend, store::DuplicatePolicy::Overwrite);
+    crate::support::store_instance(&store, &SynthInstance::ct(8, 3, 1, 2)).await;
+    let names = ready_names(&fs);
+    assert_eq!(names.len(), 2, "{names:?}");
+    let new = names.iter().find(|n| **n != kept_name).unwrap();
+    assert!(seq(new) > seq(&kept_name), "{new} after {kept_name}");
+    store.close().await.unwrap();
+}
