@@ -94,6 +94,10 @@ pub struct Status {
     pub high_watermark: u8,
     pub low_watermark: u8,
     pub destinations: Vec<QueueRow>,
+    /// Critical: what start-up repair could not finish and kept for the next start (see
+    /// `store::RepairAlert`), one sentence each.
+    #[serde(default)]
+    pub repair_alerts: Vec<String>,
     /// RAID, data volume, SMART, UPS and alerts (see `hardware::Snapshot`); kept as JSON so
     /// the client needs no copy of every reading's type.
     pub hardware: serde_json::Value,
@@ -142,6 +146,8 @@ pub struct Identity {
     pub data_dir: String,
     pub high_watermark: u8,
     pub low_watermark: u8,
+    /// Critical: what start-up repair could not finish (each kept for the next start).
+    pub repair_alerts: Vec<String>,
 }
 
 /// Binds the socket, replacing one a previous run left behind (the index lock already
@@ -242,6 +248,7 @@ async fn handle(request: Request, control: &Control) -> Response {
                 high_watermark: id.high_watermark,
                 low_watermark: id.low_watermark,
                 destinations: rows,
+                repair_alerts: id.repair_alerts.clone(),
                 hardware: serde_json::to_value(&*control.hardware.lock().expect("snapshot lock"))
                     .unwrap_or_default(),
             }))

@@ -95,9 +95,17 @@ async fn run(c: config::Config) -> anyhow::Result<ExitCode> {
         finished_indexed = opened.reconciled.finished_indexed,
         "archive open"
     );
-    for unreadable in &opened.reconciled.unreadable {
-        error!(file = %unreadable.file.display(), errno = unreadable.errno, "start-up repair kept a received instance it cannot read: {unreadable}");
+    // Critical: each may leave an acknowledged instance out of the index until a later start
+    // finishes it; `outpost status` lists them for as long as this run lasts.
+    for alert in &opened.reconciled.alerts {
+        error!(file = %alert.file.display(), errno = alert.errno, step = ?alert.step, "CRITICAL: start-up repair could not finish: {alert}");
     }
+    let repair_alerts: Vec<String> = opened
+        .reconciled
+        .alerts
+        .iter()
+        .map(ToString::to_string)
+        .collect();
 
     let dicom = c.dicom.clone();
     let plain = TcpListener::bind((dicom.bind, dicom.port)).await.with_context(|| {
@@ -186,6 +194,7 @@ async fn run(c: config::Config) -> anyhow::Result<ExitCode> {
                 data_dir: data_dir.display().to_string(),
                 high_watermark: c.storage.high_watermark,
                 low_watermark: c.storage.low_watermark,
+                repair_alerts,
             },
         }),
         background.clone(),

@@ -47,6 +47,9 @@ pub fn run(c: &config::Config, json: bool) -> anyhow::Result<ExitCode> {
             status.low_watermark
         );
     }
+    for alert in &status.repair_alerts {
+        println!("  CRITICAL:  start-up repair: {alert}");
+    }
     if status.destinations.is_empty() {
         println!("  forwarding: no destinations configured");
     }

@@ -12,9 +12,10 @@
 //! Real file systems are often kinder (ext4 commits the name with the data); the store must
 //! not rely on that.
 //!
-//! [`MemFs::inject`] makes chosen files fail to open or read with a given errno (EIO from a
-//! marginal disk, EACCES after a permission change, EMFILE), as the disk may after a power
-//! cut, so start-up repair can be shown to keep what it cannot read.
+//! [`MemFs::inject`] makes chosen paths fail to open, read, link, remove, sync or list with a
+//! given errno (EIO from a marginal disk, EACCES after a permission change, EMFILE), as the
+//! disk may after a power cut, so start-up repair can be shown to keep what it cannot read or
+//! finish, and to say so.
 
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
@@ -118,6 +119,14 @@ pub enum Fault {
     Open(i32),
     /// Opening succeeds; reading fails with `errno` once `after` bytes were read.
     Read { after: u64, errno: i32 },
+    /// Hard-linking another file to this name fails with this errno.
+    Link(i32),
+    /// Removing this name fails with this errno.
+    Remove(i32),
+    /// Syncing this directory fails with this errno.
+    SyncDir(i32),
+    /// Listing this directory fails with this errno.
+    List(i32),
 }
 
 /// A file's contents that fail to read past a point.
@@ -215,7 +224,7 @@ impl MemFs {
         }
     }
 
-    /// Makes `path` fail to open or read with `fault` from now on (until [`MemFs::heal`]).
+    /// Makes `path` fail with `fault` from now on (until [`MemFs::heal`]); one fault a path.
     /// Faults belong to this instance: [`MemFs::after_power_cut`] starts without any.
     pub fn inject(&self, path: &Path, fault: Fault) {
         let mut state = self.state.lock().expect("fs lock");
@@ -235,6 +244,14 @@ impl MemFs {
             .to_string_lossy()
             .into_owned();
         Ok((parent.to_path_buf(), name))
+    }
+
+    /// The injected error for `op` on `path`, if any: `op` picks the variant it answers.
+    fn fault(state: &FsState, path: &Path, op: fn(Fault) -> Option<i32>) -> io::Result<()> {
+        match state.faults.get(path).copied().and_then(op) {
+            Some(errno) => Err(io::Error::from_raw_os_error(errno)),
+            None => Ok(()),
+        }
     }
 
     fn lookup(state: &FsState, path: &Path) -> Option<Entry> {
@@ -357,6 +374,10 @@ impl Fs for MemFs {
     fn hard_link(&self, from: &Path, to: &Path) -> io::Result<()> {
         self.power.tick()?;
         let mut state = self.state.lock().expect("fs lock");
+        Self::fault(&state, to, |f| match f {
+            Fault::Link(e) => Some(e),
+            _ => None,
+        })?;
         let Some(Entry::File(inode)) = Self::lookup(&state, from) else {
             return Err(io::Error::from(io::ErrorKind::NotFound));
         };
@@ -397,6 +418,10 @@ impl Fs for MemFs {
     fn remove_file(&self, path: &Path) -> io::Result<()> {
         self.power.tick()?;
         let mut state = self.state.lock().expect("fs lock");
+        Self::fault(&state, path, |f| match f {
+            Fault::Remove(e) => Some(e),
+            _ => None,
+        })?;
         let (parent, name) = Self::split(path)?;
         let dir = state
             .dirs
@@ -444,6 +469,10 @@ impl Fs for MemFs {
     fn sync_dir(&self, path: &Path) -> io::Result<()> {
         self.power.tick()?;
         let mut state = self.state.lock().expect("fs lock");
+        Self::fault(&state, path, |f| match f {
+            Fault::SyncDir(e) => Some(e),
+            _ => None,
+        })?;
         let dir = state
             .dirs
             .get_mut(path)
@@ -454,6 +483,10 @@ impl Fs for MemFs {
 
     fn list_dir(&self, path: &Path) -> io::Result<Vec<String>> {
         let state = self.state.lock().expect("fs lock");
+        Self::fault(&state, path, |f| match f {
+            Fault::List(e) => Some(e),
+            _ => None,
+        })?;
         state
             .dirs
             .get(path)

@@ -319,7 +319,10 @@ impl Ingest {
         // name with the data, so the directory sync finds little left to do.
         let rest = std::mem::take(&mut self.buffer);
         self.written += std::mem::take(&mut self.buffered) as u64;
-        let ready = inner.layout.ready_path(&self.id, self.crc, self.written);
+        let seq = inner.ready_seq.next();
+        let ready = inner
+            .layout
+            .ready_path(&self.id, seq, self.crc, self.written);
         let full = inner.config.durability == Durability::Full;
         let writer = self.writer.take();
         let (fs, from, to, tmp_dir) = (

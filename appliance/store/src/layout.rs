@@ -3,17 +3,23 @@
 //! ```text
 //! <data_dir>/index.redb                       the index
 //! <data_dir>/tmp/<id>.part                    instances being received
-//! <data_dir>/tmp/<id>.<crc>.<size>.ready      received instances not yet checkpointed
+//! <data_dir>/tmp/<id>.<seq>.<crc>.<size>.ready  received instances not yet checkpointed
 //! <data_dir>/objects/YYYY/MM/DD/HH/<id>.dcm   stored instances (Part 10 files)
 //! ```
 //!
 //! A file id is `YYYYMMDDHH-<16 hex digits>`: the hour it was received and a random part. The
 //! final path follows from the id alone, so a leftover temporary name says which final file it
 //! was becoming. A `.ready` name also carries the file's CRC-32C and size, so start-up repair
-//! can tell a complete file from one whose name outlived its data. Grouping by hour keeps the files of one burst of ingest in one directory, so
-//! a group commit syncs one or two directories, not one per instance.
+//! can tell a complete file from one whose name outlived its data, and a sequence number (16
+//! hex digits, rising in the order instances were received whole), so repair files them in
+//! the order the committer did: under `overwrite` the later of two versions of one instance
+//! must win. Names without a sequence (`<id>.<crc>.<size>.ready`, before layout version 2)
+//! are still read, as older than any with one. Grouping by hour keeps the files of one burst
+//! of ingest in one directory, so a group commit syncs one or two directories, not one per
+//! instance.
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 #[derive(Clone, Debug)]
@@ -56,8 +62,14 @@ impl FileId {
 pub enum TmpName {
     /// Still being received.
     Part(FileId),
-    /// Received whole: the file should have this CRC-32C and size.
-    Ready { id: FileId, crc32c: u32, size: u64 },
+    /// Received whole: the file should have this CRC-32C and size. `seq` orders it among the
+    /// other `.ready` files; `None` for a name from before layout version 2 (older than any).
+    Ready {
+        id: FileId,
+        seq: Option<u64>,
+        crc32c: u32,
+        size: u64,
+    },
 }
 
 impl TmpName {
@@ -66,11 +78,23 @@ impl TmpName {
             return FileId::parse(id).map(TmpName::Part);
         }
         let rest = name.strip_suffix(".ready")?;
-        let mut parts = rest.rsplitn(3, '.');
-        let size = parts.next()?.parse().ok()?;
-        let crc32c = u32::from_str_radix(parts.next()?, 16).ok()?;
-        let id = FileId::parse(parts.next()?)?;
-        Some(TmpName::Ready { id, crc32c, size })
+        let parts: Vec<&str> = rest.split('.').collect();
+        let (id, seq, crc32c, size) = match parts[..] {
+            [id, crc32c, size] => (id, None, crc32c, size),
+            [id, seq, crc32c, size] => (id, Some(seq), crc32c, size),
+            _ => return None,
+        };
+        let seq = match seq {
+            None => None,
+            Some(s) if s.len() == 16 => Some(u64::from_str_radix(s, 16).ok()?),
+            Some(_) => return None,
+        };
+        Some(TmpName::Ready {
+            id: FileId::parse(id)?,
+            seq,
+            crc32c: u32::from_str_radix(crc32c, 16).ok()?,
+            size: size.parse().ok()?,
+        })
     }
 
     pub fn id(&self) -> &FileId {
@@ -105,9 +129,10 @@ impl Layout {
         self.tmp_dir().join(format!("{}.part", id.0))
     }
 
-    pub fn ready_path(&self, id: &FileId, crc32c: u32, size: u64) -> PathBuf {
+    /// The name of a received file: `seq` from [`ReadySeq::next`].
+    pub fn ready_path(&self, id: &FileId, seq: u64, crc32c: u32, size: u64) -> PathBuf {
         self.tmp_dir()
-            .join(format!("{}.{crc32c:08x}.{size}.ready", id.0))
+            .join(format!("{}.{seq:016x}.{crc32c:08x}.{size}.ready", id.0))
     }
 
     /// The final path of a file, relative to the data directory (as the index stores it).
@@ -125,6 +150,23 @@ impl Layout {
 
     pub fn absolute(&self, rel: &str) -> PathBuf {
         self.root.join(rel)
+    }
+}
+
+/// The sequence numbers of `.ready` names. Start-up repair starts it above every number still
+/// in `tmp/`, so the numbers keep rising across restarts wherever their order matters: among
+/// the `.ready` files present at one repair.
+#[derive(Debug, Default)]
+pub struct ReadySeq(AtomicU64);
+
+impl ReadySeq {
+    pub fn starting_at(first: u64) -> ReadySeq {
+        ReadySeq(AtomicU64::new(first))
+    }
+
+    /// The number for an instance just received whole, higher than any given before.
+    pub fn next(&self) -> u64 {
+        self.0.fetch_add(1, Ordering::Relaxed)
     }
 }
 
@@ -146,15 +188,31 @@ mod tests {
         let tmp = l.tmp_path(&id);
         let name = tmp.file_name().unwrap().to_str().unwrap();
         assert_eq!(TmpName::parse(name), Some(TmpName::Part(id.clone())));
-        let ready = l.ready_path(&id, 0xdeadbeef, 12345);
+        let ready = l.ready_path(&id, 42, 0xdeadbeef, 12345);
         let name = ready.file_name().unwrap().to_str().unwrap();
         assert_eq!(
             TmpName::parse(name),
             Some(TmpName::Ready {
                 id: id.clone(),
+                seq: Some(42),
                 crc32c: 0xdeadbeef,
                 size: 12345
             })
+        );
+        // Layout version 1 names, without a sequence, are still read.
+        let old = format!("{}.deadbeef.12345.ready", id.as_str());
+        assert_eq!(
+            TmpName::parse(&old),
+            Some(TmpName::Ready {
+                id: id.clone(),
+                seq: None,
+                crc32c: 0xdeadbeef,
+                size: 12345
+            })
+        );
+        assert_eq!(
+            TmpName::parse(&format!("{}.2a.deadbeef.12345.ready", id.as_str())),
+            None
         );
         assert!(l.object_rel(&id).starts_with("objects/2026/11/18/"));
         assert_eq!(TmpName::parse("junk.part"), None);

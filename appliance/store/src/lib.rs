@@ -35,7 +35,7 @@ pub use cache::{CacheConfig, PROTECT_RECENT_S, Recall, Usage};
 pub use commit::Outcome;
 pub use ingest::{Ingest, IngestError, IngestRequest, Receipt};
 pub use outbox::{Route, Router};
-pub use reconcile::{Reconciled, Unreadable};
+pub use reconcile::{Reconciled, RepairAlert, RepairStep};
 pub use verify::{VerifyProblem, VerifyReport};
 
 use crate::fs::Fs;
@@ -222,6 +222,8 @@ pub(crate) struct Inner {
     /// Why new instances are refused, when the appliance's health policy says writing is not
     /// safe (a failed array, a read-only volume). Queries and retrievals go on.
     pub(crate) hold: std::sync::RwLock<Option<String>>,
+    /// Numbers the `.ready` names, so start-up repair files them in the order received.
+    pub(crate) ready_seq: layout::ReadySeq,
 }
 
 /// A handle on the archive; cheap to clone.
@@ -300,7 +302,7 @@ impl Store {
             fs.sync_dir(&dir).map_err(|e| StoreError::io(&dir, e))?;
         }
         let stats = Arc::new(Stats::default());
-        let reconciled = reconcile::run(&config, &layout, fs.as_ref(), &db)?;
+        let (reconciled, next_ready_seq) = reconcile::run(&config, &layout, fs.as_ref(), &db)?;
         let instances = db
             .begin_read()?
             .open_table(index::INSTANCES)
@@ -327,6 +329,7 @@ impl Store {
                 committer,
                 outbox_changes,
                 hold: std::sync::RwLock::new(None),
+                ready_seq: layout::ReadySeq::starting_at(next_ready_seq),
             }),
         };
         let opened = Opened {
