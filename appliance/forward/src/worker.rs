@@ -459,8 +459,17 @@ impl Worker {
 
 /// A report as the store keeps it: SOP Instance UIDs, reasons in words.
 pub(crate) fn report_of(r: storescu::commitment::EventReport) -> store::outbox::CommitmentReport {
+    let sop_classes = r
+        .committed
+        .iter()
+        .chain(r.failed.iter().map(|(x, _)| x))
+        .map(|x| (x.sop_instance_uid.clone(), x.sop_class_uid.clone()))
+        .collect();
     store::outbox::CommitmentReport {
         transaction_uid: r.transaction_uid,
+        sop_classes,
+        // It came on the association that asked: the destination itself.
+        from: None,
         committed: r
             .committed
             .into_iter()
