@@ -124,6 +124,9 @@ pub struct DestinationStatus {
     /// Held by the power policy (on battery with the link down): only STAT and high
     /// priority instances go now.
     pub held_on_battery: bool,
+    /// Raised after Storage Commitment transactions expired unreported a few times in a
+    /// row: the PACS probably cannot reach the listener. What to do, in words.
+    pub commitment_alert: Option<String>,
 }
 
 /// Shared between a destination's workers, its prober and the status readers.
@@ -215,6 +218,7 @@ impl Forwarder {
                     dead_lettered: 0,
                     outside_window: false,
                     held_on_battery: false,
+                    commitment_alert: None,
                 }),
                 held: Mutex::new(Default::default()),
                 wake: tokio::sync::Notify::new(),

@@ -863,12 +863,10 @@ fn settle_commitment(
             continue;
         }
         entry.last_error = Some(reason);
-        // An expired transaction already waited its timeout; a refusal waits the backoff,
-        // so an archive that never commits is not asked again in a tight loop.
-        entry.not_before_ms = match expired {
-            Some(_) => 0,
-            None => now_ms() + record.retry.delay_ms(entry.attempts),
-        };
+        // A refusal and an expiry both wait the backoff, so an archive that never commits,
+        // or never manages to report (behind NAT), is not sent everything again every
+        // timeout for ever.
+        entry.not_before_ms = now_ms() + record.retry.delay_ms(entry.attempts);
         txn.open_table(queue_def(&name))?
             .insert((item.rank, next), record::encode(&entry).as_slice())?;
     }

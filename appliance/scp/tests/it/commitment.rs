@@ -85,12 +85,23 @@ async fn awaiting(app: &Appliance, inst: &SynthInstance, txn: &str) {
 /// Sends a success report (event type 1) for `txn` naming `refs` as `calling`, asking for
 /// the SCP role of the class as an archive does, and returns the N-EVENT-REPORT-RSP.
 async fn report(app: &Appliance, calling: &str, txn: &str, refs: &[Reference]) -> Command {
+    report_with_roles(app, calling, txn, refs, &[dimse::STORAGE_COMMITMENT]).await
+}
+
+/// [`report`], proposing role selection for `scp_roles` only.
+async fn report_with_roles(
+    app: &Appliance,
+    calling: &str,
+    txn: &str,
+    refs: &[Reference],
+    scp_roles: &[&str],
+) -> Command {
     let mut scu = Scu::connect(
         app.addr,
         calling,
         "OUTPOST",
         &[(dimse::STORAGE_COMMITMENT, &[EXPLICIT_VR_LITTLE_ENDIAN])],
-        &[dimse::STORAGE_COMMITMENT],
+        scp_roles,
     )
     .await
     .unwrap();
@@ -155,5 +166,41 @@ async fn only_the_destination_may_settle_its_transaction_and_only_for_its_classe
         ["central"]
     );
     assert!(app.store.commitments("central").unwrap().is_empty());
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_destination_may_report_without_role_selection_and_others_may_not() {
+    // Regression (review finding 18): the Storage Commitment context was accepted only with
+    // SCP/SCU role selection (SCP = 1). Several PACS propose it without; their report
+    // association had the context refused, the report never arrived, and every instance
+    // was sent again each commitment_timeout_s.
+    let app = Appliance::start(&config()).await;
+    let inst = SynthInstance::ct(1, 1, 1, 1);
+    awaiting(&app, &inst, "2.25.4343").await;
+    let refs = [Reference {
+        sop_class_uid: inst.sop_class.clone(),
+        sop_instance_uid: inst.sop_uid.clone(),
+    }];
+    // Anyone else proposing it without the role is still refused the context (a modality
+    // asking us to commit).
+    let other = Scu::connect(
+        app.addr,
+        "MODALITY",
+        "OUTPOST",
+        &[(dimse::STORAGE_COMMITMENT, &[EXPLICIT_VR_LITTLE_ENDIAN])],
+        &[],
+    )
+    .await;
+    if let Ok(scu) = other {
+        assert!(scu.context(dimse::STORAGE_COMMITMENT, None).is_none());
+        let _ = scu.release().await;
+    }
+    let rsp = report_with_roles(&app, "CENTRAL", "2.25.4343", &refs, &[]).await;
+    assert_eq!(rsp.status, Some(Status::SUCCESS), "{:?}", rsp.error_comment);
+    assert_eq!(
+        app.store.upstream_copies(&inst.sop_uid).unwrap(),
+        ["central"]
+    );
     app.stop().await;
 }
