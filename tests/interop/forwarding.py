@@ -279,9 +279,12 @@ class PickyScp:
     every syntax of the corpus; instances of any other class find no presentation context."""
 
     def __init__(self, ae_title: str = "PICKY", port: int | None = None,
-                 silent_commitment: bool = False):
+                 silent_commitment: bool = False, report_on_association: float | None = None):
         """With `silent_commitment`, it also accepts Storage Commitment requests (N-ACTION)
-        and answers them with success, but never sends the report."""
+        and answers them with success, but never sends the report. With
+        `report_on_association` (seconds), it accepts them too and, that long after the
+        N-ACTION-RSP, sends the report (every instance committed) on the same association,
+        as a PACS that cannot open one back to the appliance (NAT) must (PS3.4 J.3.3)."""
         import dicomnet as net
         from pynetdicom import evt
         from pynetdicom.sop_class import StorageCommitmentPushModel, Verification
@@ -291,21 +294,52 @@ class PickyScp:
         self.port = port or free_port()
         self.recorder = net.Recorder()
         self.commitment_requests = 0
+        self.reports_sent = 0
+        self.report_statuses: list[int] = []
         ae = net.make_ae(ae_title)
         ae.add_supported_context(CT_IMAGE, ALL_CORPUS_SYNTAXES)
         ae.add_supported_context(Verification, [EXPLICIT_LE, IMPLICIT_LE])
         handlers = [(evt.EVT_C_STORE, self.recorder)]
-        if silent_commitment:
+        if silent_commitment or report_on_association is not None:
             ae.add_supported_context(StorageCommitmentPushModel, [EXPLICIT_LE, IMPLICIT_LE])
 
             def on_action(event):
                 self.commitment_requests += 1
+                if report_on_association is not None:
+                    request = event.action_information
+                    threading.Thread(target=self._report, daemon=True,
+                                     args=(event.assoc, request,
+                                           report_on_association)).start()
                 return 0x0000, None
 
             handlers.append((evt.EVT_N_ACTION, on_action))
         self.ae = ae
         self.server = ae.start_server(("127.0.0.1", self.port), block=False,
                                       evt_handlers=handlers)
+
+    def _report(self, assoc, request, delay: float) -> None:
+        """Sends the success report for an N-ACTION's transaction on its association."""
+        import time
+
+        from pydicom.dataset import Dataset
+        from pynetdicom.sop_class import StorageCommitmentPushModel
+
+        time.sleep(delay)
+        report = Dataset()
+        report.TransactionUID = request.TransactionUID
+        report.ReferencedSOPSequence = []
+        for r in request.ReferencedSOPSequence:
+            item = Dataset()
+            item.ReferencedSOPClassUID = r.ReferencedSOPClassUID
+            item.ReferencedSOPInstanceUID = r.ReferencedSOPInstanceUID
+            report.ReferencedSOPSequence.append(item)
+        if not assoc.is_established:
+            return
+        status, _ = assoc.send_n_event_report(
+            report, 1, StorageCommitmentPushModel, "1.2.840.10008.1.20.1.1")
+        self.reports_sent += 1
+        if status is not None and "Status" in status:
+            self.report_statuses.append(int(status.Status))
 
     def received_uids(self) -> set[str]:
         with self.recorder.lock:

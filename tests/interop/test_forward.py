@@ -572,16 +572,23 @@ def test_a_destination_that_cannot_commit_keeps_its_instances_queued(outposts, s
              "the SCP recorded both instances")
 
 
-@pytest.mark.timeout(90)
-def test_a_commitment_never_reported_sends_the_instances_again(outposts, small_corpus,
-                                                                request):
-    """An archive that accepts the N-ACTION but never reports: after commitment_timeout_s the
-    instances are queued again with the reason, and sent (and committed for) again."""
+@pytest.mark.timeout(240)
+def test_a_commitment_never_reported_backs_off_counts_attempts_and_alerts(outposts, small_corpus,
+                                                                         request):
+    """An archive that accepts the N-ACTION but never reports (a PACS that cannot open an
+    association back through NAT): after commitment_timeout_s the instances are queued again
+    with the reason, after the destination's retry backoff, and after three expiries the
+    destination raises an alert in the log and in `outpost status`.
+
+    Regression (review finding 6): an expired transaction was queued again due at once, so
+    every instance went again every commitment_timeout_s for ever, with no alert."""
+    from harness import run_outpost
+
     silent = PickyScp("SILENT", silent_commitment=True)
     request.addfinalizer(silent.stop)
     outpost = outposts(destinations=[dicom_destination(
         "silent", silent.port, ae_title="SILENT", storage_commitment=True,
-        commitment_timeout_s=10, retry_initial_s=3600)])
+        commitment_timeout_s=10, retry_initial_s=12, retry_multiplier=1.0)])
     ct = [f for f in small_corpus.files if f["SOPClassUID"] == CT_IMAGE
           and f["TransferSyntaxUID"] == EXPLICIT_LE][:2]
     storescu_corpus(outpost.port, small_corpus, ct)
@@ -589,12 +596,63 @@ def test_a_commitment_never_reported_sends_the_instances_again(outposts, small_c
                lambda r: r["queue"]["awaiting_commitment"] == len(ct))
     first = silent.commitment_requests   # one per delivered batch
     assert first >= 1
-    # Due at once when requeued: the timeout is the wait, not a failure to back off from.
-    wait_for(lambda: silent.commitment_requests > first, 40,
+    t0 = time.monotonic()
+    # The first transaction to expire puts its instances back in the queue, not due yet.
+    wait_queue(outpost, "silent", "the transaction expired and the instances wait the backoff",
+               lambda r: r["queue"]["depth"] >= 1, timeout=40)
+    t_expired = time.monotonic()
+    wait_for(lambda: silent.commitment_requests > first, 60,
              "a second commitment request after the first timed out",
              detail=lambda: outpost.log_tail(20))
-    assert "no Storage Commitment report within 10 s" in outpost.log_text() or \
-        "no Storage Commitment report in time" in outpost.log_text(), outpost.log_tail(20)
+    # Not at once: the 12 s backoff separates the expiry from the resend.
+    assert time.monotonic() - t_expired >= 9, time.monotonic() - t_expired
+    assert time.monotonic() - t0 >= 20
+    assert "no Storage Commitment report in time" in outpost.log_text(), outpost.log_tail(20)
+
+    def alert():
+        r = run_outpost("status", "--config", outpost.config_path, "--json")
+        assert r.returncode == 0, r.stderr
+        [row] = json.loads(r.stdout)["destinations"]
+        return row["live"].get("commitment_alert")
+    wait_for(alert, 150, "an alert after three unreported commitments",
+             detail=lambda: outpost.log_tail(20))
+    assert "3 attempts" in alert(), alert()
+    text = run_outpost("status", "--config", outpost.config_path)
+    assert "ALERT: no Storage Commitment report for 3 attempts" in text.stdout, text.stdout
+    assert "no Storage Commitment report for 3 attempts" in outpost.log_text()
+
+
+@pytest.mark.timeout(90)
+def test_a_pacs_behind_nat_reports_on_our_association(outposts, small_corpus, request):
+    """A PACS that cannot open an association to the appliance sends its report on ours
+    (PS3.4 J.3.3), two seconds after the N-ACTION-RSP: with commitment_wait_s the
+    association stays open for it, the report is answered with success and settles the
+    transaction, and nothing is sent again.
+
+    Regression (review finding 6): the association was released right after the
+    N-ACTION-RSP, so the report could never come and every instance was resent each
+    commitment_timeout_s."""
+    pacs = PickyScp("NATPACS", report_on_association=2.0)
+    request.addfinalizer(pacs.stop)
+    outpost = outposts(destinations=[dicom_destination(
+        "natpacs", pacs.port, ae_title="NATPACS", storage_commitment=True,
+        commitment_timeout_s=20, commitment_wait_s=10)])
+    ct = [f for f in small_corpus.files if f["SOPClassUID"] == CT_IMAGE
+          and f["TransferSyntaxUID"] == EXPLICIT_LE][:2]
+    storescu_corpus(outpost.port, small_corpus, ct)
+    wait_for(lambda: pacs.reports_sent >= 1, 30, "the PACS sent its report on our association",
+             detail=lambda: outpost.log_tail(20))
+    assert pacs.report_statuses and all(s == 0 for s in pacs.report_statuses), \
+        pacs.report_statuses
+    row = wait_queue(outpost, "natpacs", "every instance committed",
+                     lambda r: r["queue"]["depth"] == 0
+                     and r["queue"]["awaiting_commitment"] == 0 and r["queue"]["dead"] == 0)
+    assert row["live"]["delivered"] == len(ct), row_text(row)
+    requests = pacs.commitment_requests
+    # Past the commitment timeout: nothing expired, nothing was sent again.
+    time.sleep(25)
+    assert pacs.commitment_requests == requests
+    assert "no Storage Commitment report" not in outpost.log_text(), outpost.log_tail(20)
 
 
 # ---------------------------------------------------------------------------------------

@@ -98,6 +98,10 @@ pub struct DicomDestination {
     /// Commitment Push Model), waiting at most this long for its report before sending the
     /// instances again; `None` counts a C-STORE success.
     pub storage_commitment: Option<Duration>,
+    /// With Storage Commitment, how long the association stays open after the N-ACTION-RSP
+    /// so the PACS can send its report on it (PS3.4 J.3.3): the only way a report reaches
+    /// an appliance the PACS cannot open an association to (NAT, a clinic firewall).
+    pub commitment_wait: Duration,
 }
 
 /// A DICOMweb service accepting STOW-RS.
@@ -345,6 +349,19 @@ fn read_destination(d: &mut Reader) -> Option<Destination> {
             let tls = d.bool("tls", false);
             let commitment = d.bool("storage_commitment", false);
             let commitment_timeout = d.seconds("commitment_timeout_s", 3600, 10, 7 * 86_400);
+            let commitment_wait = d.seconds("commitment_wait_s", 0, 0, 600);
+            if let (Some(wait), Some(timeout)) = (commitment_wait, commitment_timeout)
+                && wait >= timeout
+            {
+                d.problem(
+                    "commitment_wait_s",
+                    format!(
+                        "{} s is not shorter than commitment_timeout_s ({} s); the association would outlast the wait for the report",
+                        wait.as_secs(),
+                        timeout.as_secs()
+                    ),
+                );
+            }
             if !tls.unwrap_or(false) && (ca_bundle.is_some() || client_certificate.is_some()) {
                 d.problem(
                     "tls",
@@ -365,6 +382,7 @@ fn read_destination(d: &mut Reader) -> Option<Destination> {
                     commitment_timeout?;
                     None
                 },
+                commitment_wait: commitment_wait?,
             })
         }
         _ => {

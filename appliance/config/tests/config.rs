@@ -418,3 +418,37 @@ webhook = "hooks.slack.example/services/T000/B000/SECRETTOKEN?token=SECRET2"
     }
     assert!(webhook.message.contains("https://"), "{}", webhook.message);
 }
+
+#[test]
+fn the_commitment_wait_is_read_and_must_end_before_the_timeout() {
+    let dest = |extra: &str| {
+        format!(
+            "[[forward.destination]]\nname = \"central\"\nkind = \"dicom\"\nae_title = \"PACS\"\nhost = \"10.0.0.1\"\nport = 104\nstorage_commitment = true\ncommitment_timeout_s = 60\n{extra}\n"
+        )
+    };
+    let c = Config::parse(&dest("commitment_wait_s = 30"), "site.toml").unwrap();
+    match &c.forward.destinations[0].kind {
+        config::DestinationKind::Dicom(d) => {
+            assert_eq!(d.commitment_wait, std::time::Duration::from_secs(30));
+            assert_eq!(
+                d.storage_commitment,
+                Some(std::time::Duration::from_secs(60))
+            );
+        }
+        other => panic!("{other:?}"),
+    }
+    let c = Config::parse(&dest(""), "site.toml").unwrap();
+    match &c.forward.destinations[0].kind {
+        config::DestinationKind::Dicom(d) => assert!(d.commitment_wait.is_zero()),
+        other => panic!("{other:?}"),
+    }
+    let problems = Config::parse(&dest("commitment_wait_s = 60"), "site.toml")
+        .unwrap_err()
+        .0;
+    assert!(
+        problems
+            .iter()
+            .any(|p| p.key == "forward.destination[1].commitment_wait_s"),
+        "{problems:#?}"
+    );
+}

@@ -182,7 +182,10 @@ impl DicomSender {
             })
             .collect();
         let transaction_uid = format!("2.25.{}", rand::random::<u128>());
-        let failed = match peer.request_commitment(&transaction_uid, &refs).await {
+        let failed = match peer
+            .request_commitment(&transaction_uid, &refs, self.destination.commitment_wait)
+            .await
+        {
             Ok(r) if r.status.is_success() => {
                 return Some(Requested {
                     transaction_uid,

@@ -51,6 +51,34 @@ impl Settings {
     }
 }
 
+/// The peers that may send Storage Commitment reports to the listener: every DICOM
+/// destination configured for commitment, by its AE title, from its host when a remote of
+/// that AE title has `check_host`. `outpost` hands this to the listener, which knows nothing
+/// of forwarding.
+pub fn reporters(
+    forward: &config::Forward,
+    remotes: &[config::Remote],
+) -> Vec<store::outbox::MayReport> {
+    forward
+        .destinations
+        .iter()
+        .filter_map(|d| match &d.kind {
+            config::DestinationKind::Dicom(dicom) if dicom.storage_commitment.is_some() => {
+                let checked = remotes
+                    .iter()
+                    .find(|r| r.ae_title.matches(dicom.ae_title.as_str()))
+                    .filter(|r| r.check_host);
+                Some(store::outbox::MayReport {
+                    destination: d.name.clone(),
+                    ae_title: dicom.ae_title.as_str().to_string(),
+                    host: checked.map(|r| r.host.clone()),
+                })
+            }
+            _ => None,
+        })
+        .collect()
+}
+
 /// Why forwarding cannot start.
 #[derive(Debug, thiserror::Error)]
 pub enum ForwardError {
@@ -96,6 +124,9 @@ pub struct DestinationStatus {
     /// Held by the power policy (on battery with the link down): only STAT and high
     /// priority instances go now.
     pub held_on_battery: bool,
+    /// Raised after Storage Commitment transactions expired unreported a few times in a
+    /// row: the PACS probably cannot reach the listener. What to do, in words.
+    pub commitment_alert: Option<String>,
 }
 
 /// Shared between a destination's workers, its prober and the status readers.
@@ -187,6 +218,7 @@ impl Forwarder {
                     dead_lettered: 0,
                     outside_window: false,
                     held_on_battery: false,
+                    commitment_alert: None,
                 }),
                 held: Mutex::new(Default::default()),
                 wake: tokio::sync::Notify::new(),

@@ -9,7 +9,7 @@ use store::Store;
 use store::outbox::{QueueOp, Queued};
 use store::query::Retrievable;
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, info, warn};
+use tracing::{debug, error, info, warn};
 
 use crate::classify::Verdict;
 use crate::stow::StowClient;
@@ -427,6 +427,13 @@ impl Worker {
                 },
             });
             if let Some(report) = c.report {
+                // The PACS reports on our association: whatever alert said it could not
+                // report is over.
+                self.shared
+                    .status
+                    .lock()
+                    .expect("status lock")
+                    .commitment_alert = None;
                 ops.push(QueueOp::Committed(report_of(report)));
             }
         }
@@ -459,8 +466,17 @@ impl Worker {
 
 /// A report as the store keeps it: SOP Instance UIDs, reasons in words.
 pub(crate) fn report_of(r: storescu::commitment::EventReport) -> store::outbox::CommitmentReport {
+    let sop_classes = r
+        .committed
+        .iter()
+        .chain(r.failed.iter().map(|(x, _)| x))
+        .map(|x| (x.sop_instance_uid.clone(), x.sop_class_uid.clone()))
+        .collect();
     store::outbox::CommitmentReport {
         transaction_uid: r.transaction_uid,
+        sop_classes,
+        // It came on the association that asked: the destination itself.
+        from: None,
         committed: r
             .committed
             .into_iter()
@@ -498,6 +514,9 @@ pub(crate) struct Prober {
 
 /// How often commitment transactions are checked for a report overdue.
 const COMMITMENT_CHECK: Duration = Duration::from_secs(10);
+/// After this many attempts of an instance end with its commitment unreported, the
+/// destination raises an alert: the PACS most likely cannot report at all.
+pub const COMMITMENT_ALERT_AFTER: u32 = 3;
 
 impl Prober {
     /// Queues again the instances of commitment transactions whose report is overdue.
@@ -517,11 +536,41 @@ impl Prober {
         if pending.is_empty() {
             return;
         }
-        let ops: Vec<QueueOp> = pending
+        let expired: Vec<(String, store::outbox::Commitment)> = pending
             .into_iter()
             .filter(|(_, c)| now.saturating_sub(c.requested_at) >= timeout.as_secs())
+            .collect();
+        if expired.is_empty() {
+            return;
+        }
+        // Attempts each instance will have spent once this expiry counts (it counts like a
+        // failed delivery, and the instance goes again after the retry backoff).
+        let attempts = expired
+            .iter()
+            .flat_map(|(_, c)| c.items.iter().map(|i| i.entry.attempts + 1))
+            .max()
+            .unwrap_or(0);
+        let alert = (attempts >= COMMITMENT_ALERT_AFTER).then(|| {
+            let wait = match &self.destination.kind {
+                config::DestinationKind::Dicom(d) => d.commitment_wait.as_secs(),
+                config::DestinationKind::DicomWeb(_) => 0,
+            };
+            format!(
+                "no Storage Commitment report for {attempts} attempts in a row; nothing sent there becomes evictable. The PACS must open an association to this appliance's DICOM port to report, or report on ours: set commitment_wait_s (now {wait} s) and check its Storage Commitment settings for this AE"
+            )
+        });
+        if let Some(a) = &alert {
+            error!(destination = %self.destination.name, "{a}");
+        }
+        self.shared
+            .status
+            .lock()
+            .expect("status lock")
+            .commitment_alert = alert;
+        let ops: Vec<QueueOp> = expired
+            .into_iter()
             .map(|(txn, c)| {
-                warn!(destination = %self.destination.name, transaction = %txn, instances = c.items.len(), "no Storage Commitment report in time; sending the instances again");
+                warn!(destination = %self.destination.name, transaction = %txn, instances = c.items.len(), attempts, "no Storage Commitment report in time; sending the instances again after the retry backoff");
                 QueueOp::CommitmentExpired {
                     transaction_uid: txn,
                     reason: format!(

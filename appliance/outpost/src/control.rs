@@ -70,6 +70,9 @@ pub struct LiveState {
     /// On battery with the link down: only STAT and high priority go now.
     #[serde(default)]
     pub held_on_battery: bool,
+    /// Storage Commitment reports keep failing to come (see `forward::DestinationStatus`).
+    #[serde(default)]
+    pub commitment_alert: Option<String>,
 }
 
 /// What `outpost status` shows.
@@ -383,6 +386,7 @@ async fn queue_rows(control: &Control) -> Result<Vec<QueueRow>, String> {
             dead_lettered: s.dead_lettered,
             outside_window: s.outside_window,
             held_on_battery: s.held_on_battery,
+            commitment_alert: s.commitment_alert.clone(),
         });
         rows.push(QueueRow {
             queue: summary,

@@ -137,6 +137,7 @@ async fn run(c: config::Config) -> anyhow::Result<ExitCode> {
         audit: audit.clone(),
         tls,
         recall,
+        reporters: forward::reporters(&c.forward, &dicom.remotes),
     });
 
     let shutdown = CancellationToken::new();

@@ -72,6 +72,9 @@ pub fn run(c: &config::Config, json: bool) -> anyhow::Result<ExitCode> {
         {
             println!("    last error: {e}");
         }
+        if let Some(a) = row.live.as_ref().and_then(|l| l.commitment_alert.as_ref()) {
+            println!("    ALERT: {a}");
+        }
     }
     print_hardware(&status.hardware);
     Ok(ExitCode::SUCCESS)

@@ -2,7 +2,10 @@
 //! instances we forwarded to it: read, handed to the store, answered.
 
 use dimse::{Command, CommandField, DimseError, Link, Status};
+use std::net::IpAddr;
 use storescu::commitment::parse_event_report;
+
+use store::outbox::{CommitmentReport, Recorded, ReportRefusal, Reporter};
 use tracing::{info, warn};
 
 use crate::session::Session;
@@ -24,7 +27,116 @@ fn failure_reason(code: u16) -> String {
     format!("{what} (0x{code:04X})")
 }
 
+/// Class / Instance Conflict (PS3.7 C.4.1): the report names an instance under another
+/// SOP class than it was sent as.
+const CLASS_INSTANCE_CONFLICT: Status = Status(0x0119);
+/// Resource Limitation.
+const RESOURCE_LIMITATION: Status = Status(0x0213);
+
+/// Whether `peer` is one of the addresses `host` names (an address, or a name resolved now).
+async fn from_host(host: &str, peer: IpAddr) -> bool {
+    let ips: Vec<IpAddr> = match host.parse::<IpAddr>() {
+        Ok(ip) => vec![ip],
+        Err(_) => tokio::net::lookup_host((host, 0))
+            .await
+            .map(|a| a.map(|a| a.ip()).collect())
+            .unwrap_or_default(),
+    };
+    ips.iter()
+        .any(|ip| ip.to_canonical() == peer.to_canonical())
+}
+
 impl<L: Link> Session<L> {
+    /// Hands a parsed report to the store if the caller may report for the transaction's
+    /// destination, and says how it went (status and comment of the N-EVENT-REPORT-RSP).
+    async fn record_report(
+        &mut self,
+        report: storescu::commitment::EventReport,
+    ) -> (Status, Option<String>) {
+        let mut destinations = Vec::new();
+        for r in &self.services.reporters {
+            let ae = config::AeTitle::parse(&r.ae_title);
+            let same_ae = ae.as_ref().is_ok_and(|a| a.matches(&self.calling));
+            if !same_ae {
+                continue;
+            }
+            match &r.host {
+                Some(host) if !from_host(host, self.peer.ip()).await => {}
+                _ => destinations.push(r.destination.clone()),
+            }
+        }
+        if destinations.is_empty() {
+            warn!(
+                peer = %self.peer,
+                calling = %self.calling,
+                transaction = %report.transaction_uid,
+                "Storage Commitment report refused: the caller is not a destination that may report"
+            );
+            return (
+                Status::NOT_AUTHORIZED,
+                Some(format!(
+                    "{} at {} is not a Storage Commitment destination of this archive; reports are accepted only from the destination the instances were sent to",
+                    self.calling,
+                    self.peer.ip()
+                )),
+            );
+        }
+        info!(
+            peer = %self.peer,
+            calling = %self.calling,
+            transaction = %report.transaction_uid,
+            committed = report.committed.len(),
+            failed = report.failed.len(),
+            "Storage Commitment report"
+        );
+        let sop_classes = report
+            .committed
+            .iter()
+            .chain(report.failed.iter().map(|(r, _)| r))
+            .map(|r| (r.sop_instance_uid.clone(), r.sop_class_uid.clone()))
+            .collect();
+        let recorded = self
+            .services
+            .store
+            .record_commitment(CommitmentReport {
+                transaction_uid: report.transaction_uid,
+                committed: report
+                    .committed
+                    .into_iter()
+                    .map(|r| r.sop_instance_uid)
+                    .collect(),
+                failed: report
+                    .failed
+                    .into_iter()
+                    .map(|(r, code)| (r.sop_instance_uid, failure_reason(code)))
+                    .collect(),
+                sop_classes,
+                from: Some(Reporter {
+                    ae_title: self.calling.clone(),
+                    destinations,
+                }),
+            })
+            .await;
+        match recorded {
+            Ok(Recorded::Settled | Recorded::Kept) => (Status::SUCCESS, None),
+            Ok(Recorded::Refused(why)) => {
+                warn!(peer = %self.peer, calling = %self.calling, "Storage Commitment report refused: {why}");
+                let status = match why {
+                    ReportRefusal::NotItsDestination { .. } => Status::NOT_AUTHORIZED,
+                    ReportRefusal::SopClassMismatch { .. } => CLASS_INSTANCE_CONFLICT,
+                    ReportRefusal::TooManyEarly { .. } | ReportRefusal::TooLargeEarly { .. } => {
+                        RESOURCE_LIMITATION
+                    }
+                };
+                (status, Some(why.to_string()))
+            }
+            Err(e) => {
+                warn!(peer = %self.peer, error = %e, "could not record a Storage Commitment report");
+                (Status::PROCESSING_FAILURE, Some(e.to_string()))
+            }
+        }
+    }
+
     pub(crate) async fn n_event_report(
         &mut self,
         pc_id: u8,
@@ -62,40 +174,7 @@ impl<L: Link> Session<L> {
                     )),
                 ),
                 Some(Ok(Err(e))) => (Status::PROCESSING_FAILURE, Some(e.to_string())),
-                Some(Ok(Ok(report))) => {
-                    info!(
-                        peer = %self.peer,
-                        calling = %self.calling,
-                        transaction = %report.transaction_uid,
-                        committed = report.committed.len(),
-                        failed = report.failed.len(),
-                        "Storage Commitment report"
-                    );
-                    let settled = self
-                        .services
-                        .store
-                        .record_commitment(store::outbox::CommitmentReport {
-                            transaction_uid: report.transaction_uid,
-                            committed: report
-                                .committed
-                                .into_iter()
-                                .map(|r| r.sop_instance_uid)
-                                .collect(),
-                            failed: report
-                                .failed
-                                .into_iter()
-                                .map(|(r, code)| (r.sop_instance_uid, failure_reason(code)))
-                                .collect(),
-                        })
-                        .await;
-                    match settled {
-                        Ok(()) => (Status::SUCCESS, None),
-                        Err(e) => {
-                            warn!(peer = %self.peer, error = %e, "could not record a Storage Commitment report");
-                            (Status::PROCESSING_FAILURE, Some(e.to_string()))
-                        }
-                    }
-                }
+                Some(Ok(Ok(report))) => self.record_report(report).await,
             }
         };
         let mut rsp = Command::new(CommandField::N_EVENT_REPORT_RSP);

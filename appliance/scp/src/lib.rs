@@ -39,6 +39,9 @@ pub struct Services {
     pub tls: Option<tls::TlsConfigs>,
     /// Fetches back instances evicted from the cache, when a source is configured.
     pub recall: Option<std::sync::Arc<dyn store::Recall>>,
+    /// Who may send Storage Commitment reports (N-EVENT-REPORT), and for which destination;
+    /// anyone else's report is refused.
+    pub reporters: Vec<store::outbox::MayReport>,
 }
 
 /// The bound listening sockets.

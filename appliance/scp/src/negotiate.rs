@@ -161,11 +161,14 @@ pub fn options<A: AccessControl>(
     // Archives we forward to send their Storage Commitment reports here, asking for the SCP
     // role of the class. A modality asking us to commit (the SCU role) is refused the context
     // up front, as before: this archive does not offer commitment to modalities.
+    // Several PACS propose the context without role selection (PS3.7 D.3.3.4 leaves the
+    // roles to the SOP class definition); a destination configured for commitment is
+    // trusted to be reporting, not asking.
     let reports_commitment = request.is_none_or(|rq| {
         rq.user_variables.iter().any(|v| {
             matches!(v, UserVariableItem::ScuScpRoleSelectionSubItem(uid, roles)
                 if uid.trim_end_matches('\0') == dimse::STORAGE_COMMITMENT && roles.scp)
-        })
+        }) || is_reporter(services, &rq.calling_ae_title)
     });
     if reports_commitment {
         o = o.with_abstract_syntax(dimse::STORAGE_COMMITMENT);
@@ -201,6 +204,15 @@ pub fn options<A: AccessControl>(
         }
     }
     o
+}
+
+/// Whether `calling` is the AE title of a destination that may send Storage Commitment
+/// reports.
+fn is_reporter(services: &Services, calling: &str) -> bool {
+    services
+        .reporters
+        .iter()
+        .any(|r| config::AeTitle::parse(&r.ae_title).is_ok_and(|ae| ae.matches(calling.trim())))
 }
 
 /// Transfer syntaxes to refuse so that a C-GET requestor's storage contexts settle on one we

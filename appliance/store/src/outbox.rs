@@ -36,9 +36,12 @@ pub(crate) const PAUSED: TableDefinition<&str, ()> = TableDefinition::new("outbo
 pub(crate) const COMMITMENTS: TableDefinition<&str, &[u8]> = TableDefinition::new("commitments");
 /// Reports that arrived before their transaction was recorded (a quick archive reports on
 /// its own association while the delivering worker is still writing the transaction down):
-/// transaction UID to (received at, report). Kept for an hour.
+/// transaction UID to (received at, report). Kept for an hour. Version 2: the report names
+/// its sender and SOP classes; the version 1 table (`commitment_early_reports`) is no
+/// longer read (its reports were at most an hour old; their transactions expire and go
+/// again).
 pub(crate) const EARLY_REPORTS: TableDefinition<&str, &[u8]> =
-    TableDefinition::new("commitment_early_reports");
+    TableDefinition::new("commitment_early_reports_v2");
 const EARLY_REPORT_LIFETIME_S: u64 = 3600;
 /// Instances overwritten by a corrected copy (`duplicates = "overwrite"`): SOP Instance UID
 /// to the destinations that acknowledged the corrected copy without that proving they hold
@@ -52,8 +55,10 @@ pub(crate) const OVERWRITTEN: TableDefinition<&str, &[u8]> =
 /// [`RecallMismatch`]. The upstream archive held another version than the one we evicted.
 pub(crate) const RECALL_MISMATCHES: TableDefinition<&str, &[u8]> =
     TableDefinition::new("recall_mismatches");
-/// At most this many early reports are kept, of at most this many instances each.
-const MAX_EARLY_REPORTS: u64 = 64;
+/// At most this many early reports are kept per reporting AE (so one peer's flood cannot
+/// crowd out another's), this many in all, of at most this many instances each.
+pub const MAX_EARLY_REPORTS_PER_PEER: usize = 16;
+const MAX_EARLY_REPORTS: u64 = 1024;
 const MAX_EARLY_REPORT_SIZE: usize = 10_000;
 const SEQ_KEY: &str = "outbox_seq";
 
@@ -176,6 +181,153 @@ pub struct CommitmentReport {
     pub committed: Vec<String>,
     /// SOP Instance UIDs it did not, with the reason in words.
     pub failed: Vec<(String, String)>,
+    /// (SOP Instance UID, SOP Class UID) of every instance the report names, as it named
+    /// them: checked against the classes the transaction asked about.
+    pub sop_classes: Vec<(String, String)>,
+    /// Who sent it, when it came to the listener; `None` when it came on the association
+    /// that requested the commitment (the destination itself, by construction).
+    pub from: Option<Reporter>,
+}
+
+/// The sender of a report on the listener: its calling AE title and the destinations that
+/// AE (from that host) may report for.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Reporter {
+    pub ae_title: String,
+    pub destinations: Vec<String>,
+}
+
+/// One peer that may send Storage Commitment reports to the listener: the AE title of a
+/// destination configured for commitment, and the host it must come from (`Some` when the
+/// AE is a remote with `check_host`). `outpost` builds the list from the forwarding
+/// configuration and hands it to the listener as data.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MayReport {
+    pub destination: String,
+    pub ae_title: String,
+    pub host: Option<String>,
+}
+
+/// What became of a report handed to [`Store::record_commitment`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Recorded {
+    /// Its transaction was settled.
+    Settled,
+    /// Its transaction is not recorded (yet): the report waits for it.
+    Kept,
+    /// Not accepted; the transaction, if any, stays open.
+    Refused(ReportRefusal),
+}
+
+/// Why a report was not accepted.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum ReportRefusal {
+    #[error(
+        "transaction {transaction_uid} was sent to destination {destination:?}; {ae_title} may report only for {allowed:?}"
+    )]
+    NotItsDestination {
+        transaction_uid: String,
+        destination: String,
+        ae_title: String,
+        allowed: Vec<String>,
+    },
+    #[error(
+        "the report names instance {sop_instance_uid} as SOP class {reported}, but it was sent as {sent}"
+    )]
+    SopClassMismatch {
+        sop_instance_uid: String,
+        reported: String,
+        sent: String,
+    },
+    #[error(
+        "{ae_title} already has {MAX_EARLY_REPORTS_PER_PEER} reports waiting for transactions not recorded here; report {transaction_uid} is not kept"
+    )]
+    TooManyEarly {
+        ae_title: String,
+        transaction_uid: String,
+    },
+    #[error(
+        "the report names {count} instances; at most {MAX_EARLY_REPORT_SIZE} are kept for a transaction not recorded here"
+    )]
+    TooLargeEarly { count: usize },
+}
+
+/// Why `report` may not settle `record`, if it may not: sent by an AE that is not the
+/// transaction's destination, or naming an instance under another SOP class than it was
+/// sent as.
+fn refusal(
+    transaction_uid: &str,
+    record: &Commitment,
+    report: &CommitmentReport,
+) -> Option<ReportRefusal> {
+    if let Some(from) = &report.from
+        && !from.destinations.contains(&record.destination)
+    {
+        return Some(ReportRefusal::NotItsDestination {
+            transaction_uid: transaction_uid.to_string(),
+            destination: record.destination.clone(),
+            ae_title: from.ae_title.clone(),
+            allowed: from.destinations.clone(),
+        });
+    }
+    for (sop, class) in &report.sop_classes {
+        if let Some(item) = record
+            .items
+            .iter()
+            .find(|i| &i.entry.sop_instance_uid == sop)
+            && &item.sop_class_uid != class
+        {
+            return Some(ReportRefusal::SopClassMismatch {
+                sop_instance_uid: sop.clone(),
+                reported: class.clone(),
+                sent: item.sop_class_uid.clone(),
+            });
+        }
+    }
+    None
+}
+
+/// Why an early report (its transaction not recorded) may not be kept, if it may not.
+fn early_refusal(
+    early: &impl ReadableTable<&'static str, &'static [u8]>,
+    report: &CommitmentReport,
+) -> Result<Option<ReportRefusal>, StoreError> {
+    let size = report.committed.len() + report.failed.len();
+    if size > MAX_EARLY_REPORT_SIZE {
+        return Ok(Some(ReportRefusal::TooLargeEarly { count: size }));
+    }
+    let peer = report
+        .from
+        .as_ref()
+        .map(|f| f.ae_title.as_str())
+        .unwrap_or("");
+    let mut held = 0;
+    for row in early.iter()? {
+        let (k, v) = row?;
+        if k.value() == report.transaction_uid {
+            // Replacing its own earlier copy does not count twice.
+            continue;
+        }
+        let (_, r): (u64, CommitmentReport) = record::decode(v.value())?;
+        if r.from.as_ref().map(|f| f.ae_title.as_str()).unwrap_or("") == peer {
+            held += 1;
+        }
+    }
+    if held >= MAX_EARLY_REPORTS_PER_PEER || early.len()? >= MAX_EARLY_REPORTS {
+        return Ok(Some(ReportRefusal::TooManyEarly {
+            ae_title: peer.to_string(),
+            transaction_uid: report.transaction_uid.clone(),
+        }));
+    }
+    Ok(None)
+}
+
+/// What settling a transaction came to.
+enum Settle {
+    Settled,
+    /// No such transaction recorded.
+    Unknown,
+    Refused,
 }
 
 /// A queued delivery ready to be attempted, with the instance as it is stored now (`None`
@@ -441,12 +593,12 @@ pub(crate) fn apply(
                 continue;
             }
             QueueOp::Committed(report) => {
-                if !settle_commitment(txn, report, None, &mut seq, router)? {
-                    // Kept for its transaction, within bounds: a peer reporting transactions
-                    // that are not ours cannot fill the index.
+                if let Settle::Unknown = settle_commitment(txn, report, None, &mut seq, router)? {
+                    // Kept for its transaction, within bounds per reporting peer: a peer
+                    // reporting transactions that are not ours can neither fill the index
+                    // nor crowd out another peer's early reports.
                     let mut early = txn.open_table(EARLY_REPORTS)?;
-                    let size = report.committed.len() + report.failed.len();
-                    if early.len()? < MAX_EARLY_REPORTS && size <= MAX_EARLY_REPORT_SIZE {
+                    if early_refusal(&early, report)?.is_none() {
                         early.insert(
                             report.transaction_uid.as_str(),
                             record::encode(&(now, report.clone())).as_slice(),
@@ -643,21 +795,27 @@ pub(crate) fn apply(
 
 /// Settles a commitment transaction: instances the report committed count as confirmed by
 /// its destination; every other one (failed, not mentioned, or all of them when `expired`)
-/// is queued again with the reason. Returns false for an unknown transaction (not recorded
-/// yet, settled before, or never ours), which changes nothing.
+/// is queued again with the reason. An unknown transaction (not recorded yet, settled
+/// before, or never ours) changes nothing, nor does a report [`refusal`] refuses: the
+/// transaction stays open for its destination's own report.
 fn settle_commitment(
     txn: &redb::WriteTransaction,
     report: &CommitmentReport,
     expired: Option<&String>,
     seq: &mut Option<u64>,
     router: Option<&dyn Router>,
-) -> Result<bool, StoreError> {
+) -> Result<Settle, StoreError> {
     let record: Commitment = {
         let mut table = txn.open_table(COMMITMENTS)?;
-        let Some(v) = table.remove(report.transaction_uid.as_str())? else {
-            return Ok(false);
+        let record: Commitment = match table.get(report.transaction_uid.as_str())? {
+            Some(v) => record::decode(v.value())?,
+            None => return Ok(Settle::Unknown),
         };
-        record::decode(v.value())?
+        if expired.is_none() && refusal(&report.transaction_uid, &record, report).is_some() {
+            return Ok(Settle::Refused);
+        }
+        table.remove(report.transaction_uid.as_str())?;
+        record
     };
     let name = queue_name(&record.destination);
     for item in record.items {
@@ -705,16 +863,14 @@ fn settle_commitment(
             continue;
         }
         entry.last_error = Some(reason);
-        // An expired transaction already waited its timeout; a refusal waits the backoff,
-        // so an archive that never commits is not asked again in a tight loop.
-        entry.not_before_ms = match expired {
-            Some(_) => 0,
-            None => now_ms() + record.retry.delay_ms(entry.attempts),
-        };
+        // A refusal and an expiry both wait the backoff, so an archive that never commits,
+        // or never manages to report (behind NAT), is not sent everything again every
+        // timeout for ever.
+        entry.not_before_ms = now_ms() + record.retry.delay_ms(entry.attempts);
         txn.open_table(queue_def(&name))?
             .insert((item.rank, next), record::encode(&entry).as_slice())?;
     }
-    Ok(true)
+    Ok(Settle::Settled)
 }
 
 fn now_ms() -> u64 {
@@ -992,9 +1148,45 @@ impl Store {
     }
 
     /// Records a destination's Storage Commitment report (from whichever association it
-    /// came on).
-    pub async fn record_commitment(&self, report: CommitmentReport) -> Result<(), StoreError> {
-        self.outbox_apply(vec![QueueOp::Committed(report)]).await
+    /// came on). A report from an AE that may not report for the transaction's destination,
+    /// or naming an instance under another SOP class, is refused and changes nothing; so is
+    /// an early one beyond its sender's bound. The writer checks again in its transaction.
+    pub async fn record_commitment(
+        &self,
+        report: CommitmentReport,
+    ) -> Result<Recorded, StoreError> {
+        let known = {
+            let txn = self.db().begin_read()?;
+            let record = match missing_is_empty(txn.open_table(COMMITMENTS).map(Some))? {
+                Some(table) => match table.get(report.transaction_uid.as_str())? {
+                    Some(v) => Some(record::decode::<Commitment>(v.value())?),
+                    None => None,
+                },
+                None => None,
+            };
+            match record {
+                Some(record) => {
+                    if let Some(r) = refusal(&report.transaction_uid, &record, &report) {
+                        return Ok(Recorded::Refused(r));
+                    }
+                    true
+                }
+                None => {
+                    if let Some(early) = missing_is_empty(txn.open_table(EARLY_REPORTS).map(Some))?
+                        && let Some(r) = early_refusal(&early, &report)?
+                    {
+                        return Ok(Recorded::Refused(r));
+                    }
+                    false
+                }
+            }
+        };
+        self.outbox_apply(vec![QueueOp::Committed(report)]).await?;
+        Ok(if known {
+            Recorded::Settled
+        } else {
+            Recorded::Kept
+        })
     }
 
     /// Which of `seqs` are dead letters of a destination.

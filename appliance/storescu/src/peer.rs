@@ -476,13 +476,17 @@ impl Peer {
     }
 
     /// Asks the receiver to commit to `refs` (Storage Commitment Push Model, N-ACTION type 1)
-    /// under `transaction_uid`, and waits for the N-ACTION-RSP. The receiver's report usually
-    /// comes later, on an association it opens to our listener; if it has already sent it on
-    /// this one by the time the response is in, it is read, answered and returned too.
+    /// under `transaction_uid`, and waits for the N-ACTION-RSP. The receiver may report on
+    /// this association (PS3.4 J.3.3) or on one it opens to our listener: after the
+    /// response, a report is waited for here up to `wait` (a receiver that cannot reach our
+    /// listener, behind NAT, has only this way), and, if it comes, read, answered
+    /// (N-EVENT-REPORT-RSP) and returned too. A zero `wait` takes only a report already
+    /// sent.
     pub async fn request_commitment(
         &mut self,
         transaction_uid: &str,
         refs: &[crate::commitment::Reference],
+        wait: Duration,
     ) -> Result<CommitmentRequested, SendError> {
         let address = self.address.clone();
         if self.lost {
@@ -519,18 +523,31 @@ impl Peer {
         rq.action_type_id = Some(1);
         rq.has_data_set = true;
         let timeout = self.dimse_timeout;
-        let result: Result<CommitmentRequested, DimseError> = with_channel!(&mut self.stream, ch => {
+        let result: Result<(CommitmentRequested, bool), DimseError> = with_channel!(&mut self.stream, ch => {
             async {
                 ch.send_command(pc_id, &rq).await?;
                 ch.send_data_set(pc_id, &data).await?;
                 let mut report = None;
                 let mut status = None;
+                let mut report_deadline: Option<tokio::time::Instant> = None;
+                let mut released = false;
                 while status.is_none() || report.is_none() {
-                    let incoming = if status.is_none() {
-                        Some(ch.next(timeout).await?)
-                    } else {
-                        // The response is in: take a report already sent, wait for none.
-                        ch.poll_next().await?
+                    let incoming = match report_deadline {
+                        None => Some(ch.next(timeout).await?),
+                        Some(deadline) => {
+                            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+                            if left.is_zero() {
+                                // Take a report already sent, wait for none.
+                                ch.poll_next().await?
+                            } else {
+                                match ch.next(left).await {
+                                    Ok(i) => Some(i),
+                                    // No report within the wait: not an error of the request.
+                                    Err(DimseError::Timeout { .. }) => None,
+                                    Err(e) => return Err(e),
+                                }
+                            }
+                        }
                     };
                     let Some(incoming) = incoming else { break };
                     match incoming {
@@ -538,7 +555,11 @@ impl Peer {
                             if command.field == CommandField::N_ACTION_RSP
                                 && command.message_id_responded_to == Some(id) =>
                         {
-                            status = Some(command.status.unwrap_or(Status::PROCESSING_FAILURE));
+                            let st = command.status.unwrap_or(Status::PROCESSING_FAILURE);
+                            // A refused request is not reported on.
+                            let wait = if st.is_success() { wait } else { Duration::ZERO };
+                            report_deadline = Some(tokio::time::Instant::now() + wait);
+                            status = Some(st);
                         }
                         Incoming::Command { command, pc_id: got }
                             if command.field == CommandField::N_EVENT_REPORT_RQ =>
@@ -569,6 +590,13 @@ impl Peer {
                                 command.field.name()
                             )));
                         }
+                        Incoming::Release if status.is_some() => {
+                            // Answered, and the receiver is done with us (it will report
+                            // on its own association, or not at all).
+                            ch.release_reply().await?;
+                            released = true;
+                            break;
+                        }
                         Incoming::Release => {
                             return Err(DimseError::Protocol(
                                 "the receiver released during the commitment request".into(),
@@ -577,15 +605,22 @@ impl Peer {
                         Incoming::Aborted => return Err(DimseError::Aborted),
                     }
                 }
-                Ok(CommitmentRequested {
-                    status: status.unwrap_or(Status::PROCESSING_FAILURE),
-                    report,
-                })
+                Ok((
+                    CommitmentRequested {
+                        status: status.unwrap_or(Status::PROCESSING_FAILURE),
+                        report,
+                    },
+                    released,
+                ))
             }
             .await
         });
         match result {
-            Ok(r) => Ok(r),
+            Ok((r, released)) => {
+                // Released by the receiver: nothing more goes on this association.
+                self.lost |= released;
+                Ok(r)
+            }
             Err(e) => {
                 if e.calls_for_abort() {
                     self.fail(abort_reason(&e)).await;

@@ -128,6 +128,7 @@ impl Appliance {
             audit: audit.clone(),
             tls,
             recall,
+            reporters: forward::reporters(&config.forward, &config.dicom.remotes),
         });
         let shutdown = CancellationToken::new();
         let forwarding = CancellationToken::new();

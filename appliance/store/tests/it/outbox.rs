@@ -292,6 +292,7 @@ async fn storage_commitment_settles_committed_failed_and_unmentioned_instances()
                 insts[1].sop_uid.clone(),
                 "no such object instance (0x0112)".into(),
             )],
+            ..Default::default()
         })
         .await
         .unwrap();
@@ -360,6 +361,7 @@ async fn refusals_to_commit_end_in_a_dead_letter_when_attempts_are_spent() {
                         inst.sop_uid.clone(),
                         "no such object instance (0x0112)".into(),
                     )],
+                    ..Default::default()
                 }),
             ])
             .await
@@ -389,6 +391,7 @@ async fn a_report_that_overtakes_its_transaction_still_settles_it() {
             transaction_uid: "2.25.9".into(),
             committed: vec![inst.sop_uid.clone()],
             failed: Vec::new(),
+            ..Default::default()
         })
         .await
         .unwrap();
@@ -436,6 +439,178 @@ async fn a_report_that_overtakes_its_transaction_still_settles_it() {
             .unwrap()
             .contains("3600 s")
     );
+    assert!(store.commitments("central").unwrap().is_empty());
+    store.close().await.unwrap();
+}
+
+/// A transaction for one stored instance, recorded as awaiting `central`'s report.
+async fn one_awaiting(store: &Store, inst: &SynthInstance, txn: &str) {
+    store_from(store, inst, "MODALITY").await;
+    let queued: Vec<_> = head(store, 10)
+        .into_iter()
+        .filter(|q| q.entry.sop_instance_uid == inst.sop_uid)
+        .collect();
+    store
+        .outbox_apply(vec![QueueOp::AwaitCommitment {
+            destination: "central".into(),
+            transaction_uid: txn.into(),
+            items: commit_items(&queued),
+            retry: hint(None),
+        }])
+        .await
+        .unwrap();
+}
+
+fn from(ae: &str, destinations: &[&str]) -> Option<store::outbox::Reporter> {
+    Some(store::outbox::Reporter {
+        ae_title: ae.into(),
+        destinations: destinations.iter().map(|d| d.to_string()).collect(),
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_report_from_another_destination_or_sop_class_is_refused_and_the_transaction_stays() {
+    // Regression (review finding 13): any peer that learned a transaction UID (it travels in
+    // clear in the N-ACTION) could settle it for whichever destination owned it, and a
+    // report naming the instances under another SOP class was taken as well: the instances
+    // counted as held upstream, and became evictable, on a stranger's word.
+    let dir = tempfile::tempdir().unwrap();
+    let (store, _) = Store::open(routed(dir.path())).unwrap();
+    let inst = SynthInstance::ct(1, 1, 1, 1);
+    one_awaiting(&store, &inst, "2.25.77").await;
+    let class = head_class(&store, &inst);
+
+    let stranger = store
+        .record_commitment(store::outbox::CommitmentReport {
+            transaction_uid: "2.25.77".into(),
+            committed: vec![inst.sop_uid.clone()],
+            sop_classes: vec![(inst.sop_uid.clone(), class.clone())],
+            from: from("OTHERPACS", &["other"]),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert!(
+        matches!(
+            stranger,
+            store::outbox::Recorded::Refused(
+                store::outbox::ReportRefusal::NotItsDestination { .. }
+            )
+        ),
+        "{stranger:?}"
+    );
+    let wrong_class = store
+        .record_commitment(store::outbox::CommitmentReport {
+            transaction_uid: "2.25.77".into(),
+            committed: vec![inst.sop_uid.clone()],
+            sop_classes: vec![(inst.sop_uid.clone(), "1.2.840.10008.5.1.4.1.1.7".into())],
+            from: from("CENTRAL", &["central"]),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert!(
+        matches!(
+            wrong_class,
+            store::outbox::Recorded::Refused(store::outbox::ReportRefusal::SopClassMismatch { .. })
+        ),
+        "{wrong_class:?}"
+    );
+    // The writer checks too (a report that skips the read-side check, or races it).
+    store
+        .outbox_apply(vec![QueueOp::Committed(store::outbox::CommitmentReport {
+            transaction_uid: "2.25.77".into(),
+            committed: vec![inst.sop_uid.clone()],
+            sop_classes: vec![(inst.sop_uid.clone(), class.clone())],
+            from: from("OTHERPACS", &["other"]),
+            ..Default::default()
+        })])
+        .await
+        .unwrap();
+    assert!(store.upstream_copies(&inst.sop_uid).unwrap().is_empty());
+    assert_eq!(store.commitments("central").unwrap().len(), 1);
+
+    let genuine = store
+        .record_commitment(store::outbox::CommitmentReport {
+            transaction_uid: "2.25.77".into(),
+            committed: vec![inst.sop_uid.clone()],
+            sop_classes: vec![(inst.sop_uid.clone(), class)],
+            from: from("CENTRAL", &["central"]),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(genuine, store::outbox::Recorded::Settled);
+    assert_eq!(store.upstream_copies(&inst.sop_uid).unwrap(), ["central"]);
+    store.close().await.unwrap();
+}
+
+/// The SOP class an instance was queued with (its stored class).
+fn head_class(store: &Store, inst: &SynthInstance) -> String {
+    store
+        .commitments("central")
+        .unwrap()
+        .into_iter()
+        .flat_map(|(_, c)| c.items)
+        .find(|i| i.entry.sop_instance_uid == inst.sop_uid)
+        .unwrap()
+        .sop_class_uid
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_early_report_flood_from_one_peer_does_not_crowd_out_another() {
+    // Regression (review finding 13): the early-report table held 64 reports from anyone;
+    // a peer that sent 64 reports for made-up transactions filled it for an hour, and the
+    // genuine early report of the real destination was then dropped, so its transaction ran
+    // into the timeout and everything was sent again.
+    let dir = tempfile::tempdir().unwrap();
+    let (store, _) = Store::open(routed(dir.path())).unwrap();
+    let mut refused = 0;
+    for n in 0..200 {
+        let r = store
+            .record_commitment(store::outbox::CommitmentReport {
+                transaction_uid: format!("2.25.5{n}"),
+                from: from("NOISY", &["noisy"]),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        if matches!(r, store::outbox::Recorded::Refused(_)) {
+            refused += 1;
+        }
+    }
+    assert_eq!(
+        refused,
+        200 - store::outbox::MAX_EARLY_REPORTS_PER_PEER,
+        "one peer's early reports are bounded"
+    );
+    let inst = SynthInstance::ct(1, 1, 1, 1);
+    store_from(&store, &inst, "MODALITY").await;
+    let queued = head(&store, 10);
+    let early = store
+        .record_commitment(store::outbox::CommitmentReport {
+            transaction_uid: "2.25.42".into(),
+            committed: vec![inst.sop_uid.clone()],
+            sop_classes: vec![(
+                inst.sop_uid.clone(),
+                queued[0].instance.as_ref().unwrap().sop_class_uid.clone(),
+            )],
+            from: from("CENTRAL", &["central"]),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(early, store::outbox::Recorded::Kept);
+    store
+        .outbox_apply(vec![QueueOp::AwaitCommitment {
+            destination: "central".into(),
+            transaction_uid: "2.25.42".into(),
+            items: commit_items(&queued),
+            retry: hint(None),
+        }])
+        .await
+        .unwrap();
+    assert_eq!(store.upstream_copies(&inst.sop_uid).unwrap(), ["central"]);
     assert!(store.commitments("central").unwrap().is_empty());
     store.close().await.unwrap();
 }
