@@ -175,9 +175,10 @@ impl Store {
             .fs
             .available_bytes(self.inner.layout.root())
             .map_err(IngestError::Write)?;
-        // With a configured capacity, the archive's own files count against it as well.
+        // With a configured capacity, the archive's own files count against it as well, and
+        // so does the audit trail beside them.
         if let Some(capacity) = self.inner.config.cache.and_then(|c| c.capacity_bytes) {
-            let used = self.usage().map(|u| u.stored_bytes).unwrap_or(0);
+            let used = self.usage().map(|u| u.stored_bytes).unwrap_or(0) + self.other_bytes();
             available = available.min(capacity.saturating_sub(used));
         }
         if available < floor {

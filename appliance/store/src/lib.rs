@@ -76,6 +76,11 @@ pub struct StoreConfig {
     pub router: Option<Arc<dyn Router>>,
     /// Evict confirmed instances above a watermark; `None` never evicts.
     pub cache: Option<CacheConfig>,
+    /// Bytes of the appliance's other files on the data volume (the audit trail), kept as a
+    /// running total by their writer. With `capacity_bytes` they count as used, with the
+    /// archive's own files, in the free-space floor and the cache watermarks. (Without it,
+    /// the file system's own free space already counts them.)
+    pub other_bytes: Option<Arc<AtomicU64>>,
 }
 
 impl StoreConfig {
@@ -89,6 +94,7 @@ impl StoreConfig {
             max_batch: 256,
             router: None,
             cache: None,
+            other_bytes: None,
         }
     }
 }
