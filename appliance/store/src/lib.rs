@@ -228,6 +228,9 @@ pub(crate) struct Inner {
     /// Why new instances are refused, when the appliance's health policy says writing is not
     /// safe (a failed array, a read-only volume). Queries and retrievals go on.
     pub(crate) hold: std::sync::RwLock<Option<String>>,
+    /// Bytes reserved by instances being received and not yet on disk: the free-space
+    /// floor counts them, since the file system does not know of them yet.
+    pub(crate) in_flight: AtomicU64,
 }
 
 /// A handle on the archive; cheap to clone.
@@ -333,6 +336,7 @@ impl Store {
                 committer,
                 outbox_changes,
                 hold: std::sync::RwLock::new(None),
+                in_flight: AtomicU64::new(0),
             }),
         };
         let opened = Opened {
@@ -341,6 +345,11 @@ impl Store {
             instances,
         };
         Ok((store, opened))
+    }
+
+    /// Bytes reserved by instances being received that are not on disk yet.
+    pub fn in_flight_bytes(&self) -> u64 {
+        self.inner.in_flight.load(Ordering::SeqCst)
     }
 
     pub fn config(&self) -> &StoreConfig {
