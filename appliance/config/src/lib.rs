@@ -203,6 +203,15 @@ pub struct Storage {
 #[derive(Clone, Debug)]
 pub struct Audit {
     pub path: PathBuf,
+    /// A new file starts at this size (and at the first event of each UTC day).
+    pub rotate_bytes: u64,
+    /// Rotated files older than this many days are deleted (`None`: only `max_bytes` bounds).
+    pub retention_days: Option<u32>,
+    /// The whole trail never exceeds this; the oldest rotated files go first.
+    pub max_bytes: u64,
+    /// Rejected associations written per peer address and reason per minute; the rest
+    /// become one summary line (0: every one is written).
+    pub rejections_per_minute: u32,
 }
 
 #[derive(Clone, Debug)]
@@ -446,6 +455,18 @@ fn build(root: &mut Reader, source: &str) -> Option<Config> {
 
     let mut a = root.table("audit");
     let audit_path = a.optional_path("path");
+    let rotate_mb = a.int("rotate_mb", 64, 1, 1024 * 1024);
+    let retention_days = a.int("retention_days", 0, 0, 36_500);
+    let audit_max_mb = a.int("max_mb", 1024, 1, u64::MAX / (1024 * 1024));
+    let rejections_per_minute = a.int("rejections_per_minute", 20, 0, 1_000_000);
+    if let (Some(r), Some(m)) = (rotate_mb, audit_max_mb)
+        && r > m / 2
+    {
+        a.problem(
+            "max_mb",
+            format!("{m} MB leaves no room for a rotated file of rotate_mb ({r} MB); make max_mb at least twice rotate_mb"),
+        );
+    }
     a.finish();
 
     let mut l = root.table("log");
@@ -504,6 +525,10 @@ fn build(root: &mut Reader, source: &str) -> Option<Config> {
         alerts: alerts?,
         audit: Audit {
             path: audit_path.unwrap_or_else(|| data_dir.join("audit").join("audit.jsonl")),
+            rotate_bytes: rotate_mb? * 1024 * 1024,
+            retention_days: retention_days.map(|d| (d > 0).then_some(d as u32))?,
+            max_bytes: audit_max_mb? * 1024 * 1024,
+            rejections_per_minute: rejections_per_minute? as u32,
         },
         log: Log {
             filter: filter?,

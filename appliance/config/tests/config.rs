@@ -452,3 +452,31 @@ fn the_commitment_wait_is_read_and_must_end_before_the_timeout() {
         "{problems:#?}"
     );
 }
+
+#[test]
+fn the_audit_trail_is_bounded_by_default_and_its_limits_are_checked() {
+    let c = Config::parse("", "empty.toml").unwrap();
+    assert_eq!(c.audit.rotate_bytes, 64 * 1024 * 1024);
+    assert_eq!(c.audit.max_bytes, 1024 * 1024 * 1024);
+    assert_eq!(c.audit.retention_days, None);
+    assert_eq!(c.audit.rejections_per_minute, 20);
+    let c = Config::parse(
+        "[audit]\nrotate_mb = 8\nretention_days = 90\nmax_mb = 100\nrejections_per_minute = 0\n",
+        "site.toml",
+    )
+    .unwrap();
+    assert_eq!(c.audit.rotate_bytes, 8 * 1024 * 1024);
+    assert_eq!(c.audit.retention_days, Some(90));
+    assert_eq!(c.audit.max_bytes, 100 * 1024 * 1024);
+    assert_eq!(c.audit.rejections_per_minute, 0);
+    let problems = Config::parse("[audit]\nrotate_mb = 64\nmax_mb = 100\n", "site.toml")
+        .unwrap_err()
+        .0;
+    assert_eq!(problems.len(), 1, "{problems:#?}");
+    assert_eq!(problems[0].key, "audit.max_mb");
+    assert!(
+        problems[0].message.contains("twice rotate_mb"),
+        "{}",
+        problems[0].message
+    );
+}

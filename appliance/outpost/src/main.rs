@@ -158,6 +158,17 @@ fn check_config(file: &Path) -> anyhow::Result<ExitCode> {
     }
 }
 
+/// The audit trail's limits from the configuration.
+pub(crate) fn audit_config(c: &config::Audit) -> audit::AuditConfig {
+    audit::AuditConfig {
+        rotate_bytes: c.rotate_bytes,
+        retention_days: c.retention_days,
+        max_bytes: Some(c.max_bytes),
+        rejections_per_window: c.rejections_per_minute,
+        window: std::time::Duration::from_secs(60),
+    }
+}
+
 /// The store's settings from the configuration, with the forwarding rules as its router.
 pub(crate) fn store_config(c: &config::Config) -> anyhow::Result<store::StoreConfig> {
     let mut s = store::StoreConfig::new(&c.storage.data_dir);

@@ -53,7 +53,8 @@ async fn run(c: config::Config) -> anyhow::Result<ExitCode> {
     // dicom-ul and reqwest may both link a rustls provider; name ours once, first.
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
     info!(config = %c.source, version = env!("CARGO_PKG_VERSION"), "starting outpost");
-    let audit = Audit::open(&c.audit.path).context("opening the audit trail")?;
+    let audit = Audit::open_with(&c.audit.path, crate::audit_config(&c.audit))
+        .context("opening the audit trail")?;
     audit.record(
         Event::new(EventKind::ConfigurationLoaded, Outcome::Success)
             .detail(format!("configuration loaded from {}", c.source)),
@@ -64,7 +65,9 @@ async fn run(c: config::Config) -> anyhow::Result<ExitCode> {
     // unit's start timeout should not decide that.
     notify::extend_timeout(Duration::from_secs(300));
     let data_dir = c.storage.data_dir.clone();
-    let store_cfg = store_config(&c)?;
+    let mut store_cfg = store_config(&c)?;
+    // The trail lives on the data volume too; the free-space floor counts it.
+    store_cfg.other_bytes = Some(audit.bytes_counter());
     let (store, opened) = tokio::task::spawn_blocking(move || store::Store::open(store_cfg))
         .await
         .context("opening the archive")?

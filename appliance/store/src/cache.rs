@@ -267,7 +267,7 @@ impl Store {
         let root = self.inner.layout.root();
         match self.inner.config.cache.and_then(|c| c.capacity_bytes) {
             Some(capacity) => Ok(Usage {
-                used_bytes: stored,
+                used_bytes: stored + self.other_bytes(),
                 capacity_bytes: capacity,
                 stored_bytes: stored,
             }),
@@ -289,6 +289,15 @@ impl Store {
                 })
             }
         }
+    }
+
+    /// Bytes of the appliance's other files on the data volume (`StoreConfig::other_bytes`).
+    pub(crate) fn other_bytes(&self) -> u64 {
+        self.inner
+            .config
+            .other_bytes
+            .as_ref()
+            .map_or(0, |b| b.load(std::sync::atomic::Ordering::Relaxed))
     }
 
     /// Whether an instance's file was evicted (it is held only upstream).

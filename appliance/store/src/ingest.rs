@@ -30,8 +30,13 @@ const WRITE_MIN: usize = 128 * 1024;
 /// without a copy (at the size of a P-DATA fragment, the copy costs more than the extra
 /// `write` call).
 const COALESCE_BELOW: usize = 32 * 1024;
-/// How often, in bytes written, free space is checked again during a large instance.
-const SPACE_RECHECK: u64 = 64 * 1024 * 1024;
+/// Bytes an instance reserves against the free-space floor before they arrive: the first
+/// reservation, doubling with each further one up to `RESERVE_MAX`. Every reservation checks
+/// free space minus what all associations hold reserved, so concurrent instances cannot
+/// together write past the floor; small first reservations keep a nearly full volume taking
+/// small instances, larger later ones keep large instances from checking too often.
+const RESERVE_FIRST: u64 = 256 * 1024;
+const RESERVE_MAX: u64 = 4 * 1024 * 1024;
 
 /// A write running on the blocking pool; it hands the writer back (once the file exists)
 /// with its result.
@@ -108,7 +113,12 @@ pub struct Ingest {
     crc: u32,
     header_len: u64,
     written: u64,
-    since_space_check: u64,
+    /// Bytes this instance holds in `Inner::in_flight`: reserved, not yet on disk.
+    reserved: u64,
+    /// Of `reserved`, bytes not yet arrived.
+    budget: u64,
+    /// Bytes of the write on the blocking pool, released from `reserved` when it is done.
+    writing: u64,
     /// The first failure; later bytes are only counted, so the sender can be answered after
     /// its last fragment.
     failed: Option<IngestError>,
@@ -126,15 +136,16 @@ impl Store {
         }
         let info = syntax_info(&request.transfer_syntax)
             .ok_or_else(|| IngestError::UnknownTransferSyntax(request.transfer_syntax.clone()))?;
-        self.check_space()?;
-        let id = FileId::new(SystemTime::now());
-        let tmp = self.inner.layout.tmp_path(&id);
         let header = encode_file_meta(
             trim_uid(&request.sop_class_uid),
             trim_uid(&request.sop_instance_uid),
             trim_uid(&request.transfer_syntax),
             Some(request.source_ae.as_str()),
         );
+        let reserved = RESERVE_FIRST.max(header.len() as u64);
+        self.reserve(reserved)?;
+        let id = FileId::new(SystemTime::now());
+        let tmp = self.inner.layout.tmp_path(&id);
         let crc = crc32c::crc32c(&header);
         let header_len = header.len() as u64;
         let buffered = header.len();
@@ -162,10 +173,24 @@ impl Store {
             crc,
             header_len,
             written: 0,
-            since_space_check: 0,
+            reserved,
+            budget: reserved - header_len,
+            writing: 0,
             failed: None,
             settled: false,
         })
+    }
+
+    /// Reserves `bytes` against the floor: refused when free space, less what every
+    /// instance being received holds reserved (these bytes included), is below the floor.
+    fn reserve(&self, bytes: u64) -> Result<(), IngestError> {
+        // Counted first, so two reservations racing each see the other.
+        self.inner.in_flight.fetch_add(bytes, Ordering::SeqCst);
+        let checked = self.check_space();
+        if checked.is_err() {
+            self.inner.in_flight.fetch_sub(bytes, Ordering::SeqCst);
+        }
+        checked
     }
 
     pub(crate) fn check_space(&self) -> Result<(), IngestError> {
@@ -175,11 +200,14 @@ impl Store {
             .fs
             .available_bytes(self.inner.layout.root())
             .map_err(IngestError::Write)?;
-        // With a configured capacity, the archive's own files count against it as well.
+        // With a configured capacity, the archive's own files count against it as well, and
+        // so does the audit trail beside them.
         if let Some(capacity) = self.inner.config.cache.and_then(|c| c.capacity_bytes) {
-            let used = self.usage().map(|u| u.stored_bytes).unwrap_or(0);
+            let used = self.usage().map(|u| u.stored_bytes).unwrap_or(0) + self.other_bytes();
             available = available.min(capacity.saturating_sub(used));
         }
+        // What associations are about to write is not on disk yet.
+        available = available.saturating_sub(self.inner.in_flight.load(Ordering::SeqCst));
         if available < floor {
             self.inner.stats.refused.fetch_add(1, Ordering::Relaxed);
             return Err(IngestError::OutOfSpace { available, floor });
@@ -204,21 +232,25 @@ impl Ingest {
             });
             return;
         }
+        let len = data.len() as u64;
+        if len > self.budget {
+            let step = self.reserved.clamp(RESERVE_FIRST, RESERVE_MAX);
+            let more = step.max(len - self.budget);
+            if let Err(e) = self.store.reserve(more) {
+                self.failed = Some(e);
+                return;
+            }
+            self.reserved += more;
+            self.budget += more;
+        }
+        self.budget -= len;
         self.crc = crc32c::crc32c_append(self.crc, &data);
         self.buffered += data.len();
-        self.since_space_check += data.len() as u64;
         match self.buffer.last_mut() {
             Some(last) if data.len() < COALESCE_BELOW && last.len() < COALESCE_BELOW => {
                 last.extend_from_slice(&data)
             }
             _ => self.buffer.push(data),
-        }
-        if self.since_space_check >= SPACE_RECHECK {
-            self.since_space_check = 0;
-            if let Err(e) = self.store.check_space() {
-                self.failed = Some(e);
-                return;
-            }
         }
         // Write once WRITE_MIN bytes wait and the previous write is done (so little is left
         // to write when the data set ends), and wait for that write only when a whole chunk
@@ -240,15 +272,29 @@ impl Ingest {
         if let Some(task) = self.in_flight.take() {
             let (writer, result) = task.await.expect("write task panicked");
             self.writer = writer;
+            // On disk now (or failed, and the file goes): the file system counts them.
+            let done = std::mem::take(&mut self.writing);
+            self.release(done);
             result?;
         }
         Ok(())
+    }
+
+    /// Gives back reserved bytes.
+    fn release(&mut self, bytes: u64) {
+        let bytes = bytes.min(self.reserved);
+        self.reserved -= bytes;
+        self.store
+            .inner
+            .in_flight
+            .fetch_sub(bytes, Ordering::SeqCst);
     }
 
     async fn flush_buffer(&mut self) -> std::io::Result<()> {
         self.wait_in_flight().await?;
         let writer = self.writer.take();
         let chunks = std::mem::take(&mut self.buffer);
+        self.writing = self.buffered as u64;
         self.written += std::mem::take(&mut self.buffered) as u64;
         let (fs, path) = (self.store.inner.fs.clone(), self.tmp.clone());
         self.in_flight = Some(tokio::task::spawn_blocking(move || {
@@ -353,6 +399,10 @@ impl Ingest {
         })
         .await
         .expect("final write task panicked");
+        // Everything is written: the file system counts the file from here.
+        inner
+            .in_flight
+            .fetch_sub(std::mem::take(&mut self.reserved), Ordering::SeqCst);
         if renamed {
             self.tmp = ready;
         }
@@ -421,6 +471,8 @@ fn write_chunks(writer: &mut dyn FileWriter, chunks: &[Vec<u8>]) -> std::io::Res
 
 impl Drop for Ingest {
     fn drop(&mut self) {
+        let all = self.reserved;
+        self.release(all);
         // An ingest dropped half way (the association died) leaves its temporary file; remove
         // it now rather than at the next start. Without a runtime, the next start does it.
         if !self.settled

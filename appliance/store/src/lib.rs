@@ -76,6 +76,11 @@ pub struct StoreConfig {
     pub router: Option<Arc<dyn Router>>,
     /// Evict confirmed instances above a watermark; `None` never evicts.
     pub cache: Option<CacheConfig>,
+    /// Bytes of the appliance's other files on the data volume (the audit trail), kept as a
+    /// running total by their writer. With `capacity_bytes` they count as used, with the
+    /// archive's own files, in the free-space floor and the cache watermarks. (Without it,
+    /// the file system's own free space already counts them.)
+    pub other_bytes: Option<Arc<AtomicU64>>,
 }
 
 impl StoreConfig {
@@ -89,6 +94,7 @@ impl StoreConfig {
             max_batch: 256,
             router: None,
             cache: None,
+            other_bytes: None,
         }
     }
 }
@@ -224,6 +230,9 @@ pub(crate) struct Inner {
     pub(crate) hold: std::sync::RwLock<Option<String>>,
     /// Numbers the `.ready` names, so start-up repair files them in the order received.
     pub(crate) ready_seq: layout::ReadySeq,
+    /// Bytes reserved by instances being received and not yet on disk: the free-space
+    /// floor counts them, since the file system does not know of them yet.
+    pub(crate) in_flight: AtomicU64,
 }
 
 /// A handle on the archive; cheap to clone.
@@ -330,6 +339,7 @@ impl Store {
                 outbox_changes,
                 hold: std::sync::RwLock::new(None),
                 ready_seq: layout::ReadySeq::starting_at(next_ready_seq),
+                in_flight: AtomicU64::new(0),
             }),
         };
         let opened = Opened {
@@ -338,6 +348,11 @@ impl Store {
             instances,
         };
         Ok((store, opened))
+    }
+
+    /// Bytes reserved by instances being received that are not on disk yet.
+    pub fn in_flight_bytes(&self) -> u64 {
+        self.inner.in_flight.load(Ordering::SeqCst)
     }
 
     pub fn config(&self) -> &StoreConfig {

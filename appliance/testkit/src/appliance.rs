@@ -97,9 +97,20 @@ impl Appliance {
             // Tests evict what they stored a moment ago; the guard is tested in the store.
             protect_recent_s: 0,
         });
+        let audit = audit::Audit::open_with(
+            &config.audit.path,
+            audit::AuditConfig {
+                rotate_bytes: config.audit.rotate_bytes,
+                retention_days: config.audit.retention_days,
+                max_bytes: Some(config.audit.max_bytes),
+                rejections_per_window: config.audit.rejections_per_minute,
+                window: std::time::Duration::from_secs(60),
+            },
+        )
+        .expect("audit trail opens");
+        store_config.other_bytes = Some(audit.bytes_counter());
         adjust(&mut store_config);
         let (store, _) = store::Store::open(store_config).expect("store opens");
-        let audit = audit::Audit::open(&config.audit.path).expect("audit trail opens");
         let plain = TcpListener::bind(("127.0.0.1", port)).await.expect("bind");
         let addr = plain.local_addr().expect("local addr");
         let (tls_listener, tls) = match &config.dicom.tls {

@@ -414,3 +414,68 @@ async fn a_held_archive_turns_senders_away_and_keeps_answering_queries() {
     scu.release().await.unwrap();
     app.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_looping_rejected_associations_leaves_a_bounded_audit_trail() {
+    // A misconfigured modality (or a scanner) retried a refused association in a tight loop.
+    // Every rejection was one more line in one audit file on the data volume, without end:
+    // 10,000 attempts wrote 10,000 lines. Now the first few per minute per (address, reason)
+    // are written, and one summary line counts the rest.
+    const ATTEMPTS: usize = 10_000;
+    const LOOPS: usize = 8;
+    let app = Appliance::start(&format!(
+        "{}\n[audit]\nrejections_per_minute = 20\n",
+        listed_only("ae_title = \"CT1\"\nhost = \"127.0.0.1\"\nport = 104")
+    ))
+    .await;
+    let addr = app.addr;
+    let loops: Vec<_> = (0..LOOPS)
+        .map(|_| {
+            tokio::spawn(async move {
+                for _ in 0..ATTEMPTS / LOOPS {
+                    let (_, answer) =
+                        RawPeer::associate(addr, association_rq("LOOPER", "OUTPOST", ECHO)).await;
+                    assert!(matches!(answer, Pdu::AssociationRJ(_)), "{answer:?}");
+                }
+            })
+        })
+        .collect();
+    for l in loops {
+        l.await.unwrap();
+    }
+    let lines = rejections(&app);
+    let bytes = std::fs::metadata(&app.audit_path).unwrap().len();
+    eprintln!(
+        "{ATTEMPTS} rejected associations: {} audit lines, {bytes} bytes",
+        lines.len()
+    );
+    let parsed: Vec<serde_json::Value> = lines
+        .iter()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    // Written one by one, or counted in a summary: every attempt is accounted for.
+    let accounted: u64 = parsed
+        .iter()
+        .map(|l| l["repeated"].as_u64().unwrap_or(1))
+        .sum();
+    assert_eq!(accounted, ATTEMPTS as u64);
+    // A minute's window: 20 lines and a summary; a slow run may span a few windows.
+    assert!(lines.len() <= 5 * 21, "{} lines", lines.len());
+    let summary = parsed
+        .iter()
+        .find(|l| l.get("repeated").is_some())
+        .expect("a summary line");
+    let detail = summary["detail"].as_str().unwrap();
+    assert!(
+        detail.contains("more rejections of 127.0.0.1 for ")
+            && detail.ends_with("in the last minute"),
+        "{detail}"
+    );
+    // The known caller is still served.
+    let mut scu = Scu::connect(addr, "CT1", "OUTPOST", ECHO, &[])
+        .await
+        .unwrap();
+    assert_eq!(scu.echo().await.unwrap(), Status::SUCCESS);
+    scu.release().await.unwrap();
+    app.stop().await;
+}

@@ -1,6 +1,9 @@
 //! Storing instances: what is acknowledged can be read back byte for byte, duplicates follow
 //! the policy, and refused instances leave nothing behind.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
 use dataset::Encoding;
 use dataset::synth::SynthInstance;
 use store::{DuplicatePolicy, IngestError, Outcome, Store};
@@ -119,6 +122,40 @@ async fn below_the_free_space_floor_nothing_is_written() {
     assert!(matches!(r, Err(IngestError::OutOfSpace { .. })));
     let tmp: Vec<_> = std::fs::read_dir(dir.path().join("tmp")).unwrap().collect();
     assert!(tmp.is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_audit_trail_counts_against_the_free_space_floor() {
+    // The audit trail sits on the data volume beside the archive. With a capacity set, the
+    // floor counted only the instance files, so a trail grown by a looping peer could eat
+    // the room the floor was meant to keep free. Its writer's running total now counts.
+    let dir = tempfile::tempdir().unwrap();
+    let audit = Arc::new(AtomicU64::new(0));
+    let mut c = config(dir.path());
+    c.min_free_bytes = 1_000_000;
+    c.cache = Some(store::CacheConfig {
+        high_watermark: 90,
+        low_watermark: 80,
+        capacity_bytes: Some(10_000_000),
+        protect_recent_s: 0,
+    });
+    c.other_bytes = Some(audit.clone());
+    let (store, _) = Store::open(c).unwrap();
+    let first = SynthInstance::ct(1, 1, 1, 1);
+    assert_eq!(store_instance(&store, &first).await, Outcome::Stored);
+    audit.store(9_500_000, Ordering::Relaxed);
+    let second = SynthInstance::ct(1, 1, 1, 2);
+    match store.begin(request(&second)).await {
+        Err(IngestError::OutOfSpace { available, floor }) => {
+            assert!(available < 500_000, "{available}");
+            assert_eq!(floor, 1_000_000);
+        }
+        other => panic!("expected OutOfSpace, got {:?}", other.map(|_| ())),
+    }
+    assert!(store.usage().unwrap().used_bytes >= 9_500_000);
+    // The trail shrinks (retention): instances are taken again.
+    audit.store(1_000, Ordering::Relaxed);
+    assert_eq!(store_instance(&store, &second).await, Outcome::Stored);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

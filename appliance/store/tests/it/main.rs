@@ -2,6 +2,7 @@
 //! power cuts at the I/O seam, and C-FIND matching over a real index.
 
 mod cache;
+mod disk;
 mod ingest;
 mod outbox;
 mod power_cut;
