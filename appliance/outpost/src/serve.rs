@@ -177,6 +177,7 @@ async fn run(c: config::Config) -> anyhow::Result<ExitCode> {
                 .iter()
                 .map(|d| d.name.clone())
                 .collect(),
+            audit: audit.clone(),
             identity: crate::control::Identity {
                 started_at: store::layout::unix_now(),
                 ae_title: dicom.ae_title.as_str().to_string(),
@@ -186,6 +187,7 @@ async fn run(c: config::Config) -> anyhow::Result<ExitCode> {
                 data_dir: data_dir.display().to_string(),
                 high_watermark: c.storage.high_watermark,
                 low_watermark: c.storage.low_watermark,
+                min_free_bytes: c.storage.min_free_bytes,
             },
         }),
         background.clone(),
