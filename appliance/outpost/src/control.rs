@@ -550,7 +550,7 @@ async fn release_corrections(
     sops: Vec<String>,
     all: bool,
 ) -> Response {
-    if all == !sops.is_empty() {
+    if all != sops.is_empty() {
         return Response::Error(
             "name the corrections to release with --sop UID, or give --all".into(),
         );
