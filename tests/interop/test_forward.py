@@ -30,7 +30,7 @@ from forwarding import (
 )
 from harness import (
     DEFLATED_LE, EXPLICIT_LE, IMPLICIT_LE, RLE_LOSSLESS, dataset_bytes, dcmtk,
-    decoded_differences, elapsed, free_port, port_accepts, transfer_syntax_of,
+    decoded_differences, elapsed, free_port, port_accepts, run_outpost, transfer_syntax_of,
 )
 
 pytestmark = pytest.mark.timeout(90)
@@ -690,3 +690,52 @@ def test_status_reports_the_archive_and_forwarding_of_the_running_service(outpos
     stopped = run_outpost("status", "--config", outpost.config_path)
     assert stopped.returncode != 0
     assert "cannot reach the running service" in stopped.stderr, stopped.stderr
+
+
+def status_cli(outpost, *args):
+    outpost.write_config()
+    return run_outpost("status", "--config", outpost.config_path, *args, timeout=30)
+
+
+@pytest.mark.timeout(90)
+def test_dead_letters_that_block_eviction_are_an_alert_and_release_claim_lets_them_go(
+        outposts, small_corpus, request):
+    """A destination dead-letters instances: they wait for its confirmation for ever.
+
+    Regression: nothing in `outpost status` said that those instances could never be
+    evicted, so the disk filled towards the floor with no warning. Now status lists them
+    (count, bytes, what to do) and `outpost queue release-claim` stops them waiting, audited.
+    Held corrections are listed and released through the same CLI; asking to release one
+    that is not held is refused."""
+    picky = PickyScp("PICKY")
+    request.addfinalizer(picky.stop)
+    outpost = outposts(destinations=[dicom_destination("picky", picky.port,
+                                                       ae_title="PICKY")])
+    mr = next(f for f in small_corpus.files if f["SOPClassUID"] != CT_IMAGE
+              and f["TransferSyntaxUID"] == EXPLICIT_LE)
+    storescu_corpus(outpost.port, small_corpus, [mr])
+    wait_queue(outpost, "picky", "dead-lettered", lambda r: r["queue"]["dead"] == 1)
+
+    s = json.loads(status_cli(outpost, "--json").stdout)
+    [claim] = s["stalled_claims"]
+    assert claim["destination"] == "picky" and claim["configured"], claim
+    assert claim["instances"] == 1 and claim["bytes"] > 0 and claim["sole"] == 1, claim
+    text = status_cli(outpost).stdout
+    assert "1 instance(s)" in text and "never evicted" in text, text
+    assert "outpost queue release-claim picky" in text, text
+
+    r = queue_cli(outpost, "corrections")
+    assert r.returncode == 0 and "no held corrections" in r.stdout, (r.stdout, r.stderr)
+    r = queue_cli(outpost, "release-corrections", "--sop", "1.2.3.4")
+    assert r.returncode != 0 and "no held correction 1.2.3.4" in r.stderr, r.stderr
+
+    r = queue_cli(outpost, "release-claim", "picky")
+    assert r.returncode == 0, r.stderr
+    assert "1 instance(s)" in r.stdout and "stay local" in r.stdout, r.stdout
+    wait_for(lambda: not json.loads(status_cli(outpost, "--json").stdout)["stalled_claims"],
+             10, "the claim released")
+    r = queue_cli(outpost, "release-claim", "picky")
+    assert r.returncode != 0 and "no instance waits in vain" in r.stderr, r.stderr
+    events = [json.loads(line) for line in outpost.audit_path.read_text().splitlines()]
+    assert any(e["event"] == "operator-action" and "release-claim" in (e.get("detail") or "")
+               for e in events), events

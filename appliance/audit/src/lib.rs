@@ -44,6 +44,8 @@ pub enum EventKind {
     AlertCleared,
     /// The appliance powered itself off on the UPS's word.
     PowerOff,
+    /// A person acted on the archive through `outpost` (the detail says what).
+    OperatorAction,
 }
 
 /// PS3.15 Event Outcome Indicator, in words.

@@ -10,7 +10,9 @@ use std::sync::Arc;
 use anyhow::Context;
 use serde::{Deserialize, Serialize};
 use store::Store;
-use store::outbox::{DeadLetter, QueueOp, QueueSummary};
+use store::outbox::{
+    DeadLetter, HeldCorrection, QueueOp, QueueSummary, RecallMismatch, StalledClaim,
+};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
 use tokio_util::sync::CancellationToken;
@@ -44,6 +46,19 @@ pub enum Request {
         destination: String,
     },
     Resume {
+        destination: String,
+    },
+    /// Overwritten instances kept local until a person releases them.
+    Corrections,
+    /// Release held corrections: those with the given SOP Instance UIDs, or all (`all`),
+    /// optionally only those acknowledged by `destination`.
+    ReleaseCorrections {
+        destination: Option<String>,
+        sops: Vec<String>,
+        all: bool,
+    },
+    /// Stop waiting for a destination's confirmation of the instances it will not confirm.
+    ReleaseClaim {
         destination: String,
     },
 }
@@ -104,6 +119,145 @@ pub struct Status {
     /// RAID, data volume, SMART, UPS and alerts (see `hardware::Snapshot`); kept as JSON so
     /// the client needs no copy of every reading's type.
     pub hardware: serde_json::Value,
+    /// Overwritten instances kept local until released, and their bytes.
+    #[serde(default)]
+    pub held_corrections: u64,
+    #[serde(default)]
+    pub held_correction_bytes: u64,
+    /// Recalled copies that differ from the evicted one (all of them: each is a lost
+    /// correction to chase).
+    #[serde(default)]
+    pub recall_mismatches: Vec<(String, RecallMismatch)>,
+    /// Instances that wait for a confirmation that will not come, per destination.
+    #[serde(default)]
+    pub stalled_claims: Vec<StalledClaim>,
+    /// The archive's own alerts, from the three above.
+    #[serde(default)]
+    pub archive_alerts: Vec<ArchiveAlert>,
+}
+
+/// An alert about the archive's content (not its hardware), with what to do.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ArchiveAlert {
+    /// "info", "warning", "error".
+    pub severity: String,
+    pub message: String,
+}
+
+/// The share of the room between the high watermark and the free-space floor that
+/// unevictable instances may take before `outpost status` warns: beyond it, eviction can no
+/// longer keep the archive off the floor for long.
+const STALLED_WARN_SHARE: f64 = 0.25;
+
+/// The archive alerts for `outpost status`: held corrections (warning), recall mismatches
+/// (error), and instances that wait on a destination that never confirms (listed always, a
+/// warning once they take more than [`STALLED_WARN_SHARE`] of the room above the high
+/// watermark).
+pub fn archive_alerts(
+    held: &[HeldCorrection],
+    mismatches: &[(String, RecallMismatch)],
+    stalled: &[StalledClaim],
+    usage: Option<&store::Usage>,
+    high_watermark: u8,
+    min_free_bytes: u64,
+) -> Vec<ArchiveAlert> {
+    let mut out = Vec::new();
+    if !mismatches.is_empty() {
+        let first: Vec<&str> = mismatches.iter().take(3).map(|(s, _)| s.as_str()).collect();
+        out.push(ArchiveAlert {
+            severity: "error".into(),
+            message: format!(
+                "{} recalled instance(s) differ from the copy that was evicted (first: {}): the upstream archive holds another version, so a correction may exist nowhere now. Compare with the upstream archive, send the correct version again (`outpost status --json` lists them all), and set `overwrites` only for destinations that replace their copies.",
+                mismatches.len(),
+                first.join(", ")
+            ),
+        });
+    }
+    if !held.is_empty() {
+        let bytes: u64 = held.iter().map(|h| h.bytes).sum();
+        out.push(ArchiveAlert {
+            severity: "warning".into(),
+            message: format!(
+                "{} corrected instance(s) ({}) stay local: their destinations acknowledged the correction without that proving they replaced their copy. Check the destination holds the corrected version, then `outpost queue release-corrections --all` (`outpost queue corrections` lists them).",
+                held.len(),
+                human_bytes(bytes)
+            ),
+        });
+    }
+    // The room eviction has before ingest reaches the floor: from the high watermark up to
+    // capacity minus the floor.
+    let headroom = usage.map(|u| {
+        u.capacity_bytes
+            .saturating_sub(min_free_bytes)
+            .saturating_sub(u.capacity_bytes / 100 * u64::from(high_watermark))
+    });
+    for c in stalled {
+        let over = headroom.is_none_or(|h| c.bytes as f64 > h as f64 * STALLED_WARN_SHARE);
+        let why = if c.configured {
+            format!("{} dead-lettered them", c.destination)
+        } else {
+            format!(
+                "{} is no longer a configured destination (removed or renamed)",
+                c.destination
+            )
+        };
+        let fix = if c.configured {
+            format!(
+                "resubmit them once the cause is fixed (`outpost queue dead {0}`, `outpost queue resubmit {0}`), or give up on {0} for them: `outpost queue release-claim {0}`",
+                c.destination
+            )
+        } else {
+            format!(
+                "configure it again, or give up on it: `outpost queue release-claim {}`",
+                c.destination
+            )
+        };
+        let sole = if c.sole > 0 {
+            format!(
+                "; {} of them go nowhere else and stay local even then",
+                c.sole
+            )
+        } else {
+            String::new()
+        };
+        out.push(ArchiveAlert {
+            severity: if over { "warning" } else { "info" }.into(),
+            message: format!(
+                "{} instance(s) ({}) are never evicted because they wait for a confirmation from {} that will not come: {why}. {}{sole}.{}",
+                c.instances,
+                human_bytes(c.bytes),
+                c.destination,
+                capitalise(&fix),
+                match headroom {
+                    Some(h) if over => format!(
+                        " That is more than {:.0}% of the {} between the high watermark and the free-space floor.",
+                        STALLED_WARN_SHARE * 100.0,
+                        human_bytes(h)
+                    ),
+                    _ => String::new(),
+                }
+            ),
+        });
+    }
+    out
+}
+
+fn capitalise(s: &str) -> String {
+    let mut c = s.chars();
+    match c.next() {
+        Some(f) => f.to_uppercase().chain(c).collect(),
+        None => String::new(),
+    }
+}
+
+pub(crate) fn human_bytes(n: u64) -> String {
+    const G: f64 = 1e9;
+    const M: f64 = 1e6;
+    if n as f64 >= G {
+        format!("{:.1} GB", n as f64 / G)
+    } else {
+        format!("{:.1} MB", n as f64 / M)
+    }
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -112,6 +266,7 @@ pub enum Response {
     Status(Box<Status>),
     Queue(Vec<QueueRow>),
     Dead(Vec<(u64, DeadLetter)>),
+    Corrections(Vec<HeldCorrection>),
     Done(String),
     Error(String),
 }
@@ -137,6 +292,8 @@ pub struct Control {
     pub forwarder: Option<Arc<forward::Forwarder>>,
     pub hardware: Arc<std::sync::Mutex<crate::hardware::Snapshot>>,
     pub destinations: Vec<String>,
+    /// Where the release commands are recorded.
+    pub audit: audit::Audit,
     /// Facts about the running service that do not change.
     pub identity: Identity,
 }
@@ -151,6 +308,8 @@ pub struct Identity {
     pub low_watermark: u8,
     /// Critical: what start-up repair could not finish (each kept for the next start).
     pub repair_alerts: Vec<String>,
+    /// The free-space floor below which ingest is refused.
+    pub min_free_bytes: u64,
 }
 
 /// Binds the socket, replacing one a previous run left behind (the index lock already
@@ -226,13 +385,29 @@ async fn handle(request: Request, control: &Control) -> Response {
                 Err(e) => return Response::Error(e),
             };
             let store = control.store.clone();
-            let read =
-                tokio::task::spawn_blocking(move || (store.instance_count(), store.usage())).await;
-            let (instances, usage) = match read {
-                Ok((Ok(n), usage)) => (n, usage.ok()),
-                Ok((Err(e), _)) => return Response::Error(e.to_string()),
+            let configured = control.destinations.clone();
+            let read = tokio::task::spawn_blocking(move || {
+                let archive = (
+                    store.held_corrections()?,
+                    store.recall_mismatches()?,
+                    store.stalled_claims(&configured)?,
+                );
+                Ok::<_, store::StoreError>((store.instance_count()?, store.usage().ok(), archive))
+            })
+            .await;
+            let (instances, usage, (held, mismatches, stalled)) = match read {
+                Ok(Ok(r)) => r,
+                Ok(Err(e)) => return Response::Error(e.to_string()),
                 Err(e) => return Response::Error(e.to_string()),
             };
+            let archive_alerts = archive_alerts(
+                &held,
+                &mismatches,
+                &stalled,
+                usage.as_ref(),
+                control.identity.high_watermark,
+                control.identity.min_free_bytes,
+            );
             let id = &control.identity;
             let now = store::layout::unix_now();
             Response::Status(Box::new(Status {
@@ -254,6 +429,11 @@ async fn handle(request: Request, control: &Control) -> Response {
                 repair_alerts: id.repair_alerts.clone(),
                 hardware: serde_json::to_value(&*control.hardware.lock().expect("snapshot lock"))
                     .unwrap_or_default(),
+                held_corrections: held.len() as u64,
+                held_correction_bytes: held.iter().map(|h| h.bytes).sum(),
+                recall_mismatches: mismatches,
+                stalled_claims: stalled,
+                archive_alerts,
             }))
         }
         Request::Queue => match queue_rows(control).await {
@@ -328,6 +508,16 @@ async fn handle(request: Request, control: &Control) -> Response {
             )
             .await
         }
+        Request::Corrections => match control.store.held_corrections() {
+            Ok(h) => Response::Corrections(h),
+            Err(e) => Response::Error(e.to_string()),
+        },
+        Request::ReleaseCorrections {
+            destination,
+            sops,
+            all,
+        } => release_corrections(control, destination, sops, all).await,
+        Request::ReleaseClaim { destination } => release_claim(control, destination).await,
         Request::Pause { destination } => {
             if !known(&destination) {
                 return unknown(&destination);
@@ -358,6 +548,128 @@ async fn handle(request: Request, control: &Control) -> Response {
             }
             r
         }
+    }
+}
+
+/// `outpost queue release-corrections`: the chosen held corrections count as confirmed by
+/// the destinations that acknowledged them. Asking for one that is not held is refused, so
+/// nobody waits for an eviction that will not happen.
+async fn release_corrections(
+    control: &Control,
+    destination: Option<String>,
+    sops: Vec<String>,
+    all: bool,
+) -> Response {
+    if all != sops.is_empty() {
+        return Response::Error(
+            "name the corrections to release with --sop UID, or give --all".into(),
+        );
+    }
+    let held = match control.store.held_corrections() {
+        Ok(h) => h,
+        Err(e) => return Response::Error(e.to_string()),
+    };
+    let by_destination = |h: &HeldCorrection| {
+        destination
+            .as_ref()
+            .is_none_or(|d| h.destinations.iter().any(|x| x == d))
+    };
+    let chosen: Vec<&HeldCorrection> = if all {
+        held.iter().filter(|h| by_destination(h)).collect()
+    } else {
+        let missing: Vec<&str> = sops
+            .iter()
+            .filter(|s| {
+                !held
+                    .iter()
+                    .any(|h| &h.sop_instance_uid == *s && by_destination(h))
+            })
+            .map(String::as_str)
+            .collect();
+        if !missing.is_empty() {
+            return Response::Error(format!(
+                "no held correction {}{}; `outpost queue corrections` lists them",
+                missing.join(", "),
+                destination
+                    .as_ref()
+                    .map(|d| format!(" acknowledged by {d}"))
+                    .unwrap_or_default()
+            ));
+        }
+        held.iter()
+            .filter(|h| sops.contains(&h.sop_instance_uid))
+            .collect()
+    };
+    if chosen.is_empty() {
+        return Response::Error(match &destination {
+            Some(d) => format!("no held corrections acknowledged by {d}"),
+            None => "no held corrections".to_string(),
+        });
+    }
+    let uids: Vec<String> = chosen.iter().map(|h| h.sop_instance_uid.clone()).collect();
+    let studies: std::collections::BTreeSet<&str> =
+        chosen.iter().map(|h| h.study_uid.as_str()).collect();
+    let n = uids.len();
+    let first = uids[0].clone();
+    match control.store.release_corrections(uids).await {
+        Ok(_) => {
+            let what = format!(
+                "released {n} held correction(s) of {} study(ies) (first {first}){}: their acknowledgements now confirm them, so they may be evicted",
+                studies.len(),
+                destination
+                    .as_ref()
+                    .map(|d| format!(" acknowledged by {d}"))
+                    .unwrap_or_default()
+            );
+            control.audit.record(
+                audit::Event::new(audit::EventKind::OperatorAction, audit::Outcome::Success)
+                    .instances(n as u64)
+                    .detail(format!("outpost queue release-corrections: {what}")),
+            );
+            Response::Done(what)
+        }
+        Err(e) => Response::Error(e.to_string()),
+    }
+}
+
+/// `outpost queue release-claim`: the instances that wait in vain for `destination`'s
+/// confirmation stop waiting for it.
+async fn release_claim(control: &Control, destination: String) -> Response {
+    match control
+        .store
+        .release_claim(&destination, &control.destinations)
+        .await
+    {
+        Ok(c) if c.instances == 0 => Response::Error(if c.configured {
+            format!(
+                "no instance waits in vain for {destination}: it has no dead-lettered instances unconfirmed"
+            )
+        } else {
+            format!(
+                "no instance waits for {destination:?}; configured destinations: {}",
+                control.destinations.join(", ")
+            )
+        }),
+        Ok(c) => {
+            let what = format!(
+                "{destination}: {} instance(s) ({}) no longer wait for its confirmation{}; {} of them go nowhere else and stay local",
+                c.instances,
+                human_bytes(c.bytes),
+                if c.configured {
+                    " (its dead letters stay listed)"
+                } else {
+                    ""
+                },
+                c.sole
+            );
+            control.audit.record(
+                audit::Event::new(audit::EventKind::OperatorAction, audit::Outcome::Success)
+                    .instances(c.instances)
+                    .detail(format!("outpost queue release-claim: {what}")),
+            );
+            Response::Done(what)
+        }
+        Err(e) => Response::Error(e.to_string()),
     }
 }
 

@@ -22,6 +22,25 @@ pub enum Action {
     Pause { destination: String },
     /// Deliver to a paused destination again.
     Resume { destination: String },
+    /// List the corrected (overwritten) instances kept local until a person releases them.
+    Corrections,
+    /// Let held corrections be evicted: their destinations' acknowledgements count as
+    /// confirmation (check first that the destination holds the corrected version).
+    ReleaseCorrections {
+        /// Only corrections acknowledged by this destination.
+        #[arg(long)]
+        destination: Option<String>,
+        /// SOP Instance UIDs, as `outpost queue corrections` lists them.
+        #[arg(long = "sop", conflicts_with = "all", required_unless_present = "all")]
+        sops: Vec<String>,
+        /// Every held correction (of `--destination`, if given).
+        #[arg(long)]
+        all: bool,
+    },
+    /// Stop waiting for a destination's confirmation where it will not come (its dead
+    /// letters, or every instance of a destination removed from the configuration), so
+    /// eviction may take those instances once their other destinations confirmed them.
+    ReleaseClaim { destination: String },
     /// List a destination's dead letters with their reasons.
     Dead {
         destination: String,
@@ -38,6 +57,17 @@ pub fn run(c: &config::Config, action: Option<Action>, json: bool) -> anyhow::Re
         Some(Action::Pause { destination }) => Request::Pause { destination },
         Some(Action::Resume { destination }) => Request::Resume { destination },
         Some(Action::Dead { destination, limit }) => Request::Dead { destination, limit },
+        Some(Action::Corrections) => Request::Corrections,
+        Some(Action::ReleaseCorrections {
+            destination,
+            sops,
+            all,
+        }) => Request::ReleaseCorrections {
+            destination,
+            sops,
+            all,
+        },
+        Some(Action::ReleaseClaim { destination }) => Request::ReleaseClaim { destination },
     };
     let path = control::socket_path(&c.storage.data_dir);
     let runtime = tokio::runtime::Builder::new_current_thread()
@@ -109,6 +139,23 @@ pub fn run(c: &config::Config, action: Option<Action>, json: bool) -> anyhow::Re
                     d.entry.attempts,
                     age(now.saturating_sub(d.at)),
                     d.reason
+                );
+            }
+        }
+        Response::Corrections(held) if held.is_empty() => println!("no held corrections"),
+        Response::Corrections(held) => {
+            println!(
+                "{:<40} {:<40} {:<16} {:>10}  held since",
+                "SOP Instance UID", "study", "destination(s)", "size"
+            );
+            for h in held {
+                println!(
+                    "{:<40} {:<40} {:<16} {:>10}  {} ago",
+                    h.sop_instance_uid,
+                    h.study_uid,
+                    h.destinations.join(","),
+                    control::human_bytes(h.bytes),
+                    age(now.saturating_sub(h.since))
                 );
             }
         }

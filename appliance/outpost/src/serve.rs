@@ -189,6 +189,7 @@ async fn run(c: config::Config) -> anyhow::Result<ExitCode> {
                 .iter()
                 .map(|d| d.name.clone())
                 .collect(),
+            audit: audit.clone(),
             identity: crate::control::Identity {
                 started_at: store::layout::unix_now(),
                 ae_title: dicom.ae_title.as_str().to_string(),
@@ -199,6 +200,7 @@ async fn run(c: config::Config) -> anyhow::Result<ExitCode> {
                 high_watermark: c.storage.high_watermark,
                 low_watermark: c.storage.low_watermark,
                 repair_alerts,
+                min_free_bytes: c.storage.min_free_bytes,
             },
         }),
         background.clone(),

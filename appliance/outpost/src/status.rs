@@ -76,12 +76,12 @@ pub fn run(c: &config::Config, json: bool) -> anyhow::Result<ExitCode> {
             println!("    ALERT: {a}");
         }
     }
-    print_hardware(&status.hardware);
+    print_hardware(&status.hardware, &status.archive_alerts);
     Ok(ExitCode::SUCCESS)
 }
 
 /// The hardware sections, read from the JSON snapshot the service sent.
-fn print_hardware(h: &serde_json::Value) {
+fn print_hardware(h: &serde_json::Value, archive: &[control::ArchiveAlert]) {
     let text = |v: &serde_json::Value| v.as_str().unwrap_or("?").to_string();
     let raid = &h["raid"];
     match (raid["reading"].as_array(), raid["error"].as_str()) {
@@ -190,14 +190,21 @@ fn print_hardware(h: &serde_json::Value) {
     if h["forwarding_held"].as_bool() == Some(true) {
         println!("  forwarding: routine studies wait (on battery, link down)");
     }
-    match h["alerts"].as_array() {
-        Some(alerts) if !alerts.is_empty() => {
-            println!("  alerts:");
-            for a in alerts {
-                println!("    [{}] {}", text(&a["severity"]), text(&a["message"]));
-            }
+    let hardware = h["alerts"]
+        .as_array()
+        .map(Vec::as_slice)
+        .unwrap_or_default();
+    if hardware.is_empty() && archive.is_empty() {
+        println!("  alerts:    none");
+    } else {
+        println!("  alerts:");
+        // The archive's own alerts first: an error there is a correction that may be lost.
+        for a in archive {
+            println!("    [{}] {}", a.severity, a.message);
         }
-        _ => println!("  alerts:    none"),
+        for a in hardware {
+            println!("    [{}] {}", text(&a["severity"]), text(&a["message"]));
+        }
     }
 }
 

@@ -426,8 +426,14 @@ impl Policy {
                     let level = a.level.as_deref().unwrap_or("md");
                     let (severity, template) = match a.health {
                         RaidHealth::Ok => continue,
+                        // Recovering onto a spare means a member is missing: one more
+                        // failure loses the array. A resync with every member is routine.
                         RaidHealth::Rebuilding => (
-                            Severity::Info,
+                            if a.degraded.unwrap_or(0) > 0 {
+                                Severity::Warning
+                            } else {
+                                Severity::Info
+                            },
                             format!(
                                 "RAID {} ({level}) rebuilding since {{at}}: {problem}. The array is not redundant until it finishes.",
                                 a.name

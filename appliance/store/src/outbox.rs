@@ -79,10 +79,35 @@ pub trait Router: Send + Sync + std::fmt::Debug {
 
 /// An overwritten instance that stays local because destinations acknowledged the
 /// correction without that proving they hold it.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct HeldCorrection {
     pub sop_instance_uid: String,
     pub destinations: Vec<String>,
+    /// The study of the corrected copy, its size, and when it was stored (Unix seconds):
+    /// held since then.
+    #[serde(default)]
+    pub study_uid: String,
+    #[serde(default)]
+    pub bytes: u64,
+    #[serde(default)]
+    pub since: u64,
+}
+
+/// Instances that wait for a confirmation from a destination that will not give it: the
+/// destination dead-lettered them, or is no longer configured (removed or renamed). They are
+/// never evicted until the letters are resubmitted and delivered or a person releases the
+/// destination's claim ([`QueueOp::ReleaseClaim`]).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StalledClaim {
+    pub destination: String,
+    /// Still configured: the instances are its dead letters. Otherwise every instance routed
+    /// to it and not confirmed waits for ever.
+    pub configured: bool,
+    pub instances: u64,
+    pub bytes: u64,
+    /// Of those, the instances routed to no other destination: releasing the claim leaves
+    /// them with no upstream copy, so they stay local (they are not evicted).
+    pub sole: u64,
 }
 
 /// A recalled copy that is not the copy that was evicted.
@@ -425,6 +450,13 @@ pub enum QueueOp {
     ReleaseCorrections {
         sop_instance_uids: Vec<String>,
     },
+    /// A person gave up on `destination` confirming its instances: they no longer wait on
+    /// it for eviction (only its dead-lettered ones when `dead_only`; every unconfirmed one
+    /// for a destination no longer configured).
+    ReleaseClaim {
+        destination: String,
+        dead_only: bool,
+    },
     /// No report in time: every instance of the transaction is queued again.
     CommitmentExpired {
         transaction_uid: String,
@@ -446,7 +478,8 @@ impl QueueOp {
             // These name a transaction; its record names the destination.
             QueueOp::Committed(_)
             | QueueOp::CommitmentExpired { .. }
-            | QueueOp::ReleaseCorrections { .. } => "",
+            | QueueOp::ReleaseCorrections { .. }
+            | QueueOp::ReleaseClaim { .. } => "",
         }
     }
 }
@@ -592,6 +625,13 @@ pub(crate) fn apply(
                 }
                 continue;
             }
+            QueueOp::ReleaseClaim {
+                destination,
+                dead_only,
+            } => {
+                release_claim(txn, destination, *dead_only)?;
+                continue;
+            }
             QueueOp::Committed(report) => {
                 if let Settle::Unknown = settle_commitment(txn, report, None, &mut seq, router)? {
                     // Kept for its transaction, within bounds per reporting peer: a peer
@@ -625,7 +665,8 @@ pub(crate) fn apply(
         match op {
             QueueOp::Committed(_)
             | QueueOp::CommitmentExpired { .. }
-            | QueueOp::ReleaseCorrections { .. } => {}
+            | QueueOp::ReleaseCorrections { .. }
+            | QueueOp::ReleaseClaim { .. } => {}
             QueueOp::AwaitCommitment {
                 destination,
                 transaction_uid,
@@ -941,6 +982,57 @@ fn release_correction(txn: &redb::WriteTransaction, sop: &str) -> Result<(), Sto
     Ok(())
 }
 
+/// The SOP Instance UIDs among a destination's dead letters.
+fn dead_sops(dead: &impl ReadableTable<u64, &'static [u8]>) -> Result<HashSet<String>, StoreError> {
+    let mut out = HashSet::new();
+    for row in dead.iter()? {
+        let (_, v) = row?;
+        out.insert(
+            record::decode::<DeadLetter>(v.value())?
+                .entry
+                .sop_instance_uid,
+        );
+    }
+    Ok(out)
+}
+
+/// A person released `destination`'s claim: its unconfirmed instances (only the
+/// dead-lettered ones when `dead_only`) are no longer routed to it, so eviction waits only
+/// for the other destinations; one routed nowhere else keeps no upstream state, which means
+/// it stays local, like any instance routed nowhere.
+fn release_claim(
+    txn: &redb::WriteTransaction,
+    destination: &str,
+    dead_only: bool,
+) -> Result<(), StoreError> {
+    let dead = if dead_only {
+        let name = dead_name(destination);
+        dead_sops(&txn.open_table(dead_def(&name))?)?
+    } else {
+        HashSet::new()
+    };
+    let mut upstream = txn.open_table(UPSTREAM)?;
+    let mut changed = Vec::new();
+    for row in upstream.iter()? {
+        let (k, v) = row?;
+        let state: UpstreamState = record::decode(v.value())?;
+        let waits = state.routed.iter().any(|d| d == destination)
+            && !state.confirmed.iter().any(|d| d == destination);
+        if waits && (!dead_only || dead.contains(k.value())) {
+            changed.push((k.value().to_string(), state));
+        }
+    }
+    for (sop, mut state) in changed {
+        state.routed.retain(|d| d != destination);
+        if state.routed.is_empty() {
+            upstream.remove(sop.as_str())?;
+        } else {
+            upstream.insert(sop.as_str(), record::encode(&state).as_slice())?;
+        }
+    }
+    Ok(())
+}
+
 fn still_indexed(txn: &redb::WriteTransaction, sop: &str) -> Result<bool, StoreError> {
     Ok(txn.open_table(INSTANCES)?.get(sop)?.is_some())
 }
@@ -1228,14 +1320,25 @@ impl Store {
         let Some(held) = missing_is_empty(txn.open_table(OVERWRITTEN).map(Some))? else {
             return Ok(Vec::new());
         };
+        let instances = txn.open_table(INSTANCES)?;
         let mut out = Vec::new();
         for row in held.iter()? {
             let (k, v) = row?;
             let destinations: Vec<String> = record::decode(v.value())?;
             if !destinations.is_empty() {
+                let rec = match instances.get(k.value())? {
+                    Some(r) => Some(record::decode::<InstanceRecord>(r.value())?),
+                    None => None,
+                };
                 out.push(HeldCorrection {
                     sop_instance_uid: k.value().to_string(),
                     destinations,
+                    study_uid: rec
+                        .as_ref()
+                        .map(|r| r.study_uid.clone())
+                        .unwrap_or_default(),
+                    bytes: rec.as_ref().map_or(0, |r| r.size),
+                    since: rec.as_ref().map_or(0, |r| r.received_at),
                 });
             }
         }
@@ -1261,6 +1364,99 @@ impl Store {
         self.outbox_apply(vec![QueueOp::ReleaseCorrections { sop_instance_uids }])
             .await?;
         Ok(released)
+    }
+
+    /// Per destination, the instances kept local because they wait for a confirmation that
+    /// will not come (see [`StalledClaim`]); `configured` names the destinations of the
+    /// running configuration. Reads every upstream record: meant for people, not for the
+    /// delivery path.
+    pub fn stalled_claims(&self, configured: &[String]) -> Result<Vec<StalledClaim>, StoreError> {
+        let txn = self.db().begin_read()?;
+        let Some(upstream) = missing_is_empty(txn.open_table(UPSTREAM).map(Some))? else {
+            return Ok(Vec::new());
+        };
+        let instances = txn.open_table(INSTANCES)?;
+        let evicted = txn.open_table(EVICTED)?;
+        let mut dead: std::collections::HashMap<String, HashSet<String>> = Default::default();
+        for d in configured {
+            let name = dead_name(d);
+            if let Some(t) = missing_is_empty(txn.open_table(dead_def(&name)).map(Some))? {
+                dead.insert(d.clone(), dead_sops(&t)?);
+            }
+        }
+        let mut claims: std::collections::BTreeMap<String, StalledClaim> = Default::default();
+        for row in upstream.iter()? {
+            let (k, v) = row?;
+            let sop = k.value();
+            let state: UpstreamState = record::decode(v.value())?;
+            let mut size = None;
+            for d in &state.routed {
+                if state.confirmed.contains(d) {
+                    continue;
+                }
+                let is_configured = configured.contains(d);
+                let stalled = if is_configured {
+                    dead.get(d).is_some_and(|s| s.contains(sop))
+                } else {
+                    true
+                };
+                if !stalled {
+                    continue;
+                }
+                let bytes = match size {
+                    Some(b) => b,
+                    None => {
+                        let b = match instances.get(sop)? {
+                            Some(_) if evicted.get(sop)?.is_some() => 0,
+                            Some(r) => record::decode::<InstanceRecord>(r.value())?.size,
+                            None => 0,
+                        };
+                        size = Some(b);
+                        b
+                    }
+                };
+                let c = claims.entry(d.clone()).or_insert_with(|| StalledClaim {
+                    destination: d.clone(),
+                    configured: is_configured,
+                    ..StalledClaim::default()
+                });
+                c.instances += 1;
+                c.bytes += bytes;
+                if state.routed.len() == 1 {
+                    c.sole += 1;
+                }
+            }
+        }
+        Ok(claims.into_values().collect())
+    }
+
+    /// Releases `destination`'s claim on the instances that wait for it in vain (see
+    /// [`StalledClaim`]): for a configured destination its dead-lettered instances, for one
+    /// no longer configured every unconfirmed instance. Returns what was released, as read
+    /// just before.
+    pub async fn release_claim(
+        &self,
+        destination: &str,
+        configured: &[String],
+    ) -> Result<StalledClaim, StoreError> {
+        let is_configured = configured.iter().any(|d| d == destination);
+        let claim = self
+            .stalled_claims(configured)?
+            .into_iter()
+            .find(|c| c.destination == destination)
+            .unwrap_or_else(|| StalledClaim {
+                destination: destination.to_string(),
+                configured: is_configured,
+                ..StalledClaim::default()
+            });
+        if claim.instances > 0 {
+            self.outbox_apply(vec![QueueOp::ReleaseClaim {
+                destination: destination.to_string(),
+                dead_only: is_configured,
+            }])
+            .await?;
+        }
+        Ok(claim)
     }
 
     /// Recalled copies that differ from the copy that was evicted.

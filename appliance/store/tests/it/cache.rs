@@ -201,3 +201,119 @@ async fn a_full_archive_of_unconfirmed_instances_refuses_more() {
     assert_eq!(report.instances, 0, "nothing confirmed, nothing evicted");
     store.close().await.unwrap();
 }
+
+/// Routes every instance to two destinations.
+#[derive(Debug)]
+struct ToBoth;
+
+impl store::Router for ToBoth {
+    fn destinations(&self) -> Vec<String> {
+        vec!["central".into(), "old".into()]
+    }
+    fn route(&self, _source_ae: &str, _instance: &store::record::Extracted) -> Vec<store::Route> {
+        ["central", "old"]
+            .iter()
+            .map(|d| store::Route {
+                destination: d.to_string(),
+                rank: 2,
+            })
+            .collect()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn instances_waiting_on_a_destination_that_never_confirms_are_counted_and_released() {
+    // A site renamed its second archive "old" to "backup" in the configuration (or "old"
+    // dead-lettered the instances). Every instance routed to "old" kept waiting for its
+    // confirmation, which no worker would ever bring, so none of them was ever evicted and
+    // the disk filled up to the floor with nothing in the status saying why. Now the store
+    // counts them per destination (instances, bytes, and those routed nowhere else), and a
+    // person can release the destination's claim so eviction waits only for the others.
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = cached(dir.path());
+    c.router = Some(Arc::new(ToBoth));
+    let (store, _) = Store::open(c).unwrap();
+    let all = series(1, 18);
+    for inst in &all {
+        put(&store, inst, "CT1").await;
+    }
+    confirm(&store, &all).await;
+    // "old" dead-letters two of them.
+    let dead: Vec<QueueOp> = store
+        .outbox_peek("old", 2, &HashSet::new(), u64::MAX, usize::MAX)
+        .unwrap()
+        .ready
+        .into_iter()
+        .map(|q| QueueOp::Dead {
+            destination: "old".into(),
+            key: q.key,
+            reason: "refused".into(),
+        })
+        .collect();
+    store.outbox_apply(dead).await.unwrap();
+    let report = store.maintain_cache().await.unwrap().unwrap();
+    assert_eq!(
+        report.instances, 0,
+        "nothing is confirmed by old: {report:?}"
+    );
+
+    let configured = ["central".to_string(), "old".to_string()];
+    let claims = store.stalled_claims(&configured).unwrap();
+    assert_eq!(claims.len(), 1, "{claims:?}");
+    assert_eq!(
+        (claims[0].destination.as_str(), claims[0].configured),
+        ("old", true)
+    );
+    assert_eq!((claims[0].instances, claims[0].sole), (2, 0), "{claims:?}");
+    assert!(claims[0].bytes > 2 * SIZE as u64, "{claims:?}");
+
+    // Renamed away: every unconfirmed instance waits on it.
+    let configured = ["central".to_string()];
+    let claims = store.stalled_claims(&configured).unwrap();
+    assert_eq!(claims.len(), 1, "{claims:?}");
+    assert!(!claims[0].configured);
+    assert_eq!(claims[0].instances, 18, "{claims:?}");
+    assert!(claims[0].bytes > 18 * SIZE as u64, "{claims:?}");
+
+    let released = store.release_claim("old", &configured).await.unwrap();
+    assert_eq!(released.instances, 18);
+    for _ in 0..100 {
+        if store.stalled_claims(&configured).unwrap().is_empty() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert!(store.stalled_claims(&configured).unwrap().is_empty());
+    let report = store.maintain_cache().await.unwrap().unwrap();
+    assert!(
+        report.instances > 0,
+        "central's copies now suffice: {report:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn releasing_the_only_destination_of_an_instance_keeps_it_local() {
+    // Releasing a claim never evicts the only copy: an instance routed to no other
+    // destination has no upstream copy, so it stays, and the answer says how many.
+    let dir = tempfile::tempdir().unwrap();
+    let (store, _) = Store::open(cached(dir.path())).unwrap();
+    let all = series(1, 18);
+    for inst in &all {
+        put(&store, inst, "CT1").await;
+    }
+    let released = store.release_claim("central", &[]).await.unwrap();
+    assert_eq!(
+        (released.instances, released.sole),
+        (18, 18),
+        "{released:?}"
+    );
+    for _ in 0..100 {
+        if store.stalled_claims(&[]).unwrap().is_empty() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert!(store.stalled_claims(&[]).unwrap().is_empty());
+    let report = store.maintain_cache().await.unwrap().unwrap();
+    assert_eq!(report.instances, 0, "{report:?}");
+}
