@@ -3,6 +3,7 @@
 
 mod associations;
 mod basics;
+mod flood;
 mod query;
 mod retrieve;
 mod robustness;
