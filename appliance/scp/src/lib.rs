@@ -11,7 +11,9 @@
 mod accept;
 mod commitment;
 mod find;
+mod handshake;
 mod negotiate;
+mod pending;
 mod policy;
 mod retrieve;
 mod session;
@@ -61,9 +63,20 @@ pub async fn run(
     services: Arc<Services>,
     shutdown: CancellationToken,
 ) -> Stopped {
-    let slots = accept::Slots {
-        general: Arc::new(Semaphore::new(services.config.max_associations)),
-        upstream: Arc::new(Semaphore::new(accept::UPSTREAM_RESERVE)),
+    let admission = accept::Admission {
+        slots: accept::Slots {
+            general: Arc::new(Semaphore::new(services.config.max_associations)),
+            upstream: Arc::new(Semaphore::new(accept::UPSTREAM_RESERVE)),
+        },
+        pending: Arc::default(),
+        hosts: Arc::new(policy::HostCache::new(&services)),
+    };
+    // `check_host` names are resolved off the accept path (see `policy::HostCache`).
+    let resolver = {
+        let hosts = admission.hosts.clone();
+        let services = services.clone();
+        let stop = shutdown.clone();
+        tokio::spawn(async move { hosts.refresh(&services, stop).await })
     };
     let tracker = TaskTracker::new();
     // Cancelled at the end of the grace period: associations still running abort.
@@ -72,7 +85,7 @@ pub async fn run(
         listeners.plain,
         PortKind::Plain,
         services.clone(),
-        slots.clone(),
+        admission.clone(),
         tracker.clone(),
         force.clone(),
         shutdown.clone(),
@@ -82,7 +95,7 @@ pub async fn run(
             tls,
             PortKind::Tls,
             services.clone(),
-            slots.clone(),
+            admission.clone(),
             tracker.clone(),
             force.clone(),
             shutdown.clone(),
@@ -92,6 +105,7 @@ pub async fn run(
     for a in accepting {
         let _ = a.await;
     }
+    let _ = resolver.await;
     tracker.close();
     let running = tracker.len();
     if running > 0 {
