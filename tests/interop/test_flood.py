@@ -61,7 +61,7 @@ def test_flood_before_association(server):
         time.sleep(0.5)
         took = echo_ct1(server.port)
         assert took < 2, f"C-ECHO behind 2,000 half headers took {took:.2f} s"
-        rss, hwm = rss_mb(server.pid())
+        rss, hwm = rss_mb(server.pid)
         print(f"outpost RSS {rss:.1f} MB, peak {hwm:.1f} MB during the flood")
         assert hwm < 200, f"peak RSS {hwm:.1f} MB"
         assert server.alive(), server.log_tail()
