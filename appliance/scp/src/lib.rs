@@ -76,7 +76,13 @@ pub async fn run(
         let hosts = admission.hosts.clone();
         let services = services.clone();
         let stop = shutdown.clone();
-        tokio::spawn(async move { hosts.refresh(&services, stop).await })
+        tokio::spawn(async move {
+            // A lookup in progress must not hold up the stop.
+            tokio::select! {
+                _ = stop.cancelled() => {}
+                _ = hosts.refresh(&services, stop.clone()) => {}
+            }
+        })
     };
     let tracker = TaskTracker::new();
     // Cancelled at the end of the grace period: associations still running abort.

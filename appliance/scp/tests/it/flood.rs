@@ -187,3 +187,25 @@ async fn the_association_ac_carries_outposts_implementation_class_uid() {
     assert_eq!(version, Some(dataset::meta::IMPLEMENTATION_VERSION_NAME));
     app.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_check_host_name_that_never_resolves_stalls_no_one() {
+    // Before the fix every connection resolved every check_host name with getaddrinfo, one
+    // after another and without a timeout, before its policy decision: during a DNS outage
+    // (often part of a WAN outage) every modality waited. Names are now resolved in the
+    // background. (A stalling resolver cannot be staged here; `.invalid` fails at once, so
+    // this checks the outcome: CT1 is served at once, CT2's unresolved name matches no one.)
+    let app = Appliance::start(
+        "[dicom]\nae_title = \"OUTPOST\"\naccept_unknown_callers = false\n\n\
+         [[dicom.remote]]\nae_title = \"CT1\"\nhost = \"127.0.0.1\"\nport = 104\n\n\
+         [[dicom.remote]]\nae_title = \"CT2\"\nhost = \"pacs.outpost-test.invalid\"\nport = 104\ncheck_host = true\n",
+    )
+    .await;
+    echo_within(app.addr, Duration::from_secs(2)).await;
+    let refused = Scu::connect(app.addr, "CT2", "OUTPOST", ECHO, &[]).await;
+    assert!(
+        refused.is_err(),
+        "CT2 accepted although its host never resolved"
+    );
+    app.stop().await;
+}
