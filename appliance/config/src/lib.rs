@@ -111,6 +111,9 @@ pub struct Dicom {
     /// The largest PDU we accept.
     pub max_pdu: u32,
     pub association_timeout: Duration,
+    /// How long a new connection may take to send its whole A-ASSOCIATE-RQ (TLS handshake
+    /// included) before it is closed; it holds no association slot meanwhile.
+    pub request_timeout: Duration,
     pub idle_timeout: Duration,
     pub dimse_timeout: Duration,
     /// A C-FIND with more matches is refused with 0xA700.
@@ -317,6 +320,7 @@ fn build(root: &mut Reader, source: &str) -> Option<Config> {
     let max_associations = d.int("max_associations", 32, 1, 10_000);
     let max_pdu = d.int("max_pdu", 262_144, 4096, 16 * 1024 * 1024);
     let association_timeout = d.seconds("association_timeout_s", 30, 1, 3600);
+    let request_timeout = d.seconds("request_timeout_s", 5, 1, 300);
     let idle_timeout = d.seconds("idle_timeout_s", 300, 1, 86_400);
     let dimse_timeout = d.seconds("dimse_timeout_s", 60, 1, 3600);
     let max_find_results = d.int("max_find_results", 10_000, 1, 10_000_000);
@@ -500,6 +504,7 @@ fn build(root: &mut Reader, source: &str) -> Option<Config> {
             max_associations: max_associations? as usize,
             max_pdu: max_pdu? as u32,
             association_timeout: association_timeout?,
+            request_timeout: request_timeout?,
             idle_timeout: idle_timeout?,
             dimse_timeout: dimse_timeout?,
             max_find_results: max_find_results? as usize,

@@ -53,6 +53,7 @@ async fn run(c: config::Config) -> anyhow::Result<ExitCode> {
     // dicom-ul and reqwest may both link a rustls provider; name ours once, first.
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
     info!(config = %c.source, version = env!("CARGO_PKG_VERSION"), "starting outpost");
+    raise_open_files_limit();
     let audit = Audit::open_with(&c.audit.path, crate::audit_config(&c.audit))
         .context("opening the audit trail")?;
     audit.record(
@@ -424,5 +425,22 @@ async fn maintain_cache(store: store::Store, audit: Audit, stop: CancellationTok
             }
             Err(e) => warn!(error = %e, "cache maintenance failed"),
         }
+    }
+}
+
+/// Raises the soft open-files limit to the hard one. Outside systemd the soft limit is 1,024,
+/// which a flood of half-open connections (each bounded, but each a descriptor) exhausts
+/// long before memory; the hard limit is what the administrator allowed.
+fn raise_open_files_limit() {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    match getrlimit(Resource::RLIMIT_NOFILE) {
+        Ok((soft, hard)) if soft < hard => match setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
+            Ok(()) => info!(was = soft, now = hard, hard, "raised the open-files limit"),
+            Err(e) => {
+                warn!(soft, hard, error = %e, "could not raise the open-files limit; a connection flood may exhaust it")
+            }
+        },
+        Ok((soft, hard)) => info!(soft, hard, "open-files limit already at its hard limit"),
+        Err(e) => warn!(error = %e, "could not read the open-files limit"),
     }
 }

@@ -1,5 +1,6 @@
-//! Accepting connections: the association limit, TLS and plain-port mix-ups, the caller policy,
-//! and handing an established association to its session.
+//! Accepting connections: reading the association request with no association slot held,
+//! the pre-association limits, TLS and plain-port mix-ups, the caller policy, the
+//! association limit, and handing an established association to its session.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -8,18 +9,22 @@ use std::time::Duration;
 use audit::{Event, EventKind, Outcome};
 use dicom_ul::pdu::{
     AbortRQServiceProviderReason, AbortRQSource, AssociationRJ, AssociationRJResult,
-    AssociationRJServiceProviderPresentationReason, AssociationRJSource, AssociationRQ, Pdu,
+    AssociationRJServiceProviderASCEReason, AssociationRJServiceProviderPresentationReason,
+    AssociationRJSource, AssociationRQ, Pdu,
 };
-use tokio::io::{AsyncReadExt, AsyncWriteExt, Interest};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::sync::Semaphore;
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
 
 use crate::Services;
-use crate::negotiate::{self, Decision, Gate};
-use crate::policy;
+use crate::handshake::{self, Accepted, Read, write_pdu};
+use crate::negotiate;
+use crate::pending::{Pending, Ticket};
+use crate::policy::{self, HostCache};
 use crate::session::Session;
 
 /// Which listener a connection came in on.
@@ -28,10 +33,6 @@ pub enum PortKind {
     Plain,
     Tls,
 }
-
-/// The largest association request examined before negotiation; larger ones (hundreds of
-/// presentation contexts) are negotiated without that look-ahead.
-const PEEK_LIMIT: usize = 64 * 1024;
 
 /// Association slots beyond `max_associations` kept for remotes marked `upstream = true`: a
 /// recall makes the central PACS open an association back to us while the retrievals that
@@ -46,11 +47,20 @@ pub(crate) struct Slots {
     pub upstream: Arc<Semaphore>,
 }
 
+/// What admission shares across connections: the slots, the connections not associated yet,
+/// and the addresses of `check_host` remotes.
+#[derive(Clone)]
+pub(crate) struct Admission {
+    pub slots: Slots,
+    pub pending: Arc<Pending>,
+    pub hosts: Arc<HostCache>,
+}
+
 pub(crate) async fn accept_loop(
     listener: TcpListener,
     kind: PortKind,
     services: Arc<Services>,
-    slots: Slots,
+    admission: Admission,
     tracker: TaskTracker,
     force: CancellationToken,
     shutdown: CancellationToken,
@@ -76,30 +86,18 @@ pub(crate) async fn accept_loop(
         };
         // Nagle's algorithm with delayed ACKs stalls DIMSE exchanges of small PDUs.
         let _ = socket.set_nodelay(true);
-        let permit = slots.general.clone().try_acquire_owned().ok();
-        let upstream_slots = slots.upstream.clone();
+        // Registered before the task starts, so that a flood's older connections are closed
+        // as fast as new ones arrive.
+        let ticket = admission.pending.admit(peer.ip());
         let services = services.clone();
+        let admission = admission.clone();
         let force = force.clone();
         let stopping = shutdown.clone();
         tracker.spawn(async move {
-            let timeout = services.config.association_timeout;
-            let result = match kind {
-                PortKind::Plain => {
-                    plain(
-                        socket,
-                        peer,
-                        services,
-                        permit,
-                        upstream_slots,
-                        force,
-                        stopping,
-                    )
-                    .await
-                }
-                PortKind::Tls => {
-                    tls(socket, peer, services, permit, force, stopping, timeout).await
-                }
-            };
+            let result = connection(
+                socket, peer, kind, services, admission, ticket, force, stopping,
+            )
+            .await;
             if let Err(why) = result {
                 debug!(%peer, why, "connection closed before an association");
             }
@@ -107,171 +105,293 @@ pub(crate) async fn accept_loop(
     }
 }
 
-/// How a wait for a caller that is not associated yet ended early.
+/// How a wait for a caller's request ended early.
 enum Cut {
     TimedOut,
     Stopping,
+    /// Newer incomplete connections pushed this one out (see [`crate::pending`]).
+    Evicted,
 }
 
-/// Waits for a caller for at most `timeout`. A connection that is not an association yet has
-/// nothing to finish, so the wait also ends as soon as the service starts stopping.
-async fn wait_caller<F: std::future::Future>(
+/// Waits for a caller until `deadline`. A connection that is not an association yet has
+/// nothing to finish, so the wait also ends as soon as the service starts stopping, or when
+/// the pre-association limits close it.
+async fn wait_request<F: std::future::Future>(
     shutdown: &CancellationToken,
-    timeout: Duration,
+    ticket: &Ticket,
+    deadline: Instant,
     f: F,
 ) -> Result<F::Output, Cut> {
     tokio::select! {
         _ = shutdown.cancelled() => Err(Cut::Stopping),
-        r = tokio::time::timeout(timeout, f) => r.map_err(|_| Cut::TimedOut),
+        _ = ticket.cut.cancelled() => Err(Cut::Evicted),
+        r = tokio::time::timeout_at(deadline, f) => r.map_err(|_| Cut::TimedOut),
     }
 }
 
-async fn plain(
-    socket: TcpStream,
+fn cut_reason(cut: Cut, peer: SocketAddr, timeout: Duration) -> &'static str {
+    match cut {
+        Cut::Stopping => "the service is stopping",
+        Cut::Evicted => "closed: newer incomplete connections from the same address",
+        Cut::TimedOut => {
+            warn!(%peer, ?timeout, "no association request arrived in time (dicom.request_timeout_s); closing");
+            "timeout"
+        }
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn connection(
+    mut socket: TcpStream,
     peer: SocketAddr,
+    kind: PortKind,
     services: Arc<Services>,
-    permit: Option<OwnedSemaphorePermit>,
-    upstream_slots: Arc<Semaphore>,
+    admission: Admission,
+    ticket: Ticket,
     force: CancellationToken,
     shutdown: CancellationToken,
 ) -> Result<(), &'static str> {
     let dicom = &services.config;
-    let peeked = match wait_caller(&shutdown, dicom.association_timeout, peek_request(&socket))
-        .await
-    {
-        Err(Cut::Stopping) => return Err("the service is stopping"),
-        Err(Cut::TimedOut) => {
-            warn!(%peer, timeout = ?dicom.association_timeout, "no association request arrived in time; closing");
-            return Err("timeout");
+    let timeout = dicom.request_timeout;
+    let deadline = Instant::now() + timeout;
+    let max_pdu = dicom.max_pdu;
+    match kind {
+        PortKind::Plain => {
+            let read = wait_request(
+                &shutdown,
+                &ticket,
+                deadline,
+                handshake::read_request(&mut socket, max_pdu),
+            )
+            .await
+            .map_err(|c| cut_reason(c, peer, timeout))?;
+            drop(ticket);
+            let rq = request(&services, &mut socket, peer, PortKind::Plain, read).await?;
+            associate(
+                socket,
+                rq,
+                peer,
+                PortKind::Plain,
+                &services,
+                &admission,
+                force,
+            )
+            .await
         }
-        Ok(p) => p,
-    };
-    let (request, length) = match peeked {
-        Peeked::Closed => return Err("closed"),
-        Peeked::Tls => {
+        PortKind::Tls => {
+            let Some(tls) = services.tls.clone() else {
+                return Err("no TLS configuration");
+            };
+            let mut first = [0u8; 1];
+            match wait_request(&shutdown, &ticket, deadline, socket.peek(&mut first)).await {
+                Ok(Ok(1)) if first[0] == 0x01 => {
+                    warn!(
+                        %peer,
+                        tls_port = dicom.tls.as_ref().map(|t| t.port),
+                        plain_port = dicom.port,
+                        "the caller sent a plain (unencrypted) DICOM association request to the TLS port: it is not configured for DICOM TLS; enable TLS on the caller or point it at the plain port"
+                    );
+                    return Err("plain DICOM on the TLS port");
+                }
+                Ok(Ok(n)) if n > 0 => {}
+                Err(c) => return Err(cut_reason(c, peer, timeout)),
+                _ => return Err("closed"),
+            }
+            let acceptor = tokio_rustls::TlsAcceptor::from(tls.server.clone());
+            let mut stream = match wait_request(
+                &shutdown,
+                &ticket,
+                deadline,
+                acceptor.accept(socket),
+            )
+            .await
+            {
+                Ok(Ok(s)) => s,
+                Ok(Err(e)) => {
+                    warn!(
+                        %peer,
+                        error = %e,
+                        plain_port = dicom.port,
+                        "TLS handshake failed on the TLS port; if the caller does not use TLS, point it at the plain port"
+                    );
+                    return Err("TLS handshake failed");
+                }
+                Err(c) => return Err(cut_reason(c, peer, timeout)),
+            };
+            let read = wait_request(
+                &shutdown,
+                &ticket,
+                deadline,
+                handshake::read_request(&mut stream, max_pdu),
+            )
+            .await
+            .map_err(|c| cut_reason(c, peer, timeout))?;
+            drop(ticket);
+            let rq = request(&services, &mut stream, peer, PortKind::Tls, read).await?;
+            associate(
+                stream,
+                rq,
+                peer,
+                PortKind::Tls,
+                &services,
+                &admission,
+                force,
+            )
+            .await
+        }
+    }
+}
+
+/// The request read, or the refusal of what came instead.
+async fn request<S: AsyncWrite + Unpin>(
+    services: &Services,
+    stream: &mut S,
+    peer: SocketAddr,
+    port: PortKind,
+    read: Read,
+) -> Result<AssociationRQ, &'static str> {
+    let dicom = &services.config;
+    match read {
+        Read::Request(rq) => Ok(rq),
+        Read::Closed => Err("closed"),
+        Read::Tls => {
             warn!(
                 %peer,
                 plain_port = dicom.port,
                 tls_port = dicom.tls.as_ref().map(|t| t.port),
                 "the caller started a TLS handshake on the plain DICOM port: it is configured for DICOM TLS; point it at the TLS port, or turn TLS off on the caller"
             );
-            return Err("TLS on the plain port");
+            Err("TLS on the plain port")
         }
-        Peeked::NotDicom(first) => {
-            warn!(%peer, first_byte = format!("0x{first:02X}"), "the caller sent bytes that are not a DICOM association request; aborting");
-            abort_raw(socket).await;
-            return Err("not DICOM");
+        Read::NotDicom(first) => {
+            warn!(%peer, ?port, first_byte = format!("0x{first:02X}"), "the caller sent bytes that are not a DICOM association request; aborting");
+            abort(stream).await;
+            Err("not DICOM")
         }
-        Peeked::Invalid(e) => {
-            warn!(%peer, error = %e, "malformed A-ASSOCIATE-RQ; aborting");
-            abort_raw(socket).await;
-            return Err("malformed request");
+        Read::Invalid(e) => {
+            warn!(%peer, ?port, error = %e, "malformed A-ASSOCIATE-RQ; aborting");
+            abort(stream).await;
+            Err("malformed request")
         }
-        Peeked::TooLarge => (None, 0),
-        Peeked::Request(rq, length) => (Some(rq), length),
-    };
-    let resolved = policy::resolve_checked_hosts(&services).await;
-    let (calling, called) = request
-        .as_ref()
-        .map(|rq| (rq.calling_ae_title.clone(), rq.called_ae_title.clone()))
-        .unwrap_or_default();
-    let upstream = services
-        .config
+        Read::TooLarge(length) => {
+            // Refused from its header alone: nothing of it is read or buffered.
+            warn!(
+                %peer,
+                ?port,
+                length,
+                max_pdu = dicom.max_pdu,
+                "the A-ASSOCIATE-RQ announces more bytes than dicom.max_pdu; rejected unread (raise dicom.max_pdu if a real caller proposes that many contexts)"
+            );
+            let rj = AssociationRJ {
+                result: AssociationRJResult::Permanent,
+                source: AssociationRJSource::ServiceProviderASCE(
+                    AssociationRJServiceProviderASCEReason::NoReasonGiven,
+                ),
+            };
+            reject(stream, rj).await;
+            Err("request too large")
+        }
+    }
+}
+
+/// Decides on a request read whole: the association limit, the caller policy, the ingest
+/// hold, negotiation; then answers and runs the session.
+async fn associate<S>(
+    mut stream: S,
+    rq: AssociationRQ,
+    peer: SocketAddr,
+    port: PortKind,
+    services: &Arc<Services>,
+    admission: &Admission,
+    force: CancellationToken,
+) -> Result<(), &'static str>
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + dimse::channel::Socket,
+{
+    let dicom = &services.config;
+    let calling = rq.calling_ae_title.clone();
+    let called = rq.called_ae_title.clone();
+    let upstream = dicom
         .remotes
         .iter()
         .any(|r| r.upstream && r.ae_title.matches(&calling));
-    let permit = permit.or_else(|| {
-        upstream
-            .then(|| upstream_slots.try_acquire_owned().ok())
-            .flatten()
-    });
+    let permit = admission
+        .slots
+        .general
+        .clone()
+        .try_acquire_owned()
+        .ok()
+        .or_else(|| {
+            upstream
+                .then(|| admission.slots.upstream.clone().try_acquire_owned().ok())
+                .flatten()
+        });
     let Some(permit) = permit else {
-        reject_overload(&services, socket, peer, &calling, &called, length).await;
+        log_overload(services, peer, &calling, &called);
+        reject(&mut stream, transient()).await;
         return Err("association limit");
     };
-    let admitted = match &request {
-        Some(_) => match policy::admit(
-            &services,
-            &calling,
-            &called,
-            peer.ip(),
-            PortKind::Plain,
-            &resolved,
-        ) {
-            Ok(a) => a,
-            Err(refusal) => {
-                warn!(%peer, calling = calling.trim(), "association rejected: {}", refusal.why);
-                audit_rejection(&services, &calling, &called, peer, &refusal.why);
-                let rj = AssociationRJ {
-                    result: AssociationRJResult::Permanent,
-                    source: AssociationRJSource::ServiceUser(refusal.reason),
-                };
-                reject_raw(socket, length, rj).await;
-                return Err("rejected");
-            }
-        },
-        // Without the request in hand, decide in the access-control hook, as on TLS.
-        None => {
-            let (gate, decision) = Gate::new(services.clone(), peer.ip(), resolved);
-            let options = negotiate::options(&services, gate, config::Permissions::ALL, None);
-            let established = wait_caller(
-                &shutdown,
-                dicom.association_timeout,
-                options.establish_async(socket),
-            )
-            .await;
-            return finish_gated(
-                established,
-                &decision,
-                &services,
-                peer,
-                PortKind::Plain,
-                force,
-                permit,
-            )
-            .await;
+    let resolved = admission.hosts.snapshot();
+    let admitted = match policy::admit(services, &calling, &called, peer.ip(), port, &resolved) {
+        Ok(a) => a,
+        Err(refusal) => {
+            warn!(%peer, calling = calling.trim(), ?port, "association rejected: {}", refusal.why);
+            audit_rejection(services, &calling, &called, peer, &refusal.why);
+            let rj = AssociationRJ {
+                result: AssociationRJResult::Permanent,
+                source: AssociationRJSource::ServiceUser(refusal.reason),
+            };
+            reject(&mut stream, rj).await;
+            return Err("rejected");
         }
     };
-    if let (Some(rq), Some(reason)) = (&request, services.store.ingest_held())
-        && only_stores(rq)
+    if let Some(reason) = services.store.ingest_held()
+        && only_stores(&rq)
     {
         // A sender with nothing but instances to give is told to come back later, in the
         // terms its operator sees; associations that also query or retrieve go on, since
         // what is stored stays readable.
         let why = format!("the archive is not accepting instances: {reason}");
         warn!(%peer, calling = calling.trim(), "association rejected (transient): {why}");
-        audit_rejection(&services, &calling, &called, peer, &why);
+        audit_rejection(services, &calling, &called, peer, &why);
         let rj = AssociationRJ {
             result: AssociationRJResult::Transient,
             source: AssociationRJSource::ServiceProviderPresentation(
                 AssociationRJServiceProviderPresentationReason::TemporaryCongestion,
             ),
         };
-        reject_raw(socket, length, rj).await;
+        reject(&mut stream, rj).await;
         return Err("ingest held");
     }
-    let options = negotiate::options(
-        &services,
-        negotiate::Accepted,
-        admitted.permissions,
-        request.as_ref(),
-    );
-    match tokio::time::timeout(dicom.association_timeout, options.establish_async(socket)).await {
+    // On the plain port only the services the caller may use are offered; on the TLS port
+    // every service is, and permissions are enforced per message (as before this listener
+    // read requests itself).
+    let offer = match port {
+        PortKind::Plain => negotiate::options(services, admitted.permissions, Some(&rq)),
+        PortKind::Tls => negotiate::options(services, config::Permissions::ALL, None),
+    };
+    let negotiated = match handshake::negotiate(&offer, dicom.max_pdu, &rq) {
+        Ok(n) => n,
+        Err(rj) => {
+            let why = format!("the request cannot be negotiated: {}", rj.source);
+            warn!(%peer, calling = calling.trim(), "association rejected: {why}");
+            audit_rejection(services, &calling, &called, peer, &why);
+            reject(&mut stream, rj).await;
+            return Err("rejected");
+        }
+    };
+    match tokio::time::timeout(
+        dicom.association_timeout,
+        Accepted::establish(stream, &rq, negotiated, dicom.max_pdu),
+    )
+    .await
+    {
         Ok(Ok(assoc)) => {
-            Session::start(
-                assoc,
-                services.clone(),
-                peer,
-                admitted,
-                PortKind::Plain,
-                force,
-                permit,
-            )
-            .await;
+            Session::start(assoc, services.clone(), peer, admitted, port, force, permit).await;
             Ok(())
         }
         Ok(Err(e)) => {
-            warn!(%peer, error = %e, "association negotiation failed");
+            warn!(%peer, error = %e, "sending the A-ASSOCIATE-AC failed");
             Err("negotiation failed")
         }
         Err(_) => {
@@ -281,189 +401,18 @@ async fn plain(
     }
 }
 
-/// Ends a negotiation whose caller policy ran in the access-control hook.
-async fn finish_gated<S>(
-    established: Result<
-        Result<dicom_ul::association::AsyncServerAssociation<S>, dicom_ul::association::Error>,
-        Cut,
-    >,
-    decision: &Decision,
-    services: &Arc<Services>,
-    peer: SocketAddr,
-    port: PortKind,
-    force: CancellationToken,
-    permit: OwnedSemaphorePermit,
-) -> Result<(), &'static str>
-where
-    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + dimse::channel::Socket,
-{
-    let decision = decision.lock().expect("decision lock").take();
-    match (established, decision) {
-        (Ok(Ok(assoc)), Some(Ok(admitted))) => {
-            Session::start(assoc, services.clone(), peer, admitted, port, force, permit).await;
-            Ok(())
-        }
-        (_, Some(Err(refusal))) => {
-            warn!(%peer, "association rejected: {}", refusal.why);
-            audit_rejection(
-                services,
-                &refusal.calling,
-                &refusal.called,
-                peer,
-                &refusal.why,
-            );
-            Err("rejected")
-        }
-        (Ok(Err(e)), _) => {
-            if port == PortKind::Tls {
-                warn!(
-                    %peer,
-                    error = %e,
-                    plain_port = services.config.port,
-                    "TLS handshake or association request failed on the TLS port; if the caller does not use TLS, point it at the plain port"
-                );
-            } else {
-                warn!(%peer, error = %e, "association negotiation failed");
-            }
-            Err("negotiation failed")
-        }
-        (Err(Cut::Stopping), _) => Err("the service is stopping"),
-        (Err(Cut::TimedOut), _) => {
-            warn!(%peer, ?port, "association negotiation timed out");
-            Err("timeout")
-        }
-        (Ok(Ok(_)), None) => {
-            warn!(%peer, "association established without a policy decision; closing");
-            Err("no decision")
-        }
-    }
+/// Answers with a rejection and closes.
+async fn reject<S: AsyncWrite + Unpin>(stream: &mut S, rj: AssociationRJ) {
+    let _ = write_pdu(stream, &Pdu::AssociationRJ(rj)).await;
+    let _ = tokio::time::timeout(Duration::from_secs(5), stream.shutdown()).await;
 }
 
-async fn tls(
-    socket: TcpStream,
-    peer: SocketAddr,
-    services: Arc<Services>,
-    permit: Option<OwnedSemaphorePermit>,
-    force: CancellationToken,
-    shutdown: CancellationToken,
-    timeout: Duration,
-) -> Result<(), &'static str> {
-    let Some(tls) = services.tls.clone() else {
-        return Err("no TLS configuration");
+async fn abort<S: AsyncWrite + Unpin>(stream: &mut S) {
+    let pdu = Pdu::AbortRQ {
+        source: AbortRQSource::ServiceProvider(AbortRQServiceProviderReason::UnrecognizedPdu),
     };
-    let mut first = [0u8; 1];
-    match wait_caller(&shutdown, timeout, socket.peek(&mut first)).await {
-        Ok(Ok(1)) if first[0] == 0x01 => {
-            warn!(
-                %peer,
-                tls_port = services.config.tls.as_ref().map(|t| t.port),
-                plain_port = services.config.port,
-                "the caller sent a plain (unencrypted) DICOM association request to the TLS port: it is not configured for DICOM TLS; enable TLS on the caller or point it at the plain port"
-            );
-            return Err("plain DICOM on the TLS port");
-        }
-        Ok(Ok(n)) if n > 0 => {}
-        Err(Cut::Stopping) => return Err("the service is stopping"),
-        _ => return Err("closed"),
-    }
-    let Some(permit) = permit else {
-        // The limit is answered in DICOM terms, so the handshake has to happen first.
-        let acceptor = tokio_rustls::TlsAcceptor::from(tls.server.clone());
-        if let Ok(Ok(mut stream)) = wait_caller(&shutdown, timeout, acceptor.accept(socket)).await {
-            let rq = wait_caller(&shutdown, timeout, read_request(&mut stream)).await;
-            let (calling, called) = match &rq {
-                Ok(Some(rq)) => (rq.calling_ae_title.clone(), rq.called_ae_title.clone()),
-                _ => Default::default(),
-            };
-            log_overload(&services, peer, &calling, &called);
-            let _ = write_pdu(&mut stream, &Pdu::AssociationRJ(transient())).await;
-            let _ = stream.shutdown().await;
-        }
-        return Err("association limit");
-    };
-    let resolved = policy::resolve_checked_hosts(&services).await;
-    let (gate, decision) = Gate::new(services.clone(), peer.ip(), resolved);
-    let options = negotiate::options(&services, gate, config::Permissions::ALL, None)
-        .tls_config(tls.server.clone());
-    let established = wait_caller(&shutdown, timeout, options.establish_tls_async(socket)).await;
-    finish_gated(
-        established,
-        &decision,
-        &services,
-        peer,
-        PortKind::Tls,
-        force,
-        permit,
-    )
-    .await
-}
-
-enum Peeked {
-    Closed,
-    Tls,
-    NotDicom(u8),
-    Invalid(String),
-    TooLarge,
-    Request(AssociationRQ, usize),
-}
-
-/// Looks at the association request without consuming it, so dicom-ul still reads it whole.
-async fn peek_request(socket: &TcpStream) -> Peeked {
-    let mut buf = vec![0u8; PEEK_LIMIT];
-    loop {
-        let n = match socket.peek(&mut buf).await {
-            Ok(0) | Err(_) => return Peeked::Closed,
-            Ok(n) => n,
-        };
-        match buf[0] {
-            0x16 => return Peeked::Tls,
-            0x01 => {}
-            other => return Peeked::NotDicom(other),
-        }
-        if n >= 6 {
-            let length = u32::from_be_bytes([buf[2], buf[3], buf[4], buf[5]]) as usize + 6;
-            if length > PEEK_LIMIT {
-                return Peeked::TooLarge;
-            }
-            if n >= length {
-                return match dicom_ul::pdu::read_pdu(
-                    &buf[..length],
-                    dicom_ul::pdu::MAXIMUM_PDU_SIZE,
-                    false,
-                ) {
-                    Ok(Some(Pdu::AssociationRQ(rq))) => Peeked::Request(rq, length),
-                    Ok(_) => Peeked::Invalid("truncated association request".into()),
-                    Err(e) => Peeked::Invalid(e.to_string()),
-                };
-            }
-        }
-        // Part of the request is still on its way; peeking again at once would spin. Peeking
-        // shows the same bytes forever once the caller has closed its side, so ask whether it
-        // did: the rest will never come.
-        if socket
-            .ready(Interest::READABLE)
-            .await
-            .is_ok_and(|r| r.is_read_closed())
-        {
-            return Peeked::Closed;
-        }
-        tokio::time::sleep(Duration::from_millis(2)).await;
-    }
-}
-
-async fn read_request<S: tokio::io::AsyncRead + Unpin>(stream: &mut S) -> Option<AssociationRQ> {
-    let mut buf = bytes::BytesMut::new();
-    match dicom_ul::association::read_pdu_from_wire_async(
-        stream,
-        &mut buf,
-        dicom_ul::pdu::MAXIMUM_PDU_SIZE,
-        false,
-    )
-    .await
-    {
-        Ok(Pdu::AssociationRQ(rq)) => Some(rq),
-        _ => None,
-    }
+    let _ = write_pdu(stream, &pdu).await;
+    let _ = tokio::time::timeout(Duration::from_secs(5), stream.shutdown()).await;
 }
 
 /// Whether a request proposes storage (and perhaps Verification) only.
@@ -495,53 +444,12 @@ fn log_overload(services: &Services, peer: SocketAddr, calling: &str, called: &s
     audit_rejection(services, calling, called, peer, &why);
 }
 
-async fn reject_overload(
-    services: &Services,
-    socket: TcpStream,
-    peer: SocketAddr,
-    calling: &str,
-    called: &str,
-    length: usize,
-) {
-    log_overload(services, peer, calling, called);
-    reject_raw(socket, length, transient()).await;
-}
-
 fn audit_rejection(services: &Services, calling: &str, called: &str, peer: SocketAddr, why: &str) {
     services.audit.record(
         Event::new(EventKind::AssociationRejected, Outcome::MinorFailure)
             .association(calling, called, peer)
             .detail(why),
     );
-}
-
-/// Consumes the peeked request, answers it with a rejection and closes.
-async fn reject_raw(mut socket: TcpStream, length: usize, rj: AssociationRJ) {
-    let mut sink = vec![0u8; length];
-    if length > 0 {
-        let _ = tokio::time::timeout(Duration::from_secs(5), socket.read_exact(&mut sink)).await;
-    }
-    let _ = write_pdu(&mut socket, &Pdu::AssociationRJ(rj)).await;
-    let _ = socket.shutdown().await;
-}
-
-async fn abort_raw(mut socket: TcpStream) {
-    let pdu = Pdu::AbortRQ {
-        source: AbortRQSource::ServiceProvider(AbortRQServiceProviderReason::UnrecognizedPdu),
-    };
-    let _ = write_pdu(&mut socket, &pdu).await;
-    let _ = socket.shutdown().await;
-}
-
-async fn write_pdu<S: tokio::io::AsyncWrite + Unpin>(
-    stream: &mut S,
-    pdu: &Pdu,
-) -> std::io::Result<()> {
-    let mut buf = Vec::new();
-    dicom_ul::pdu::write_pdu(&mut buf, pdu).map_err(std::io::Error::other)?;
-    tokio::time::timeout(Duration::from_secs(5), stream.write_all(&buf))
-        .await
-        .map_err(|_| std::io::Error::from(std::io::ErrorKind::TimedOut))?
 }
 
 pub(crate) fn log_accepted(peer: SocketAddr, calling: &str, port: PortKind, contexts: usize) {

@@ -11,7 +11,9 @@
 mod accept;
 mod commitment;
 mod find;
+mod handshake;
 mod negotiate;
+mod pending;
 mod policy;
 mod retrieve;
 mod session;
@@ -64,9 +66,26 @@ pub async fn run(
     services: Arc<Services>,
     shutdown: CancellationToken,
 ) -> Stopped {
-    let slots = accept::Slots {
-        general: Arc::new(Semaphore::new(services.config.max_associations)),
-        upstream: Arc::new(Semaphore::new(accept::UPSTREAM_RESERVE)),
+    let admission = accept::Admission {
+        slots: accept::Slots {
+            general: Arc::new(Semaphore::new(services.config.max_associations)),
+            upstream: Arc::new(Semaphore::new(accept::UPSTREAM_RESERVE)),
+        },
+        pending: Arc::default(),
+        hosts: Arc::new(policy::HostCache::new(&services)),
+    };
+    // `check_host` names are resolved off the accept path (see `policy::HostCache`).
+    let resolver = {
+        let hosts = admission.hosts.clone();
+        let services = services.clone();
+        let stop = shutdown.clone();
+        tokio::spawn(async move {
+            // A lookup in progress must not hold up the stop.
+            tokio::select! {
+                _ = stop.cancelled() => {}
+                _ = hosts.refresh(&services, stop.clone()) => {}
+            }
+        })
     };
     let tracker = TaskTracker::new();
     // Cancelled at the end of the grace period: associations still running abort.
@@ -75,7 +94,7 @@ pub async fn run(
         listeners.plain,
         PortKind::Plain,
         services.clone(),
-        slots.clone(),
+        admission.clone(),
         tracker.clone(),
         force.clone(),
         shutdown.clone(),
@@ -85,7 +104,7 @@ pub async fn run(
             tls,
             PortKind::Tls,
             services.clone(),
-            slots.clone(),
+            admission.clone(),
             tracker.clone(),
             force.clone(),
             shutdown.clone(),
@@ -95,6 +114,7 @@ pub async fn run(
     for a in accepting {
         let _ = a.await;
     }
+    let _ = resolver.await;
     tracker.close();
     let running = tracker.len();
     if running > 0 {

@@ -2,20 +2,14 @@
 //! selection for C-GET and for Storage Commitment reports, and extended negotiation (refused:
 //! queries are hierarchical only).
 
-use std::sync::{Arc, Mutex};
-
 use config::Permissions;
 use dataset::sop_classes::STORAGE_SOP_CLASSES;
 use dicom_core::dictionary::UidDictionary;
 use dicom_dictionary_std::StandardSopClassDictionary;
-use dicom_ul::ServerAssociationOptions;
-use dicom_ul::association::server::{AccessControl, Negotiation};
-use dicom_ul::pdu::{
-    AssociationRJServiceUserReason, AssociationRQ, RequestorRoles, UserIdentity, UserVariableItem,
-};
+use dicom_ul::association::server::Negotiation;
+use dicom_ul::pdu::{AssociationRQ, RequestorRoles, UserVariableItem};
 
-use crate::policy::{self, Admitted, Refusal, Resolved};
-use crate::{PortKind, Services};
+use crate::Services;
 
 /// Which permission a Query/Retrieve SOP class needs.
 type Needs = fn(&Permissions) -> bool;
@@ -65,99 +59,34 @@ impl Negotiation for Roles {
     }
 }
 
-/// The decision the access-control hook took, read back after negotiation.
-pub type Decision = Arc<Mutex<Option<Result<Admitted, Refusal>>>>;
-
-/// The association policy as dicom-ul's access control hook, for the TLS port, where the
-/// request can only be seen once the handshake is done. The decision is kept for the log.
-pub struct Gate {
-    services: Arc<Services>,
-    peer: std::net::IpAddr,
-    resolved: Resolved,
-    decision: Decision,
+/// What one connection is offered: abstract and transfer syntaxes, and the role and extended
+/// negotiation answers.
+pub struct Offer {
+    pub abstract_syntaxes: Vec<String>,
+    /// Any abstract syntax is accepted (unknown storage classes, request not examined).
+    pub promiscuous: bool,
+    pub transfer_syntaxes: Vec<String>,
+    pub roles: Roles,
 }
 
-impl Gate {
-    pub fn new(
-        services: Arc<Services>,
-        peer: std::net::IpAddr,
-        resolved: Resolved,
-    ) -> (Gate, Decision) {
-        let decision = Decision::default();
-        (
-            Gate {
-                services,
-                peer,
-                resolved,
-                decision: decision.clone(),
-            },
-            decision,
-        )
-    }
-}
-
-impl AccessControl for Gate {
-    fn check_access(
-        &self,
-        _this_ae_title: &str,
-        calling_ae_title: &str,
-        called_ae_title: &str,
-        _user_identity: Option<&UserIdentity>,
-    ) -> Result<(), AssociationRJServiceUserReason> {
-        let d = policy::admit(
-            &self.services,
-            calling_ae_title,
-            called_ae_title,
-            self.peer,
-            PortKind::Tls,
-            &self.resolved,
-        )
-        .map_err(|mut refusal| {
-            refusal.calling = calling_ae_title.trim().to_string();
-            refusal.called = called_ae_title.trim().to_string();
-            refusal
-        });
-        let result = d.as_ref().map(|_| ()).map_err(|r| r.reason.clone());
-        *self.decision.lock().expect("decision lock") = Some(d);
-        result
-    }
-}
-
-/// Everything accepted regardless of the caller's permissions or what it proposes.
-pub struct Accepted;
-
-impl AccessControl for Accepted {
-    fn check_access(
-        &self,
-        _: &str,
-        _: &str,
-        _: &str,
-        _: Option<&UserIdentity>,
-    ) -> Result<(), AssociationRJServiceUserReason> {
-        Ok(())
-    }
-}
-
-/// Association options for one connection. With the request at hand (plain port), only the
-/// services the caller may use are accepted, and unknown storage classes are accepted one by
-/// one; without it (TLS port), every service is offered and permissions are enforced per
+/// The offer for one connection. With the request examined (plain port), only the services
+/// the caller may use are offered, and unknown storage classes are accepted one by one;
+/// without it (TLS port), every service is offered and permissions are enforced per
 /// message, and unknown classes need the promiscuous mode.
-pub fn options<A: AccessControl>(
+pub fn options(
     services: &Services,
-    access: A,
     permissions: Permissions,
     request: Option<&AssociationRQ>,
-) -> ServerAssociationOptions<'static, A, Roles> {
+) -> Offer {
     let dicom = &services.config;
-    let mut o = ServerAssociationOptions::new()
-        .ae_access_control(access)
-        .ae_title(dicom.ae_title.as_str().to_string())
-        .max_pdu_length(dicom.max_pdu)
-        .strict(true)
-        .with_negotiation(Roles {
+    let mut o = Offer {
+        abstract_syntaxes: vec![dimse::VERIFICATION.to_string()],
+        promiscuous: false,
+        transfer_syntaxes: Vec::new(),
+        roles: Roles {
             accept_unknown: dicom.accept_unknown_sop_classes,
-        })
-        .with_abstract_syntax(dimse::VERIFICATION);
+        },
+    };
     // Archives we forward to send their Storage Commitment reports here, asking for the SCP
     // role of the class. A modality asking us to commit (the SCU role) is refused the context
     // up front, as before: this archive does not offer commitment to modalities.
@@ -171,17 +100,18 @@ pub fn options<A: AccessControl>(
         }) || is_reporter(services, &rq.calling_ae_title)
     });
     if reports_commitment {
-        o = o.with_abstract_syntax(dimse::STORAGE_COMMITMENT);
+        o.abstract_syntaxes
+            .push(dimse::STORAGE_COMMITMENT.to_string());
     }
     for (uid, allowed) in QR_CLASSES {
         if allowed(&permissions) {
-            o = o.with_abstract_syntax(uid);
+            o.abstract_syntaxes.push(uid.to_string());
         }
     }
     // C-GET sub-operations travel on storage contexts the requestor proposed.
     if permissions.store || permissions.get {
         for (uid, _) in STORAGE_SOP_CLASSES {
-            o = o.with_abstract_syntax(*uid);
+            o.abstract_syntaxes.push(uid.to_string());
         }
         if dicom.accept_unknown_sop_classes {
             match request {
@@ -189,18 +119,18 @@ pub fn options<A: AccessControl>(
                     for pc in &rq.presentation_contexts {
                         let uid = pc.abstract_syntax.trim_end_matches('\0');
                         if !dataset::is_storage_sop_class(uid) && is_storage_class(uid, true) {
-                            o = o.with_abstract_syntax(uid.to_string());
+                            o.abstract_syntaxes.push(uid.to_string());
                         }
                     }
                 }
-                None => o = o.promiscuous(true),
+                None => o.promiscuous = true,
             }
         }
     }
     let avoided = request.map(avoided_syntaxes).unwrap_or_default();
     for ts in dataset::ts::all_known() {
         if !avoided.iter().any(|a| a == ts) {
-            o = o.with_transfer_syntax(ts);
+            o.transfer_syntaxes.push(ts.to_string());
         }
     }
     o

@@ -1,10 +1,15 @@
 //! Who may associate: one decision from the calling and called AE titles, the peer address and
 //! the port, used on both listeners.
 
+use std::collections::HashSet;
 use std::net::IpAddr;
+use std::sync::RwLock;
+use std::time::Duration;
 
 use config::{Permissions, UnknownCallers};
 use dicom_ul::pdu::AssociationRJServiceUserReason;
+use tokio_util::sync::CancellationToken;
+use tracing::warn;
 
 use crate::PortKind;
 use crate::Services;
@@ -20,27 +25,101 @@ pub struct Admitted {
 pub struct Refusal {
     pub reason: AssociationRJServiceUserReason,
     pub why: String,
-    pub calling: String,
-    pub called: String,
 }
 
-/// Addresses of remotes with `check_host`, resolved once per connection that needs them.
+/// Addresses of remotes with `check_host`: (AE title, addresses its host resolved to).
 pub type Resolved = Vec<(String, Vec<IpAddr>)>;
 
-/// Resolves the hosts of remotes that restrict their AE title to a host name.
-pub async fn resolve_checked_hosts(services: &Services) -> Resolved {
-    let mut out = Vec::new();
-    for r in services.config.remotes.iter().filter(|r| r.check_host) {
-        let ips = match r.host.parse::<IpAddr>() {
-            Ok(ip) => vec![ip],
-            Err(_) => tokio::net::lookup_host((r.host.as_str(), r.port))
-                .await
-                .map(|addrs| addrs.map(|a| a.ip()).collect())
-                .unwrap_or_default(),
-        };
-        out.push((r.ae_title.as_str().to_string(), ips));
+/// How often `check_host` names are resolved again, and how long one lookup may take.
+const REFRESH: Duration = Duration::from_secs(60);
+const LOOKUP_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The addresses of `check_host` remotes, resolved in the background. Connections are matched
+/// against what is cached, so a DNS outage (often part of a WAN outage) never stalls
+/// admission: a name never resolved matches no one, and a name that stops resolving keeps
+/// its last addresses.
+#[derive(Default)]
+pub struct HostCache {
+    resolved: RwLock<Resolved>,
+}
+
+impl HostCache {
+    /// The cache with literal addresses filled in at once; names follow from [`Self::refresh`].
+    pub fn new(services: &Services) -> HostCache {
+        let resolved = checked(services)
+            .map(|(ae, host, _)| {
+                (
+                    ae,
+                    host.parse::<IpAddr>()
+                        .map(|ip| vec![ip])
+                        .unwrap_or_default(),
+                )
+            })
+            .collect();
+        HostCache {
+            resolved: RwLock::new(resolved),
+        }
     }
-    out
+
+    pub fn snapshot(&self) -> Resolved {
+        self.resolved.read().expect("host cache lock").clone()
+    }
+
+    /// Resolves every `check_host` name now and then every [`REFRESH`], until `stop`.
+    pub async fn refresh(&self, services: &Services, stop: CancellationToken) {
+        let mut failing: HashSet<String> = HashSet::new();
+        loop {
+            for (ae, host, port) in checked(services) {
+                if host.parse::<IpAddr>().is_ok() {
+                    continue;
+                }
+                let looked = tokio::time::timeout(
+                    LOOKUP_TIMEOUT,
+                    tokio::net::lookup_host((host.as_str(), port)),
+                )
+                .await;
+                match looked {
+                    Ok(Ok(addrs)) => {
+                        let ips: Vec<IpAddr> = addrs.map(|a| a.ip()).collect();
+                        failing.remove(&host);
+                        let mut cache = self.resolved.write().expect("host cache lock");
+                        if let Some(entry) = cache.iter_mut().find(|(a, _)| *a == ae) {
+                            entry.1 = ips;
+                        }
+                    }
+                    failed => {
+                        // Logged once per outage, not once per refresh.
+                        if failing.insert(host.clone()) {
+                            let error = match failed {
+                                Ok(Err(e)) => e.to_string(),
+                                _ => format!("no answer within {LOOKUP_TIMEOUT:?}"),
+                            };
+                            warn!(
+                                ae_title = ae,
+                                host,
+                                error,
+                                "check_host: the remote's host name does not resolve; its last known addresses (if any) are kept, and until it resolves that AE title is accepted from none"
+                            );
+                        }
+                    }
+                }
+            }
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = tokio::time::sleep(REFRESH) => {}
+            }
+        }
+    }
+}
+
+/// The remotes with `check_host`: AE title, host, port.
+fn checked(services: &Services) -> impl Iterator<Item = (String, String, u16)> + '_ {
+    services
+        .config
+        .remotes
+        .iter()
+        .filter(|r| r.check_host)
+        .map(|r| (r.ae_title.as_str().to_string(), r.host.clone(), r.port))
 }
 
 pub fn admit(
@@ -60,8 +139,6 @@ pub fn admit(
                 called.trim(),
                 dicom.ae_title.as_str()
             ),
-            calling: calling.trim().to_string(),
-            called: called.trim().to_string(),
         });
     }
     match dicom.remote(calling) {
@@ -84,8 +161,6 @@ pub fn admit(
                             "AE title {} is only accepted from {}, and this caller is at {peer}",
                             remote.ae_title, remote.host
                         ),
-                        calling: calling.trim().to_string(),
-                        called: called.trim().to_string(),
                     });
                 }
             }
@@ -97,8 +172,6 @@ pub fn admit(
                         remote.ae_title,
                         dicom.tls.as_ref().map_or(0, |t| t.port)
                     ),
-                    calling: calling.trim().to_string(),
-                    called: called.trim().to_string(),
                 });
             }
             Ok(Admitted {
@@ -128,8 +201,6 @@ pub fn admit(
                         "calling AE title {:?} is not in [[dicom.remote]] and {rule}",
                         calling.trim()
                     ),
-                    calling: calling.trim().to_string(),
-                    called: called.trim().to_string(),
                 })
             }
         }

@@ -7,7 +7,6 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use audit::{Event, EventKind, Outcome as AuditOutcome};
-use dicom_ul::association::{Association, AsyncServerAssociation};
 use dicom_ul::pdu::AbortRQServiceProviderReason;
 use dimse::{Channel, Command, CommandField, DimseError, Incoming, Link, Status};
 use store::{IngestRequest, Outcome};
@@ -18,6 +17,7 @@ use tracing::{debug, info, warn};
 
 use crate::Services;
 use crate::accept::{PortKind, log_accepted};
+use crate::handshake::Accepted;
 use crate::policy::Admitted;
 use crate::statuses::store_status;
 
@@ -58,14 +58,14 @@ enum End {
     Failed(DimseError),
 }
 
-impl<S> Session<AsyncServerAssociation<S>>
+impl<S> Session<Accepted<S>>
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + dimse::channel::Socket,
 {
     /// Runs an accepted association to its end. The permit holds its place in the
     /// association limit until then.
     pub async fn start(
-        assoc: AsyncServerAssociation<S>,
+        assoc: Accepted<S>,
         services: Arc<Services>,
         peer: SocketAddr,
         admitted: Admitted,
@@ -73,7 +73,7 @@ where
         force: CancellationToken,
         permit: OwnedSemaphorePermit,
     ) {
-        let calling = Association::peer_ae_title(&assoc).trim().to_string();
+        let calling = assoc.peer_ae_title().trim().to_string();
         let called = assoc.called_ae_title().trim().to_string();
         let accepted = assoc
             .presentation_contexts()

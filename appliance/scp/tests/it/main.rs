@@ -4,6 +4,7 @@
 mod associations;
 mod basics;
 mod commitment;
+mod flood;
 mod query;
 mod retrieve;
 mod robustness;

@@ -7,9 +7,8 @@ use std::time::{Duration, Instant};
 use dataset::synth::{SynthInstance, noise};
 use dataset::{Encoding, Vr, tags};
 use dicom_ul::pdu::{
-    AbortRQServiceProviderReason, AbortRQSource, AssociationRJResult,
-    AssociationRJServiceProviderPresentationReason, AssociationRJSource, PDataValue,
-    PDataValueType, Pdu, PresentationContextResultReason,
+    AbortRQServiceProviderReason, AbortRQSource, PDataValue, PDataValueType, Pdu,
+    PresentationContextResultReason,
 };
 use dimse::{Command, CommandField, Incoming, Status};
 use testkit::{Appliance, CT, EXPLICIT_LE, IMPLICIT_LE, Scu};
@@ -18,7 +17,7 @@ use tokio::net::TcpStream;
 
 use crate::support::{
     RawPeer, WAIT, assert_serves, association_rq, context_result, encode_pdu, identifier,
-    instance_count, open_config, rejection, serves_within, tmp_files, wait_until,
+    instance_count, open_config, serves_within, tmp_files, wait_until,
 };
 
 const ECHO: &[(&str, &[&str])] = &[(dimse::VERIFICATION, &[IMPLICIT_LE])];
@@ -221,10 +220,11 @@ async fn peer_closing_mid_data_set_leaves_nothing_behind() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connection_flood_is_survived() {
-    let app = Appliance::start(&open_config(
-        "association_timeout_s = 1\nmax_associations = 8",
-    ))
-    .await;
+    // Rewritten for issue 9 A.1: this test used to assert that a real caller behind 100
+    // silent connections was refused (A-ASSOCIATE-RJ transient, every slot taken). Silent
+    // connections no longer hold association slots, so the caller is now served during the
+    // flood, and the silent ones are closed after request_timeout_s.
+    let app = Appliance::start(&open_config("request_timeout_s = 1\nmax_associations = 8")).await;
     let started = Instant::now();
     // 100 connections at once: most send nothing, some a partial request.
     let partial = encode_pdu(&Pdu::AssociationRQ(association_rq("CT1", "OUTPOST", ECHO)));
@@ -236,16 +236,14 @@ async fn connection_flood_is_survived() {
         }
         flood.push(s);
     }
-    // Every place is taken: a real caller is told to come back later.
-    let rj = rejection(Scu::connect(app.addr, "CT1", "OUTPOST", ECHO, &[]).await);
-    assert_eq!(rj.result, AssociationRJResult::Transient);
-    assert_eq!(
-        rj.source,
-        AssociationRJSource::ServiceProviderPresentation(
-            AssociationRJServiceProviderPresentationReason::LocalLimitExceeded
-        )
-    );
-    // The listener drops every silent connection after association_timeout_s...
+    // A real caller is served while they hang on.
+    let mut scu = Scu::connect(app.addr, "CT1", "OUTPOST", ECHO, &[])
+        .await
+        .expect("the caller is accepted during the flood");
+    assert_eq!(scu.echo().await.unwrap(), Status::SUCCESS);
+    scu.release().await.unwrap();
+    // The listener closes every silent connection after request_timeout_s (or sooner, when
+    // newer ones from the same address push it out)...
     for s in &mut flood {
         let mut buf = [0u8; 64];
         let n = tokio::time::timeout(WAIT, s.read(&mut buf))
@@ -258,17 +256,7 @@ async fn connection_flood_is_survived() {
     assert!(closed < Duration::from_secs(5), "{closed:?}");
     drop(flood);
     // ...and serves again.
-    let mut served = false;
-    for _ in 0..100 {
-        if let Ok(mut scu) = Scu::connect(app.addr, "CT1", "OUTPOST", ECHO, &[]).await {
-            assert_eq!(scu.echo().await.unwrap(), Status::SUCCESS);
-            scu.release().await.unwrap();
-            served = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    assert!(served, "no association accepted after the flood");
+    serves_within(app.addr, Duration::from_secs(2)).await;
     app.stop().await;
 }
 
