@@ -141,7 +141,8 @@ impl AccessControl for Accepted {
 /// Association options for one connection. With the request at hand (plain port), only the
 /// services the caller may use are accepted, and unknown storage classes are accepted one by
 /// one; without it (TLS port), every service is offered and permissions are enforced per
-/// message, and unknown classes need the promiscuous mode.
+/// message, and unknown (private) storage classes are not accepted: promiscuous mode would
+/// accept every other service's classes too.
 pub fn options<A: AccessControl>(
     services: &Services,
     access: A,
@@ -161,12 +162,16 @@ pub fn options<A: AccessControl>(
     // Archives we forward to send their Storage Commitment reports here, asking for the SCP
     // role of the class. A modality asking us to commit (the SCU role) is refused the context
     // up front, as before: this archive does not offer commitment to modalities.
-    let reports_commitment = request.is_none_or(|rq| {
-        rq.user_variables.iter().any(|v| {
+    // Without the request (TLS port, oversized requests) the role asked for is unknown, so
+    // the context is offered only when an upstream TLS remote (the archive we forward to) may
+    // report to us; otherwise every modality asking us to commit would be told this AE provides commitment.
+    let reports_commitment = match request {
+        Some(rq) => rq.user_variables.iter().any(|v| {
             matches!(v, UserVariableItem::ScuScpRoleSelectionSubItem(uid, roles)
                 if uid.trim_end_matches('\0') == dimse::STORAGE_COMMITMENT && roles.scp)
-        })
-    });
+        }),
+        None => dicom.remotes.iter().any(|r| r.tls && r.upstream),
+    };
     if reports_commitment {
         o = o.with_abstract_syntax(dimse::STORAGE_COMMITMENT);
     }
@@ -190,7 +195,9 @@ pub fn options<A: AccessControl>(
                         }
                     }
                 }
-                None => o = o.promiscuous(true),
+                // Promiscuous mode would accept worklist, MPPS and print contexts too, so
+                // without the request in hand only the standard storage classes are offered.
+                None => {}
             }
         }
     }
