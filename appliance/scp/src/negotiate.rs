@@ -185,19 +185,16 @@ pub fn options<A: AccessControl>(
         for (uid, _) in STORAGE_SOP_CLASSES {
             o = o.with_abstract_syntax(*uid);
         }
-        if dicom.accept_unknown_sop_classes {
-            match request {
-                Some(rq) => {
-                    for pc in &rq.presentation_contexts {
-                        let uid = pc.abstract_syntax.trim_end_matches('\0');
-                        if !dataset::is_storage_sop_class(uid) && is_storage_class(uid, true) {
-                            o = o.with_abstract_syntax(uid.to_string());
-                        }
-                    }
+        // Promiscuous mode would accept worklist, MPPS and print contexts too, so without the
+        // request in hand only the standard storage classes are offered.
+        if dicom.accept_unknown_sop_classes
+            && let Some(rq) = request
+        {
+            for pc in &rq.presentation_contexts {
+                let uid = pc.abstract_syntax.trim_end_matches('\0');
+                if !dataset::is_storage_sop_class(uid) && is_storage_class(uid, true) {
+                    o = o.with_abstract_syntax(uid.to_string());
                 }
-                // Promiscuous mode would accept worklist, MPPS and print contexts too, so
-                // without the request in hand only the standard storage classes are offered.
-                None => {}
             }
         }
     }
