@@ -174,6 +174,13 @@ pub struct Remote {
     /// What this peer sends came from upstream (priors pushed by the central PACS): it is
     /// kept but never forwarded.
     pub upstream: bool,
+    /// Trust anchors for calling this remote over TLS (a C-MOVE destination): this CA bundle,
+    /// or the system roots without one. Never the modality CA (`client_ca`).
+    pub ca_bundle: Option<PathBuf>,
+    /// The client certificate presented when calling this remote; without it, the server
+    /// certificate of `[dicom.tls]` is presented.
+    pub client_certificate: Option<PathBuf>,
+    pub client_key: Option<PathBuf>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -353,6 +360,24 @@ fn build(root: &mut Reader, source: &str) -> Option<Config> {
             let permissions = r.permissions("permissions");
             let tls = r.bool("tls", false);
             let upstream = r.bool("upstream", false);
+            let ca_bundle = r.optional_path("ca_bundle");
+            let client_certificate = r.optional_path("client_certificate");
+            let client_key = r.optional_path("client_key");
+            if client_certificate.is_some() != client_key.is_some() {
+                r.problem(
+                    "client_key",
+                    "client_certificate and client_key go together; set both or neither".into(),
+                );
+            }
+            if tls == Some(false)
+                && (ca_bundle.is_some() || client_certificate.is_some() || client_key.is_some())
+            {
+                r.problem(
+                    "tls",
+                    "ca_bundle, client_certificate and client_key are used only with tls = true"
+                        .into(),
+                );
+            }
             Some(Remote {
                 ae_title: ae?,
                 host: host?,
@@ -361,6 +386,9 @@ fn build(root: &mut Reader, source: &str) -> Option<Config> {
                 permissions: permissions?,
                 tls: tls?,
                 upstream: upstream?,
+                ca_bundle,
+                client_certificate,
+                client_key,
             })
         })();
         if let Some(remote) = &remote {

@@ -363,13 +363,9 @@ where
         reject(&mut stream, rj).await;
         return Err("ingest held");
     }
-    // On the plain port only the services the caller may use are offered; on the TLS port
-    // every service is, and permissions are enforced per message (as before this listener
-    // read requests itself).
-    let offer = match port {
-        PortKind::Plain => negotiate::options(services, admitted.permissions, Some(&rq)),
-        PortKind::Tls => negotiate::options(services, config::Permissions::ALL, None),
-    };
+    // On both ports only the services the caller may use are offered (permissions are also
+    // enforced per message).
+    let offer = negotiate::options(services, admitted.permissions, &rq);
     let negotiated = match handshake::negotiate(&offer, dicom.max_pdu, &rq) {
         Ok(n) => n,
         Err(rj) => {

@@ -144,11 +144,10 @@ pub(crate) fn negotiate(
         .iter()
         .map(|pc| {
             let abstract_syntax = trim(&pc.abstract_syntax).to_string();
-            let offered = offer.promiscuous
-                || offer
-                    .abstract_syntaxes
-                    .iter()
-                    .any(|a| a == &abstract_syntax);
+            let offered = offer
+                .abstract_syntaxes
+                .iter()
+                .any(|a| a == &abstract_syntax);
             // The requestor's first choice among ours that the registry can read.
             let chosen = offered
                 .then(|| {

@@ -63,25 +63,18 @@ impl Negotiation for Roles {
 /// negotiation answers.
 pub struct Offer {
     pub abstract_syntaxes: Vec<String>,
-    /// Any abstract syntax is accepted (unknown storage classes, request not examined).
-    pub promiscuous: bool,
     pub transfer_syntaxes: Vec<String>,
     pub roles: Roles,
 }
 
-/// The offer for one connection. With the request examined (plain port), only the services
-/// the caller may use are offered, and unknown storage classes are accepted one by one;
-/// without it (TLS port), every service is offered and permissions are enforced per
-/// message, and unknown classes need the promiscuous mode.
-pub fn options(
-    services: &Services,
-    permissions: Permissions,
-    request: Option<&AssociationRQ>,
-) -> Offer {
+/// The offer for one connection, made from the caller's A-ASSOCIATE-RQ, which both ports
+/// read before negotiating: only the services the caller may use are offered (so the TLS
+/// port, too, refuses worklist, MPPS, print and commitment asked of us), and unknown storage
+/// classes are accepted one by one, never by a promiscuous mode that would accept those too.
+pub fn options(services: &Services, permissions: Permissions, request: &AssociationRQ) -> Offer {
     let dicom = &services.config;
     let mut o = Offer {
         abstract_syntaxes: vec![dimse::VERIFICATION.to_string()],
-        promiscuous: false,
         transfer_syntaxes: Vec::new(),
         roles: Roles {
             accept_unknown: dicom.accept_unknown_sop_classes,
@@ -93,12 +86,10 @@ pub fn options(
     // Several PACS propose the context without role selection (PS3.7 D.3.3.4 leaves the
     // roles to the SOP class definition); a destination configured for commitment is
     // trusted to be reporting, not asking.
-    let reports_commitment = request.is_none_or(|rq| {
-        rq.user_variables.iter().any(|v| {
-            matches!(v, UserVariableItem::ScuScpRoleSelectionSubItem(uid, roles)
-                if uid.trim_end_matches('\0') == dimse::STORAGE_COMMITMENT && roles.scp)
-        }) || is_reporter(services, &rq.calling_ae_title)
-    });
+    let reports_commitment = request.user_variables.iter().any(|v| {
+        matches!(v, UserVariableItem::ScuScpRoleSelectionSubItem(uid, roles)
+            if uid.trim_end_matches('\0') == dimse::STORAGE_COMMITMENT && roles.scp)
+    }) || is_reporter(services, &request.calling_ae_title);
     if reports_commitment {
         o.abstract_syntaxes
             .push(dimse::STORAGE_COMMITMENT.to_string());
@@ -114,20 +105,15 @@ pub fn options(
             o.abstract_syntaxes.push(uid.to_string());
         }
         if dicom.accept_unknown_sop_classes {
-            match request {
-                Some(rq) => {
-                    for pc in &rq.presentation_contexts {
-                        let uid = pc.abstract_syntax.trim_end_matches('\0');
-                        if !dataset::is_storage_sop_class(uid) && is_storage_class(uid, true) {
-                            o.abstract_syntaxes.push(uid.to_string());
-                        }
-                    }
+            for pc in &request.presentation_contexts {
+                let uid = pc.abstract_syntax.trim_end_matches('\0');
+                if !dataset::is_storage_sop_class(uid) && is_storage_class(uid, true) {
+                    o.abstract_syntaxes.push(uid.to_string());
                 }
-                None => o.promiscuous = true,
             }
         }
     }
-    let avoided = request.map(avoided_syntaxes).unwrap_or_default();
+    let avoided = avoided_syntaxes(request);
     for ts in dataset::ts::all_known() {
         if !avoided.iter().any(|a| a == ts) {
             o.transfer_syntaxes.push(ts.to_string());

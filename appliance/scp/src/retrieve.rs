@@ -193,7 +193,7 @@ impl<L: Link> Session<L> {
         let address = format!("{}:{}", remote.host, remote.port);
         let (timeout, dimse_timeout) = (dicom.association_timeout, dicom.dimse_timeout);
         let tls = if remote.tls {
-            let Some(tls) = self.services.tls.as_ref() else {
+            let Some(tls) = dicom.tls.as_ref() else {
                 let why = format!(
                     "{} requires DICOM TLS but [dicom.tls] is not configured",
                     remote.ae_title
@@ -202,8 +202,17 @@ impl<L: Link> Session<L> {
                     .move_unreachable(pc_id, &command, &identifier, destination, why)
                     .await;
             };
+            let config = match crate::tls::client_for(&remote, tls) {
+                Ok(c) => c,
+                Err(e) => {
+                    let why = format!("DICOM TLS to {}: {e}", remote.ae_title);
+                    return self
+                        .move_unreachable(pc_id, &command, &identifier, destination, why)
+                        .await;
+                }
+            };
             Some(storescu::Tls {
-                config: tls.client.clone(),
+                config: std::sync::Arc::new(config),
                 server_name: remote.host.clone(),
             })
         } else {

@@ -283,8 +283,8 @@ impl<L: Link> Session<L> {
             &sop_class,
             self.services.config.accept_unknown_sop_classes,
         ) {
-            // The TLS port negotiates unknown classes promiscuously, so a context of another
-            // service (worklist, MPPS) can be open; it still carries nothing to store.
+            // A context of another service (Verification, a Query/Retrieve model) can carry a
+            // C-STORE; it still carries nothing to store.
             Some((
                 Status::SOP_CLASS_NOT_SUPPORTED,
                 format!("SOP class {sop_class} is not a storage SOP class"),

@@ -12,7 +12,6 @@ use rustls::{ClientConfig, RootCertStore, ServerConfig};
 #[derive(Clone)]
 pub struct TlsConfigs {
     pub server: Arc<ServerConfig>,
-    pub client: Arc<ClientConfig>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -76,12 +75,55 @@ pub fn load(tls: &config::Tls) -> Result<TlsConfigs, TlsError> {
             "certificate and key do not form a usable pair: {e}"
         ))
     })?;
-    let client = ClientConfig::builder()
-        .with_root_certificates(roots)
-        .with_client_auth_cert(chain, key)
-        .map_err(|e| TlsError::Rustls(e.to_string()))?;
     Ok(TlsConfigs {
         server: Arc::new(server),
-        client: Arc::new(client),
     })
+}
+
+/// The client side for calling `remote` over TLS (a C-MOVE destination). The modality CA
+/// (`client_ca`) is never a trust anchor here: it would be the only one, and with none every
+/// handshake failed (UnknownIssuer). The remote's `ca_bundle` is trusted, or the system roots
+/// without one; its own client certificate is presented, or else the server certificate.
+pub fn client_for(remote: &config::Remote, tls: &config::Tls) -> Result<ClientConfig, TlsError> {
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    let mut roots = RootCertStore::empty();
+    match &remote.ca_bundle {
+        Some(ca) => {
+            for cert in certs(ca, "the CA bundle")? {
+                roots
+                    .add(cert)
+                    .map_err(|e| TlsError::Rustls(format!("CA bundle {}: {e}", ca.display())))?;
+            }
+        }
+        None => {
+            for cert in rustls_native_certs::load_native_certs().certs {
+                let _ = roots.add(cert);
+            }
+            if roots.is_empty() {
+                return Err(TlsError::Rustls(format!(
+                    "no system CA certificates found to verify {}; set ca_bundle on its [[dicom.remote]]",
+                    remote.ae_title
+                )));
+            }
+        }
+    }
+    let (cert, key) = match (&remote.client_certificate, &remote.client_key) {
+        (Some(c), Some(k)) => (c, k),
+        _ => (&tls.certificate, &tls.private_key),
+    };
+    let chain = certs(cert, "the client certificate")?;
+    let key = PrivateKeyDer::from_pem_file(key).map_err(|e| TlsError::Read {
+        what: "the client key",
+        path: key.display().to_string(),
+        reason: e.to_string(),
+    })?;
+    ClientConfig::builder()
+        .with_root_certificates(roots)
+        .with_client_auth_cert(chain, key)
+        .map_err(|e| {
+            TlsError::Rustls(format!(
+                "the client certificate {} and its key do not go together: {e}",
+                cert.display()
+            ))
+        })
 }

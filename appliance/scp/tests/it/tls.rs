@@ -14,7 +14,7 @@ use crate::support::{
 
 const ECHO: &[(&str, &[&str])] = &[(dimse::VERIFICATION, &[IMPLICIT_LE])];
 const WORKLIST_FIND: &str = "1.2.840.10008.5.1.4.31";
-const PRIVATE_CLASS: &str = "1.3.6.1.4.1.9999.1";
+const MPPS: &str = "1.2.840.10008.3.1.2.3.3";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn store_and_find_over_tls() {
@@ -195,10 +195,13 @@ async fn find_without_permission_over_tls_is_not_authorized() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn worklist_context_over_tls_serves_nothing() {
-    // On the TLS port the request is only seen inside dicom-ul's negotiation, so unknown
-    // classes are accepted promiscuously and a Modality Worklist context may be opened.
-    // Nothing is served on it: no storage, no query.
+async fn tls_port_refuses_services_it_does_not_provide() {
+    // A modality on the TLS port proposed Modality Worklist, MPPS and Storage Commitment (as
+    // SCU, asking us to commit). Because dicom-ul negotiates the TLS port without the request
+    // in hand, it was promiscuous with `accept_unknown_sop_classes` and offered commitment to
+    // everyone: every one of those contexts was accepted (seen before the fix: all three
+    // accepted), so the modality believed this AE provides worklists and commitment. They are
+    // refused now (abstract syntax not supported); storage and Verification go on.
     let (app, pki) = start_tls(
         "accept_unknown_callers = true\naccept_unknown_sop_classes = true",
         false,
@@ -212,35 +215,88 @@ async fn worklist_context_over_tls_serves_nothing() {
         "CT1",
         &[
             (WORKLIST_FIND, &[IMPLICIT_LE]),
-            (PRIVATE_CLASS, &[EXPLICIT_LE]),
+            (MPPS, &[IMPLICIT_LE]),
+            (dimse::STORAGE_COMMITMENT, &[IMPLICIT_LE]),
+            (CT, &[EXPLICIT_LE]),
             (dimse::VERIFICATION, &[IMPLICIT_LE]),
         ],
     );
     let mut scu = Scu::establish_tls(options, tls_addr).await.unwrap();
-    assert!(scu.context(PRIVATE_CLASS, None).is_some());
-    if scu.context(WORKLIST_FIND, None).is_some() {
-        let mut inst = SynthInstance::ct(1, 1, 1, 1);
-        inst.sop_class = WORKLIST_FIND.into();
-        let rsp = scu
-            .store(
-                WORKLIST_FIND,
-                &inst.sop_uid,
-                None,
-                &inst.dataset(Encoding::IMPLICIT_LE),
-            )
-            .await
-            .unwrap();
-        assert_eq!(rsp.status, Some(Status::SOP_CLASS_NOT_SUPPORTED));
-        let q = identifier(
-            Encoding::IMPLICIT_LE,
-            &[(tags::PATIENT_ID, Vr::LO, b"PID00001")],
+    for uid in [WORKLIST_FIND, MPPS, dimse::STORAGE_COMMITMENT] {
+        assert!(
+            scu.context(uid, None).is_none(),
+            "{uid} was accepted on the TLS port"
         );
-        let (matches, last) = scu.find(WORKLIST_FIND, &q).await.unwrap();
-        assert!(matches.is_empty());
-        assert_eq!(last.status, Some(Status::SOP_CLASS_NOT_SUPPORTED));
     }
+    assert!(scu.context(CT, None).is_some());
     assert_eq!(scu.echo().await.unwrap(), Status::SUCCESS);
     scu.release().await.unwrap();
-    assert_eq!(instance_count(&app), 0);
     app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn move_to_a_tls_destination_trusts_its_ca_bundle() {
+    // A workstation asked the archive to C-MOVE a study to a `tls = true` destination. The
+    // outbound TLS client trusted only `client_ca` (the modality CA): with none configured the
+    // trust store was empty and every handshake failed with UnknownIssuer (seen before the fix:
+    // 0xA702, nothing delivered). The remote's own `ca_bundle` is trusted now.
+    let (dest, pki) = start_tls("accept_unknown_callers = true", false, "").await;
+    let dest_tls = dest.tls_addr.expect("TLS listener");
+    let config = format!(
+        "[dicom]\nae_title = \"SOURCE\"\naccept_unknown_callers = true\n{}\n[[dicom.remote]]\nae_title = \"OUTPOST\"\nhost = \"127.0.0.1\"\nport = {}\ntls = true\nca_bundle = {:?}\n",
+        pki.section(false),
+        dest_tls.port(),
+        pki.ca
+    );
+    let app = testkit::Appliance::start(&config).await;
+    let inst = SynthInstance::ct(1, 1, 1, 1);
+    let mut scu = Scu::connect(app.addr, "CT1", "SOURCE", &[(CT, &[EXPLICIT_LE])], &[])
+        .await
+        .unwrap();
+    let rsp = scu
+        .store(
+            CT,
+            &inst.sop_uid,
+            None,
+            &inst.dataset(Encoding::EXPLICIT_LE),
+        )
+        .await
+        .unwrap();
+    assert_eq!(rsp.status, Some(Status::SUCCESS));
+    scu.release().await.unwrap();
+    let mut mover = Scu::connect(
+        app.addr,
+        "WORKSTATION",
+        "SOURCE",
+        &[(dimse::STUDY_ROOT_MOVE, &[IMPLICIT_LE])],
+        &[],
+    )
+    .await
+    .unwrap();
+    let q = identifier(
+        Encoding::IMPLICIT_LE,
+        &[
+            (tags::QUERY_RETRIEVE_LEVEL, Vr::CS, b"STUDY"),
+            (tags::STUDY_INSTANCE_UID, Vr::UI, inst.study_uid.as_bytes()),
+        ],
+    );
+    let responses = mover
+        .move_(dimse::STUDY_ROOT_MOVE, "OUTPOST", &q)
+        .await
+        .unwrap();
+    let last = &responses.last().expect("a final response").0;
+    assert_eq!(
+        last.status,
+        Some(Status::SUCCESS),
+        "{:?}",
+        last.error_comment
+    );
+    assert_eq!(last.completed, Some(1));
+    mover.release().await.unwrap();
+    assert_eq!(
+        stored(&dest, &inst.sop_uid),
+        Some((EXPLICIT_LE.into(), inst.dataset(Encoding::EXPLICIT_LE)))
+    );
+    app.stop().await;
+    dest.stop().await;
 }
