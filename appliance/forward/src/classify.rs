@@ -141,6 +141,26 @@ pub fn http_status(status: u16, message: &str, retry_after: Option<Duration>) ->
     }
 }
 
+/// How sending one instance on an open association failed ([`storescu::Peer::send`]).
+///
+/// What is wrong with the instance for this destination is dead-lettered with the reason,
+/// since sending it again ends the same way: no accepted context can carry it; it cannot be
+/// read or converted for the receiver (a `transcode` refusal: over the memory limit, a
+/// codestream larger than its geometry, no codec); or its own file failed mid-send (a
+/// corrupt deflate stream ends there, as the data set is inflated while it goes out). An
+/// association that failed with the instance in flight may have been the network or the
+/// peer, so that is tried again, and the attempt counts: an instance that keeps breaking
+/// the association moves behind the others instead of holding the destination for ever.
+pub fn send_error(e: &storescu::SendError) -> Verdict {
+    use storescu::SendError;
+    match e {
+        SendError::NoContext(no) => Verdict::dead(no.reason()),
+        SendError::Payload(p) => Verdict::dead(p.reason()),
+        SendError::Interrupted { .. } => Verdict::dead(e.to_string()),
+        SendError::Closed { .. } | SendError::Association { .. } => Verdict::retry(e.to_string()),
+    }
+}
+
 /// A failure to reach the destination or to complete the exchange (connection refused, TLS,
 /// timeout, reset, association aborted): always worth another try.
 pub fn transport(what: impl std::fmt::Display) -> Verdict {
