@@ -210,6 +210,29 @@ mod tests {
     }
 
     #[test]
+    fn a_conversion_no_retry_can_fix_is_dead_lettered_with_its_reason() {
+        // Review finding 2: an instance whose conversion failed was to be given up on, not
+        // sent again for ever; the reason is transcode's own sentence.
+        let why = "cannot convert from 1.2.840.10008.1.2.1.99 to 1.2.840.10008.1.2: the \
+                   deflated data set inflates to more than 255 MB";
+        let e = storescu::SendError::Payload(storescu::PayloadError::TooLarge(why.into()));
+        assert_eq!(send_error(&e), Verdict::dead(why));
+        let e = storescu::SendError::Payload(storescu::PayloadError::Conversion(why.into()));
+        assert_eq!(send_error(&e), Verdict::dead(why));
+        let e = storescu::SendError::Interrupted {
+            address: "127.0.0.1:104".into(),
+            reason: "the deflated data set is corrupt".into(),
+        };
+        assert_eq!(kind(&send_error(&e)), "dead");
+        // The association failing with the instance in flight may be the network's doing.
+        let e = storescu::SendError::Association {
+            address: "127.0.0.1:104".into(),
+            source: dimse::DimseError::Aborted,
+        };
+        assert_eq!(kind(&send_error(&e)), "retry");
+    }
+
+    #[test]
     fn http_statuses_follow_the_issue_table() {
         for (code, expected) in [
             (408, "unreachable"),
