@@ -141,6 +141,26 @@ pub fn http_status(status: u16, message: &str, retry_after: Option<Duration>) ->
     }
 }
 
+/// How sending one instance on an open association failed ([`storescu::Peer::send`]).
+///
+/// What is wrong with the instance for this destination is dead-lettered with the reason,
+/// since sending it again ends the same way: no accepted context can carry it; it cannot be
+/// read or converted for the receiver (a `transcode` refusal: over the memory limit, a
+/// codestream larger than its geometry, no codec); or its own file failed mid-send (a
+/// corrupt deflate stream ends there, as the data set is inflated while it goes out). An
+/// association that failed with the instance in flight may have been the network or the
+/// peer, so that is tried again, and the attempt counts: an instance that keeps breaking
+/// the association moves behind the others instead of holding the destination for ever.
+pub fn send_error(e: &storescu::SendError) -> Verdict {
+    use storescu::SendError;
+    match e {
+        SendError::NoContext(no) => Verdict::dead(no.reason()),
+        SendError::Payload(p) => Verdict::dead(p.reason()),
+        SendError::Interrupted { .. } => Verdict::dead(e.to_string()),
+        SendError::Closed { .. } | SendError::Association { .. } => Verdict::retry(e.to_string()),
+    }
+}
+
 /// A failure to reach the destination or to complete the exchange (connection refused, TLS,
 /// timeout, reset, association aborted): always worth another try.
 pub fn transport(what: impl std::fmt::Display) -> Verdict {
@@ -187,6 +207,29 @@ mod tests {
                 "0x{code:04X}"
             );
         }
+    }
+
+    #[test]
+    fn a_conversion_no_retry_can_fix_is_dead_lettered_with_its_reason() {
+        // Review finding 2: an instance whose conversion failed was to be given up on, not
+        // sent again for ever; the reason is transcode's own sentence.
+        let why = "cannot convert from 1.2.840.10008.1.2.1.99 to 1.2.840.10008.1.2: the \
+                   deflated data set inflates to more than 255 MB";
+        let e = storescu::SendError::Payload(storescu::PayloadError::TooLarge(why.into()));
+        assert_eq!(send_error(&e), Verdict::dead(why));
+        let e = storescu::SendError::Payload(storescu::PayloadError::Conversion(why.into()));
+        assert_eq!(send_error(&e), Verdict::dead(why));
+        let e = storescu::SendError::Interrupted {
+            address: "127.0.0.1:104".into(),
+            reason: "the deflated data set is corrupt".into(),
+        };
+        assert_eq!(kind(&send_error(&e)), "dead");
+        // The association failing with the instance in flight may be the network's doing.
+        let e = storescu::SendError::Association {
+            address: "127.0.0.1:104".into(),
+            source: dimse::DimseError::Aborted,
+        };
+        assert_eq!(kind(&send_error(&e)), "retry");
     }
 
     #[test]

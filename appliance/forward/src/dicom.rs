@@ -7,7 +7,7 @@ use std::time::Duration;
 use dataset::ts::{EXPLICIT_VR_LITTLE_ENDIAN, IMPLICIT_VR_LITTLE_ENDIAN};
 use store::Store;
 use store::query::Retrievable;
-use storescu::{SendError, association_options_with};
+use storescu::association_options_with;
 
 use crate::Settings;
 use crate::classify::{self, Verdict};
@@ -120,22 +120,12 @@ impl DicomSender {
             }
             match peer.send(store, item, self.memory_limit, None).await {
                 Ok(status) => *slot = Some(classify::store_status(status, None)),
-                Err(SendError::NoContext(no)) => *slot = Some(Verdict::dead(no.into_reason())),
-                Err(SendError::Payload(p)) => *slot = Some(Verdict::dead(p.to_string())),
-                Err(e @ SendError::Interrupted { .. }) => {
-                    // Our own file failed mid-send: the instance cannot go as it is; the
-                    // rest of the batch waits for the next association.
-                    *slot = Some(Verdict::dead(e.to_string()));
-                    break;
-                }
                 Err(e) => {
-                    // The association failed with the instance in flight; whether the
-                    // destination kept it is unknown. It goes again, and the attempt counts:
-                    // an instance that keeps breaking the association (a peer crashing on
-                    // it) moves behind the others instead of holding the destination for
-                    // ever. The rest of the batch waits for the next association.
-                    *slot = Some(Verdict::retry(e.to_string()));
-                    break;
+                    *slot = Some(classify::send_error(&e));
+                    if e.association_lost() {
+                        // The rest of the batch waits for the next association.
+                        break;
+                    }
                 }
             }
         }

@@ -1,6 +1,7 @@
-//! What one instance is sent as: its stored file streamed from disk as it is, or, when the
-//! receiver only accepted a Little Endian syntax, the instance converted in memory within the
-//! transcode memory limit.
+//! What one instance is sent as: its stored file streamed from disk as it is; a deflated
+//! data set inflated as a stream for a receiver that takes Explicit VR Little Endian; or, when
+//! the receiver only accepted another Little Endian syntax, the instance converted in memory
+//! within the transcode memory limit.
 
 use std::io::{Read, Seek, SeekFrom};
 
@@ -15,6 +16,11 @@ pub enum Payload {
         file: Box<dyn FileReader>,
         length: u64,
     },
+    /// A Deflated Explicit VR Little Endian data set going out as Explicit VR Little Endian:
+    /// the file is positioned at the deflated data set, and it is inflated while it is sent,
+    /// so memory is a fixed buffer however large it inflates (a 2 MB file can hold 2 GB).
+    /// Its length is known only at the end of the deflate stream.
+    Inflated { file: Box<dyn FileReader> },
     /// The data set converted to another transfer syntax, in memory.
     Converted(Vec<u8>),
 }
@@ -23,6 +29,7 @@ impl std::fmt::Debug for Payload {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Payload::File { length, .. } => write!(f, "Payload::File({length} bytes)"),
+            Payload::Inflated { .. } => write!(f, "Payload::Inflated"),
             Payload::Converted(bytes) => write!(f, "Payload::Converted({} bytes)", bytes.len()),
         }
     }
@@ -93,6 +100,14 @@ fn make_payload(
             file,
             length: item.size.saturating_sub(item.dataset_offset),
         });
+    }
+    let deflated = dataset::ts::syntax_info(&item.transfer_syntax).is_some_and(|i| i.deflated);
+    if deflated && dataset::ts::trim_uid(target) == dataset::ts::EXPLICIT_VR_LITTLE_ENDIAN {
+        // Inflating is the whole conversion (PS3.5 A.5): no codec, no object model, and no
+        // memory limit to hit, since nothing is held.
+        file.seek(SeekFrom::Start(item.dataset_offset))
+            .map_err(|e| PayloadError::Unreadable(format!("cannot read {}: {e}", item.file)))?;
+        return Ok(Payload::Inflated { file });
     }
     if item.size > limit {
         return Err(PayloadError::TooLarge(format!(

@@ -76,6 +76,10 @@ pub async fn send_store<L: Link>(
         Payload::File { file, length } => {
             stream_file(channel, pc_id, &item.file, file, length).await
         }
+        Payload::Inflated { file } => {
+            let inflated = transcode::inflate::Inflate::new(file);
+            stream_to_end(channel, pc_id, &item.file, Box::new(inflated)).await
+        }
     }
 }
 
@@ -141,6 +145,74 @@ pub async fn stream_file<L: Link>(
         }
     }
     Ok(())
+}
+
+/// Streams a data set of unknown length, everything `reader` yields until its end (an
+/// inflating reader), in fragments of the receiver's PDU size, reading the next stretch
+/// while the current one is sent. The last fragment of each stretch is held back until the
+/// next stretch shows whether more follows, since only the final fragment may say "last".
+/// Memory stays at two stretches of `READ_AHEAD` bytes however long the data set is.
+pub async fn stream_to_end<L: Link>(
+    channel: &mut Channel<L>,
+    pc_id: u8,
+    name: &str,
+    reader: Box<dyn Read + Send>,
+) -> Result<(), SendStoreError> {
+    let max = channel.max_fragment();
+    let failed = |source: std::io::Error| SendStoreError::File {
+        file: name.to_string(),
+        source,
+    };
+    let per_trip = (READ_AHEAD / max).max(1) * max;
+    // Reads up to `per_trip` bytes as fragments of `max`; fewer than asked means the end.
+    let read = |mut reader: Box<dyn Read + Send>| {
+        tokio::task::spawn_blocking(move || {
+            let mut fragments = Vec::new();
+            let mut total = 0;
+            while total < per_trip {
+                let mut buf = vec![0u8; max];
+                let mut filled = 0;
+                while filled < max {
+                    match reader.read(&mut buf[filled..]) {
+                        Ok(0) => break,
+                        Ok(n) => filled += n,
+                        Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                        Err(e) => return (reader, Err(e)),
+                    }
+                }
+                buf.truncate(filled);
+                total += filled;
+                let short = filled < max;
+                if filled > 0 {
+                    fragments.push(buf);
+                }
+                if short {
+                    return (reader, Ok((fragments, true)));
+                }
+            }
+            (reader, Ok((fragments, false)))
+        })
+    };
+    let mut held: Option<Vec<u8>> = None;
+    let mut next = Some(read(reader));
+    while let Some(task) = next.take() {
+        let (reader, result) = task
+            .await
+            .map_err(|e| failed(std::io::Error::other(format!("the read task failed: {e}"))))?;
+        let (fragments, ended) = result.map_err(failed)?;
+        if !ended {
+            next = Some(read(reader));
+        }
+        for fragment in fragments {
+            if let Some(previous) = held.replace(fragment) {
+                channel.send_data_fragment(pc_id, previous, false).await?;
+            }
+        }
+    }
+    // An empty data set still needs its one (empty) last fragment.
+    Ok(channel
+        .send_data_fragment(pc_id, held.unwrap_or_default(), true)
+        .await?)
 }
 
 /// Waits up to `timeout` for the C-STORE-RSP to `message_id` on an association Outpost

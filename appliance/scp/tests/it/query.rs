@@ -487,7 +487,7 @@ const MEMORY_CHILD: &str = "OUTPOST_FIND_MEMORY_CHILD";
 /// Runs the test `name` again, alone, in a child process, so that the peak RSS it measures
 /// is its own and not that of tests running beside it. True in the child, which does the
 /// work; in the parent, false once the child passed.
-fn alone_in_a_child(name: &str) -> bool {
+pub(crate) fn alone_in_a_child(name: &str) -> bool {
     if std::env::var_os(MEMORY_CHILD).is_some() {
         return true;
     }
@@ -523,13 +523,13 @@ fn status_kib(field: &str) -> u64 {
 }
 
 /// Resets the peak RSS to the current RSS (Linux `clear_refs` 5) and returns the current RSS.
-fn reset_peak_kib() -> u64 {
+pub(crate) fn reset_peak_kib() -> u64 {
     std::fs::write("/proc/self/clear_refs", "5").expect("peak RSS can be reset");
     status_kib("VmRSS:")
 }
 
 /// How much the peak RSS rose above `baseline`, in MiB.
-fn peak_growth_mib(baseline_kib: u64) -> u64 {
+pub(crate) fn peak_growth_mib(baseline_kib: u64) -> u64 {
     status_kib("VmHWM:").saturating_sub(baseline_kib) / 1024
 }
 

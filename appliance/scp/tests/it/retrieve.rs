@@ -510,3 +510,238 @@ async fn get_with_some_sub_operations_failed_ends_with_b000() {
     scu.release().await.unwrap();
     app.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn get_of_a_deflate_bomb_by_a_viewer_without_deflate_streams_it_in_bounded_memory() {
+    // Review finding 2: a modality stored a 2 MB Deflated Explicit VR LE instance holding a
+    // 2 GB private OB of zeros (the walker inflates while ingesting, and keeps nothing). A
+    // viewer that proposes no deflate (nearly all of them) then opened the study: the whole
+    // data set was inflated into memory to convert it, and the appliance was OOM-killed.
+    // Once inflation was bounded by the transcode memory limit, the viewer got a failed
+    // sub-operation instead of the instance. Inflating is the whole
+    // conversion to Explicit VR LE, so it now streams: the viewer gets every byte, and the
+    // process's peak RSS grows by a buffer, not by the data set.
+    if !crate::query::alone_in_a_child(
+        "retrieve::get_of_a_deflate_bomb_by_a_viewer_without_deflate_streams_it_in_bounded_memory",
+    ) {
+        return;
+    }
+    let deflated = dataset::ts::DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN;
+    let inst = SynthInstance::ct(1, 1, 1, 1);
+    let zeros: u32 = 2 << 30;
+    let head = dataset::bomb::bomb_head(&inst, zeros);
+    let app = Appliance::start(&open_config("")).await;
+    {
+        let file = dataset::bomb::deflate_bomb(&inst, zeros);
+        let meta = dataset::meta::read_file_meta(&mut &file[..]).unwrap();
+        println!("bomb file: {} bytes", file.len());
+        let mut scu = Scu::connect(app.addr, "MODALITY", "OUTPOST", &[(CT, &[deflated])], &[])
+            .await
+            .unwrap();
+        let rsp = scu
+            .store(
+                &inst.sop_class,
+                &inst.sop_uid,
+                Some(deflated),
+                &file[meta.dataset_offset as usize..],
+            )
+            .await
+            .unwrap();
+        assert_eq!(rsp.status, Some(Status::SUCCESS), "{:?}", rsp.error_comment);
+        scu.release().await.unwrap();
+    }
+
+    let baseline = crate::query::reset_peak_kib();
+    let mut scu = getter(&app, &[EXPLICIT_LE], &[CT]).await;
+    scu.start_get(dimse::STUDY_ROOT_GET, &study_identifier(&inst))
+        .await
+        .unwrap();
+    let mut received: u64 = 0;
+    let mut differs_at = None;
+    let last = loop {
+        match scu
+            .channel()
+            .next(std::time::Duration::from_secs(120))
+            .await
+            .unwrap()
+        {
+            dimse::Incoming::Command { pc_id, command }
+                if command.field == CommandField::C_STORE_RQ =>
+            {
+                let ts = scu
+                    .channel()
+                    .context(pc_id)
+                    .unwrap()
+                    .transfer_syntax
+                    .clone();
+                assert_eq!(ts.trim_end_matches('\0'), EXPLICIT_LE);
+                loop {
+                    let (bytes, last) = scu.channel().next_data(pc_id).await.unwrap();
+                    // Compared as it arrives: the head, then nothing but zeros.
+                    for (i, b) in bytes.iter().enumerate() {
+                        let at = received + i as u64;
+                        let want = head.get(at as usize).copied().unwrap_or(0);
+                        if *b != want && differs_at.is_none() {
+                            differs_at = Some(at);
+                        }
+                    }
+                    received += bytes.len() as u64;
+                    if last {
+                        break;
+                    }
+                }
+                let rsp =
+                    Command::response_to(&command, CommandField::C_STORE_RSP, Status::SUCCESS);
+                scu.channel().send_command(pc_id, &rsp).await.unwrap();
+            }
+            dimse::Incoming::Command { pc_id, command } => {
+                if command.has_data_set {
+                    scu.channel()
+                        .read_data_set(pc_id, 1 << 20)
+                        .await
+                        .unwrap()
+                        .unwrap();
+                }
+                if command.status != Some(Status::PENDING) {
+                    break command;
+                }
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    };
+    let growth = crate::query::peak_growth_mib(baseline);
+    println!(
+        "C-GET of a bomb inflating to {} bytes: received {received} bytes, peak RSS grew by {growth} MiB",
+        head.len() as u64 + u64::from(zeros)
+    );
+    assert_eq!(
+        progress(&last),
+        (Status::SUCCESS, None, Some(1), Some(0), Some(0)),
+        "{:?}",
+        last.error_comment
+    );
+    assert_eq!(received, head.len() as u64 + u64::from(zeros));
+    assert_eq!(differs_at, None, "the inflated data set differs");
+    assert!(growth < 200, "peak RSS grew by {growth} MiB");
+    scu.release().await.unwrap();
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn move_of_a_deflate_bomb_to_a_receiver_without_deflate_streams_it_in_bounded_memory() {
+    // Review finding 2, C-MOVE: the same 2 MB file inflating to 2 GB, moved to DCMTK's
+    // storescp started without +xd (it takes no deflate, like Orthanc). The sub-operation
+    // inflated the whole data set into memory to convert it. Now it streams, and storescp
+    // (writing exactly what it received, +B) holds the whole Explicit VR LE data set.
+    if !crate::query::alone_in_a_child(
+        "retrieve::move_of_a_deflate_bomb_to_a_receiver_without_deflate_streams_it_in_bounded_memory",
+    ) {
+        return;
+    }
+    let deflated = dataset::ts::DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN;
+    let inst = SynthInstance::ct(1, 1, 1, 1);
+    let zeros: u32 = 2 << 30;
+    let head = dataset::bomb::bomb_head(&inst, zeros);
+    let out = tempfile::tempdir().unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut storescp = std::process::Command::new("/usr/bin/storescp")
+        .args(["--aetitle", "DEST", "+B", "-od"])
+        .arg(out.path())
+        .arg(port.to_string())
+        .spawn()
+        .expect("DCMTK's storescp runs");
+    crate::support::serves_within(
+        format!("127.0.0.1:{port}").parse().unwrap(),
+        std::time::Duration::from_secs(10),
+    )
+    .await;
+    let app = Appliance::start(&format!("{}\n{}", open_config(""), remote("DEST", port))).await;
+    {
+        let file = dataset::bomb::deflate_bomb(&inst, zeros);
+        let meta = dataset::meta::read_file_meta(&mut &file[..]).unwrap();
+        let mut scu = Scu::connect(app.addr, "MODALITY", "OUTPOST", &[(CT, &[deflated])], &[])
+            .await
+            .unwrap();
+        let rsp = scu
+            .store(
+                &inst.sop_class,
+                &inst.sop_uid,
+                Some(deflated),
+                &file[meta.dataset_offset as usize..],
+            )
+            .await
+            .unwrap();
+        assert_eq!(rsp.status, Some(Status::SUCCESS), "{:?}", rsp.error_comment);
+        scu.release().await.unwrap();
+    }
+
+    let baseline = crate::query::reset_peak_kib();
+    let mut scu = mover(&app).await;
+    scu.start_move(dimse::STUDY_ROOT_MOVE, "DEST", &study_identifier(&inst))
+        .await
+        .unwrap();
+    // Waited for longer than the kit's timeout: 2 GB pass through an unoptimised build.
+    let last = loop {
+        match scu
+            .channel()
+            .next(std::time::Duration::from_secs(600))
+            .await
+            .unwrap()
+        {
+            dimse::Incoming::Command { pc_id, command } => {
+                if command.has_data_set {
+                    scu.channel()
+                        .read_data_set(pc_id, 1 << 20)
+                        .await
+                        .unwrap()
+                        .unwrap();
+                }
+                if command.status != Some(Status::PENDING) {
+                    break command;
+                }
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    };
+    let growth = crate::query::peak_growth_mib(baseline);
+    scu.release().await.unwrap();
+    app.stop().await;
+    let _ = storescp.kill();
+    let _ = storescp.wait();
+    println!("C-MOVE of a bomb to storescp: peak RSS grew by {growth} MiB");
+    assert_eq!(
+        (last.status, last.completed, last.failed),
+        (Some(Status::SUCCESS), Some(1), Some(0)),
+        "{:?}",
+        last.error_comment
+    );
+    assert!(growth < 200, "peak RSS grew by {growth} MiB");
+    // The file storescp wrote: its meta says Explicit VR LE, then the inflated data set.
+    let written: Vec<_> = std::fs::read_dir(out.path())
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    assert_eq!(written.len(), 1, "{written:?}");
+    let mut reader = std::io::BufReader::new(std::fs::File::open(&written[0]).unwrap());
+    let meta = dataset::meta::read_file_meta(&mut reader).unwrap();
+    assert_eq!(meta.transfer_syntax, EXPLICIT_LE);
+    let mut at: u64 = 0;
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = std::io::Read::read(&mut reader, &mut buf).unwrap();
+        if n == 0 {
+            break;
+        }
+        for (i, b) in buf[..n].iter().enumerate() {
+            let p = at + i as u64;
+            let want = head.get(p as usize).copied().unwrap_or(0);
+            assert_eq!(*b, want, "the data set differs at byte {p}");
+        }
+        at += n as u64;
+    }
+    assert_eq!(at, head.len() as u64 + u64::from(zeros));
+}
