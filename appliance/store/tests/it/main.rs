@@ -5,6 +5,7 @@ mod cache;
 mod ingest;
 mod outbox;
 mod power_cut;
+mod quarantine;
 mod query;
 pub(crate) mod reconcile;
 mod support;
