@@ -189,7 +189,7 @@ pub enum Duplicates {
 /// patient its study is already held under.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum PatientConflict {
-    /// Store it, answer success, hold it unserved until `outpost quarantine` resolves it.
+    /// Store it, answer success, hold it unserved until a person resolves it.
     Quarantine,
     /// Refuse it with a failure status whose Error Comment names both patients.
     Reject,

@@ -369,10 +369,9 @@ impl<L: Link> Session<L> {
                                 .patient(&receipt.patient_id)
                                 .study(&receipt.study_uid)
                                 .instances(1)
-                                .detail(&format!(
+                                .detail(format!(
                                     "quarantined as #{seq}: its patient differs from the study's; \
-                                     not queryable, retrievable or forwarded until \
-                                     `outpost quarantine assign|split|delete {seq}`"
+                                     not queryable, retrievable or forwarded until resolved"
                                 )),
                         );
                         return Ok(Ok(()));

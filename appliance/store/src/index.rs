@@ -142,7 +142,7 @@ impl<'t> Tables<'t> {
             study_patient = record::patient_id_of(&conflict.study_patient_key),
             source = %instance.source_ae,
             "patient conflict: instance quarantined (stored, answered success, not queryable, \
-             retrievable or forwarded until `outpost quarantine assign|split|delete`)"
+             retrievable or forwarded until resolved)"
         );
         let held = quarantine::Held {
             seq,

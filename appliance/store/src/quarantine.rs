@@ -111,7 +111,7 @@ pub enum Resolution {
 #[derive(Debug, thiserror::Error)]
 pub enum QuarantineError {
     #[error(
-        "no instance is held under quarantine number {0}; `outpost quarantine list` shows them"
+        "no instance is held under quarantine number {0}; `Store::quarantined` lists those held"
     )]
     NotHeld(u64),
     #[error(
