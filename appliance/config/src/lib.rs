@@ -195,11 +195,22 @@ pub enum Duplicates {
     Overwrite,
 }
 
+/// `[storage] patient_conflict`: an instance whose Patient ID (with issuer) differs from the
+/// patient its study is already held under.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PatientConflict {
+    /// Store it, answer success, hold it unserved until a person resolves it.
+    Quarantine,
+    /// Refuse it with a failure status whose Error Comment names both patients.
+    Reject,
+}
+
 #[derive(Clone, Debug)]
 pub struct Storage {
     pub data_dir: PathBuf,
     pub durability: Durability,
     pub duplicates: Duplicates,
+    pub patient_conflict: PatientConflict,
     pub min_free_bytes: u64,
     pub index_cache_bytes: u64,
     /// Above this percentage of the data volume, confirmed instances are evicted.
@@ -431,6 +442,13 @@ fn build(root: &mut Reader, source: &str) -> Option<Config> {
             "{other:?} is not a duplicate policy; use \"keep-first\" or \"overwrite\""
         )),
     });
+    let patient_conflict = s.parse_str("patient_conflict", Some("quarantine"), |v| match v {
+        "quarantine" => Ok(PatientConflict::Quarantine),
+        "reject" => Ok(PatientConflict::Reject),
+        other => Err(format!(
+            "{other:?} is not a patient conflict policy; use \"quarantine\" (store, hold unserved until resolved) or \"reject\" (refuse with a failure status)"
+        )),
+    });
     let min_free = s.int("min_free_mb", 1024, 0, u64::MAX / (1024 * 1024));
     let cache = s.int("index_cache_mb", 64, 4, 65_536);
     let high = s.int("high_watermark", 90, 1, 100);
@@ -545,6 +563,7 @@ fn build(root: &mut Reader, source: &str) -> Option<Config> {
             data_dir: data_dir.clone(),
             durability,
             duplicates: duplicates?,
+            patient_conflict: patient_conflict?,
             min_free_bytes: min_free? * 1024 * 1024,
             index_cache_bytes: cache? * 1024 * 1024,
             high_watermark: high? as u8,

@@ -13,6 +13,11 @@ fn shipped_configurations_are_valid() {
         UnknownCallers::Loopback
     );
     assert_eq!(embedded.storage.durability, Durability::Full);
+    // A second patient under a held study is quarantined unless a site asks for refusal.
+    assert_eq!(
+        embedded.storage.patient_conflict,
+        config::PatientConflict::Quarantine
+    );
     assert_eq!(
         embedded.storage.data_dir,
         std::path::PathBuf::from("./outpost-data")
@@ -49,6 +54,7 @@ tls = true
 [storage]
 durability = "eventually"
 duplicates = "keep-first"
+patient_conflict = "merge"
 "#;
     let problems = Config::parse(text, "site.toml").unwrap_err().0;
     let keys: Vec<&str> = problems.iter().map(|p| p.key.as_str()).collect();
@@ -62,6 +68,7 @@ duplicates = "keep-first"
         "dicom.remote[1].port",
         "dicom.remote[2].permissions",
         "storage.durability",
+        "storage.patient_conflict",
     ] {
         assert!(
             keys.contains(&expected),

@@ -182,6 +182,10 @@ pub(crate) fn store_config(c: &config::Config) -> anyhow::Result<store::StoreCon
         config::Duplicates::KeepFirst => store::DuplicatePolicy::KeepFirst,
         config::Duplicates::Overwrite => store::DuplicatePolicy::Overwrite,
     };
+    s.patient_conflict = match c.storage.patient_conflict {
+        config::PatientConflict::Quarantine => store::PatientConflictPolicy::Quarantine,
+        config::PatientConflict::Reject => store::PatientConflictPolicy::Reject,
+    };
     s.min_free_bytes = c.storage.min_free_bytes;
     s.index_cache_bytes = c.storage.index_cache_bytes as usize;
     s.cache = Some(store::CacheConfig {

@@ -360,6 +360,22 @@ impl<L: Link> Session<L> {
                 match receipt.outcome {
                     Outcome::Stored | Outcome::Overwritten => self.tally.stored += 1,
                     Outcome::Duplicate => self.tally.duplicates += 1,
+                    Outcome::Quarantined { seq } => {
+                        // Answered success (the data is safe), but a person must decide where
+                        // it belongs: a warning in the trail now, not a line in a tally.
+                        self.services.audit.record(
+                            Event::new(EventKind::InstancesStored, AuditOutcome::MinorFailure)
+                                .association(&self.calling, &self.called, self.peer)
+                                .patient(&receipt.patient_id)
+                                .study(&receipt.study_uid)
+                                .instances(1)
+                                .detail(format!(
+                                    "quarantined as #{seq}: its patient differs from the study's; \
+                                     not queryable, retrievable or forwarded until resolved"
+                                )),
+                        );
+                        return Ok(Ok(()));
+                    }
                 }
                 self.tally.bytes += receipt.bytes;
                 *self

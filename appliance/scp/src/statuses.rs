@@ -5,6 +5,16 @@ use dimse::Status;
 use store::query::QueryError;
 use store::{IngestError, StoreError};
 
+/// Failed: the instance's patient disagrees with the patient the archive holds its study (or
+/// its SOP Instance UID) under; refused under `patient_conflict = "reject"`. PS3.4 Annex B
+/// offers no status for this: 0xA900 "Data Set does not match SOP Class" says the data set is
+/// wrong for its IOD, which it is not, and a sender may treat it as a coding bug. A 0xCxxx
+/// "Cannot understand" failure is what PS3.4 C.4.2 leaves to the implementation, and what
+/// dcm4chee-arc answers a patient mismatch with; the Error Comment (0000,0902) carries both
+/// Patient IDs and the study, so the modality's operator sees what to correct. 0xC004 is next
+/// after Outpost's other 0xC00x codes.
+pub const PATIENT_CONFLICT: Status = Status(0xC004);
+
 /// The C-STORE status for a refused instance.
 pub fn store_status(e: &IngestError) -> Status {
     match e {
@@ -21,6 +31,9 @@ pub fn store_status(e: &IngestError) -> Status {
         IngestError::TagOrder(_) => Status::CANNOT_PARSE,
         IngestError::Unindexable(_) => Status::MISSING_ATTRIBUTE,
         IngestError::InstanceMismatch { .. } => Status::INSTANCE_MISMATCH,
+        IngestError::PatientConflict(_) | IngestError::Store(StoreError::PatientConflict(_)) => {
+            PATIENT_CONFLICT
+        }
         // Processing failure: our side failed; the sender should retry later.
         IngestError::Write(_) => Status::PROCESSING_FAILURE,
         IngestError::Store(

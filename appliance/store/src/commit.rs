@@ -37,6 +37,7 @@ use crate::fs::Fs;
 use crate::index::{self, Filed, Tables};
 use crate::layout::{Layout, unix_now};
 use crate::outbox::{self, Enqueuer, QueueOp};
+use crate::quarantine::{self, Held, PatientConflictPolicy, QuarantineError, Resolution};
 use crate::record::{self, Extracted, InstanceRecord};
 use crate::{Background, DuplicatePolicy, Durability, Stats, StoreConfig, StoreError};
 
@@ -56,6 +57,9 @@ pub enum Outcome {
     Duplicate,
     /// Already stored; this copy replaced the first.
     Overwritten,
+    /// Its patient disagrees with its study's: kept durably in quarantine, served to nobody
+    /// until resolved (see [`crate::quarantine`]).
+    Quarantined { seq: u64 },
 }
 
 /// Changes other than filing instances, from one caller each: queue operations, cache
@@ -67,6 +71,11 @@ enum Maintenance {
         oneshot::Sender<Result<Vec<Candidate>, StoreError>>,
     ),
     Touch(Vec<String>, oneshot::Sender<Result<(), StoreError>>),
+    Resolve(
+        u64,
+        Resolution,
+        oneshot::Sender<Result<Held, QuarantineError>>,
+    ),
 }
 
 impl Maintenance {
@@ -77,6 +86,9 @@ impl Maintenance {
             }
             Maintenance::Evict(_, r) => {
                 let _ = r.send(Err(e));
+            }
+            Maintenance::Resolve(_, _, r) => {
+                let _ = r.send(Err(e.into()));
             }
         }
     }
@@ -137,6 +149,17 @@ impl Handle {
         let (reply, rx) = oneshot::channel();
         self.tx
             .send(Msg::Maintenance(Maintenance::Touch(studies, reply)))
+            .map_err(|_| StoreError::ShuttingDown)?;
+        rx.await.map_err(|_| StoreError::ShuttingDown)?
+    }
+
+    /// Applies a person's decision on a quarantined instance.
+    pub async fn resolve(&self, seq: u64, resolution: Resolution) -> Result<Held, QuarantineError> {
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .send(Msg::Maintenance(Maintenance::Resolve(
+                seq, resolution, reply,
+            )))
             .map_err(|_| StoreError::ShuttingDown)?;
         rx.await.map_err(|_| StoreError::ShuttingDown)?
     }
@@ -373,7 +396,7 @@ impl Committer {
             }
             return;
         }
-        if let Err(e) = self.mark_duplicates(&mut commits) {
+        if let Err(e) = self.screen(&mut commits) {
             self.fail_all(commits, e);
             return;
         }
@@ -438,12 +461,19 @@ impl Committer {
                     };
                     let recalled = evicted_old.is_some() && self.comes_from_upstream(&p.request);
                     let size = p.request.record.size as i64;
-                    let filed = tables.file_instance(
+                    let filed = tables.file_or_quarantine(
                         &p.request.extracted,
                         p.request.record.clone(),
                         overwrite || recalled,
                         now,
                     )?;
+                    if let Filed::Quarantined { seq } = filed {
+                        // Its file is held (and counted) but it is filed nowhere, queued
+                        // nowhere and touches no study.
+                        bytes += size;
+                        p.result = Some(Ok(Outcome::Quarantined { seq }));
+                        continue;
+                    }
                     if self.config.cache.is_some() && filed != Filed::KeptFirst {
                         touched.insert(p.request.extracted.study_uid.clone());
                     }
@@ -511,6 +541,7 @@ impl Committer {
                             Outcome::Stored
                         }
                         Filed::KeptFirst => Outcome::Duplicate,
+                        Filed::Quarantined { seq } => Outcome::Quarantined { seq },
                         Filed::Overwrote { old_file, old_size } => {
                             outbox::mark_overwritten(&txn, sop)?;
                             bytes += size - old_size as i64;
@@ -583,6 +614,7 @@ impl Committer {
         }
         let now = unix_now();
         let mut evicted: Vec<Vec<Candidate>> = Vec::new();
+        let mut resolved: Vec<Result<Held, QuarantineError>> = Vec::new();
         let applied = (|| -> Result<(), StoreError> {
             let mut txn = self.db.begin_write()?;
             txn.set_durability(RedbDurability::None)
@@ -606,6 +638,9 @@ impl Committer {
                             cache::touch(&txn, s, now)?;
                         }
                     }
+                    Maintenance::Resolve(seq, resolution, _) => {
+                        resolved.push(self.resolve(&txn, *seq, resolution, now)?);
+                    }
                 }
             }
             txn.commit()?;
@@ -616,6 +651,7 @@ impl Committer {
                 self.unsettled.since.get_or_insert_with(Instant::now);
                 self.outbox_changes.send_modify(|n| *n = n.wrapping_add(1));
                 let mut evicted = evicted.into_iter();
+                let mut resolved = resolved.into_iter();
                 for m in requests {
                     match m {
                         Maintenance::Queue(_, reply) | Maintenance::Touch(_, reply) => {
@@ -627,6 +663,16 @@ impl Committer {
                                 .replaced
                                 .extend(marked.iter().map(|c| c.file.clone()));
                             let _ = reply.send(Ok(marked));
+                        }
+                        Maintenance::Resolve(_, resolution, reply) => {
+                            let result = resolved.next().unwrap_or(Err(QuarantineError::Store(
+                                StoreError::Inconsistent("resolution left unapplied".into()),
+                            )));
+                            if let (Ok(held), Resolution::Delete) = (&result, &resolution) {
+                                // Deleted once its removal is durable, like a replaced file.
+                                self.unsettled.replaced.push(held.record.file.clone());
+                            }
+                            let _ = reply.send(result);
                         }
                     }
                 }
@@ -644,6 +690,59 @@ impl Committer {
         }
     }
 
+    /// Applies one decision on a held instance inside the maintenance transaction. A person's
+    /// mistake (no such number, a UID already taken) is their answer; only a failure of the
+    /// index itself fails the transaction.
+    fn resolve(
+        &self,
+        txn: &redb::WriteTransaction,
+        seq: u64,
+        resolution: &Resolution,
+        now: u64,
+    ) -> Result<Result<Held, QuarantineError>, StoreError> {
+        let held = {
+            let mut tables = Tables::open(txn)?;
+            let held = match tables.quarantine.get(seq)? {
+                Some(v) => record::decode::<Held>(v.value())?,
+                None => return Ok(Err(QuarantineError::NotHeld(seq))),
+            };
+            match resolution {
+                Resolution::Assign => {
+                    let sop = held.extracted.sop_instance_uid.as_str();
+                    if tables.instances.get(sop)?.is_some() {
+                        return Ok(Err(QuarantineError::UidTaken(sop.to_string())));
+                    }
+                    // Filed as any instance naming this study is: under the study's patient,
+                    // the demographic disagreement recorded in `patient_conflicts`.
+                    tables.file_instance(&held.extracted, held.record.clone(), false, now)?;
+                }
+                Resolution::Delete => {
+                    tables
+                        .pending_deletes
+                        .insert(held.record.file.as_str(), ())?;
+                }
+            }
+            tables.quarantine.remove(seq)?;
+            held
+        };
+        match resolution {
+            Resolution::Assign => {
+                // Stored implies queued, from the moment it is stored for queries too.
+                if let Some(router) = &self.config.router {
+                    let mut enqueuer = Enqueuer::new(router.as_ref(), txn)?;
+                    enqueuer.enqueue(txn, &held.extracted, &held.record.source_ae, now)?;
+                    enqueuer.finish(txn)?;
+                }
+                if self.config.cache.is_some() {
+                    cache::touch(txn, &held.extracted.study_uid, now)?;
+                }
+            }
+            Resolution::Delete => cache::add_stored_bytes(txn, -(held.record.size as i64))?,
+        }
+        info!(seq, sop = %held.extracted.sop_instance_uid, resolution = ?resolution, "quarantined instance resolved");
+        Ok(Ok(held))
+    }
+
     /// Whether an instance comes from upstream (the routing rules send it nowhere), so that a
     /// copy of an evicted instance is a recall rather than a new copy.
     fn comes_from_upstream(&self, request: &CommitRequest) -> bool {
@@ -653,21 +752,47 @@ impl Committer {
         })
     }
 
-    /// Marks the requests whose instance is already stored (or stored earlier in this batch)
-    /// as duplicates, under the keep-first policy, so their files are never linked.
-    fn mark_duplicates(&self, commits: &mut [Pending]) -> Result<(), StoreError> {
-        if self.config.duplicates != DuplicatePolicy::KeepFirst {
+    /// Screens a batch before any file is linked: under keep-first, the requests whose
+    /// instance is already stored (or stored earlier in this batch) are duplicates, never
+    /// linked, unless the stored instance belongs to another patient or study (then it goes
+    /// on, to be quarantined, instead of being dropped silently); under
+    /// `patient_conflict = "reject"`, a request whose patient disagrees with its study's is
+    /// refused here. A conflict with a study created earlier in the same batch is not visible
+    /// from this snapshot: such an instance is quarantined by the filing instead, whatever
+    /// the policy, which is the safe side.
+    fn screen(&self, commits: &mut [Pending]) -> Result<(), StoreError> {
+        let keep_first = self.config.duplicates == DuplicatePolicy::KeepFirst;
+        let reject = self.config.patient_conflict == PatientConflictPolicy::Reject;
+        if !keep_first && !reject {
             return Ok(());
         }
         let txn = self.db.begin_read()?;
         let instances = txn.open_table(index::INSTANCES)?;
+        let series = txn.open_table(index::SERIES)?;
+        let studies = txn.open_table(index::STUDIES)?;
         let evicted = txn.open_table(cache::EVICTED)?;
         let mut seen = HashSet::new();
         for p in commits.iter_mut() {
-            let uid = p.request.extracted.sop_instance_uid.clone();
-            let stored =
-                instances.get(uid.as_str())?.is_some() && evicted.get(uid.as_str())?.is_none();
-            if seen.contains(&uid) || stored {
+            let x = &p.request.extracted;
+            let uid = x.sop_instance_uid.clone();
+            let is_evicted = evicted.get(uid.as_str())?.is_some();
+            let stored = instances.get(uid.as_str())?.is_some() && !is_evicted;
+            let overwrite = !keep_first || is_evicted;
+            let conflict = quarantine::find_conflict(&instances, &series, &studies, x, overwrite)?;
+            if reject && let Some(conflict) = conflict {
+                warn!(
+                    sop = %uid,
+                    source = %p.request.record.source_ae,
+                    conflict = %conflict,
+                    "patient conflict: instance refused (patient_conflict = \"reject\")"
+                );
+                p.result = Some(Err(StoreError::PatientConflict(Box::new(conflict))));
+                continue;
+            }
+            if !keep_first {
+                continue;
+            }
+            if seen.contains(&uid) || (stored && conflict.is_none()) {
                 info!(sop = %uid, source = %p.request.record.source_ae, "duplicate SOP Instance UID: keeping the stored copy");
                 p.result = Some(Ok(Outcome::Duplicate));
             } else {

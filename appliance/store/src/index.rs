@@ -14,6 +14,7 @@ use redb::{
 use tracing::warn;
 
 use crate::StoreError;
+use crate::quarantine;
 use crate::record::{
     self, Conflict, DEMOGRAPHICS, Extracted, InstanceRecord, PatientRecord, SeriesRecord,
     StudyRecord, decoded,
@@ -57,6 +58,9 @@ pub enum Filed {
     /// The SOP Instance UID was already there and this copy replaced it; the old file is to
     /// be deleted.
     Overwrote { old_file: String, old_size: u64 },
+    /// Its patient disagrees with its study's (or the stored instance's): its file is kept
+    /// and a `quarantine` row names it, but it is filed at no level.
+    Quarantined { seq: u64 },
 }
 
 /// The tables of one write transaction, opened once per batch.
@@ -74,6 +78,8 @@ pub struct Tables<'t> {
     pub studies_by_name: MultimapTable<'t, &'static str, &'static str>,
     pub conflicts: Table<'t, &'static str, &'static [u8]>,
     pub pending_deletes: Table<'t, &'static str, ()>,
+    pub quarantine: Table<'t, u64, &'static [u8]>,
+    pub quarantine_seq: Table<'t, &'static str, u64>,
 }
 
 impl<'t> Tables<'t> {
@@ -92,6 +98,8 @@ impl<'t> Tables<'t> {
             studies_by_name: txn.open_multimap_table(STUDIES_BY_NAME)?,
             conflicts: txn.open_table(CONFLICTS)?,
             pending_deletes: txn.open_table(PENDING_DELETES)?,
+            quarantine: txn.open_table(quarantine::QUARANTINE)?,
+            quarantine_seq: txn.open_table(quarantine::SEQ)?,
         })
     }
 
@@ -103,6 +111,53 @@ impl<'t> Tables<'t> {
             Some(v) => Ok(Some(record::decode(v.value())?)),
             None => Ok(None),
         }
+    }
+
+    /// Files one instance at every level, or quarantines it when its patient disagrees with
+    /// its study's (or, for a keep-first duplicate, with the stored instance's patient or
+    /// study): see [`crate::quarantine`].
+    pub fn file_or_quarantine(
+        &mut self,
+        x: &Extracted,
+        instance: InstanceRecord,
+        overwrite: bool,
+        now: u64,
+    ) -> Result<Filed, StoreError> {
+        let conflict =
+            quarantine::find_conflict(&self.instances, &self.series, &self.studies, x, overwrite)?;
+        let Some(conflict) = conflict else {
+            return self.file_instance(x, instance, overwrite, now);
+        };
+        let seq = self
+            .quarantine_seq
+            .get(quarantine::SEQ_KEY)?
+            .map_or(0, |v| v.value())
+            + 1;
+        self.quarantine_seq.insert(quarantine::SEQ_KEY, seq)?;
+        warn!(
+            seq,
+            sop = %x.sop_instance_uid,
+            study = %conflict.study_uid,
+            instance_patient = record::patient_id_of(&conflict.patient_key),
+            study_patient = record::patient_id_of(&conflict.study_patient_key),
+            source = %instance.source_ae,
+            "patient conflict: instance quarantined (stored, answered success, not queryable, \
+             retrievable or forwarded until resolved)"
+        );
+        let held = quarantine::Held {
+            seq,
+            conflict,
+            extracted: x.clone(),
+            record: InstanceRecord {
+                study_uid: x.study_uid.clone(),
+                series_uid: x.series_uid.clone(),
+                ..instance
+            },
+            held_at: now,
+        };
+        self.quarantine
+            .insert(seq, record::encode(&held).as_slice())?;
+        Ok(Filed::Quarantined { seq })
     }
 
     /// Files one instance at every level. `instance` carries the file facts; its attribute

@@ -91,6 +91,10 @@ pub enum IngestError {
     ClassMismatch { command: String, dataset: String },
     #[error("writing the instance failed: {0}")]
     Write(#[source] std::io::Error),
+    /// Refused under `patient_conflict = "reject"`: the message names both Patient IDs and
+    /// the study.
+    #[error("{0}")]
+    PatientConflict(Box<crate::PatientConflict>),
     #[error("{0}")]
     Store(#[from] StoreError),
 }
@@ -440,8 +444,12 @@ impl Ingest {
         };
         // From here the committer owns the temporary file, whatever the outcome.
         self.settled = true;
-        let outcome = inner.committer.commit(request).await?;
+        let outcome = inner.committer.commit(request).await.map_err(|e| match e {
+            StoreError::PatientConflict(c) => IngestError::PatientConflict(c),
+            e => IngestError::Store(e),
+        })?;
         let counter = match outcome {
+            Outcome::Quarantined { .. } => &inner.stats.quarantined,
             Outcome::Stored => &inner.stats.stored,
             Outcome::Duplicate => &inner.stats.duplicates,
             Outcome::Overwritten => &inner.stats.overwritten,

@@ -14,6 +14,7 @@ pub mod crash;
 pub mod fs;
 pub mod index;
 pub mod layout;
+pub mod quarantine;
 pub mod query;
 pub mod record;
 
@@ -35,6 +36,7 @@ pub use cache::{CacheConfig, PROTECT_RECENT_S, Recall, Usage};
 pub use commit::Outcome;
 pub use ingest::{Ingest, IngestError, IngestRequest, Receipt};
 pub use outbox::{Route, Router};
+pub use quarantine::{Held, PatientConflict, PatientConflictPolicy, QuarantineError, Resolution};
 pub use reconcile::{Reconciled, RepairAlert, RepairStep};
 pub use verify::{VerifyProblem, VerifyReport};
 
@@ -81,6 +83,8 @@ pub struct StoreConfig {
     /// archive's own files, in the free-space floor and the cache watermarks. (Without it,
     /// the file system's own free space already counts them.)
     pub other_bytes: Option<Arc<AtomicU64>>,
+    /// An instance whose patient disagrees with its study's: quarantined or refused.
+    pub patient_conflict: PatientConflictPolicy,
 }
 
 impl StoreConfig {
@@ -95,6 +99,7 @@ impl StoreConfig {
             router: None,
             cache: None,
             other_bytes: None,
+            patient_conflict: PatientConflictPolicy::Quarantine,
         }
     }
 }
@@ -138,6 +143,9 @@ pub enum StoreError {
     WriterFailed(String),
     #[error("the store is shutting down")]
     ShuttingDown,
+    /// Refused under `patient_conflict = "reject"` (never a failure of the store itself).
+    #[error("{0}")]
+    PatientConflict(Box<PatientConflict>),
 }
 
 impl StoreError {
@@ -156,6 +164,8 @@ pub struct Stats {
     pub duplicates: AtomicU64,
     pub overwritten: AtomicU64,
     pub refused: AtomicU64,
+    /// Instances held in quarantine since the store opened.
+    pub quarantined: AtomicU64,
     pub bytes: AtomicU64,
     /// Group commits (index write transactions) and how many were durable.
     pub batches: AtomicU64,
@@ -173,6 +183,7 @@ pub struct StatsSnapshot {
     pub duplicates: u64,
     pub overwritten: u64,
     pub refused: u64,
+    pub quarantined: u64,
     pub bytes: u64,
     pub batches: u64,
     pub durable_commits: u64,
@@ -200,6 +211,7 @@ impl Stats {
             duplicates: g(&self.duplicates),
             overwritten: g(&self.overwritten),
             refused: g(&self.refused),
+            quarantined: g(&self.quarantined),
             bytes: g(&self.bytes),
             batches: g(&self.batches),
             durable_commits: g(&self.durable_commits),
@@ -392,6 +404,29 @@ impl Store {
             .clone()
     }
 
+    /// Every instance held in quarantine, oldest first.
+    pub fn quarantined(&self) -> Result<Vec<Held>, StoreError> {
+        quarantine::list(&self.inner.db.begin_read()?)
+    }
+
+    /// How many instances are held in quarantine.
+    pub fn quarantine_count(&self) -> Result<u64, StoreError> {
+        let txn = self.inner.db.begin_read()?;
+        Ok(txn.open_table(quarantine::QUARANTINE)?.len()?)
+    }
+
+    /// Applies a person's decision on the held instance `seq`, in one index transaction
+    /// (durable at the next checkpoint, like everything the committer writes): assigned, it
+    /// is filed and queued as if it had just arrived; deleted, its file goes once the removal
+    /// is durable. Returns what was held.
+    pub async fn resolve_quarantine(
+        &self,
+        seq: u64,
+        resolution: Resolution,
+    ) -> Result<Held, QuarantineError> {
+        self.inner.committer.resolve(seq, resolution).await
+    }
+
     /// Checks that the index writer is alive and working (for the service watchdog).
     pub async fn ping(&self) -> bool {
         self.inner.committer.ping().await
@@ -481,6 +516,7 @@ fn check_schema(db: &Database, config: &StoreConfig) -> Result<(), StoreError> {
         }
         // Create every table up front so readers never meet a missing one.
         index::Tables::open(&txn)?;
+        txn.open_table(quarantine::QUARANTINE)?;
     }
     let destinations = config
         .router

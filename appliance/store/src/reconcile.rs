@@ -432,7 +432,15 @@ pub(crate) fn run(
                         .router
                         .as_ref()
                         .is_none_or(|router| router.route(&source_ae, x).is_empty());
-                let filed = tables.file_instance(x, record, overwrite || recalled, unix_now())?;
+                // An interrupted instance meets the same patient check as a live one; it is
+                // quarantined whatever the policy, since its sender may have been answered.
+                let filed =
+                    tables.file_or_quarantine(x, record, overwrite || recalled, unix_now())?;
+                if let Filed::Quarantined { .. } = filed {
+                    bytes += size;
+                    done.finished_indexed += 1;
+                    continue;
+                }
                 if let Some(old) = &evicted_old
                     && filed != Filed::KeptFirst
                 {
@@ -447,6 +455,7 @@ pub(crate) fn run(
                 bytes += match &filed {
                     Filed::New => size,
                     Filed::KeptFirst => 0,
+                    Filed::Quarantined { .. } => size,
                     Filed::Overwrote { old_size, .. } => size - *old_size as i64,
                 };
                 // Stored implies queued: an instance filed here was never filed before (or
@@ -457,7 +466,7 @@ pub(crate) fn run(
                     enqueuer.enqueue(&txn, x, &source_ae, unix_now())?;
                 }
                 match filed {
-                    Filed::New => done.finished_indexed += 1,
+                    Filed::New | Filed::Quarantined { .. } => done.finished_indexed += 1,
                     Filed::KeptFirst => {
                         done.finished_discarded += 1;
                         to_remove.push(r.target.clone());

@@ -209,7 +209,7 @@ pub fn capture_tags() -> Vec<Tag> {
 }
 
 /// A data set's identity and per-level attributes, checked and ready for the index.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Extracted {
     pub sop_instance_uid: String,
     pub sop_class_uid: String,

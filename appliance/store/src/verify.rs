@@ -154,6 +154,10 @@ impl Store {
         for row in txn.open_table(index::PENDING_DELETES)?.iter()? {
             known.insert(inner.layout.absolute(row?.0.value()));
         }
+        // Held files are the archive's too: they wait for a person, not for deletion.
+        for held in crate::quarantine::list(&txn)? {
+            known.insert(inner.layout.absolute(&held.record.file));
+        }
         let instances = txn.open_table(index::INSTANCES)?;
         let evicted = txn.open_table(crate::cache::EVICTED)?;
         for row in instances.iter()? {

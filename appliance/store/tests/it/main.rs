@@ -6,6 +6,7 @@ mod disk;
 mod ingest;
 mod outbox;
 mod power_cut;
+mod quarantine;
 mod query;
 pub(crate) mod reconcile;
 mod support;
