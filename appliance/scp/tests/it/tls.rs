@@ -129,8 +129,12 @@ async fn tls_remote_is_accepted_on_the_tls_port() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn find_without_permission_over_tls_is_not_authorized() {
-    // On the TLS port every service is negotiated; permissions are enforced per message.
+async fn services_without_permission_are_not_negotiated_over_tls() {
+    // The TLS port used to negotiate every service and refuse a forbidden one per message
+    // (0x0124), because dicom-ul negotiated it before the request could be seen. The
+    // listener now reads the request itself on both ports, so a store-only remote is offered
+    // only what it may use, over TLS as on the plain port: its C-FIND and C-GET contexts are
+    // refused at negotiation, and its stores go on.
     let (app, pki) = start_tls(
         "accept_unknown_callers = false",
         false,
@@ -149,46 +153,22 @@ async fn find_without_permission_over_tls_is_not_authorized() {
         ],
     );
     let mut scu = Scu::establish_tls(options, tls_addr).await.unwrap();
-    let inst = SynthInstance::ct(1, 1, 1, 1);
-    let rsp = scu
-        .store(
-            CT,
-            &inst.sop_uid,
-            None,
-            &inst.dataset(Encoding::EXPLICIT_LE),
-        )
-        .await
-        .unwrap();
-    assert_eq!(rsp.status, Some(Status::SUCCESS));
-    let q = identifier(
-        Encoding::IMPLICIT_LE,
-        &[
-            (tags::QUERY_RETRIEVE_LEVEL, Vr::CS, b"STUDY"),
-            (tags::STUDY_INSTANCE_UID, Vr::UI, b""),
-        ],
-    );
-    let (matches, last) = scu.find(dimse::STUDY_ROOT_FIND, &q).await.unwrap();
-    assert!(matches.is_empty());
-    assert_eq!(last.status, Some(Status::NOT_AUTHORIZED));
-    let (received, responses) = scu
-        .get(dimse::STUDY_ROOT_GET, &q, Status::SUCCESS)
-        .await
-        .unwrap();
-    assert!(received.is_empty());
-    assert_eq!(responses.len(), 1);
-    assert_eq!(responses[0].0.status, Some(Status::NOT_AUTHORIZED));
-    // The association goes on.
-    let other = SynthInstance::ct(1, 1, 1, 2);
-    let rsp = scu
-        .store(
-            CT,
-            &other.sop_uid,
-            None,
-            &other.dataset(Encoding::EXPLICIT_LE),
-        )
-        .await
-        .unwrap();
-    assert_eq!(rsp.status, Some(Status::SUCCESS));
+    assert!(scu.context(CT, None).is_some());
+    assert!(scu.context(dimse::STUDY_ROOT_FIND, None).is_none());
+    assert!(scu.context(dimse::STUDY_ROOT_GET, None).is_none());
+    for image in 1..=2 {
+        let inst = SynthInstance::ct(1, 1, 1, image);
+        let rsp = scu
+            .store(
+                CT,
+                &inst.sop_uid,
+                None,
+                &inst.dataset(Encoding::EXPLICIT_LE),
+            )
+            .await
+            .unwrap();
+        assert_eq!(rsp.status, Some(Status::SUCCESS));
+    }
     scu.release().await.unwrap();
     assert_eq!(instance_count(&app), 2);
     app.stop().await;
@@ -197,7 +177,7 @@ async fn find_without_permission_over_tls_is_not_authorized() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tls_port_refuses_services_it_does_not_provide() {
     // A modality on the TLS port proposed Modality Worklist, MPPS and Storage Commitment (as
-    // SCU, asking us to commit). Because dicom-ul negotiates the TLS port without the request
+    // SCU, asking us to commit). Because dicom-ul negotiated the TLS port without the request
     // in hand, it was promiscuous with `accept_unknown_sop_classes` and offered commitment to
     // everyone: every one of those contexts was accepted (seen before the fix: all three
     // accepted), so the modality believed this AE provides worklists and commitment. They are
