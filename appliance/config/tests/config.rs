@@ -502,7 +502,10 @@ fn a_threshold_inside_the_ups_low_battery_warning_is_warned_about() {
     };
     let c = Config::parse(&ups(300, "low_battery_warning_s = 240"), "site.toml")
         .unwrap_or_else(|e| panic!("{e}"));
-    assert_eq!(c.ups.as_ref().unwrap().low_battery_warning, Some(std::time::Duration::from_secs(240)));
+    assert_eq!(
+        c.ups.as_ref().unwrap().low_battery_warning,
+        Some(std::time::Duration::from_secs(240))
+    );
     assert_eq!(c.warnings.len(), 1, "{:?}", c.warnings);
     let w = &c.warnings[0];
     assert_eq!(w.file, "site.toml");
@@ -511,7 +514,10 @@ fn a_threshold_inside_the_ups_low_battery_warning_is_warned_about() {
     assert!(w.message.contains("305 s"), "{}", w.message);
     assert_eq!(
         w.to_string(),
-        format!("site.toml: ups.shutdown_when_runtime_below_s: {}", w.message)
+        format!(
+            "site.toml: ups.shutdown_when_runtime_below_s: {}",
+            w.message
+        )
     );
 
     // Enough room above the warning, or no warning time known: nothing to say.
