@@ -82,6 +82,36 @@ def test_check_config_example_toml_is_ok():
     assert ": ok (AE OUTPOST on 0.0.0.0:11112, 1 remote(s)" in r.stdout
 
 
+# Issue 9, item 21: a UPS that raises its own low-battery warning 240 s before it is empty and a
+# threshold of 300 s leave the appliance's stop (20 s grace, 10 s forwarding, 5 s monitors, 30 s
+# flush) inside that window; check-config said a bare "ok". It still says ok (exit 0), and warns.
+WARN_CONFIG = """\
+[ups]
+address = "10.0.0.5:502"
+profile = "apc-smt"
+shutdown_when_runtime_below_s = 300
+low_battery_warning_s = 240
+"""
+
+
+def test_check_config_warns_but_accepts(tmp_path):
+    cfg = tmp_path / "site.toml"
+    cfg.write_text(WARN_CONFIG)
+    r = run_outpost("check-config", cfg)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert f"{cfg}: ok (" in r.stdout, r.stdout
+    lines = [l.strip() for l in r.stderr.splitlines() if l.strip()]
+    assert lines[0] == "1 warning in the configuration:", r.stderr
+    assert len(lines) == 2, r.stderr
+    assert lines[1].startswith(f"{cfg}: ups.shutdown_when_runtime_below_s: "), r.stderr
+    assert "305 s" in lines[1], r.stderr
+    # A configuration without anything to warn about prints no warning block.
+    cfg.write_text(WARN_CONFIG.replace("= 300", "= 305"))
+    r = run_outpost("check-config", cfg)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "warning" not in r.stderr, r.stderr
+
+
 @pytest.fixture
 def imported(tmp_path, small_corpus):
     """An archive filled by `outpost import` from a copy of the small corpus."""

@@ -49,6 +49,10 @@ pub struct Ups {
     /// How long the UPS waits after the outlet-off command before cutting the outlets: long
     /// enough for the operating system to power off cleanly.
     pub outlet_off_delay: Duration,
+    /// The UPS's own low-battery warning: it signals low battery (and many models begin
+    /// their own shutdown countdown) when this much runtime is left. No profile carries it,
+    /// so the site says it (`[ups] low_battery_warning_s`); used only to warn.
+    pub low_battery_warning: Option<Duration>,
 }
 
 /// The orderly power-off.
@@ -244,6 +248,11 @@ pub(crate) fn read_ups(root: &mut Reader, source: &str) -> Option<Option<Ups>> {
     let debounce = u.seconds("debounce_s", 10, 0, 600);
     // The operating system must be off before the UPS cuts the outlets.
     let outlet_off_delay = u.seconds("outlet_off_delay_s", 120, 30, 3600);
+    let low_battery_warning = if u.has("low_battery_warning_s") {
+        u.seconds("low_battery_warning_s", 0, 0, 86_400).map(Some)
+    } else {
+        Some(None)
+    };
     if let (Some(p), Some(t)) = (poll_interval, timeout)
         && t >= p
     {
@@ -280,6 +289,7 @@ pub(crate) fn read_ups(root: &mut Reader, source: &str) -> Option<Option<Ups>> {
         shutdown_below: shutdown_below?,
         debounce: debounce?,
         outlet_off_delay: outlet_off_delay?,
+        low_battery_warning: low_battery_warning?,
     }))
 }
 

@@ -41,6 +41,9 @@ pub struct Config {
     pub alerts: Alerts,
     pub audit: Audit,
     pub log: Log,
+    /// What is valid but probably not meant (file, key, message), found by the same
+    /// validation as the problems; `check-config` prints them and `serve` logs them at warn.
+    pub warnings: Vec<Warning>,
 }
 
 /// An AE title: 1 to 16 characters of the default repertoire, no backslash or controls,
@@ -258,6 +261,39 @@ impl fmt::Display for Problem {
         } else {
             write!(f, "{}: {}: {}", self.file, self.key, self.message)
         }
+    }
+}
+
+/// Something valid in a configuration that will probably not do what the site wants.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Warning {
+    pub file: String,
+    /// Dotted key path, as in [`Problem`].
+    pub key: String,
+    pub message: String,
+}
+
+impl fmt::Display for Warning {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}: {}", self.file, self.key, self.message)
+    }
+}
+
+/// The warnings of a configuration, as `check-config` prints them: a count, then one line each.
+pub struct Warnings<'a>(pub &'a [Warning]);
+
+impl fmt::Display for Warnings<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let n = self.0.len();
+        writeln!(
+            f,
+            "{n} warning{} in the configuration:",
+            if n == 1 { "" } else { "s" }
+        )?;
+        for w in self.0 {
+            writeln!(f, "  {w}")?;
+        }
+        Ok(())
     }
 }
 
@@ -500,6 +536,31 @@ fn build(root: &mut Reader, source: &str) -> Option<Config> {
             );
         }
     }
+    let mut warnings = Vec::new();
+    if let (Some(Some(u)), Some(grace)) = (&ups, shutdown_grace)
+        && let Some(lb) = u.low_battery_warning
+    {
+        // The stop `outpost serve` runs (serve.rs): the grace period, then at most 10 s for
+        // forwarding, 5 s for the monitors and 30 s for the index's final flush. It should be
+        // over before the UPS's own low-battery warning starts, which on many models also
+        // starts its own countdown to cutting the outlets.
+        let stop = grace + Duration::from_secs(10 + 5 + 30);
+        let wanted = stop + lb;
+        if !u.shutdown_below.is_zero() && u.shutdown_below < wanted {
+            warnings.push(Warning {
+                file: source.to_string(),
+                key: "ups.shutdown_when_runtime_below_s".into(),
+                message: format!(
+                    "{} s of runtime leaves the stop (dicom.shutdown_grace_s {} s, then up to 45 s for forwarding, the monitors and the index's final flush: {} s) running inside the UPS's own low-battery warning (ups.low_battery_warning_s, {} s); {} s are needed: raise it to at least that, or shorten the grace period",
+                    u.shutdown_below.as_secs(),
+                    grace.as_secs(),
+                    stop.as_secs(),
+                    lb.as_secs(),
+                    wanted.as_secs()
+                ),
+            });
+        }
+    }
     let power = health::read_power(root);
     let alerts = health::read_alerts(root);
 
@@ -586,5 +647,6 @@ fn build(root: &mut Reader, source: &str) -> Option<Config> {
             filter: filter?,
             json: json?,
         },
+        warnings,
     })
 }

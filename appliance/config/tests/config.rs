@@ -487,3 +487,51 @@ fn the_audit_trail_is_bounded_by_default_and_its_limits_are_checked() {
         problems[0].message
     );
 }
+
+// Issue 9, item 21: a site set shutdown_when_runtime_below_s = 300 on a UPS that raises its own
+// low-battery warning (and starts its own countdown) 240 s before the battery is empty.
+// check-config said "ok": the appliance's stop (20 s grace, up to 10 s for forwarding, 5 s for
+// the monitors, 30 s for the index's final flush) then ran inside the UPS's warning window,
+// with nothing telling the technician. Now it is a warning beside the valid configuration.
+#[test]
+fn a_threshold_inside_the_ups_low_battery_warning_is_warned_about() {
+    let ups = |threshold: u32, warning: &str| {
+        format!(
+            "[ups]\naddress = \"10.0.0.5:502\"\nprofile = \"apc-smt\"\nshutdown_when_runtime_below_s = {threshold}\n{warning}\n"
+        )
+    };
+    let c = Config::parse(&ups(300, "low_battery_warning_s = 240"), "site.toml")
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(
+        c.ups.as_ref().unwrap().low_battery_warning,
+        Some(std::time::Duration::from_secs(240))
+    );
+    assert_eq!(c.warnings.len(), 1, "{:?}", c.warnings);
+    let w = &c.warnings[0];
+    assert_eq!(w.file, "site.toml");
+    assert_eq!(w.key, "ups.shutdown_when_runtime_below_s");
+    // 20 s grace + 10 s forwarding + 5 s monitors + 30 s flush + 240 s = 305 s.
+    assert!(w.message.contains("305 s"), "{}", w.message);
+    assert_eq!(
+        w.to_string(),
+        format!(
+            "site.toml: ups.shutdown_when_runtime_below_s: {}",
+            w.message
+        )
+    );
+
+    // Enough room above the warning, or no warning time known: nothing to say.
+    let c = Config::parse(&ups(305, "low_battery_warning_s = 240"), "site.toml").unwrap();
+    assert!(c.warnings.is_empty(), "{:?}", c.warnings);
+    let c = Config::parse(&ups(300, ""), "site.toml").unwrap();
+    assert!(c.warnings.is_empty(), "{:?}", c.warnings);
+    assert_eq!(c.ups.unwrap().low_battery_warning, None);
+    assert!(Config::embedded().warnings.is_empty());
+
+    // The key is checked like every other.
+    let problems = Config::parse(&ups(300, "low_battery_warning_s = -1"), "site.toml")
+        .unwrap_err()
+        .0;
+    assert_eq!(problems.len(), 1, "{problems:?}");
+    assert_eq!(problems[0].key, "ups.low_battery_warning_s");
+}

@@ -139,6 +139,10 @@ fn check_config(file: &Path) -> anyhow::Result<ExitCode> {
                 eprintln!("{}: [[forward.rule]]: {e}", file.display());
                 return Ok(ExitCode::FAILURE);
             }
+            // Warnings do not fail the check: the configuration is valid, perhaps not meant.
+            if !c.warnings.is_empty() {
+                eprint!("{}", config::Warnings(&c.warnings));
+            }
             println!(
                 "{}: ok (AE {} on {}:{}, {} remote(s), {} forwarding destination(s), data in {})",
                 file.display(),

@@ -53,6 +53,10 @@ async fn run(c: config::Config) -> anyhow::Result<ExitCode> {
     // dicom-ul and reqwest may both link a rustls provider; name ours once, first.
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
     info!(config = %c.source, version = env!("CARGO_PKG_VERSION"), "starting outpost");
+    // The same warnings check-config prints, so a site that never ran it sees them too.
+    for w in &c.warnings {
+        warn!(file = %w.file, key = %w.key, "configuration: {}", w.message);
+    }
     raise_open_files_limit();
     let audit = Audit::open_with(&c.audit.path, crate::audit_config(&c.audit))
         .context("opening the audit trail")?;
