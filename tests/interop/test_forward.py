@@ -22,6 +22,7 @@ import time
 
 import pytest
 
+import dicomnet as net
 import synth
 from forwarding import (
     CT_IMAGE, PickyScp, StowServer, arrival_report, compare_arrivals, dead_letters,
@@ -739,3 +740,77 @@ def test_dead_letters_that_block_eviction_are_an_alert_and_release_claim_lets_th
     events = [json.loads(line) for line in outpost.audit_path.read_text().splitlines()]
     assert any(e["event"] == "operator-action" and "release-claim" in (e.get("detail") or "")
                for e in events), events
+
+
+def quarantine_cli(outpost, *args):
+    outpost.write_config()
+    return run_outpost("quarantine", "--config", outpost.config_path, *args, timeout=30)
+
+
+@pytest.mark.timeout(90)
+def test_quarantined_instances_are_counted_in_status_and_resolved_with_the_cli(
+        outposts, tmp_path):
+    """A technologist picked the wrong worklist entry: a CT of patient P1 opened study S,
+    then an image of P2 arrived naming the same S (archive-review §8).
+
+    Regression: the store held the P2 image in quarantine, but nothing outside the store
+    could see or resolve it: `outpost status` did not count it and there was no command to
+    list, assign or delete it, so it stayed held for ever, invisible. Now status warns with
+    the count, `outpost quarantine list` shows it, `assign` files it under S (audited, naming
+    both patients) and `delete` removes one; a number that is not held is refused."""
+    outpost = outposts()
+    study = synth.uid(7, 1)
+    files = {
+        name: synth.write(tmp_path / f"{name}.dcm", synth.ct_instance(
+            patient_id=pid, study_uid=study, series_uid=synth.uid(7, 2, series),
+            sop_uid=synth.uid(7, 3, n), instance_number=n))
+        for name, pid, series, n in [("ct", "P1", 1, 1), ("wrong", "P2", 2, 2),
+                                     ("worse", "P3", 3, 3)]
+    }
+    assert net.store_files(outpost.port, [files["ct"], files["wrong"]]) == {
+        files["ct"]: 0, files["wrong"]: 0}
+
+    s = json.loads(status_cli(outpost, "--json").stdout)
+    assert s["quarantined"] == 1, s
+    text = status_cli(outpost).stdout
+    assert "1 instance(s) held in quarantine" in text and "outpost quarantine list" in text, text
+
+    r = quarantine_cli(outpost, "list")
+    assert r.returncode == 0, r.stderr
+    assert synth.uid(7, 3, 2) in r.stdout and "P2" in r.stdout and "P1" in r.stdout, r.stdout
+    [held] = json.loads(quarantine_cli(outpost, "--json", "list").stdout)
+    assert held["sop_instance_uid"] == synth.uid(7, 3, 2), held
+    assert held["patient_id"] == "P2" and held["study_patient_id"] == "P1", held
+    assert held["study_uid"] == study, held
+
+    p2 = net.find_once(outpost.port, "P", net.query("PATIENT", PatientID="P2"))
+    assert p2.status == 0 and not p2.matches, p2
+    assert net.count_images(outpost.port, [study]) == 1
+
+    r = quarantine_cli(outpost, "assign", held["seq"])
+    assert r.returncode == 0, r.stderr
+    assert synth.uid(7, 3, 2) in r.stdout and "P1" in r.stdout, r.stdout
+    wait_for(lambda: net.count_images(outpost.port, [study]) == 2, 10,
+             "the assigned instance filed under its study")
+    assert json.loads(status_cli(outpost, "--json").stdout)["quarantined"] == 0
+    r = quarantine_cli(outpost, "assign", held["seq"])
+    assert r.returncode != 0 and f"quarantine number {held['seq']}" in r.stderr, r.stderr
+
+    assert net.store_files(outpost.port, [files["worse"]]) == {files["worse"]: 0}
+    [again] = json.loads(quarantine_cli(outpost, "--json", "list").stdout)
+    assert again["sop_instance_uid"] == synth.uid(7, 3, 3) and again["seq"] != held["seq"]
+    r = quarantine_cli(outpost, "delete", again["seq"])
+    assert r.returncode == 0, r.stderr
+    assert json.loads(quarantine_cli(outpost, "--json", "list").stdout) == []
+    assert "no instance is held" in quarantine_cli(outpost, "list").stdout
+    assert net.count_images(outpost.port, [study]) == 2
+
+    r = quarantine_cli(outpost, "split", again["seq"])
+    assert r.returncode != 0 and "assign" in r.stderr and "delete" in r.stderr, r.stderr
+
+    events = [json.loads(line) for line in outpost.audit_path.read_text().splitlines()]
+    actions = [e.get("detail") or "" for e in events if e["event"] == "operator-action"]
+    assert any("quarantine assign" in d and synth.uid(7, 3, 2) in d and "P1" in d
+               and "P2" in d and study in d for d in actions), actions
+    assert any("quarantine delete" in d and synth.uid(7, 3, 3) in d and "P3" in d
+               for d in actions), actions

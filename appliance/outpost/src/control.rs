@@ -1,5 +1,5 @@
-//! The local control socket: how `outpost queue` (and later `outpost status`) talk to the
-//! running service, which alone holds the index. One JSON request per connection, one JSON
+//! The local control socket: how `outpost queue`, `outpost quarantine` and `outpost status`
+//! talk to the running service, which alone holds the index. One JSON request per connection, one JSON
 //! answer; the socket is `control.sock` in the data directory, readable by the service's
 //! user and group only.
 
@@ -61,6 +61,71 @@ pub enum Request {
     ReleaseClaim {
         destination: String,
     },
+    /// Instances held in quarantine (patient conflicts).
+    Quarantine,
+    /// A person's decision on one held instance.
+    ResolveQuarantine {
+        seq: u64,
+        resolution: QuarantineResolution,
+    },
+}
+
+/// What `outpost quarantine assign|delete` asks for (the store's
+/// [`store::Resolution`], which is not serialisable).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum QuarantineResolution {
+    Assign,
+    Delete,
+}
+
+impl QuarantineResolution {
+    fn word(self) -> &'static str {
+        match self {
+            QuarantineResolution::Assign => "assign",
+            QuarantineResolution::Delete => "delete",
+        }
+    }
+}
+
+/// One held instance as `outpost quarantine list` shows it: what a person needs to decide
+/// (both Patient IDs, the study, why, where it came from), not the whole index record.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct QuarantineRow {
+    /// The number `outpost quarantine assign|delete` takes.
+    pub seq: u64,
+    pub sop_instance_uid: String,
+    pub study_uid: String,
+    pub modality: String,
+    /// The instance's own Patient ID.
+    pub patient_id: String,
+    /// The Patient ID the archive holds the study (or the colliding instance) under.
+    pub study_patient_id: String,
+    /// Why it was held, one sentence.
+    pub reason: String,
+    /// Calling AE title that sent it ("" for imports).
+    pub source_ae: String,
+    pub bytes: u64,
+    /// When it was held, Unix seconds.
+    pub held_at: u64,
+}
+
+impl From<&store::Held> for QuarantineRow {
+    fn from(h: &store::Held) -> Self {
+        QuarantineRow {
+            seq: h.seq,
+            sop_instance_uid: h.conflict.sop_instance_uid.clone(),
+            study_uid: h.conflict.study_uid.clone(),
+            modality: h.extracted.modality.clone(),
+            patient_id: store::record::patient_id_of(&h.conflict.patient_key).to_string(),
+            study_patient_id: store::record::patient_id_of(&h.conflict.study_patient_key)
+                .to_string(),
+            reason: h.conflict.to_string(),
+            source_ae: h.record.source_ae.clone(),
+            bytes: h.record.size,
+            held_at: h.held_at,
+        }
+    }
 }
 
 /// One destination's row in `outpost queue`.
@@ -131,7 +196,10 @@ pub struct Status {
     /// Instances that wait for a confirmation that will not come, per destination.
     #[serde(default)]
     pub stalled_claims: Vec<StalledClaim>,
-    /// The archive's own alerts, from the three above.
+    /// Instances held in quarantine (patient conflicts) until a person resolves them.
+    #[serde(default)]
+    pub quarantined: u64,
+    /// The archive's own alerts, from the four above.
     #[serde(default)]
     pub archive_alerts: Vec<ArchiveAlert>,
 }
@@ -150,18 +218,28 @@ pub struct ArchiveAlert {
 const STALLED_WARN_SHARE: f64 = 0.25;
 
 /// The archive alerts for `outpost status`: held corrections (warning), recall mismatches
-/// (error), and instances that wait on a destination that never confirms (listed always, a
+/// (error), instances held in quarantine (warning: nobody sees them until resolved), and
+/// instances that wait on a destination that never confirms (listed always, a
 /// warning once they take more than [`STALLED_WARN_SHARE`] of the room above the high
 /// watermark).
 pub fn archive_alerts(
     held: &[HeldCorrection],
     mismatches: &[(String, RecallMismatch)],
     stalled: &[StalledClaim],
+    quarantined: u64,
     usage: Option<&store::Usage>,
     high_watermark: u8,
     min_free_bytes: u64,
 ) -> Vec<ArchiveAlert> {
     let mut out = Vec::new();
+    if quarantined > 0 {
+        out.push(ArchiveAlert {
+            severity: "warning".into(),
+            message: format!(
+                "{quarantined} instance(s) held in quarantine: their Patient ID disagrees with the patient their study (or SOP Instance UID) is held under, so nobody can find, retrieve or receive them. Check which patient they belong to (`outpost quarantine list`), then `outpost quarantine assign N` to file one under its study's patient or `outpost quarantine delete N`."
+            ),
+        });
+    }
     if !mismatches.is_empty() {
         let first: Vec<&str> = mismatches.iter().take(3).map(|(s, _)| s.as_str()).collect();
         out.push(ArchiveAlert {
@@ -267,6 +345,7 @@ pub enum Response {
     Queue(Vec<QueueRow>),
     Dead(Vec<(u64, DeadLetter)>),
     Corrections(Vec<HeldCorrection>),
+    Quarantine(Vec<QuarantineRow>),
     Done(String),
     Error(String),
 }
@@ -391,11 +470,12 @@ async fn handle(request: Request, control: &Control) -> Response {
                     store.held_corrections()?,
                     store.recall_mismatches()?,
                     store.stalled_claims(&configured)?,
+                    store.quarantine_count()?,
                 );
                 Ok::<_, store::StoreError>((store.instance_count()?, store.usage().ok(), archive))
             })
             .await;
-            let (instances, usage, (held, mismatches, stalled)) = match read {
+            let (instances, usage, (held, mismatches, stalled, quarantined)) = match read {
                 Ok(Ok(r)) => r,
                 Ok(Err(e)) => return Response::Error(e.to_string()),
                 Err(e) => return Response::Error(e.to_string()),
@@ -404,6 +484,7 @@ async fn handle(request: Request, control: &Control) -> Response {
                 &held,
                 &mismatches,
                 &stalled,
+                quarantined,
                 usage.as_ref(),
                 control.identity.high_watermark,
                 control.identity.min_free_bytes,
@@ -433,6 +514,7 @@ async fn handle(request: Request, control: &Control) -> Response {
                 held_correction_bytes: held.iter().map(|h| h.bytes).sum(),
                 recall_mismatches: mismatches,
                 stalled_claims: stalled,
+                quarantined,
                 archive_alerts,
             }))
         }
@@ -518,6 +600,19 @@ async fn handle(request: Request, control: &Control) -> Response {
             all,
         } => release_corrections(control, destination, sops, all).await,
         Request::ReleaseClaim { destination } => release_claim(control, destination).await,
+        Request::Quarantine => {
+            let store = control.store.clone();
+            match tokio::task::spawn_blocking(move || store.quarantined()).await {
+                Ok(Ok(held)) => {
+                    Response::Quarantine(held.iter().map(QuarantineRow::from).collect())
+                }
+                Ok(Err(e)) => Response::Error(e.to_string()),
+                Err(e) => Response::Error(e.to_string()),
+            }
+        }
+        Request::ResolveQuarantine { seq, resolution } => {
+            resolve_quarantine(control, seq, resolution).await
+        }
         Request::Pause { destination } => {
             if !known(&destination) {
                 return unknown(&destination);
@@ -669,6 +764,46 @@ async fn release_claim(control: &Control, destination: String) -> Response {
             );
             Response::Done(what)
         }
+        Err(e) => Response::Error(e.to_string()),
+    }
+}
+
+/// `outpost quarantine assign|delete`: applies the decision and records it in the audit
+/// trail with both patients, since the trail is where a wrong assignment is traced later.
+async fn resolve_quarantine(
+    control: &Control,
+    seq: u64,
+    resolution: QuarantineResolution,
+) -> Response {
+    let r = match resolution {
+        QuarantineResolution::Assign => store::Resolution::Assign,
+        QuarantineResolution::Delete => store::Resolution::Delete,
+    };
+    match control.store.resolve_quarantine(seq, r).await {
+        Ok(held) => {
+            let row = QuarantineRow::from(&held);
+            let what = match resolution {
+                QuarantineResolution::Assign => format!(
+                    "quarantine number {seq}: {} (PatientID \"{}\") filed under study {} of patient \"{}\"; it is found, retrieved and forwarded like any other now",
+                    row.sop_instance_uid, row.patient_id, row.study_uid, row.study_patient_id
+                ),
+                QuarantineResolution::Delete => format!(
+                    "quarantine number {seq}: {} (PatientID \"{}\", naming study {} of patient \"{}\") deleted; its file goes after the next checkpoint",
+                    row.sop_instance_uid, row.patient_id, row.study_uid, row.study_patient_id
+                ),
+            };
+            control.audit.record(
+                audit::Event::new(audit::EventKind::OperatorAction, audit::Outcome::Success)
+                    .patient(&row.patient_id)
+                    .study(&row.study_uid)
+                    .instances(1)
+                    .detail(format!("outpost quarantine {}: {what}", resolution.word())),
+            );
+            Response::Done(what)
+        }
+        Err(store::QuarantineError::NotHeld(n)) => Response::Error(format!(
+            "no instance is held under quarantine number {n}; `outpost quarantine list` lists those held"
+        )),
         Err(e) => Response::Error(e.to_string()),
     }
 }

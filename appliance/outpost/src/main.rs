@@ -6,6 +6,7 @@ mod hardware;
 mod import;
 mod marker;
 mod power;
+mod quarantine;
 mod queue;
 mod serve;
 mod status;
@@ -68,6 +69,16 @@ enum Command {
         #[command(subcommand)]
         action: Option<queue::Action>,
     },
+    /// List the instances held for a patient conflict, or resolve one (assign, delete).
+    Quarantine {
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+        #[command(subcommand)]
+        action: quarantine::Action,
+    },
 }
 
 fn main() -> ExitCode {
@@ -88,6 +99,11 @@ fn main() -> ExitCode {
             json,
             action,
         } => load(config.as_deref()).and_then(|c| queue::run(&c, action, json)),
+        Command::Quarantine {
+            config,
+            json,
+            action,
+        } => load(config.as_deref()).and_then(|c| quarantine::run(&c, action, json)),
         Command::Status { config, json } => {
             load(config.as_deref()).and_then(|c| status::run(&c, json))
         }

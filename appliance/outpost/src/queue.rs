@@ -160,7 +160,9 @@ pub fn run(c: &config::Config, action: Option<Action>, json: bool) -> anyhow::Re
             }
         }
         Response::Done(what) => println!("{what}"),
-        Response::Status(_) => eprintln!("outpost: unexpected answer to a queue request"),
+        Response::Status(_) | Response::Quarantine(_) => {
+            eprintln!("outpost: unexpected answer to a queue request")
+        }
         Response::Error(e) => {
             eprintln!("outpost: {e}");
             return Ok(ExitCode::FAILURE);
