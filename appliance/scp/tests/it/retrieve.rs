@@ -511,6 +511,29 @@ async fn get_with_some_sub_operations_failed_ends_with_b000() {
     app.stop().await;
 }
 
+/// Stores a deflated instance whose data set inflates past `zeros` bytes of private OB, as
+/// a modality would send it (in Deflated Explicit VR LE), and checks it was accepted.
+async fn store_bomb(app: &Appliance, inst: &SynthInstance, zeros: u32) {
+    let deflated = dataset::ts::DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN;
+    let file = dataset::bomb::deflate_bomb(inst, zeros);
+    let meta = dataset::meta::read_file_meta(&mut &file[..]).unwrap();
+    println!("bomb file: {} bytes", file.len());
+    let mut scu = Scu::connect(app.addr, "MODALITY", "OUTPOST", &[(CT, &[deflated])], &[])
+        .await
+        .unwrap();
+    let rsp = scu
+        .store(
+            &inst.sop_class,
+            &inst.sop_uid,
+            Some(deflated),
+            &file[meta.dataset_offset as usize..],
+        )
+        .await
+        .unwrap();
+    assert_eq!(rsp.status, Some(Status::SUCCESS), "{:?}", rsp.error_comment);
+    scu.release().await.unwrap();
+}
+
 /// A transcode limit far below the bombs' inflated size: whatever inflates in memory is
 /// refused past it, so an instance that arrives whole was streamed.
 const BOMB_LIMIT: &str = "transcode_memory_limit_mb = 16";
@@ -530,32 +553,13 @@ async fn get_of_a_deflate_bomb_by_a_viewer_without_deflate_streams_it_in_bounded
     ) {
         return;
     }
-    let deflated = dataset::ts::DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN;
     let inst = SynthInstance::ct(1, 1, 1, 1);
     // 256 MiB of zeros, 16 times the transcode limit below: the review's 2 GB took 12
     // minutes through a debug build, and any size past the limit shows the same thing.
     let zeros: u32 = 256 << 20;
     let head = dataset::bomb::bomb_head(&inst, zeros);
     let app = Appliance::start(&open_config(BOMB_LIMIT)).await;
-    {
-        let file = dataset::bomb::deflate_bomb(&inst, zeros);
-        let meta = dataset::meta::read_file_meta(&mut &file[..]).unwrap();
-        println!("bomb file: {} bytes", file.len());
-        let mut scu = Scu::connect(app.addr, "MODALITY", "OUTPOST", &[(CT, &[deflated])], &[])
-            .await
-            .unwrap();
-        let rsp = scu
-            .store(
-                &inst.sop_class,
-                &inst.sop_uid,
-                Some(deflated),
-                &file[meta.dataset_offset as usize..],
-            )
-            .await
-            .unwrap();
-        assert_eq!(rsp.status, Some(Status::SUCCESS), "{:?}", rsp.error_comment);
-        scu.release().await.unwrap();
-    }
+    store_bomb(&app, &inst, zeros).await;
 
     let baseline = crate::query::reset_peak_kib();
     let mut scu = getter(&app, &[EXPLICIT_LE], &[CT]).await;
@@ -645,7 +649,6 @@ async fn move_of_a_deflate_bomb_to_a_receiver_without_deflate_streams_it_in_boun
     ) {
         return;
     }
-    let deflated = dataset::ts::DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN;
     let inst = SynthInstance::ct(1, 1, 1, 1);
     // 256 MiB of zeros, 16 times the transcode limit below: the review's 2 GB took 12
     // minutes through a debug build, and any size past the limit shows the same thing.
@@ -674,24 +677,7 @@ async fn move_of_a_deflate_bomb_to_a_receiver_without_deflate_streams_it_in_boun
         remote("DEST", port)
     ))
     .await;
-    {
-        let file = dataset::bomb::deflate_bomb(&inst, zeros);
-        let meta = dataset::meta::read_file_meta(&mut &file[..]).unwrap();
-        let mut scu = Scu::connect(app.addr, "MODALITY", "OUTPOST", &[(CT, &[deflated])], &[])
-            .await
-            .unwrap();
-        let rsp = scu
-            .store(
-                &inst.sop_class,
-                &inst.sop_uid,
-                Some(deflated),
-                &file[meta.dataset_offset as usize..],
-            )
-            .await
-            .unwrap();
-        assert_eq!(rsp.status, Some(Status::SUCCESS), "{:?}", rsp.error_comment);
-        scu.release().await.unwrap();
-    }
+    store_bomb(&app, &inst, zeros).await;
 
     let baseline = crate::query::reset_peak_kib();
     let mut scu = mover(&app).await;
