@@ -104,10 +104,8 @@ async fn run(c: config::Config) -> anyhow::Result<ExitCode> {
         "archive open"
     );
     // Critical: each may leave an acknowledged instance out of the index until a later start
-    // finishes it; `outpost status` lists them for as long as this run lasts.
-    for alert in &opened.reconciled.alerts {
-        error!(file = %alert.file.display(), errno = alert.errno, step = ?alert.step, "CRITICAL: start-up repair could not finish: {alert}");
-    }
+    // finishes it. The store logged each at error as it raised it (for `import` and `verify`
+    // too); `outpost status` lists them for as long as this run lasts.
     let repair_alerts: Vec<String> = opened
         .reconciled
         .alerts

@@ -125,7 +125,7 @@ impl Reconciled {
             errno,
             error,
         };
-        error!(file = %alert.file.display(), errno = alert.errno, step = ?alert.step, "start-up repair: {alert}");
+        error!(file = %alert.file.display(), errno = alert.errno, step = ?alert.step, "CRITICAL: start-up repair could not finish: {alert}");
         self.alerts.push(alert);
     }
 
