@@ -85,15 +85,52 @@ pub fn md_arrays_under(path: &Path, sys_dev_block: &Path) -> Option<Vec<String>>
 
 /// [`md_arrays_under`] for a device number.
 pub fn md_arrays_of_device(major: u64, minor: u64, sys_dev_block: &Path) -> Option<Vec<String>> {
+    Some(stack_of_device(major, minor, sys_dev_block)?.arrays)
+}
+
+/// The disks the file system holding `path` is written to in the end: the devices at the
+/// bottom of its stack (below partitions, LUKS, LVM and md), such as `["sda", "sdb"]`. A
+/// hung sync on the volume is a hung request on one of them. `None` when sysfs cannot tell
+/// (as for [`md_arrays_under`]).
+pub fn disks_under(path: &Path, sys_dev_block: &Path) -> Option<Vec<String>> {
+    use std::os::unix::fs::MetadataExt;
+    let dev = std::fs::metadata(path).ok()?.dev();
+    let (major, minor) = (nix::sys::stat::major(dev), nix::sys::stat::minor(dev));
+    disks_of_device(major, minor, sys_dev_block)
+}
+
+/// [`disks_under`] for a device number.
+pub fn disks_of_device(major: u64, minor: u64, sys_dev_block: &Path) -> Option<Vec<String>> {
+    Some(stack_of_device(major, minor, sys_dev_block)?.disks)
+}
+
+/// Write requests a disk has issued and not yet completed, from
+/// `<sys_block>/<disk>/inflight` ("reads writes"). On a failing disk of a mirror, its own
+/// count stays up while the healthy member's drains: that names the disk that hangs.
+pub fn writes_in_flight(disk: &str, sys_block: &Path) -> Option<u64> {
+    let text = std::fs::read_to_string(sys_block.join(disk).join("inflight")).ok()?;
+    text.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// What a block device is built on.
+#[derive(Default)]
+struct Stack {
+    arrays: Vec<String>,
+    disks: Vec<String>,
+}
+
+fn stack_of_device(major: u64, minor: u64, sys_dev_block: &Path) -> Option<Stack> {
     let node = std::fs::canonicalize(sys_dev_block.join(format!("{major}:{minor}"))).ok()?;
-    let mut found = Vec::new();
-    collect_md(&node, &mut found, 0);
-    found.sort();
-    found.dedup();
+    let mut found = Stack::default();
+    walk_stack(&node, &mut found, 0);
+    for list in [&mut found.arrays, &mut found.disks] {
+        list.sort();
+        list.dedup();
+    }
     Some(found)
 }
 
-fn collect_md(node: &Path, found: &mut Vec<String>, depth: usize) {
+fn walk_stack(node: &Path, found: &mut Stack, depth: usize) {
     // Stacks are a few levels deep (partition, LUKS, LVM, md); a loop in a broken sysfs
     // must not recurse for ever.
     if depth > 16 {
@@ -105,17 +142,27 @@ fn collect_md(node: &Path, found: &mut Vec<String>, depth: usize) {
     } else {
         node
     };
+    let name = disk.file_name().and_then(|n| n.to_str());
     if disk.join("md").is_dir()
-        && let Some(name) = disk.file_name().and_then(|n| n.to_str())
+        && let Some(name) = name
     {
-        found.push(name.to_string());
+        found.arrays.push(name.to_string());
     }
-    let Ok(entries) = std::fs::read_dir(disk.join("slaves")) else {
-        return;
-    };
-    for entry in entries.flatten() {
-        if let Ok(below) = std::fs::canonicalize(entry.path()) {
-            collect_md(&below, found, depth + 1);
+    let below: Vec<PathBuf> = std::fs::read_dir(disk.join("slaves"))
+        .map(|entries| {
+            entries
+                .flatten()
+                .filter_map(|e| std::fs::canonicalize(e.path()).ok())
+                .collect()
+        })
+        .unwrap_or_default();
+    if below.is_empty() {
+        // Nothing below: a disk (or a virtual device with no parts, such as a loop device).
+        if let Some(name) = name {
+            found.disks.push(name.to_string());
         }
+    }
+    for b in below {
+        walk_stack(&b, found, depth + 1);
     }
 }

@@ -56,6 +56,24 @@ fn the_arrays_under_the_data_volume_are_found_through_sysfs() {
     );
     // A device sysfs does not know: nobody can tell.
     assert_eq!(health::volume::md_arrays_of_device(1, 1, &by_number), None);
+
+    // The disks at the bottom of the stack, through the partition, LUKS and the array.
+    assert_eq!(
+        health::volume::disks_of_device(253, 0, &by_number),
+        Some(vec!["vdb".to_string(), "vdc".to_string()])
+    );
+    assert_eq!(
+        health::volume::disks_of_device(254, 16, &by_number),
+        Some(vec!["vdb".to_string()])
+    );
+    assert_eq!(health::volume::disks_of_device(1, 1, &by_number), None);
+
+    // The kernel's count of requests in flight ("reads writes") names the member that hangs.
+    std::fs::write(disks.join("vdb/inflight"), "       0        0\n").unwrap();
+    std::fs::write(disks.join("vdc/inflight"), "       1       17\n").unwrap();
+    assert_eq!(health::volume::writes_in_flight("vdb", &disks), Some(0));
+    assert_eq!(health::volume::writes_in_flight("vdc", &disks), Some(17));
+    assert_eq!(health::volume::writes_in_flight("vdd", &disks), None);
 }
 
 /// The device number of a real path resolves in this machine's sysfs when its file system

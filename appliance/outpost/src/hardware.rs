@@ -237,6 +237,10 @@ pub fn start(c: &config::Config, effects: Effects, stop: CancellationToken) -> H
         info!(arrays = ?data_arrays, "a failure of these md arrays stops ingest");
     }
     publish(&snapshot, |s| s.data_arrays = data_arrays.clone());
+    // The disks a hung sync may be waiting on; when sysfs cannot tell, the alert says so.
+    let data_disks =
+        health::volume::disks_under(&c.storage.data_dir, std::path::Path::new("/sys/dev/block"))
+            .unwrap_or_default();
     let settings = policy::Settings {
         shutdown_below: c.ups.as_ref().map(|u| u.shutdown_below).unwrap_or_default(),
         debounce: c.ups.as_ref().map(|u| u.debounce).unwrap_or_default(),
@@ -244,9 +248,11 @@ pub fn start(c: &config::Config, effects: Effects, stop: CancellationToken) -> H
         min_free_bytes: c.storage.min_free_bytes,
         min_free_inodes_percent: h.min_free_inodes_percent,
         data_arrays,
+        data_disks: data_disks.clone(),
     };
     tasks.spawn(run_policy(
         Policy::new(settings),
+        data_disks,
         readings,
         snapshot.clone(),
         kick,
@@ -304,6 +310,7 @@ const POLICY_TICK: Duration = Duration::from_secs(1);
 
 async fn run_policy(
     mut policy: Policy,
+    data_disks: Vec<String>,
     readings: Arc<Mutex<Readings>>,
     snapshot: Arc<Mutex<Snapshot>>,
     kick: Arc<Notify>,
@@ -334,6 +341,12 @@ async fn run_policy(
                         .collect()
                 })
                 .unwrap_or_default();
+            // Read at every evaluation (a lock and a clock read): the store's syncs are the
+            // first to notice a hung disk, before any monitor's sample.
+            r.disk_wait = effects
+                .store
+                .pending_sync()
+                .map(|p| disk_wait(p, &data_disks));
             r.clone()
         };
         let now = Now {
@@ -378,6 +391,27 @@ async fn run_policy(
         if let Some(why) = d.power_off {
             let _ = effects.power_off.try_send(why);
         }
+    }
+}
+
+/// The policy's view of a running sync. Once it is old enough to be a stall, the kernel's
+/// count of writes in flight on each data disk (a counter in sysfs, readable while the disk
+/// hangs) says which one the write waits for.
+fn disk_wait(p: store::PendingSync, data_disks: &[String]) -> policy::DiskWait {
+    let busy_disks = if p.waited >= policy::SYNC_STALL {
+        let sys_block = std::path::Path::new("/sys/block");
+        data_disks
+            .iter()
+            .filter(|d| health::volume::writes_in_flight(d, sys_block).is_some_and(|n| n > 0))
+            .cloned()
+            .collect()
+    } else {
+        Vec::new()
+    };
+    policy::DiskWait {
+        waited: p.waited,
+        operation: p.to_string(),
+        busy_disks,
     }
 }
 

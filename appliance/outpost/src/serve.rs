@@ -243,12 +243,29 @@ async fn run(c: config::Config) -> anyhow::Result<ExitCode> {
         let (store, alive) = (store.clone(), listener_alive.clone());
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(interval / 2);
+            // Said once per hung disk, not at every tick.
+            let mut said_hung = false;
             loop {
                 tick.tick().await;
                 // Only the process's own liveness counts: the listener accepts and the
                 // index writer answers. Hardware and upstream faults raise alerts instead.
                 if alive.load(Ordering::SeqCst) && store.ping().await {
                     notify::watchdog();
+                    said_hung = false;
+                } else if alive.load(Ordering::SeqCst)
+                    && let Some(p) = store
+                        .pending_sync()
+                        .filter(|p| p.waited >= policy::SYNC_STALL)
+                {
+                    // The index writer waits on a hung disk. A restart cannot help (the
+                    // kernel holds the write, and the new process would hang on the same
+                    // disk), so the process stays up: the health policy has raised the
+                    // alert naming the disk and refuses new instances; queries go on.
+                    notify::watchdog();
+                    if !said_hung {
+                        said_hung = true;
+                        warn!(waited_s = p.waited.as_secs(), "the index writer waits on the data disk ({p}); keeping the service up, see the alert");
+                    }
                 } else {
                     error!("withholding the watchdog ping: the listener or the index writer has stopped");
                 }

@@ -23,6 +23,9 @@
 //!   keep running.
 //! - An array holding the archive failed, or the data volume read-only: refuse new instances
 //!   rather than risk losing them; queries and retrievals go on. Other failed arrays alert.
+//! - A sync on the data volume that has waited [`SYNC_STALL`] or longer (a failing disk, a
+//!   hung link): alert, naming the disks with writes still in flight, and refuse new
+//!   instances until it returns, since every new one would wait on the same disk.
 //! - A monitor that cannot read its source keeps its alerts as they were: an unreadable array
 //!   is no repaired array. A condition that gets worse is announced again.
 //!
@@ -54,6 +57,25 @@ pub struct Settings {
     /// instances, and a listed array that is not running counts as failed. `["*"]` means
     /// every array (when it is not known which ones hold the volume).
     pub data_arrays: Vec<String>,
+    /// The disks at the bottom of the data volume's stack, such as `sda`, for naming them
+    /// when a sync hangs; empty when unknown.
+    pub data_disks: Vec<String>,
+}
+
+/// A sync this old is a hung disk, not a slow one: the kernel's own SCSI command timeout is
+/// 30 s, after which it starts resetting the link, and a healthy disk (even a RAID resyncing
+/// under load) answers an fdatasync within seconds.
+pub const SYNC_STALL: Duration = Duration::from_secs(30);
+
+/// The sync that has waited longest on the data volume, while one runs.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DiskWait {
+    pub waited: Duration,
+    /// What it makes durable, such as "fdatasync of /var/lib/outpost/tmp/1.2.3".
+    pub operation: String,
+    /// Of [`Settings::data_disks`], those with write requests still in flight; empty when
+    /// none could be read.
+    pub busy_disks: Vec<String>,
 }
 
 /// The time of an evaluation, on both clocks.
@@ -77,6 +99,8 @@ pub struct Readings {
     pub ups_name: String,
     /// Forwarding destinations that are not answering.
     pub links_down: Vec<String>,
+    /// The store's oldest running sync, read at every evaluation.
+    pub disk_wait: Option<DiskWait>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize)]
@@ -118,6 +142,9 @@ pub struct Decision {
     /// Begin the orderly power-off, with the reason; given once.
     pub power_off: Option<String>,
 }
+
+/// The alert of a hung sync on the data volume.
+pub const SYNC_STALLED: &str = "volume.sync_stalled";
 
 /// A condition found in the readings, before debouncing.
 struct Candidate {
@@ -197,6 +224,7 @@ impl Policy {
         self.raid_conditions(r, &mut found);
         self.volume_conditions(r, &mut found);
         self.smart_conditions(r, &mut found);
+        self.sync_conditions(r, &mut found);
 
         let mut decision = Decision::default();
         let debounce_ms = self.settings.debounce.as_millis() as u64;
@@ -280,6 +308,7 @@ impl Policy {
                 k.strip_prefix("raid.")
                     .is_some_and(|md| self.holds_archive(md))
                     || *k == "volume.read_only"
+                    || *k == SYNC_STALLED
             })
             .find(|(_, a)| a.severity == Severity::Critical)
             .map(|(_, a)| a.message.clone());
@@ -507,6 +536,36 @@ impl Policy {
             .iter()
             .find(|(d, _)| d == device || d == disk)
             .map(|(_, bay)| bay.as_str())
+    }
+
+    fn sync_conditions(&self, r: &Readings, out: &mut Vec<Candidate>) {
+        let Some(w) = &r.disk_wait else { return };
+        if w.waited < SYNC_STALL {
+            return;
+        }
+        let label = |d: &String| match self.bay(d) {
+            Some(bay) => format!("{d} ({bay})"),
+            None => d.clone(),
+        };
+        let who = if !w.busy_disks.is_empty() {
+            let list: Vec<String> = w.busy_disks.iter().map(label).collect();
+            format!("Disk {} of the data volume", list.join(" and "))
+        } else if !self.settings.data_disks.is_empty() {
+            let list: Vec<String> = self.settings.data_disks.iter().map(label).collect();
+            format!("A disk of the data volume ({})", list.join(", "))
+        } else {
+            "A disk of the data volume".to_string()
+        };
+        out.push(Candidate {
+            key: SYNC_STALLED.into(),
+            severity: Severity::Critical,
+            debounced: false,
+            template: format!(
+                "{who} has not completed a write for {} s ({}), since {{at}}: the disk is failing or its link is hung. New studies are refused until it answers (a restart cannot help while the kernel waits on the disk); queries go on. Check the kernel log (dmesg) and SMART, then replace the disk.",
+                w.waited.as_secs(),
+                w.operation
+            ),
+        });
     }
 
     fn volume_conditions(&self, r: &Readings, out: &mut Vec<Candidate>) {

@@ -35,6 +35,7 @@ fn settings() -> Settings {
         min_free_bytes: 1_000_000_000,
         min_free_inodes_percent: 5.0,
         data_arrays: vec!["md0".into()],
+        data_disks: vec!["sda".into(), "sdb".into()],
     }
 }
 
@@ -90,6 +91,7 @@ fn healthy() -> Readings {
         ups: ups(UpsState::Online, 3600),
         ups_name: "APC Smart-UPS at 10.0.0.5:502 unit 1".into(),
         links_down: Vec::new(),
+        disk_wait: None,
     }
 }
 
@@ -688,4 +690,66 @@ fn with_a_zero_threshold_a_silent_ups_powers_off_when_the_estimate_runs_out() {
     assert!(p.evaluate(&r, at(T0 + 50 * SECOND)).power_off.is_none());
     p.evaluate(&r, at(T0 + 100 * SECOND));
     assert!(p.evaluate(&r, at(T0 + 110 * SECOND)).power_off.is_some());
+}
+
+#[test]
+fn a_sync_hung_on_the_data_disk_is_named_and_holds_ingest_until_it_returns() {
+    // A failing disk left an fdatasync waiting for minutes. The only sign was the watchdog
+    // restarting the service, again and again, and no message named the disk. Now a sync
+    // waiting 30 s raises a critical alert naming the disk with writes still in flight
+    // (and its bay), and refuses new instances until the sync returns.
+    use policy::{DiskWait, SYNC_STALL, SYNC_STALLED};
+    let mut p = Policy::new(settings());
+    let mut r = healthy();
+    let wait = |secs: u64, busy: &[&str]| DiskWait {
+        waited: Duration::from_secs(secs),
+        operation: "fdatasync of /var/lib/outpost/tmp/1.2.3".into(),
+        busy_disks: busy.iter().map(|d| d.to_string()).collect(),
+    };
+    // A slow sync is no alert.
+    r.disk_wait = Some(wait(SYNC_STALL.as_secs() - 1, &[]));
+    let d = p.evaluate(&r, at(T0));
+    assert!(d.active.is_empty(), "{:?}", d.active);
+    assert_eq!(d.hold_ingest, None);
+
+    r.disk_wait = Some(wait(31, &["sdb"]));
+    let d = p.evaluate(&r, at(T0 + 1_000));
+    assert_eq!(d.raised.len(), 1, "{:?}", d.raised);
+    let a = &d.raised[0];
+    assert_eq!(a.key, SYNC_STALLED);
+    assert_eq!(a.severity, Severity::Critical);
+    assert!(
+        a.message
+            .starts_with("Disk sdb (bay 2) of the data volume has not completed a write for 31 s (fdatasync of /var/lib/outpost/tmp/1.2.3)"),
+        "{}",
+        a.message
+    );
+    assert!(a.message.contains("replace the disk"), "{}", a.message);
+    assert_eq!(d.hold_ingest.as_deref(), Some(a.message.as_str()));
+
+    // Still waiting: the same alert, its wait brought up to date, not raised again.
+    r.disk_wait = Some(wait(45, &["sdb"]));
+    let d = p.evaluate(&r, at(T0 + 15_000));
+    assert!(d.raised.is_empty());
+    assert!(d.active[0].message.contains("for 45 s"), "{:?}", d.active);
+    assert!(d.hold_ingest.is_some());
+
+    // Which disk hangs is unknown: every disk of the volume is named.
+    let mut q = Policy::new(settings());
+    r.disk_wait = Some(wait(40, &[]));
+    let d = q.evaluate(&r, at(T0));
+    assert!(
+        d.raised[0]
+            .message
+            .starts_with("A disk of the data volume (sda, sdb (bay 2)) has not completed"),
+        "{}",
+        d.raised[0].message
+    );
+
+    // The sync returns: the alert clears and studies are accepted again.
+    r.disk_wait = None;
+    let d = p.evaluate(&r, at(T0 + 16_000));
+    assert_eq!(d.cleared.len(), 1, "{:?}", d.cleared);
+    assert_eq!(d.hold_ingest, None);
+    assert!(d.active.is_empty());
 }

@@ -39,6 +39,7 @@ use crate::layout::{Layout, unix_now};
 use crate::outbox::{self, Enqueuer, QueueOp};
 use crate::quarantine::{self, Held, PatientConflictPolicy, QuarantineError, Resolution};
 use crate::record::{self, Extracted, InstanceRecord};
+use crate::stall::{SyncKind, SyncWatch};
 use crate::{Background, DuplicatePolicy, Durability, Stats, StoreConfig, StoreError};
 
 /// Most instances acknowledged but not yet checkpointed: bounds the repair after a crash.
@@ -213,6 +214,7 @@ pub(crate) fn spawn(
     stats: Arc<Stats>,
     background: Arc<Background>,
     outbox_changes: Arc<tokio::sync::watch::Sender<u64>>,
+    syncs: Arc<SyncWatch>,
 ) -> Handle {
     let (tx, rx) = mpsc::channel();
     let syncer = match config.durability {
@@ -230,6 +232,7 @@ pub(crate) fn spawn(
         stats,
         background,
         outbox_changes,
+        syncs,
         failed: None,
         deleted_pending: Vec::new(),
         unsettled: Unsettled::default(),
@@ -268,6 +271,8 @@ struct Committer {
     outbox_changes: Arc<tokio::sync::watch::Sender<u64>>,
     /// Relaxed durability: syncs acknowledged files in the background.
     syncer: Option<Syncer>,
+    /// The index's durable commits are registered here, as the file system's syncs are.
+    syncs: Arc<SyncWatch>,
     /// Set after a failure the writer cannot recover from; every later request gets it.
     failed: Option<String>,
     /// Replaced files deleted at the last checkpoint, whose `pending_deletes` rows go next.
@@ -862,7 +867,10 @@ impl Committer {
                     tables.pending_deletes.remove(rel.as_str())?;
                 }
             }
-            txn.commit()?;
+            {
+                let _running = self.syncs.begin(SyncKind::Index, &self.layout.index());
+                txn.commit()?;
+            }
             self.stats.durable_commits.fetch_add(1, Ordering::Relaxed);
             Ok(())
         })();

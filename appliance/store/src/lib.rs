@@ -22,6 +22,7 @@ mod commit;
 mod ingest;
 pub mod outbox;
 mod reconcile;
+pub mod stall;
 mod verify;
 
 use std::path::{Path, PathBuf};
@@ -38,6 +39,7 @@ pub use ingest::{Ingest, IngestError, IngestRequest, Receipt};
 pub use outbox::{Route, Router};
 pub use quarantine::{Held, PatientConflict, PatientConflictPolicy, QuarantineError, Resolution};
 pub use reconcile::{Reconciled, RepairAlert, RepairStep};
+pub use stall::{PendingSync, SyncKind};
 pub use verify::{VerifyProblem, VerifyReport};
 
 use crate::fs::Fs;
@@ -245,6 +247,8 @@ pub(crate) struct Inner {
     /// Bytes reserved by instances being received and not yet on disk: the free-space
     /// floor counts them, since the file system does not know of them yet.
     pub(crate) in_flight: AtomicU64,
+    /// The syncs waiting for the disk now.
+    pub(crate) syncs: Arc<stall::SyncWatch>,
 }
 
 /// A handle on the archive; cheap to clone.
@@ -275,6 +279,10 @@ impl Store {
         backend: IndexBackend,
     ) -> Result<(Store, Opened), StoreError> {
         let started = Instant::now();
+        // Every sync goes through the watch from here on, start-up repair's included: a disk
+        // that hangs is found wherever it hangs.
+        let syncs = Arc::new(stall::SyncWatch::default());
+        let fs: Arc<dyn Fs> = Arc::new(stall::Watched::new(fs, syncs.clone()));
         let layout = Layout::new(&config.data_dir);
         let mut created = Vec::new();
         for dir in [
@@ -339,6 +347,7 @@ impl Store {
             stats.clone(),
             background,
             outbox_changes.clone(),
+            syncs.clone(),
         );
         let store = Store {
             inner: Arc::new(Inner {
@@ -352,6 +361,7 @@ impl Store {
                 hold: std::sync::RwLock::new(None),
                 ready_seq: layout::ReadySeq::starting_at(next_ready_seq),
                 in_flight: AtomicU64::new(0),
+                syncs,
             }),
         };
         let opened = Opened {
@@ -360,6 +370,12 @@ impl Store {
             instances,
         };
         Ok((store, opened))
+    }
+
+    /// The sync that has waited longest for the data disk, while one is running: a long wait
+    /// means a failing disk (the health policy raises the alert and holds ingest).
+    pub fn pending_sync(&self) -> Option<PendingSync> {
+        self.inner.syncs.oldest()
     }
 
     /// Bytes reserved by instances being received that are not on disk yet.

@@ -1,9 +1,11 @@
 //! A disk that fills up: the free-space floor counts the bytes associations are about to
-//! write, not only what the file system already holds.
+//! write, not only what the file system already holds. A disk that hangs: a sync that does
+//! not return is reported, naming what it waits for.
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
 
 use dataset::Encoding;
 use dataset::synth::SynthInstance;
@@ -13,11 +15,13 @@ use store::{IndexBackend, IngestError, Store};
 use crate::support::{config, request};
 
 /// The real file system, reporting as free a fixed budget minus every byte written through
-/// it, as a small volume would; it remembers the least free space it ever reported.
+/// it, as a small volume would; it remembers the least free space it ever reported. While
+/// its gate is shut, file syncs wait, as they do on a disk that stopped answering.
 #[derive(Debug)]
 pub struct Metered {
     free: Arc<AtomicI64>,
     lowest: Arc<AtomicI64>,
+    gate: Arc<Gate>,
 }
 
 impl Metered {
@@ -25,6 +29,27 @@ impl Metered {
         Metered {
             free: Arc::new(AtomicI64::new(free as i64)),
             lowest: Arc::new(AtomicI64::new(free as i64)),
+            gate: Arc::new(Gate::default()),
+        }
+    }
+}
+
+/// Shut, it holds every file sync until it opens again.
+#[derive(Debug, Default)]
+pub struct Gate {
+    shut: Mutex<bool>,
+    changed: Condvar,
+}
+
+impl Gate {
+    pub fn set_shut(&self, shut: bool) {
+        *self.shut.lock().unwrap() = shut;
+        self.changed.notify_all();
+    }
+    fn pass(&self) {
+        let mut shut = self.shut.lock().unwrap();
+        while *shut {
+            shut = self.changed.wait(shut).unwrap();
         }
     }
 }
@@ -33,6 +58,7 @@ struct MeteredWriter {
     inner: Box<dyn FileWriter>,
     free: Arc<AtomicI64>,
     lowest: Arc<AtomicI64>,
+    gate: Arc<Gate>,
 }
 
 impl FileWriter for MeteredWriter {
@@ -43,6 +69,7 @@ impl FileWriter for MeteredWriter {
         Ok(())
     }
     fn sync(&mut self) -> std::io::Result<()> {
+        self.gate.pass();
         self.inner.sync()
     }
 }
@@ -53,12 +80,14 @@ impl Fs for Metered {
             inner: OsFs.create_new(path)?,
             free: self.free.clone(),
             lowest: self.lowest.clone(),
+            gate: self.gate.clone(),
         }))
     }
     fn open(&self, path: &Path) -> std::io::Result<Box<dyn FileReader>> {
         OsFs.open(path)
     }
     fn sync_file(&self, path: &Path) -> std::io::Result<()> {
+        self.gate.pass();
         OsFs.sync_file(path)
     }
     fn len(&self, path: &Path) -> std::io::Result<u64> {
@@ -186,4 +215,52 @@ async fn concurrent_large_instances_cannot_write_past_the_floor() {
     .await;
     assert!(r.is_ok(), "{r:?}");
     assert!(lowest.load(Ordering::SeqCst) >= FLOOR as i64);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sync_that_does_not_return_is_reported_with_what_it_waits_for() {
+    // On a failing disk an fdatasync can hang for minutes. The C-STORE waited, the index
+    // writer stopped answering the watchdog's ping, systemd restarted the service, and the
+    // restart hung on the same disk: a restart loop, and nothing anywhere named the disk.
+    // The store now tells which sync waits and for how long, so the health policy can raise
+    // an alert naming the disk and refuse new instances.
+    let dir = tempfile::tempdir().unwrap();
+    let fs = Arc::new(Metered::new(1 << 40));
+    let gate = fs.gate.clone();
+    let (store, _) = Store::open_with(config(dir.path()), fs, IndexBackend::File).unwrap();
+    assert_eq!(store.pending_sync(), None);
+    gate.set_shut(true);
+    let inst = SynthInstance::ct(1, 1, 1, 0);
+    let storing = {
+        let store = store.clone();
+        let inst = inst.clone();
+        tokio::spawn(async move { crate::support::store_instance(&store, &inst).await })
+    };
+    let started = Instant::now();
+    let pending = loop {
+        if let Some(p) = store.pending_sync()
+            && p.waited >= Duration::from_millis(300)
+        {
+            break p;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "no sync reported as waiting"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!(pending.kind, store::SyncKind::FileData);
+    assert!(
+        pending.path.starts_with(store.layout().tmp_dir()),
+        "{}",
+        pending.path.display()
+    );
+    assert!(!storing.is_finished(), "the C-STORE waits for the disk");
+    gate.set_shut(false);
+    assert_eq!(storing.await.unwrap(), store::Outcome::Stored);
+    assert_eq!(
+        store.pending_sync(),
+        None,
+        "nothing waits once the disk answers"
+    );
 }
