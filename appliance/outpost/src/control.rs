@@ -230,8 +230,15 @@ pub fn archive_alerts(
     usage: Option<&store::Usage>,
     high_watermark: u8,
     min_free_bytes: u64,
+    index_full: bool,
 ) -> Vec<ArchiveAlert> {
     let mut out = Vec::new();
+    if index_full {
+        out.push(ArchiveAlert {
+            severity: "error".into(),
+            message: "The data volume filled up under the index: new instances are refused with 0xA700 and queries show the archive as of its last checkpoint. Free space (studies with a confirmed upstream copy are evicted automatically; otherwise check forwarding, or what else writes to the volume) and the archive takes instances again by itself, nothing acknowledged lost.".into(),
+        });
+    }
     if quarantined > 0 {
         out.push(ArchiveAlert {
             severity: "warning".into(),
@@ -488,6 +495,7 @@ async fn handle(request: Request, control: &Control) -> Response {
                 usage.as_ref(),
                 control.identity.high_watermark,
                 control.identity.min_free_bytes,
+                control.store.index_full(),
             );
             let id = &control.identity;
             let now = store::layout::unix_now();

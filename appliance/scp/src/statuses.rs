@@ -22,7 +22,9 @@ pub fn store_status(e: &IngestError) -> Status {
         IngestError::OutOfSpace { .. } => Status::OUT_OF_RESOURCES,
         IngestError::Held(_) => Status::OUT_OF_RESOURCES,
         IngestError::Write(io) if io.raw_os_error() == Some(28) => Status::OUT_OF_RESOURCES,
-        IngestError::Store(StoreError::ShuttingDown) => Status::OUT_OF_RESOURCES,
+        IngestError::Store(
+            StoreError::ShuttingDown | StoreError::IndexFull | StoreError::IndexReopening,
+        ) => Status::OUT_OF_RESOURCES,
         // Error: Data Set does not match SOP Class.
         IngestError::ClassMismatch { .. } => Status::DOES_NOT_MATCH_SOP_CLASS,
         // Error: Cannot understand (0xCxxx).

@@ -260,7 +260,7 @@ impl Store {
     /// volume as the file system reports it.
     pub fn usage(&self) -> Result<Usage, StoreError> {
         let stored = {
-            let txn = self.db().begin_read()?;
+            let txn = self.db()?.begin_read()?;
             let meta = txn.open_table(META)?;
             read_u64(&meta, STORED_BYTES)?.unwrap_or(0)
         };
@@ -302,14 +302,14 @@ impl Store {
 
     /// Whether an instance's file was evicted (it is held only upstream).
     pub fn is_evicted(&self, sop_instance_uid: &str) -> Result<bool, StoreError> {
-        let txn = self.db().begin_read()?;
+        let txn = self.db()?.begin_read()?;
         Ok(txn.open_table(EVICTED)?.get(sop_instance_uid)?.is_some())
     }
 
     /// Instances whose files may go, least recently used studies first, until `bytes` would
     /// be freed. Only instances every destination they were routed to has confirmed.
     pub fn eviction_candidates(&self, bytes: u64) -> Result<Vec<Candidate>, StoreError> {
-        let txn = self.db().begin_read()?;
+        let txn = self.db()?.begin_read()?;
         let order = txn.open_multimap_table(ACCESS_ORDER)?;
         let study_series = txn.open_multimap_table(STUDY_SERIES)?;
         let series_instances = txn.open_multimap_table(SERIES_INSTANCES)?;
@@ -389,7 +389,7 @@ impl Store {
         };
         let bytes: u64 = marked.iter().map(|c| c.size).sum();
         let studies = {
-            let txn = self.db().begin_read()?;
+            let txn = self.db()?.begin_read()?;
             let instances = txn.open_table(INSTANCES)?;
             let mut set = std::collections::HashSet::new();
             for c in &marked {

@@ -24,11 +24,11 @@
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{self, RecvTimeoutError};
 use std::time::{Duration, Instant};
 
-use redb::{Database, Durability as RedbDurability, ReadableDatabase, ReadableTable};
+use redb::{Durability as RedbDurability, ReadableDatabase, ReadableTable};
 use tokio::sync::oneshot;
 use tracing::{error, info, warn};
 
@@ -38,7 +38,9 @@ use crate::index::{self, Filed, Tables};
 use crate::layout::{Layout, unix_now};
 use crate::outbox::{self, Enqueuer, QueueOp};
 use crate::quarantine::{self, Held, PatientConflictPolicy, QuarantineError, Resolution};
+use crate::reconcile::{self, Scope};
 use crate::record::{self, Extracted, InstanceRecord};
+use crate::slot::IndexSlot;
 use crate::stall::{SyncKind, SyncWatch};
 use crate::{Background, DuplicatePolicy, Durability, Stats, StoreConfig, StoreError};
 
@@ -48,6 +50,13 @@ const MAX_UNSETTLED: usize = 512;
 const CHECKPOINT_INTERVAL: Duration = Duration::from_secs(1);
 /// A pause in ingest this long settles what is pending.
 const IDLE_CHECKPOINT: Duration = Duration::from_millis(100);
+/// With the volume full, free space is looked at this often, and a failed recovery is tried
+/// again after this long, doubling up to [`FULL_MAX_RETRY`].
+const FULL_RETRY: Duration = Duration::from_secs(1);
+const FULL_MAX_RETRY: Duration = Duration::from_secs(60);
+/// The least free space a recovery waits for, besides the floor: the re-filing and the
+/// index's growth need room of their own.
+const FULL_HEADROOM: u64 = 64 << 20;
 
 /// How storing one instance ended.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -210,11 +219,12 @@ pub(crate) fn spawn(
     config: StoreConfig,
     layout: Layout,
     fs: Arc<dyn Fs>,
-    db: Arc<Database>,
+    index: Arc<IndexSlot>,
     stats: Arc<Stats>,
     background: Arc<Background>,
     outbox_changes: Arc<tokio::sync::watch::Sender<u64>>,
     syncs: Arc<SyncWatch>,
+    index_full: Arc<AtomicBool>,
 ) -> Handle {
     let (tx, rx) = mpsc::channel();
     let syncer = match config.durability {
@@ -228,12 +238,14 @@ pub(crate) fn spawn(
         config,
         layout,
         fs,
-        db,
+        index,
         stats,
         background,
         outbox_changes,
         syncs,
         failed: None,
+        full: None,
+        index_full,
         deleted_pending: Vec::new(),
         unsettled: Unsettled::default(),
     };
@@ -264,7 +276,7 @@ struct Committer {
     config: StoreConfig,
     layout: Layout,
     fs: Arc<dyn Fs>,
-    db: Arc<Database>,
+    index: Arc<IndexSlot>,
     stats: Arc<Stats>,
     background: Arc<Background>,
     /// Bumped after every transaction that queued deliveries or changed the queues.
@@ -275,9 +287,49 @@ struct Committer {
     syncs: Arc<SyncWatch>,
     /// Set after a failure the writer cannot recover from; every later request gets it.
     failed: Option<String>,
+    /// Set while the data volume is too full for the index to take changes; see
+    /// [`Committer::recover`]. Shared with ingest (`index_full`), which refuses new instances.
+    full: Option<Full>,
+    index_full: Arc<AtomicBool>,
     /// Replaced files deleted at the last checkpoint, whose `pending_deletes` rows go next.
     deleted_pending: Vec<String>,
     unsettled: Unsettled,
+}
+
+/// When to look again whether the full volume has room.
+struct Full {
+    next_try: Instant,
+    backoff: Duration,
+}
+
+/// What requests are told after the index failed.
+enum Refusal {
+    Full,
+    Failed(String),
+}
+
+impl Refusal {
+    fn error(&self) -> StoreError {
+        match self {
+            Refusal::Full => StoreError::IndexFull,
+            Refusal::Failed(why) => StoreError::WriterFailed(why.clone()),
+        }
+    }
+}
+
+/// ENOSPC or EDQUOT, from the file system or from redb.
+fn is_out_of_space(e: &StoreError) -> bool {
+    use redb::{CommitError, StorageError, TableError, TransactionError};
+    let io = match e {
+        StoreError::Io { source, .. } => Some(source),
+        StoreError::Storage(StorageError::Io(io))
+        | StoreError::Commit(CommitError::Storage(StorageError::Io(io)))
+        | StoreError::Transaction(TransactionError::Storage(StorageError::Io(io)))
+        | StoreError::Table(TableError::Storage(StorageError::Io(io))) => Some(io),
+        _ => None,
+    };
+    io.and_then(|io| io.raw_os_error())
+        .is_some_and(|n| n == nix::libc::ENOSPC || n == nix::libc::EDQUOT)
 }
 
 struct Pending {
@@ -305,9 +357,21 @@ impl Committer {
 
     fn run(mut self, rx: mpsc::Receiver<Msg>) {
         loop {
+            if self
+                .full
+                .as_ref()
+                .is_some_and(|f| Instant::now() >= f.next_try)
+            {
+                self.recover();
+            }
             let wait = match self.unsettled.since {
                 Some(t) => IDLE_CHECKPOINT.min(self.interval().saturating_sub(t.elapsed())),
                 None => Duration::from_secs(3600),
+            };
+            let wait = if self.full.is_some() {
+                wait.min(FULL_RETRY)
+            } else {
+                wait
             };
             let first = match rx.recv_timeout(wait) {
                 Ok(msg) => msg,
@@ -358,14 +422,12 @@ impl Committer {
             }
             if !checkpoints.is_empty() {
                 // A failed checkpoint stops the writer, so `failed` then says why.
-                let result = match &self.failed {
-                    Some(_) => Err(()),
-                    None => self.checkpoint().map_err(|_| ()),
+                let result = match (&self.failed, &self.full) {
+                    (None, None) => self.checkpoint().map_err(|_| ()),
+                    _ => Err(()),
                 };
                 for reply in checkpoints {
-                    let _ = reply.send(result.map_err(|()| {
-                        StoreError::WriterFailed(self.failed.clone().unwrap_or_default())
-                    }));
+                    let _ = reply.send(result.map_err(|()| self.refusal().error()));
                 }
             } else if self.checkpoint_due() {
                 let _ = self.checkpoint();
@@ -393,11 +455,101 @@ impl Committer {
         }
     }
 
+    /// What requests are told while the writer cannot take them.
+    fn refusal(&self) -> Refusal {
+        match &self.failed {
+            Some(why) => Refusal::Failed(why.clone()),
+            None => Refusal::Full,
+        }
+    }
+
+    /// Handles a failure of the index itself. The volume filling up is one the archive
+    /// recovers from: the writer refuses changes until there is room again
+    /// ([`Committer::recover`]), and reopens the index at once, because redb latches the
+    /// error and queries would fail on the old handle too. Anything else stops the writer
+    /// until a restart rather than guess.
+    fn index_failed(&mut self, e: StoreError, doing: &str) -> Refusal {
+        if self.failed.is_none() && (self.full.is_some() || is_out_of_space(&e)) {
+            if self.full.is_none() {
+                error!(error = %e, "the data volume is full: {doing} failed; refusing new instances until space is freed, queries go on");
+                self.full = Some(Full {
+                    next_try: Instant::now() + FULL_RETRY,
+                    backoff: FULL_RETRY,
+                });
+                self.index_full.store(true, Ordering::SeqCst);
+            }
+            if let Err(e) = self.index.reopen() {
+                error!(error = %e, "reopening the index after the volume filled failed; queries fail until it reopens");
+            }
+            return Refusal::Full;
+        }
+        error!(error = %e, "index writer failed {doing}; refusing instances until the service restarts");
+        let why = e.to_string();
+        self.failed.get_or_insert(why);
+        self.refusal()
+    }
+
+    /// With the volume full: once there is room again, re-files what the reopen took out of
+    /// the index (the instances acknowledged since the last checkpoint, whose `.ready` names
+    /// are still there, by start-up repair's rules) and takes changes again.
+    fn recover(&mut self) {
+        let Some(full) = &mut self.full else { return };
+        let room = self.config.min_free_bytes.saturating_add(FULL_HEADROOM);
+        let free = self.fs.available_bytes(self.layout.root()).unwrap_or(0);
+        if free < room {
+            full.next_try = Instant::now() + FULL_RETRY;
+            return;
+        }
+        let result = self.index.get().and_then(|db| {
+            reconcile::run(
+                &self.config,
+                &self.layout,
+                self.fs.as_ref(),
+                &db,
+                Scope::Unsettled(&self.unsettled.ready),
+            )
+        });
+        match result {
+            Ok((done, _)) => {
+                info!(
+                    refiled = done.finished_indexed,
+                    free_mb = free >> 20,
+                    "the data volume has room again: the index takes changes and new instances are accepted"
+                );
+                // Repair made them durable and removed their `.ready` names, and deleted
+                // what `pending_deletes` lists.
+                self.unsettled = Unsettled::default();
+                self.deleted_pending.clear();
+                self.full = None;
+                self.index_full.store(false, Ordering::SeqCst);
+                self.outbox_changes.send_modify(|n| *n = n.wrapping_add(1));
+            }
+            Err(e)
+                if is_out_of_space(&e)
+                    || matches!(e, StoreError::IndexReopening | StoreError::Open(_)) =>
+            {
+                let backoff = (full.backoff * 2).min(FULL_MAX_RETRY);
+                warn!(error = %e, retry_s = backoff.as_secs(), "the data volume is still too full for the index");
+                full.backoff = backoff;
+                full.next_try = Instant::now() + backoff;
+                if let Err(e) = self.index.reopen() {
+                    error!(error = %e, "reopening the index failed; trying again");
+                }
+            }
+            Err(e) => {
+                self.full = None;
+                self.index_full.store(false, Ordering::SeqCst);
+                self.index_failed(e, "re-filing instances after the volume filled");
+            }
+        }
+    }
+
     fn batch(&mut self, mut commits: Vec<Pending>) {
-        if let Some(why) = &self.failed {
+        if self.failed.is_some() || self.full.is_some() {
+            let refusal = self.refusal();
             for p in commits {
                 let _ = self.fs.remove_file(&p.request.tmp);
-                let _ = p.reply.send(Err(StoreError::WriterFailed(why.clone())));
+                let _ = p.reply.send(Err(refusal.error()));
             }
             return;
         }
@@ -439,7 +591,7 @@ impl Committer {
         let mut bytes = 0i64;
         let mut touched = std::collections::BTreeSet::new();
         let committed = (|| -> Result<(), StoreError> {
-            let mut txn = self.db.begin_write()?;
+            let mut txn = self.index.get()?.begin_write()?;
             txn.set_durability(RedbDurability::None)
                 .map_err(|e| StoreError::Inconsistent(e.to_string()))?;
             let mut enqueuer = match &self.config.router {
@@ -611,9 +763,10 @@ impl Committer {
     /// next checkpoint like everything else: a lost ack after a power cut means a delivery
     /// is repeated, never lost, and an evicted file is deleted only after its mark is durable.
     fn maintain(&mut self, requests: Vec<Maintenance>) {
-        if let Some(why) = &self.failed {
+        if self.failed.is_some() || self.full.is_some() {
+            let refusal = self.refusal();
             for m in requests {
-                m.fail(StoreError::WriterFailed(why.clone()));
+                m.fail(refusal.error());
             }
             return;
         }
@@ -621,7 +774,7 @@ impl Committer {
         let mut evicted: Vec<Vec<Candidate>> = Vec::new();
         let mut resolved: Vec<Result<Held, QuarantineError>> = Vec::new();
         let applied = (|| -> Result<(), StoreError> {
-            let mut txn = self.db.begin_write()?;
+            let mut txn = self.index.get()?.begin_write()?;
             txn.set_durability(RedbDurability::None)
                 .map_err(|e| StoreError::Inconsistent(e.to_string()))?;
             for m in &requests {
@@ -683,13 +836,10 @@ impl Committer {
                 }
             }
             Err(e) => {
-                // A change that cannot be written is the index failing, like a failed batch:
-                // refuse everything until a restart rather than guess.
-                error!(error = %e, "index writer failed applying queue or cache changes; refusing instances until the service restarts");
-                let why = e.to_string();
-                self.failed = Some(why.clone());
+                // A change that cannot be written is the index failing, like a failed batch.
+                let refusal = self.index_failed(e, "applying queue or cache changes");
                 for m in requests {
-                    m.fail(StoreError::WriterFailed(why.clone()));
+                    m.fail(refusal.error());
                 }
             }
         }
@@ -771,7 +921,7 @@ impl Committer {
         if !keep_first && !reject {
             return Ok(());
         }
-        let txn = self.db.begin_read()?;
+        let txn = self.index.get()?.begin_read()?;
         let instances = txn.open_table(index::INSTANCES)?;
         let series = txn.open_table(index::SERIES)?;
         let studies = txn.open_table(index::STUDIES)?;
@@ -815,24 +965,24 @@ impl Committer {
     /// Fails every request of a batch after a failure of the store itself. Files linked for
     /// them are unlinked again; their index entries were never committed.
     fn fail_all(&mut self, commits: Vec<Pending>, e: StoreError) {
-        error!(error = %e, "index writer failed; refusing instances until the service restarts");
-        let why = e.to_string();
-        self.failed = Some(why.clone());
+        let refusal = self.index_failed(e, "filing instances");
         for p in commits {
             if let Some(linked) = &p.linked {
                 let _ = self.fs.remove_file(linked);
             }
             let _ = self.fs.remove_file(&p.request.tmp);
-            let _ = p.reply.send(Err(StoreError::WriterFailed(why.clone())));
+            let _ = p.reply.send(Err(refusal.error()));
         }
     }
 
     /// Makes everything acknowledged durable in its final form, then removes what only
     /// waited for that.
     fn checkpoint(&mut self) -> Result<(), StoreError> {
-        if self.failed.is_some()
-            || (self.unsettled.since.is_none() && self.deleted_pending.is_empty())
-        {
+        if self.failed.is_some() || self.full.is_some() {
+            // What is unsettled stays so: start-up repair (or the recovery) re-files it.
+            return Err(self.refusal().error());
+        }
+        if self.unsettled.since.is_none() && self.deleted_pending.is_empty() {
             return Ok(());
         }
         let result = (|| -> Result<(), StoreError> {
@@ -859,7 +1009,7 @@ impl Committer {
             for dir in &dirs {
                 self.sync_dir(dir)?;
             }
-            let mut txn = self.db.begin_write()?;
+            let mut txn = self.index.get()?.begin_write()?;
             txn.set_quick_repair(true);
             {
                 let mut tables = Tables::open(&txn)?;
@@ -875,9 +1025,7 @@ impl Committer {
             Ok(())
         })();
         if let Err(e) = result {
-            error!(error = %e, "checkpointing the archive failed; refusing instances until the service restarts");
-            self.failed = Some(e.to_string());
-            return Err(e);
+            return Err(self.index_failed(e, "checkpointing").error());
         }
         self.deleted_pending.clear();
         for ready in self.unsettled.ready.drain(..) {

@@ -138,6 +138,10 @@ impl Store {
             self.inner.stats.refused.fetch_add(1, Ordering::Relaxed);
             return Err(IngestError::Held(reason));
         }
+        if self.index_full() {
+            self.inner.stats.refused.fetch_add(1, Ordering::Relaxed);
+            return Err(IngestError::Store(StoreError::IndexFull));
+        }
         let info = syntax_info(&request.transfer_syntax)
             .ok_or_else(|| IngestError::UnknownTransferSyntax(request.transfer_syntax.clone()))?;
         let header = encode_file_meta(

@@ -22,6 +22,7 @@ mod commit;
 mod ingest;
 pub mod outbox;
 mod reconcile;
+mod slot;
 pub mod stall;
 mod verify;
 
@@ -31,7 +32,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, StorageBackend};
-use tracing::info;
 
 pub use cache::{CacheConfig, PROTECT_RECENT_S, Recall, Usage};
 pub use commit::Outcome;
@@ -106,10 +106,19 @@ impl StoreConfig {
     }
 }
 
-/// Where the index lives: the normal file, or a custom backend (the crash tests' one).
+/// Where the index lives: the normal file, or a custom backend (the crash tests' one), made
+/// anew whenever the index is (re)opened.
 pub enum IndexBackend {
     File,
-    Custom(Box<dyn StorageBackend>),
+    Custom(slot::BackendFactory),
+}
+
+impl IndexBackend {
+    /// A custom backend whose clones share one image (as the crash tests' do), so a reopen
+    /// finds what was written.
+    pub fn custom<B: StorageBackend + Clone + Sync>(backend: B) -> IndexBackend {
+        IndexBackend::Custom(Arc::new(move || Box::new(backend.clone())))
+    }
 }
 
 /// Failures of the store as a whole (as opposed to one instance being refused).
@@ -145,6 +154,16 @@ pub enum StoreError {
     WriterFailed(String),
     #[error("the store is shutting down")]
     ShuttingDown,
+    /// The data volume filled up under the index: new instances are refused until space is
+    /// freed, and the archive recovers by itself then.
+    #[error(
+        "the data volume is full, so the index cannot take changes; new instances are refused until space is freed (studies with a confirmed upstream copy can be evicted, or add storage)"
+    )]
+    IndexFull,
+    /// The index writer is reopening the index (after the volume filled); a moment later it
+    /// answers again.
+    #[error("the index is being reopened after the data volume filled; try again in a moment")]
+    IndexReopening,
     /// Refused under `patient_conflict = "reject"` (never a failure of the store itself).
     #[error("{0}")]
     PatientConflict(Box<PatientConflict>),
@@ -235,7 +254,7 @@ pub(crate) struct Inner {
     pub(crate) config: StoreConfig,
     pub(crate) layout: Layout,
     pub(crate) fs: Arc<dyn Fs>,
-    pub(crate) db: Arc<Database>,
+    pub(crate) index: Arc<slot::IndexSlot>,
     pub(crate) stats: Arc<Stats>,
     pub(crate) committer: commit::Handle,
     pub(crate) outbox_changes: Arc<tokio::sync::watch::Sender<u64>>,
@@ -249,6 +268,8 @@ pub(crate) struct Inner {
     pub(crate) in_flight: AtomicU64,
     /// The syncs waiting for the disk now.
     pub(crate) syncs: Arc<stall::SyncWatch>,
+    /// Set by the index writer while the volume is too full for the index to take changes.
+    pub(crate) index_full: Arc<std::sync::atomic::AtomicBool>,
 }
 
 /// A handle on the archive; cheap to clone.
@@ -295,28 +316,27 @@ impl Store {
                     .map_err(|e| StoreError::io(&dir, e))?,
             );
         }
-        let mut builder = Database::builder();
-        builder.set_cache_size(config.index_cache_bytes);
-        builder.set_repair_callback(|session| {
-            info!(
-                progress = format!("{:.0}%", session.progress() * 100.0),
-                "repairing the index after an unclean shutdown"
-            );
-        });
-        let db = match backend {
+        let cache_bytes = config.index_cache_bytes;
+        let opener = match backend {
             IndexBackend::File => {
                 if !fs.exists(&layout.index()) {
-                    create_index_atomically(&layout, fs.as_ref(), &mut builder)?;
+                    create_index_atomically(
+                        &layout,
+                        fs.as_ref(),
+                        &mut slot::Opener::builder(cache_bytes),
+                    )?;
                 }
-                builder.create(layout.index())
+                slot::Opener::File {
+                    path: layout.index(),
+                    cache_bytes,
+                }
             }
-            IndexBackend::Custom(b) => builder.create_with_backend(BoxedBackend(b)),
-        }
-        .map_err(|e| match e {
+            IndexBackend::Custom(make) => slot::Opener::Custom { make, cache_bytes },
+        };
+        let db = opener.open().map_err(|e| match e {
             redb::DatabaseError::DatabaseAlreadyOpen => StoreError::Locked(layout.index()),
             other => StoreError::Open(other),
         })?;
-        let db = Arc::new(db);
         check_schema(&db, &config)?;
         // New directories, and the index file's name, are durable only once their parent
         // directories are synced.
@@ -331,30 +351,39 @@ impl Store {
             fs.sync_dir(&dir).map_err(|e| StoreError::io(&dir, e))?;
         }
         let stats = Arc::new(Stats::default());
-        let (reconciled, next_ready_seq) = reconcile::run(&config, &layout, fs.as_ref(), &db)?;
+        let (reconciled, next_ready_seq) = reconcile::run(
+            &config,
+            &layout,
+            fs.as_ref(),
+            &db,
+            reconcile::Scope::Startup,
+        )?;
         let instances = db
             .begin_read()?
             .open_table(index::INSTANCES)
             .map(|t| t.len().unwrap_or(0))
             .unwrap_or(0);
+        let index = Arc::new(slot::IndexSlot::new(db, opener));
         let background = Arc::new(Background::default());
+        let index_full = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let outbox_changes = Arc::new(tokio::sync::watch::Sender::new(0));
         let committer = commit::spawn(
             config.clone(),
             layout.clone(),
             fs.clone(),
-            db.clone(),
+            index.clone(),
             stats.clone(),
             background,
             outbox_changes.clone(),
             syncs.clone(),
+            index_full.clone(),
         );
         let store = Store {
             inner: Arc::new(Inner {
                 config,
                 layout,
                 fs,
-                db,
+                index,
                 stats,
                 committer,
                 outbox_changes,
@@ -362,6 +391,7 @@ impl Store {
                 ready_seq: layout::ReadySeq::starting_at(next_ready_seq),
                 in_flight: AtomicU64::new(0),
                 syncs,
+                index_full,
             }),
         };
         let opened = Opened {
@@ -395,9 +425,10 @@ impl Store {
         &self.inner.layout
     }
 
-    /// The index, for read transactions.
-    pub fn db(&self) -> &Database {
-        &self.inner.db
+    /// The index, for read transactions. Fails only for the moment the index writer takes to
+    /// reopen it after the data volume filled.
+    pub fn db(&self) -> Result<Arc<Database>, StoreError> {
+        self.inner.index.get()
     }
 
     /// Opens a stored file for reading.
@@ -411,6 +442,12 @@ impl Store {
         *self.inner.hold.write().unwrap_or_else(|e| e.into_inner()) = reason;
     }
 
+    /// True while the data volume is too full for the index to take changes: new instances
+    /// are refused, and the index writer recovers by itself once space is freed.
+    pub fn index_full(&self) -> bool {
+        self.inner.index_full.load(Ordering::SeqCst)
+    }
+
     /// Why new instances are refused, if they are.
     pub fn ingest_held(&self) -> Option<String> {
         self.inner
@@ -422,12 +459,12 @@ impl Store {
 
     /// Every instance held in quarantine, oldest first.
     pub fn quarantined(&self) -> Result<Vec<Held>, StoreError> {
-        quarantine::list(&self.inner.db.begin_read()?)
+        quarantine::list(&self.db()?.begin_read()?)
     }
 
     /// How many instances are held in quarantine.
     pub fn quarantine_count(&self) -> Result<u64, StoreError> {
-        let txn = self.inner.db.begin_read()?;
+        let txn = self.db()?.begin_read()?;
         Ok(txn.open_table(quarantine::QUARANTINE)?.len()?)
     }
 
@@ -479,31 +516,6 @@ fn create_index_atomically(
         .map_err(|e| StoreError::io(&layout.index(), e))?;
     fs.sync_dir(layout.root())
         .map_err(|e| StoreError::io(layout.root(), e))
-}
-
-/// Lets a boxed backend be handed to redb, which takes backends by value.
-#[derive(Debug)]
-struct BoxedBackend(Box<dyn StorageBackend>);
-
-impl StorageBackend for BoxedBackend {
-    fn len(&self) -> Result<u64, std::io::Error> {
-        self.0.len()
-    }
-    fn read(&self, offset: u64, out: &mut [u8]) -> Result<(), std::io::Error> {
-        self.0.read(offset, out)
-    }
-    fn set_len(&self, len: u64) -> Result<(), std::io::Error> {
-        self.0.set_len(len)
-    }
-    fn sync_data(&self) -> Result<(), std::io::Error> {
-        self.0.sync_data()
-    }
-    fn write(&self, offset: u64, data: &[u8]) -> Result<(), std::io::Error> {
-        self.0.write(offset, data)
-    }
-    fn close(&self) -> Result<(), std::io::Error> {
-        self.0.close()
-    }
 }
 
 fn check_schema(db: &Database, config: &StoreConfig) -> Result<(), StoreError> {

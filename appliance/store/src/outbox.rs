@@ -1086,7 +1086,7 @@ impl Store {
         now_ms: u64,
         scan: usize,
     ) -> Result<Peeked, StoreError> {
-        let txn = self.db().begin_read()?;
+        let txn = self.db()?.begin_read()?;
         let name = queue_name(destination);
         let queue = match txn.open_table(queue_def(&name)) {
             Ok(t) => t,
@@ -1139,7 +1139,7 @@ impl Store {
     /// Reads every pending entry (for the oldest and the last error): meant for people, not
     /// for the delivery path.
     pub fn outbox_summary(&self, destination: &str) -> Result<QueueSummary, StoreError> {
-        let txn = self.db().begin_read()?;
+        let txn = self.db()?.begin_read()?;
         let mut summary = QueueSummary {
             destination: destination.to_string(),
             ..QueueSummary::default()
@@ -1181,7 +1181,7 @@ impl Store {
 
     /// Whether a destination is paused.
     pub fn outbox_paused(&self, destination: &str) -> Result<bool, StoreError> {
-        let txn = self.db().begin_read()?;
+        let txn = self.db()?.begin_read()?;
         match missing_is_empty(txn.open_table(PAUSED).map(Some))? {
             Some(t) => Ok(t.get(destination)?.is_some()),
             None => Ok(false),
@@ -1194,7 +1194,7 @@ impl Store {
         destination: &str,
         limit: usize,
     ) -> Result<Vec<(u64, DeadLetter)>, StoreError> {
-        let txn = self.db().begin_read()?;
+        let txn = self.db()?.begin_read()?;
         let dname = dead_name(destination);
         let Some(dead) = missing_is_empty(txn.open_table(dead_def(&dname)).map(Some))? else {
             return Ok(Vec::new());
@@ -1210,7 +1210,7 @@ impl Store {
     /// Whether the archive still holds `file` as the current copy of an instance (not
     /// replaced by an overwrite, evicted or deleted since it was queued).
     pub fn holds_file(&self, sop_instance_uid: &str, file: &str) -> Result<bool, StoreError> {
-        let txn = self.db().begin_read()?;
+        let txn = self.db()?.begin_read()?;
         if txn.open_table(EVICTED)?.get(sop_instance_uid)?.is_some() {
             return Ok(false);
         }
@@ -1224,7 +1224,7 @@ impl Store {
 
     /// A destination's commitment transactions waiting for their reports.
     pub fn commitments(&self, destination: &str) -> Result<Vec<(String, Commitment)>, StoreError> {
-        let txn = self.db().begin_read()?;
+        let txn = self.db()?.begin_read()?;
         let Some(table) = missing_is_empty(txn.open_table(COMMITMENTS).map(Some))? else {
             return Ok(Vec::new());
         };
@@ -1248,7 +1248,7 @@ impl Store {
         report: CommitmentReport,
     ) -> Result<Recorded, StoreError> {
         let known = {
-            let txn = self.db().begin_read()?;
+            let txn = self.db()?.begin_read()?;
             let record = match missing_is_empty(txn.open_table(COMMITMENTS).map(Some))? {
                 Some(table) => match table.get(report.transaction_uid.as_str())? {
                     Some(v) => Some(record::decode::<Commitment>(v.value())?),
@@ -1287,7 +1287,7 @@ impl Store {
         destination: &str,
         seqs: &[u64],
     ) -> Result<Vec<u64>, StoreError> {
-        let txn = self.db().begin_read()?;
+        let txn = self.db()?.begin_read()?;
         let dname = dead_name(destination);
         let Some(dead) = missing_is_empty(txn.open_table(dead_def(&dname)).map(Some))? else {
             return Ok(Vec::new());
@@ -1303,7 +1303,7 @@ impl Store {
 
     /// The destinations that confirmed a copy of an instance.
     pub fn upstream_copies(&self, sop_instance_uid: &str) -> Result<Vec<String>, StoreError> {
-        let txn = self.db().begin_read()?;
+        let txn = self.db()?.begin_read()?;
         let Some(copies) = missing_is_empty(txn.open_table(UPSTREAM).map(Some))? else {
             return Ok(Vec::new());
         };
@@ -1316,7 +1316,7 @@ impl Store {
     /// Overwritten instances kept local because destinations acknowledged the correction
     /// without that proving they hold it (see [`Router::replaces_copies`]).
     pub fn held_corrections(&self) -> Result<Vec<HeldCorrection>, StoreError> {
-        let txn = self.db().begin_read()?;
+        let txn = self.db()?.begin_read()?;
         let Some(held) = missing_is_empty(txn.open_table(OVERWRITTEN).map(Some))? else {
             return Ok(Vec::new());
         };
@@ -1371,7 +1371,7 @@ impl Store {
     /// running configuration. Reads every upstream record: meant for people, not for the
     /// delivery path.
     pub fn stalled_claims(&self, configured: &[String]) -> Result<Vec<StalledClaim>, StoreError> {
-        let txn = self.db().begin_read()?;
+        let txn = self.db()?.begin_read()?;
         let Some(upstream) = missing_is_empty(txn.open_table(UPSTREAM).map(Some))? else {
             return Ok(Vec::new());
         };
@@ -1461,7 +1461,7 @@ impl Store {
 
     /// Recalled copies that differ from the copy that was evicted.
     pub fn recall_mismatches(&self) -> Result<Vec<(String, RecallMismatch)>, StoreError> {
-        let txn = self.db().begin_read()?;
+        let txn = self.db()?.begin_read()?;
         let Some(t) = missing_is_empty(txn.open_table(RECALL_MISMATCHES).map(Some))? else {
             return Ok(Vec::new());
         };

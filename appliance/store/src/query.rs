@@ -451,7 +451,7 @@ impl Store {
         cap: usize,
     ) -> Result<Vec<Found>, QueryError> {
         query.check_hierarchy(model)?;
-        let txn = self.inner.db.begin_read()?;
+        let txn = self.db()?.begin_read()?;
         let t = Tables::open(&txn)?;
         // Worked out once per query, not per match: the keys answered, and their matchers.
         let answered = query.answered();
@@ -616,7 +616,7 @@ impl Store {
         query: &Identifier,
     ) -> Result<Vec<Retrievable>, QueryError> {
         query.check_model(model)?;
-        let txn = self.inner.db.begin_read()?;
+        let txn = self.db()?.begin_read()?;
         let t = Tables::open(&txn)?;
         let need = |tag: Tag, name: &'static str| {
             query.uids(tag).ok_or(QueryError::MissingRetrieveKey {
@@ -704,13 +704,13 @@ impl Store {
 
     /// Number of instances in the index.
     pub fn instance_count(&self) -> Result<u64, StoreError> {
-        let txn = self.inner.db.begin_read()?;
+        let txn = self.db()?.begin_read()?;
         Ok(txn.open_table(index::INSTANCES)?.len()?)
     }
 
     /// The recorded patient-demographics conflicts.
     pub fn conflicts(&self) -> Result<Vec<record::Conflict>, StoreError> {
-        let txn = self.inner.db.begin_read()?;
+        let txn = self.db()?.begin_read()?;
         let table = txn.open_table(index::CONFLICTS)?;
         let mut out = Vec::new();
         for row in table.iter()? {

@@ -198,6 +198,16 @@ struct Received {
     x: record::Extracted,
 }
 
+/// Which temporary files a repair looks at.
+pub(crate) enum Scope<'a> {
+    /// At start: everything in `tmp/` (nothing else is running).
+    Startup,
+    /// While the archive runs, after the index writer reopened the index: only these `.ready`
+    /// names, the instances acknowledged since the last checkpoint, which the reopen took out
+    /// of the index again. Files of instances still arriving or queued are not touched.
+    Unsettled(&'a [PathBuf]),
+}
+
 /// Repairs what the last stop left in flight; returns what it did and the first sequence
 /// number for new `.ready` names (above every one still in `tmp/`).
 pub(crate) fn run(
@@ -205,6 +215,7 @@ pub(crate) fn run(
     layout: &Layout,
     fs: &dyn Fs,
     db: &Database,
+    scope: Scope<'_>,
 ) -> Result<(Reconciled, u64), StoreError> {
     let mut done = Reconciled::default();
     let tmp_dir = layout.tmp_dir();
@@ -234,12 +245,19 @@ pub(crate) fn run(
         }
     }
 
-    let names = match fs.list_dir(&tmp_dir) {
-        Ok(names) => names,
-        Err(e) => {
-            done.raise_io(RepairStep::ListTemporary, &tmp_dir, &e);
-            Vec::new()
-        }
+    let names = match scope {
+        Scope::Startup => match fs.list_dir(&tmp_dir) {
+            Ok(names) => names,
+            Err(e) => {
+                done.raise_io(RepairStep::ListTemporary, &tmp_dir, &e);
+                Vec::new()
+            }
+        },
+        Scope::Unsettled(paths) => paths
+            .iter()
+            .filter(|p| fs.exists(p))
+            .filter_map(|p| p.file_name()?.to_str().map(str::to_string))
+            .collect(),
     };
     // Removed only after the durable commit, and only if every final directory was synced.
     let mut ready_to_remove: Vec<PathBuf> = Vec::new();

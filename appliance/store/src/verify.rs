@@ -148,7 +148,7 @@ impl Store {
         let inner = &self.inner;
         let mut report = VerifyReport::default();
         let mut known = std::collections::HashSet::new();
-        let txn = inner.db.begin_read()?;
+        let txn = inner.index.get()?.begin_read()?;
         // Files replaced by overwrites wait for the next checkpoint to be deleted; they are
         // neither orphans nor problems.
         for row in txn.open_table(index::PENDING_DELETES)?.iter()? {

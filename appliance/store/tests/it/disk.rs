@@ -264,3 +264,173 @@ async fn a_sync_that_does_not_return_is_reported_with_what_it_waits_for() {
         "nothing waits once the disk answers"
     );
 }
+
+/// A redb backend in memory on a volume that fills up: while `full` is set, a write that
+/// needs new blocks (past what the file ever held) fails with ENOSPC, as on a full file
+/// system; rewriting blocks the file already has still works, and growing its length (sparse,
+/// as `set_len` does) costs no blocks until written.
+#[derive(Clone)]
+struct Filling {
+    inner: store::crash::MemBackend,
+    full: Arc<std::sync::atomic::AtomicBool>,
+    /// The end of the highest block ever written: blocks below it are allocated.
+    allocated: Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl std::fmt::Debug for Filling {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Filling")
+    }
+}
+
+impl redb::StorageBackend for Filling {
+    fn len(&self) -> std::io::Result<u64> {
+        self.inner.len()
+    }
+    fn read(&self, offset: u64, out: &mut [u8]) -> std::io::Result<()> {
+        self.inner.read(offset, out)
+    }
+    fn set_len(&self, len: u64) -> std::io::Result<()> {
+        self.inner.set_len(len)
+    }
+    fn sync_data(&self) -> std::io::Result<()> {
+        self.inner.sync_data()
+    }
+    fn write(&self, offset: u64, data: &[u8]) -> std::io::Result<()> {
+        let end = offset + data.len() as u64;
+        if end > self.allocated.load(Ordering::SeqCst) {
+            if self.full.load(Ordering::SeqCst) {
+                return Err(std::io::Error::from_raw_os_error(nix::libc::ENOSPC));
+            }
+            self.allocated.fetch_max(end, Ordering::SeqCst);
+        }
+        self.inner.write(offset, data)
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_volume_makes_the_archive_refuse_instances_and_it_recovers_when_space_returns() {
+    // The volume filled between two floor checks and a redb commit failed with ENOSPC. redb
+    // latches an I/O error, so the index writer stopped for good: every C-STORE failed with
+    // 0x0110, queries failed too, and only a restart (by the watchdog) brought it back. Now
+    // the writer reopens the index at once (queries go on), refuses new instances with
+    // 0xA700, and when space returns re-files what the reopen lost and takes instances again,
+    // with nothing acknowledged missing.
+    use store::{IngestError, StoreError};
+    let dir = tempfile::tempdir().unwrap();
+    let fs = Arc::new(Metered::new(1 << 40));
+    let free = fs.free.clone();
+    let full = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let backend = Filling {
+        inner: store::crash::MemBackend::new(store::crash::Power::steady()),
+        full: full.clone(),
+        allocated: Arc::default(),
+    };
+    let (store, _) = Store::open_with(
+        config(dir.path()),
+        fs.clone(),
+        IndexBackend::custom(backend.clone()),
+    )
+    .unwrap();
+    let inst = |i: u32| SynthInstance::ct(1, 1, 1, i);
+    let mut acknowledged = Vec::new();
+    for i in 0..2 {
+        crate::support::store_instance(&store, &inst(i)).await;
+        acknowledged.push(inst(i).sop_uid);
+    }
+    store.checkpoint().await.unwrap();
+    // Acknowledged, not yet checkpointed: only its `.ready` name makes it durable.
+    crate::support::store_instance(&store, &inst(2)).await;
+    acknowledged.push(inst(2).sop_uid);
+
+    // The volume fills. Instances keep coming until the index needs a block it cannot get,
+    // at a batch or at a checkpoint.
+    full.store(true, Ordering::SeqCst);
+    free.store(0, Ordering::SeqCst);
+    let mut next = 3;
+    while !store.index_full() {
+        assert!(next < 5_000, "the index never needed a new block");
+        let r = crate::support::store_bytes(
+            &store,
+            request(&inst(next)),
+            &inst(next).dataset(Encoding::EXPLICIT_LE),
+            16 * 1024,
+        )
+        .await;
+        match r {
+            // Acknowledged: durable by its `.ready` name whatever becomes of the index.
+            Ok(_) => acknowledged.push(inst(next).sop_uid),
+            Err(IngestError::Store(StoreError::IndexFull)) => {}
+            Err(e) => panic!("unexpected failure: {e}"),
+        }
+        next += 1;
+        if next % 50 == 0 {
+            let checkpoint = store.checkpoint().await;
+            assert!(
+                matches!(checkpoint, Ok(()) | Err(StoreError::IndexFull)),
+                "{checkpoint:?}"
+            );
+        }
+    }
+    eprintln!(
+        "the index filled the volume after {} instances, {} acknowledged",
+        next,
+        acknowledged.len()
+    );
+    let checkpoint = store.checkpoint().await;
+    assert!(
+        matches!(checkpoint, Err(StoreError::IndexFull)),
+        "{checkpoint:?}"
+    );
+    assert!(store.index_full());
+    let refused = store.begin(request(&inst(next))).await;
+    assert!(
+        matches!(refused, Err(IngestError::Store(StoreError::IndexFull))),
+        "{:?}",
+        refused.err()
+    );
+    // Queries go on, on the reopened index (as of the last checkpoint).
+    for sop in &acknowledged[..2] {
+        assert!(
+            crate::support::stored_file(&store, sop).is_some(),
+            "{sop} is not found while the volume is full"
+        );
+    }
+    assert!(store.ping().await, "the writer is alive");
+
+    // Space returns.
+    full.store(false, Ordering::SeqCst);
+    free.store(1 << 40, Ordering::SeqCst);
+    let started = Instant::now();
+    while store.index_full() {
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "no recovery 20 s after space returned"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    for sop in &acknowledged {
+        assert!(
+            crate::support::stored_file(&store, sop).is_some(),
+            "acknowledged {sop} is missing after the recovery"
+        );
+    }
+    assert_eq!(
+        crate::support::store_instance(&store, &inst(next)).await,
+        store::Outcome::Stored
+    );
+    acknowledged.push(inst(next).sop_uid);
+    store.close().await.unwrap();
+    drop(store);
+
+    // And all of it is durable: a fresh open finds every acknowledged instance.
+    let (store, opened) =
+        Store::open_with(config(dir.path()), fs, IndexBackend::custom(backend)).unwrap();
+    for sop in &acknowledged {
+        assert!(
+            crate::support::stored_file(&store, sop).is_some(),
+            "acknowledged {sop} is missing after a restart ({:?})",
+            opened.reconciled
+        );
+    }
+}

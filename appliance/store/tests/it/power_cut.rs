@@ -57,7 +57,7 @@ async fn ingest(
     let Ok((store, _)) = Store::open_with(
         config(durability),
         Arc::new(fs),
-        IndexBackend::Custom(Box::new(backend)),
+        IndexBackend::custom(backend),
     ) else {
         return Vec::new();
     };
@@ -102,7 +102,7 @@ async fn reboot(
     let opened = Store::open_with(
         config(durability),
         Arc::new(fs.clone()),
-        IndexBackend::Custom(Box::new(backend.clone())),
+        IndexBackend::custom(backend.clone()),
     );
     match opened {
         Ok((s, _)) => Some((s, fs, backend)),
@@ -125,7 +125,7 @@ async fn one_cut(seed: u64, durability: Durability) {
         let (store, _) = Store::open_with(
             config(durability),
             Arc::new(fresh_fs.clone()),
-            IndexBackend::Custom(Box::new(fresh_backend.clone())),
+            IndexBackend::custom(fresh_backend.clone()),
         )
         .unwrap();
         store.close().await.unwrap();
@@ -245,7 +245,7 @@ fn open_overwriting(fs: &MemFs, backend: &MemBackend) -> Result<Store, store::St
     Store::open_with(
         c,
         Arc::new(fs.clone()),
-        IndexBackend::Custom(Box::new(backend.clone())),
+        IndexBackend::custom(backend.clone()),
     )
     .map(|(s, _)| s)
 }

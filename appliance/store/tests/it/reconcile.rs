@@ -113,7 +113,7 @@ fn open_mem(
     Store::open_with(
         c,
         std::sync::Arc::new(fs.clone()),
-        store::IndexBackend::Custom(Box::new(backend.clone())),
+        store::IndexBackend::custom(backend.clone()),
     )
     .expect("the store opens")
 }
