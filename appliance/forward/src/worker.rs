@@ -198,7 +198,9 @@ impl Worker {
             if self.shutdown.is_cancelled() {
                 break;
             }
-            let wait = if self.shared.state() == State::Down {
+            // With the volume full the index cannot record an outcome, so a delivery made now
+            // would only be made again: wait until the archive recovers.
+            let wait = if self.shared.state() == State::Down || self.store.index_full() {
                 Some(IDLE_RECHECK)
             } else {
                 match self.take().await {
