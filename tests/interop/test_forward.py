@@ -757,7 +757,9 @@ def test_quarantined_instances_are_counted_in_status_and_resolved_with_the_cli(
     could see or resolve it: `outpost status` did not count it and there was no command to
     list, assign or delete it, so it stayed held for ever, invisible. Now status warns with
     the count, `outpost quarantine list` shows it, `assign` files it under S (audited, naming
-    both patients) and `delete` removes one; a number that is not held is refused."""
+    both patients), `delete` removes one and `split` files one as a study of its own patient
+    (it was refused until the archive could make the new UIDs); a number that is not held is
+    refused."""
     outpost = outposts()
     study = synth.uid(7, 1)
     files = {
@@ -765,7 +767,7 @@ def test_quarantined_instances_are_counted_in_status_and_resolved_with_the_cli(
             patient_id=pid, study_uid=study, series_uid=synth.uid(7, 2, series),
             sop_uid=synth.uid(7, 3, n), instance_number=n))
         for name, pid, series, n in [("ct", "P1", 1, 1), ("wrong", "P2", 2, 2),
-                                     ("worse", "P3", 3, 3)]
+                                     ("worse", "P3", 3, 3), ("split", "P4", 4, 4)]
     }
     assert net.store_files(outpost.port, [files["ct"], files["wrong"]]) == {
         files["ct"]: 0, files["wrong"]: 0}
@@ -805,12 +807,32 @@ def test_quarantined_instances_are_counted_in_status_and_resolved_with_the_cli(
     assert "no instance is held" in quarantine_cli(outpost, "list").stdout
     assert net.count_images(outpost.port, [study]) == 2
 
+    # A number already resolved is refused, whatever the decision.
     r = quarantine_cli(outpost, "split", again["seq"])
-    assert r.returncode != 0 and "assign" in r.stderr and "delete" in r.stderr, r.stderr
+    assert r.returncode != 0 and f"quarantine number {again['seq']}" in r.stderr, r.stderr
+
+    # Split: an image of P4 naming S becomes a study of P4's own, found under P4 and
+    # retrievable, while S keeps its two instances.
+    assert net.store_files(outpost.port, [files["split"]]) == {files["split"]: 0}
+    [third] = json.loads(quarantine_cli(outpost, "--json", "list").stdout)
+    r = quarantine_cli(outpost, "split", third["seq"])
+    assert r.returncode == 0, r.stderr
+    assert synth.uid(7, 3, 4) in r.stdout and "study of its own" in r.stdout, r.stdout
+    assert json.loads(quarantine_cli(outpost, "--json", "list").stdout) == []
+    p4 = net.find_once(outpost.port, "S", net.query("STUDY", PatientID="P4",
+                                                     StudyInstanceUID=""))
+    assert p4.status == 0 and len(p4.matches) == 1, p4
+    new_study = p4.matches[0].StudyInstanceUID
+    assert new_study != study and new_study.startswith("2.25."), new_study
+    assert new_study in r.stdout, r.stdout
+    assert net.count_images(outpost.port, [new_study]) == 1
+    assert net.count_images(outpost.port, [study]) == 2
 
     events = [json.loads(line) for line in outpost.audit_path.read_text().splitlines()]
     actions = [e.get("detail") or "" for e in events if e["event"] == "operator-action"]
     assert any("quarantine assign" in d and synth.uid(7, 3, 2) in d and "P1" in d
                and "P2" in d and study in d for d in actions), actions
     assert any("quarantine delete" in d and synth.uid(7, 3, 3) in d and "P3" in d
+               for d in actions), actions
+    assert any("quarantine split" in d and synth.uid(7, 3, 4) in d and new_study in d
                for d in actions), actions

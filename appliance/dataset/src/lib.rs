@@ -12,6 +12,7 @@ pub mod bomb;
 pub mod charset;
 pub mod encode;
 pub mod meta;
+pub mod rewrite;
 pub mod sop_classes;
 #[cfg(feature = "synth")]
 pub mod synth;
@@ -21,7 +22,7 @@ pub mod walk;
 
 pub use tag::{Tag, Vr, tags};
 pub use ts::{Encoding, SyntaxInfo};
-pub use walk::{Capture, Element, Misordered, WalkError, Walked, Walker};
+pub use walk::{Capture, Element, Misordered, Span, WalkError, Walked, Walker};
 
 /// Whether a SOP class UID is one of the standard's Storage SOP Classes.
 pub fn is_storage_sop_class(uid: &str) -> bool {

@@ -69,6 +69,9 @@ pub struct Walked {
     pub length: u64,
     /// Offset of the top-level Pixel Data element's header, if there is one.
     pub pixel_data_offset: Option<u64>,
+    /// Where each captured top-level element of defined length lies in the (inflated) data
+    /// set, so that it can be replaced in a copy ([`crate::rewrite`]).
+    pub spans: Vec<Span>,
     /// Elements found out of ascending order, at any level (at most [`MAX_MISORDERED`] are
     /// noted), so that the caller can log them.
     pub misordered: Vec<Misordered>,
@@ -176,6 +179,16 @@ enum State {
     Header,
     Skip { remaining: u64, tag: Tag },
     Capture { remaining: usize, tag: Tag },
+}
+
+/// The bytes of one top-level element, header included: `start..end` of the (inflated) data
+/// set.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Span {
+    pub tag: Tag,
+    pub vr: Vr,
+    pub start: u64,
+    pub end: u64,
 }
 
 /// The streaming walker; see the module documentation.
@@ -494,6 +507,15 @@ impl Walker {
                     }
                     w => w,
                 };
+                if wanted.is_some() && length != UNDEFINED_LENGTH {
+                    // The header is consumed: the value runs from here for `length` bytes.
+                    self.walked.spans.push(Span {
+                        tag,
+                        vr,
+                        start: header_start,
+                        end: self.offset + u64::from(length),
+                    });
+                }
                 if length == UNDEFINED_LENGTH {
                     let inner = if !enc.explicit_vr || vr == Vr::SQ {
                         Frame::Sequence { enc }

@@ -70,12 +70,13 @@ pub enum Request {
     },
 }
 
-/// What `outpost quarantine assign|delete` asks for (the store's
-/// [`store::Resolution`], which is not serialisable).
+/// What `outpost quarantine assign|split|delete` asks for (the store's
+/// [`store::Resolution`], which is not serialisable, or its split).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum QuarantineResolution {
     Assign,
+    Split,
     Delete,
 }
 
@@ -83,6 +84,7 @@ impl QuarantineResolution {
     fn word(self) -> &'static str {
         match self {
             QuarantineResolution::Assign => "assign",
+            QuarantineResolution::Split => "split",
             QuarantineResolution::Delete => "delete",
         }
     }
@@ -243,7 +245,7 @@ pub fn archive_alerts(
         out.push(ArchiveAlert {
             severity: "warning".into(),
             message: format!(
-                "{quarantined} instance(s) held in quarantine: their Patient ID disagrees with the patient their study (or SOP Instance UID) is held under, so nobody can find, retrieve or receive them. Check which patient they belong to (`outpost quarantine list`), then `outpost quarantine assign N` to file one under its study's patient or `outpost quarantine delete N`."
+                "{quarantined} instance(s) held in quarantine: their Patient ID disagrees with the patient their study (or SOP Instance UID) is held under, so nobody can find, retrieve or receive them. Check which patient they belong to (`outpost quarantine list`), then `outpost quarantine assign N` to file one under its study's patient, `outpost quarantine split N` to file it as a study of its own patient, or `outpost quarantine delete N`."
             ),
         });
     }
@@ -783,27 +785,59 @@ async fn resolve_quarantine(
     seq: u64,
     resolution: QuarantineResolution,
 ) -> Response {
-    let r = match resolution {
-        QuarantineResolution::Assign => store::Resolution::Assign,
-        QuarantineResolution::Delete => store::Resolution::Delete,
+    let done = match resolution {
+        QuarantineResolution::Assign => control
+            .store
+            .resolve_quarantine(seq, store::Resolution::Assign)
+            .await
+            .map(|held| (held, None)),
+        QuarantineResolution::Delete => control
+            .store
+            .resolve_quarantine(seq, store::Resolution::Delete)
+            .await
+            .map(|held| (held, None)),
+        QuarantineResolution::Split => control
+            .store
+            .split_quarantined(seq)
+            .await
+            .map(|s| (s.held.clone(), Some(s))),
     };
-    match control.store.resolve_quarantine(seq, r).await {
-        Ok(held) => {
+    match done {
+        Ok((held, split)) => {
             let row = QuarantineRow::from(&held);
-            let what = match resolution {
-                QuarantineResolution::Assign => format!(
-                    "quarantine number {seq}: {} (PatientID \"{}\") filed under study {} of patient \"{}\"; it is found, retrieved and forwarded like any other now",
-                    row.sop_instance_uid, row.patient_id, row.study_uid, row.study_patient_id
+            let (what, audited_study) = match (resolution, &split) {
+                (QuarantineResolution::Split, Some(s)) => (
+                    format!(
+                        "quarantine number {seq}: {} (PatientID \"{}\", naming study {} of patient \"{}\") filed as SOP Instance UID {} in a study of its own patient: Study Instance UID {}, Series Instance UID {}; it is found, retrieved and forwarded like any other now",
+                        row.sop_instance_uid,
+                        row.patient_id,
+                        row.study_uid,
+                        row.study_patient_id,
+                        s.sop_instance_uid,
+                        s.study_uid,
+                        s.series_uid
+                    ),
+                    s.study_uid.clone(),
                 ),
-                QuarantineResolution::Delete => format!(
-                    "quarantine number {seq}: {} (PatientID \"{}\", naming study {} of patient \"{}\") deleted; its file goes after the next checkpoint",
-                    row.sop_instance_uid, row.patient_id, row.study_uid, row.study_patient_id
+                (QuarantineResolution::Delete, _) => (
+                    format!(
+                        "quarantine number {seq}: {} (PatientID \"{}\", naming study {} of patient \"{}\") deleted; its file goes after the next checkpoint",
+                        row.sop_instance_uid, row.patient_id, row.study_uid, row.study_patient_id
+                    ),
+                    row.study_uid.clone(),
+                ),
+                _ => (
+                    format!(
+                        "quarantine number {seq}: {} (PatientID \"{}\") filed under study {} of patient \"{}\"; it is found, retrieved and forwarded like any other now",
+                        row.sop_instance_uid, row.patient_id, row.study_uid, row.study_patient_id
+                    ),
+                    row.study_uid.clone(),
                 ),
             };
             control.audit.record(
                 audit::Event::new(audit::EventKind::OperatorAction, audit::Outcome::Success)
                     .patient(&row.patient_id)
-                    .study(&row.study_uid)
+                    .study(&audited_study)
                     .instances(1)
                     .detail(format!("outpost quarantine {}: {what}", resolution.word())),
             );

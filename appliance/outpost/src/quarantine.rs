@@ -24,8 +24,10 @@ pub enum Action {
         /// The quarantine number, as `outpost quarantine list` shows it.
         seq: u64,
     },
-    /// Not available yet: filing a held instance as a study of its own patient needs new
-    /// UIDs the archive does not make. Assign it, or delete it and have it sent again.
+    /// File a held instance as a study of its own patient: a copy with new Study and Series
+    /// Instance UIDs (and a new SOP Instance UID if its own belongs to another patient's
+    /// instance) is stored, then the held one deleted. Images of one series split alike
+    /// land in one new study and series.
     Split {
         /// The quarantine number, as `outpost quarantine list` shows it.
         seq: u64,
@@ -43,14 +45,10 @@ pub fn run(c: &config::Config, action: Action, json: bool) -> anyhow::Result<Exi
             seq,
             resolution: QuarantineResolution::Delete,
         },
-        // Refused here, before the service is asked: the store has no split, and pretending
-        // one (a new study UID made up by the CLI) would put images nobody can trace.
-        Action::Split { seq } => {
-            eprintln!(
-                "outpost: split is not available yet: the archive cannot give quarantine number {seq} a study of its own. Either `outpost quarantine assign {seq}` (file it under its study's patient), or `outpost quarantine delete {seq}` and have the modality send it again with the right study"
-            );
-            return Ok(ExitCode::FAILURE);
-        }
+        Action::Split { seq } => Request::ResolveQuarantine {
+            seq,
+            resolution: QuarantineResolution::Split,
+        },
     };
     let path = control::socket_path(&c.storage.data_dir);
     let runtime = tokio::runtime::Builder::new_current_thread()

@@ -23,6 +23,7 @@ mod ingest;
 pub mod outbox;
 mod reconcile;
 mod slot;
+mod split;
 pub mod stall;
 mod verify;
 
@@ -39,6 +40,7 @@ pub use ingest::{Ingest, IngestError, IngestRequest, Receipt};
 pub use outbox::{Route, Router};
 pub use quarantine::{Held, PatientConflict, PatientConflictPolicy, QuarantineError, Resolution};
 pub use reconcile::{Reconciled, RepairAlert, RepairStep};
+pub use split::{Split, derived_uid};
 pub use stall::{PendingSync, SyncKind};
 pub use verify::{VerifyProblem, VerifyReport};
 

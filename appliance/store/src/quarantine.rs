@@ -98,7 +98,8 @@ pub struct Held {
     pub held_at: u64,
 }
 
-/// What a person decided for a held instance.
+/// What a person decided for a held instance (the third way out, a study of its own, is
+/// [`crate::Store::split_quarantined`]).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Resolution {
     /// File it under the patient of the study it names (its data set keeps its own Patient ID).
@@ -118,6 +119,10 @@ pub enum QuarantineError {
         "SOP Instance UID {0} is already stored for another patient or study, so it cannot be filed beside it; delete the held copy (or the stored one first)"
     )]
     UidTaken(String),
+    #[error("quarantine number {seq} cannot be split: {reason}; assign or delete it instead")]
+    Unsplittable { seq: u64, reason: String },
+    #[error("the archive refused the split copy: {0}")]
+    SplitRefused(Box<crate::IngestError>),
     #[error("{0}")]
     Store(#[from] StoreError),
 }

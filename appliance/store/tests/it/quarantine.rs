@@ -298,3 +298,100 @@ async fn reject_mode_refuses_naming_both_patients_and_leaves_nothing() {
     assert!(report.problems.is_empty(), "{:?}", report.problems);
     assert_eq!(report.instances, 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn split_files_it_as_a_study_of_its_own_patient_and_queues_it() {
+    // `outpost quarantine split` was refused: the archive could not make the new UIDs, so a
+    // technologist whose MR of P2 named P1's study could only file it under P1 (wrong) or
+    // delete it and ask for a resend the modality may no longer be able to make. The split
+    // now stores a copy with a Study and Series UID of its own, under P2, then deletes the
+    // held one; two MR images of the same series land in the same new study and series.
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = config(dir.path());
+    c.router = Some(std::sync::Arc::new(EveryInstanceTo("PACS")));
+    let (store, _) = Store::open(c.clone()).unwrap();
+    let (ct, mr) = ct_then_mr();
+    let mut mr2 = mr.clone();
+    mr2.sop_uid = format!("{}.2", mr.sop_uid);
+    store_instance(&store, &ct).await;
+    let mut seqs = Vec::new();
+    for m in [&mr, &mr2] {
+        let Outcome::Quarantined { seq } = store_instance(&store, m).await else {
+            panic!("not quarantined");
+        };
+        seqs.push(seq);
+    }
+    let first = store.split_quarantined(seqs[0]).await.unwrap();
+    let second = store.split_quarantined(seqs[1]).await.unwrap();
+    assert_eq!(first.outcome, Outcome::Stored);
+    assert_eq!(first.held.seq, seqs[0]);
+    // Its own SOP Instance UID (it collided with nothing), new study and series, shared.
+    assert_eq!(first.sop_instance_uid, mr.sop_uid);
+    assert_ne!(first.study_uid, ct.study_uid);
+    assert_ne!(first.series_uid, mr.series_uid);
+    assert!(first.study_uid.starts_with("2.25."));
+    assert_eq!(
+        (&first.study_uid, &first.series_uid),
+        (&second.study_uid, &second.series_uid)
+    );
+    assert!(store.quarantined().unwrap().is_empty());
+    // P1's study is as it was; P2 and the new study are found, with both images.
+    assert_eq!(
+        study_patient_and_count(&store, &ct.study_uid),
+        Some((ct.patient_id.clone(), "1".into()))
+    );
+    assert_eq!(
+        patients_with_id(&store, &mr.patient_id),
+        vec![mr.patient_id.clone()]
+    );
+    assert_eq!(
+        study_patient_and_count(&store, &first.study_uid),
+        Some((mr.patient_id.clone(), "2".into()))
+    );
+    // The stored copy is the held data set with the two UIDs changed, nothing else.
+    let expected = {
+        let mut m = mr.clone();
+        m.study_uid = first.study_uid.clone();
+        m.series_uid = first.series_uid.clone();
+        m.dataset(Encoding::EXPLICIT_LE)
+    };
+    assert_eq!(stored_dataset(&store, &mr.sop_uid).unwrap(), expected);
+    let queued = queued_uids(&store, "PACS");
+    assert!(queued.contains(&mr.sop_uid) && queued.contains(&mr2.sop_uid));
+    // A number is resolved once.
+    assert!(matches!(
+        store.split_quarantined(seqs[0]).await,
+        Err(QuarantineError::NotHeld(_))
+    ));
+    store.checkpoint().await.unwrap();
+    let report = store.verify(|_| {}).unwrap();
+    assert!(report.problems.is_empty(), "{:?}", report.problems);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn split_of_a_uid_collision_gives_the_copy_a_uid_of_its_own() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, _) = Store::open(config(dir.path())).unwrap();
+    let first = SynthInstance::ct(1, 1, 1, 1);
+    store_instance(&store, &first).await;
+    let mut other = SynthInstance::ct(7, 7, 7, 7);
+    other.sop_uid = first.sop_uid.clone();
+    let Outcome::Quarantined { seq } = store_instance(&store, &other).await else {
+        panic!("not quarantined");
+    };
+    let split = store.split_quarantined(seq).await.unwrap();
+    assert_ne!(split.sop_instance_uid, first.sop_uid);
+    assert_eq!(
+        stored_dataset(&store, &first.sop_uid).unwrap(),
+        first.dataset(Encoding::EXPLICIT_LE),
+        "the stored instance is untouched"
+    );
+    let mut expected = other.clone();
+    expected.sop_uid = split.sop_instance_uid.clone();
+    expected.study_uid = split.study_uid.clone();
+    expected.series_uid = split.series_uid.clone();
+    assert_eq!(
+        stored_dataset(&store, &split.sop_instance_uid).unwrap(),
+        expected.dataset(Encoding::EXPLICIT_LE)
+    );
+}
