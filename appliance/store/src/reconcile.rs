@@ -338,6 +338,12 @@ pub(crate) fn run(
     {
         let txn = db.begin_read()?;
         let instances = txn.open_table(index::INSTANCES)?;
+        // A held instance has no index entry: its file is known by its quarantine row, and
+        // filing its `.ready` name again would hold it twice.
+        let held: std::collections::HashSet<String> = crate::quarantine::list(&txn)?
+            .into_iter()
+            .map(|h| h.record.file)
+            .collect();
         for (i, r) in received.iter().enumerate() {
             let indexed = match instances.get(r.x.sop_instance_uid.as_str())? {
                 Some(v) => Some(record::decode::<InstanceRecord>(v.value())?.file),
@@ -383,7 +389,7 @@ pub(crate) fn run(
                 &mut dirs,
                 r.target.parent().expect("has a parent").to_path_buf(),
             );
-            if indexed.as_deref() != Some(r.rel.as_str()) {
+            if indexed.as_deref() != Some(r.rel.as_str()) && !held.contains(&r.rel) {
                 to_file.push(r);
             }
             ready_to_remove.push(r.tmp.clone());

@@ -392,3 +392,105 @@ async fn a_correction_outlives_a_power_cut_in_the_checkpoint_after_it() {
         3 * (end + 1 - start)
     );
 }
+
+// Review finding B.6. A CT of patient P1 opened study S; an MR of P2 naming S was then held
+// in quarantine and acknowledged 0x0000, so the modality will never send it again. Until the
+// checkpoint after it, only its `.ready` name makes it durable, and start-up repair files such
+// names itself: a repair that filed it the ordinary way would put P2's image in P1's study
+// after a power cut, and one that dropped it would lose an acknowledged image. Cut at every
+// operation from opening the store through that checkpoint: the MR is held (never served) or,
+// if it was never acknowledged, held at most once, and P1's study is untouched. Its first run
+// found repair holding the MR twice when the cut fell after the checkpoint's durable commit
+// and before the `.ready` name's removal: a held instance has no index entry, so repair took
+// its `.ready` name for an unfiled one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_quarantined_instance_stays_held_through_a_power_cut() {
+    let ct = SynthInstance::ct(3, 1, 1, 1);
+    let mut mr = SynthInstance::ct(4, 1, 2, 1);
+    mr.study_uid = ct.study_uid.clone();
+    mr.modality = "MR".into();
+    let open = |fs: &MemFs, backend: &MemBackend| {
+        Store::open_with(
+            config(Durability::Full),
+            Arc::new(fs.clone()),
+            IndexBackend::custom(backend.clone()),
+        )
+        .map(|(s, _)| s)
+    };
+    let setup = Power::steady();
+    let (fresh_fs, fresh_backend) = (MemFs::new(setup.clone()), MemBackend::new(setup.clone()));
+    {
+        let store = open(&fresh_fs, &fresh_backend).unwrap();
+        let bytes = ct.dataset(Encoding::EXPLICIT_LE);
+        store_bytes(&store, request(&ct), &bytes, 32 * 1024)
+            .await
+            .unwrap();
+        store.close().await.unwrap();
+    }
+    let run = |fs: MemFs, backend: MemBackend| {
+        let mr = mr.clone();
+        async move {
+            let Ok(store) = open(&fs, &backend) else {
+                return false;
+            };
+            let bytes = mr.dataset(Encoding::EXPLICIT_LE);
+            let outcome = store_bytes(&store, request(&mr), &bytes, 32 * 1024).await;
+            let acked = match outcome {
+                Ok(store::Outcome::Quarantined { .. }) => true,
+                Ok(other) => panic!("the MR was {other:?}, not held"),
+                Err(_) => false,
+            };
+            let _ = store.checkpoint().await;
+            let _ = store.close().await;
+            acked
+        }
+    };
+    let dry = Power::steady();
+    assert!(
+        run(
+            fresh_fs.after_power_cut(dry.clone()),
+            fresh_backend.after_power_cut(dry.clone())
+        )
+        .await
+    );
+    let total = dry.ticks();
+    for cut_at in 1..=total {
+        let power = Power::cut_after(cut_at);
+        let (fs, backend) = (
+            fresh_fs.after_power_cut(power.clone()),
+            fresh_backend.after_power_cut(power.clone()),
+        );
+        let acked = run(fs.clone(), backend.clone()).await;
+        power.cut();
+        let (store, _, _) = reboot(&fs, &backend, Durability::Full, Power::steady())
+            .await
+            .unwrap_or_else(|| panic!("cut at {cut_at}: the store must open"));
+        assert!(
+            stored_dataset(&store, &mr.sop_uid).is_none(),
+            "cut at {cut_at}: the held MR is served"
+        );
+        assert_eq!(
+            stored_dataset(&store, &ct.sop_uid),
+            Some(ct.dataset(Encoding::EXPLICIT_LE)),
+            "cut at {cut_at}: P1's CT"
+        );
+        let held: Vec<String> = store
+            .quarantined()
+            .unwrap()
+            .into_iter()
+            .map(|h| h.conflict.sop_instance_uid)
+            .collect();
+        if acked {
+            assert_eq!(held, vec![mr.sop_uid.clone()], "cut at {cut_at}");
+        } else {
+            assert!(held.len() <= 1, "cut at {cut_at}: {held:?}");
+        }
+        let report = store.verify(|_| {}).unwrap();
+        assert!(
+            report.problems.is_empty(),
+            "cut at {cut_at}: {:?}",
+            report.problems
+        );
+    }
+    eprintln!("cut at each of {total} operations");
+}
