@@ -467,7 +467,7 @@ fn build(root: &mut Reader, source: &str) -> Option<Config> {
                     "a certificate name is empty; list the DNS name, URI or common name the caller's certificate carries".into(),
                 );
             }
-            let sha256 = r.string_list("certificate_sha256").and_then(|list| {
+            let sha256 = r.string_list("certificate_sha256").map(|list| {
                 let mut out = Vec::new();
                 for s in list {
                     match parse_sha256(&s) {
@@ -475,7 +475,7 @@ fn build(root: &mut Reader, source: &str) -> Option<Config> {
                         Err(e) => r.problem("certificate_sha256", e),
                     }
                 }
-                Some(out)
+                out
             });
             let bound = names.as_ref().is_some_and(|n| !n.is_empty())
                 || sha256.as_ref().is_some_and(|f| !f.is_empty());
@@ -485,7 +485,7 @@ fn build(root: &mut Reader, source: &str) -> Option<Config> {
                     "a certificate binding is checked on the TLS port only; set tls = true (the AE is then refused on the plain port)".into(),
                 );
             }
-            if bound && !tls_section.as_ref().is_some_and(|t| t.client_ca.is_some()) {
+            if bound && tls_section.as_ref().is_none_or(|t| t.client_ca.is_none()) {
                 r.problem(
                     "certificate_names",
                     "a certificate binding needs client certificates; set client_ca in [dicom.tls] to the CA that issues them".into(),
