@@ -486,8 +486,14 @@ fn build(root: &mut Reader, source: &str) -> Option<Config> {
                 );
             }
             if bound && tls_section.as_ref().is_none_or(|t| t.client_ca.is_none()) {
+                // Reported at the key that made the binding.
+                let key = if names.as_ref().is_some_and(|n| !n.is_empty()) {
+                    "certificate_names"
+                } else {
+                    "certificate_sha256"
+                };
                 r.problem(
-                    "certificate_names",
+                    key,
                     "a certificate binding needs client certificates; set client_ca in [dicom.tls] to the CA that issues them".into(),
                 );
             }
