@@ -143,6 +143,21 @@ pub struct Tls {
     /// When set, callers must present a certificate issued by one of these CAs; the bundle
     /// also verifies the peers Outpost calls over TLS.
     pub client_ca: Option<PathBuf>,
+    /// Every caller on the TLS port must be a remote with a [`Binding`] its certificate
+    /// matches: a certificate can claim only the AE titles bound to it.
+    pub require_binding: bool,
+}
+
+/// The client certificate a remote must present on the TLS port. A certificate from the
+/// modality CA proves only that the CA issued it; without a binding it could claim any AE
+/// title, an upstream one included.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Binding {
+    /// The certificate must carry one of these as a DNS or URI subject alternative name or
+    /// as its subject common name (compared without regard to ASCII case). Empty: any name.
+    pub names: Vec<String>,
+    /// The SHA-256 of the certificate (DER) must be one of these. Empty: any certificate.
+    pub sha256: Vec<[u8; 32]>,
 }
 
 /// DIMSE services a remote may use.
@@ -184,6 +199,28 @@ pub struct Remote {
     /// certificate of `[dicom.tls]` is presented.
     pub client_certificate: Option<PathBuf>,
     pub client_key: Option<PathBuf>,
+    /// The certificate this AE must present on the TLS port (`certificate_names`,
+    /// `certificate_sha256`); a bound AE is TLS-only.
+    pub binding: Option<Binding>,
+}
+
+/// A SHA-256 fingerprint as written in a configuration: 64 hex digits, colons allowed
+/// (`openssl x509 -fingerprint -sha256` prints it that way).
+fn parse_sha256(s: &str) -> Result<[u8; 32], String> {
+    let hex: String = s.chars().filter(|c| *c != ':').collect();
+    let bad = || {
+        format!(
+            "{s:?} is not a SHA-256 fingerprint; use 64 hex digits, colons allowed, as `openssl x509 -noout -fingerprint -sha256 -in CERT` prints"
+        )
+    };
+    if hex.len() != 64 || !hex.chars().all(|c| c.is_ascii_hexdigit()) {
+        return Err(bad());
+    }
+    let mut out = [0u8; 32];
+    for (i, byte) in out.iter_mut().enumerate() {
+        *byte = u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).map_err(|_| bad())?;
+    }
+    Ok(out)
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -390,13 +427,24 @@ fn build(root: &mut Reader, source: &str) -> Option<Config> {
                 certificate: t.path("certificate", None)?,
                 private_key: t.path("private_key", None)?,
                 client_ca: t.optional_path("client_ca"),
+                require_binding: t.bool("require_binding", false)?,
             })
         })();
+        if let Some(tls) = &tls
+            && tls.require_binding
+            && tls.client_ca.is_none()
+        {
+            t.problem(
+                "require_binding",
+                "require_binding checks client certificates, but none are requested; set client_ca to the CA that issues them".into(),
+            );
+        }
         t.finish();
         tls
     } else {
         None
     };
+    let tls_section = &tls;
     let mut remotes = Vec::new();
     for mut r in d.array_of_tables("remote") {
         let remote = (|| {
@@ -410,6 +458,45 @@ fn build(root: &mut Reader, source: &str) -> Option<Config> {
             let ca_bundle = r.optional_path("ca_bundle");
             let client_certificate = r.optional_path("client_certificate");
             let client_key = r.optional_path("client_key");
+            let names = r.string_list("certificate_names");
+            if let Some(names) = &names
+                && names.iter().any(|n| n.trim().is_empty())
+            {
+                r.problem(
+                    "certificate_names",
+                    "a certificate name is empty; list the DNS name, URI or common name the caller's certificate carries".into(),
+                );
+            }
+            let sha256 = r.string_list("certificate_sha256").map(|list| {
+                let mut out = Vec::new();
+                for s in list {
+                    match parse_sha256(&s) {
+                        Ok(f) => out.push(f),
+                        Err(e) => r.problem("certificate_sha256", e),
+                    }
+                }
+                out
+            });
+            let bound = names.as_ref().is_some_and(|n| !n.is_empty())
+                || sha256.as_ref().is_some_and(|f| !f.is_empty());
+            if bound && tls != Some(true) {
+                r.problem(
+                    "tls",
+                    "a certificate binding is checked on the TLS port only; set tls = true (the AE is then refused on the plain port)".into(),
+                );
+            }
+            if bound && tls_section.as_ref().is_none_or(|t| t.client_ca.is_none()) {
+                // Reported at the key that made the binding.
+                let key = if names.as_ref().is_some_and(|n| !n.is_empty()) {
+                    "certificate_names"
+                } else {
+                    "certificate_sha256"
+                };
+                r.problem(
+                    key,
+                    "a certificate binding needs client certificates; set client_ca in [dicom.tls] to the CA that issues them".into(),
+                );
+            }
             if client_certificate.is_some() != client_key.is_some() {
                 r.problem(
                     "client_key",
@@ -436,6 +523,10 @@ fn build(root: &mut Reader, source: &str) -> Option<Config> {
                 ca_bundle,
                 client_certificate,
                 client_key,
+                binding: bound.then(|| Binding {
+                    names: names.unwrap_or_default(),
+                    sha256: sha256.unwrap_or_default(),
+                }),
             })
         })();
         if let Some(remote) = &remote {

@@ -535,3 +535,62 @@ fn a_threshold_inside_the_ups_low_battery_warning_is_warned_about() {
     assert_eq!(problems.len(), 1, "{problems:?}");
     assert_eq!(problems[0].key, "ups.low_battery_warning_s");
 }
+
+#[test]
+fn a_certificate_binding_is_read_and_checked_at_once() {
+    // Issue 9, item 17: any certificate from the modality CA could claim any AE title,
+    // upstream ones included. A remote may now name the certificate it must present
+    // (names from its SAN or subject CN, or a pinned SHA-256); such an AE only ever
+    // associates over TLS with client certificates, so a binding without those is refused.
+    let good = r#"
+[dicom.tls]
+certificate = "/etc/outpost/tls/server.crt"
+private_key = "/etc/outpost/tls/server.key"
+client_ca = "/etc/outpost/tls/ca.crt"
+require_binding = true
+
+[[dicom.remote]]
+ae_title = "PACS"
+host = "10.0.0.9"
+port = 104
+tls = true
+certificate_names = ["pacs.hospital.example"]
+certificate_sha256 = ["AB:CD:EF:01:23:45:67:89:AB:CD:EF:01:23:45:67:89:AB:CD:EF:01:23:45:67:89:AB:CD:EF:01:23:45:67:89"]
+"#;
+    let c = Config::parse(good, "good.toml").unwrap_or_else(|e| panic!("{e}"));
+    assert!(c.dicom.tls.as_ref().unwrap().require_binding);
+    let b = c.dicom.remotes[0].binding.as_ref().expect("a binding");
+    assert_eq!(b.names, ["pacs.hospital.example"]);
+    assert_eq!(b.sha256.len(), 1);
+    assert_eq!(b.sha256[0][0], 0xAB);
+
+    let bad = r#"
+[dicom.tls]
+certificate = "/etc/outpost/tls/server.crt"
+private_key = "/etc/outpost/tls/server.key"
+require_binding = true
+
+[[dicom.remote]]
+ae_title = "PACS"
+host = "10.0.0.9"
+port = 104
+certificate_names = [""]
+certificate_sha256 = ["not-a-fingerprint"]
+"#;
+    let problems = Config::parse(bad, "bad.toml").unwrap_err().0;
+    let messages: Vec<String> = problems.iter().map(ToString::to_string).collect();
+    for (key, words) in [
+        ("dicom.tls.require_binding", "client_ca"),
+        ("dicom.remote[1].certificate_names", "empty"),
+        ("dicom.remote[1].certificate_sha256", "not-a-fingerprint"),
+        ("dicom.remote[1].tls", "tls = true"),
+        ("dicom.remote[1].certificate_names", "client_ca"),
+    ] {
+        assert!(
+            problems
+                .iter()
+                .any(|p| p.key == key && p.message.contains(words)),
+            "no problem at {key} mentioning {words:?}: {messages:#?}"
+        );
+    }
+}

@@ -21,6 +21,7 @@ use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
 
 use crate::Services;
+use crate::binding::PeerCertificate;
 use crate::handshake::{self, Accepted, Read, write_pdu};
 use crate::negotiate;
 use crate::pending::{Pending, Ticket};
@@ -172,6 +173,7 @@ async fn connection(
                 rq,
                 peer,
                 PortKind::Plain,
+                None,
                 &services,
                 &admission,
                 force,
@@ -218,6 +220,12 @@ async fn connection(
                 }
                 Err(c) => return Err(cut_reason(c, peer, timeout)),
             };
+            let certificate = stream
+                .get_ref()
+                .1
+                .peer_certificates()
+                .and_then(|chain| chain.first())
+                .map(|der| PeerCertificate::parse(der));
             let read = wait_request(
                 &shutdown,
                 &ticket,
@@ -233,6 +241,7 @@ async fn connection(
                 rq,
                 peer,
                 PortKind::Tls,
+                certificate,
                 &services,
                 &admission,
                 force,
@@ -301,6 +310,7 @@ async fn associate<S>(
     rq: AssociationRQ,
     peer: SocketAddr,
     port: PortKind,
+    certificate: Option<PeerCertificate>,
     services: &Arc<Services>,
     admission: &Admission,
     force: CancellationToken,
@@ -332,7 +342,15 @@ where
         return Err("association limit");
     };
     let resolved = admission.hosts.snapshot();
-    let admitted = match policy::admit(services, &calling, &called, peer.ip(), port, &resolved) {
+    let admitted = match policy::admit(
+        services,
+        &calling,
+        &called,
+        peer.ip(),
+        port,
+        &resolved,
+        certificate.as_ref(),
+    ) {
         Ok(a) => a,
         Err(refusal) => {
             warn!(%peer, calling = calling.trim(), ?port, "association rejected: {}", refusal.why);

@@ -9,6 +9,7 @@
 //! that says why in plain words.
 
 mod accept;
+mod binding;
 mod commitment;
 mod find;
 mod handshake;

@@ -13,6 +13,7 @@ use tracing::warn;
 
 use crate::PortKind;
 use crate::Services;
+use crate::binding::{self, PeerCertificate};
 
 /// An accepted caller.
 #[derive(Clone, Debug)]
@@ -129,8 +130,17 @@ pub fn admit(
     peer: IpAddr,
     port: PortKind,
     resolved: &Resolved,
+    certificate: Option<&PeerCertificate>,
 ) -> Result<Admitted, Refusal> {
     let dicom = &services.config;
+    let require_binding =
+        port == PortKind::Tls && dicom.tls.as_ref().is_some_and(|t| t.require_binding);
+    let presented = || {
+        certificate.map_or_else(
+            || "the caller presented no certificate".to_string(),
+            |c| format!("the caller's certificate has {}", c.describe()),
+        )
+    };
     if dicom.check_called_ae && !dicom.ae_title.matches(called) {
         return Err(Refusal {
             reason: AssociationRJServiceUserReason::CalledAETitleNotRecognized,
@@ -174,10 +184,46 @@ pub fn admit(
                     ),
                 });
             }
+            // A bound remote is TLS-only (config refuses a binding without tls = true), so
+            // the plain port never reaches here with one.
+            if port == PortKind::Tls {
+                let bound = remote.binding.as_ref();
+                let refused = match bound {
+                    Some(b) => !certificate.is_some_and(|c| c.satisfies(b)),
+                    None => require_binding,
+                };
+                if refused {
+                    let why = match bound {
+                        Some(b) => format!(
+                            "AE title {} is bound to a certificate with {}, and {}; a certificate from the CA cannot claim this AE (if the modality's certificate was renewed, update certificate_names or certificate_sha256 of its [[dicom.remote]])",
+                            remote.ae_title,
+                            binding::describe(b),
+                            presented()
+                        ),
+                        None => format!(
+                            "[dicom.tls] require_binding is set and AE title {} has no certificate binding, so no certificate may claim it; {} (add certificate_names or certificate_sha256 to its [[dicom.remote]])",
+                            remote.ae_title,
+                            presented()
+                        ),
+                    };
+                    return Err(Refusal {
+                        reason: AssociationRJServiceUserReason::CallingAETitleNotRecognized,
+                        why,
+                    });
+                }
+            }
             Ok(Admitted {
                 permissions: remote.permissions,
             })
         }
+        None if require_binding => Err(Refusal {
+            reason: AssociationRJServiceUserReason::CallingAETitleNotRecognized,
+            why: format!(
+                "[dicom.tls] require_binding is set and calling AE title {:?} is not in [[dicom.remote]], so no certificate may claim it; {}",
+                calling.trim(),
+                presented()
+            ),
+        }),
         None => {
             let allowed = match dicom.accept_unknown_callers {
                 UnknownCallers::Any => true,

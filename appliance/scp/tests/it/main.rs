@@ -3,6 +3,7 @@
 
 mod associations;
 mod basics;
+mod binding;
 mod commitment;
 mod flood;
 mod query;

@@ -334,6 +334,10 @@ pub struct Pki {
     ca_der: rustls::pki_types::CertificateDer<'static>,
     client_cert_der: rustls::pki_types::CertificateDer<'static>,
     client_key_der: Vec<u8>,
+    /// A second client certificate from the same CA (SAN `workstation.test`, CN `WS1`):
+    /// trusted, but another identity than the first.
+    other_cert_der: rustls::pki_types::CertificateDer<'static>,
+    other_key_der: Vec<u8>,
 }
 
 impl Pki {
@@ -377,6 +381,11 @@ impl Pki {
             "CT1",
             ExtendedKeyUsagePurpose::ClientAuth,
         );
+        let (other, other_key) = leaf(
+            vec!["workstation.test".into()],
+            "WS1",
+            ExtendedKeyUsagePurpose::ClientAuth,
+        );
         let write = |name: &str, text: String| {
             let p = dir.join(name);
             std::fs::write(&p, text).unwrap();
@@ -389,6 +398,8 @@ impl Pki {
             ca_der: ca.der().clone(),
             client_cert_der: client.der().clone(),
             client_key_der: client_key.serialize_der(),
+            other_cert_der: other.der().clone(),
+            other_key_der: other_key.serialize_der(),
         }
     }
 
@@ -420,6 +431,32 @@ impl Pki {
         } else {
             builder.with_no_client_auth()
         })
+    }
+
+    /// A client configuration presenting the second certificate (`workstation.test`, `WS1`).
+    pub fn other_client(&self) -> Arc<rustls::ClientConfig> {
+        let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(self.ca_der.clone()).unwrap();
+        Arc::new(
+            rustls::ClientConfig::builder()
+                .with_root_certificates(roots)
+                .with_client_auth_cert(
+                    vec![self.other_cert_der.clone()],
+                    rustls::pki_types::PrivateKeyDer::Pkcs8(self.other_key_der.clone().into()),
+                )
+                .unwrap(),
+        )
+    }
+
+    /// The SHA-256 of the first client certificate, as a configuration pins it.
+    pub fn client_sha256(&self) -> String {
+        let d = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, &self.client_cert_der);
+        d.as_ref()
+            .iter()
+            .map(|b| format!("{b:02X}"))
+            .collect::<Vec<_>>()
+            .join(":")
     }
 }
 
