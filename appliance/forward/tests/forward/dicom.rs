@@ -455,3 +455,138 @@ priority = "stat"
     edge.stop().await;
     central.stop().await;
 }
+
+/// DCMTK's storescp on a free port, writing what it receives (`+B`) under `dir`, with `args`
+/// choosing the transfer syntaxes it accepts (by default every uncompressed one, no
+/// deflate); killed on drop.
+struct Storescp(std::process::Child);
+
+impl Storescp {
+    async fn start(dir: &std::path::Path, args: &[&str]) -> (Storescp, u16) {
+        let port = free_port().await;
+        let child = std::process::Command::new("/usr/bin/storescp")
+            .args(["--aetitle", "CENTRAL", "+B", "-od"])
+            .arg(dir)
+            .args(args)
+            .arg(port.to_string())
+            .spawn()
+            .expect("DCMTK's storescp runs (apt package dcmtk)");
+        let started = Instant::now();
+        while tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .is_err()
+        {
+            assert!(
+                started.elapsed() < Duration::from_secs(10),
+                "storescp did not listen"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        (Storescp(child), port)
+    }
+}
+
+impl Drop for Storescp {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Stores a Deflated Explicit VR LE instance whose data set inflates `zeros` bytes past its
+/// head (a few hundred kB on the wire).
+async fn store_bomb(app: &Appliance, inst: &SynthInstance, zeros: u32) {
+    let deflated = dataset::ts::DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN;
+    let file = dataset::bomb::deflate_bomb(inst, zeros);
+    let meta = dataset::meta::read_file_meta(&mut &file[..]).unwrap();
+    let mut scu = Scu::connect(
+        app.addr,
+        "MODALITY",
+        "EDGE",
+        &[(inst.sop_class.as_str(), &[deflated])],
+        &[],
+    )
+    .await
+    .expect("association with the edge");
+    let rsp = scu
+        .store(
+            &inst.sop_class,
+            &inst.sop_uid,
+            Some(deflated),
+            &file[meta.dataset_offset as usize..],
+        )
+        .await
+        .unwrap();
+    assert!(rsp.status.unwrap().is_success(), "{:?}", rsp.error_comment);
+    scu.release().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deflate_bomb_is_forwarded_as_a_stream_or_dead_lettered_never_retried_for_ever() {
+    // Review finding 2, forwarding: a 2 MB Deflated file whose data set inflates to 2 GB was
+    // queued for a PACS that takes no deflate. Sending it inflated the whole data set into
+    // memory; the process was OOM-killed before the delivery was recorded, took the same
+    // entry again after the restart, and crash-looped. Now, with a transcode limit 16 times
+    // smaller than the bomb: to a PACS taking Explicit VR LE it streams (inflating is the
+    // whole conversion), and arrives whole; to one taking only Implicit VR LE, which needs the
+    // data set converted in memory, the bounded inflation refuses it and the entry is
+    // dead-lettered with the reason, once, while the queue goes on.
+    const LIMIT: &str = "[dicom]\ntranscode_memory_limit_mb = 16\n";
+    let zeros: u32 = 256 << 20;
+    let inst = SynthInstance::ct(5, 1, 1, 1);
+    let head = dataset::bomb::bomb_head(&inst, zeros);
+
+    for (args, streamed) in [(&[][..], true), (&["+xi"][..], false)] {
+        let out = tempfile::tempdir().unwrap();
+        let (_central, port) = Storescp::start(out.path(), args).await;
+        let toml = edge_toml(port, "").replace("[dicom]\n", "");
+        let edge = Appliance::start(&format!("{LIMIT}{toml}")).await;
+        store_bomb(&edge, &inst, zeros).await;
+        let others = instances(2);
+        store_into(&edge, &others).await;
+        // The bomb goes through an unoptimised build: give it longer than `eventually`.
+        let started = Instant::now();
+        while depth(&edge) > 0 {
+            assert!(
+                started.elapsed() < Duration::from_secs(300),
+                "the queue did not drain: {:?}",
+                state(&edge)
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let dead = edge.store.dead_letters("central", 10).unwrap();
+        let s = state(&edge);
+        let written: Vec<std::path::PathBuf> = std::fs::read_dir(out.path())
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .collect();
+        if streamed {
+            assert!(dead.is_empty(), "{dead:?}");
+            assert_eq!((s.delivered, s.dead_lettered), (3, 0), "{s:?}");
+            let bomb = written
+                .iter()
+                .find(|p| p.to_string_lossy().contains(&inst.sop_uid))
+                .expect("storescp wrote the bomb");
+            let meta = dataset::meta::read_file_meta(&mut std::io::BufReader::new(
+                std::fs::File::open(bomb).unwrap(),
+            ))
+            .unwrap();
+            assert_eq!(meta.transfer_syntax, EXPLICIT_VR_LITTLE_ENDIAN);
+            let len = std::fs::metadata(bomb).unwrap().len() - meta.dataset_offset;
+            assert_eq!(len, head.len() as u64 + u64::from(zeros), "arrived whole");
+        } else {
+            assert_eq!(dead.len(), 1, "{dead:?}");
+            assert_eq!(dead[0].1.entry.sop_instance_uid, inst.sop_uid);
+            assert_eq!(dead[0].1.entry.attempts, 1, "given up on at once");
+            assert!(
+                dead[0].1.reason.contains("1.2.840.10008.1.2.1.99")
+                    && dead[0].1.reason.contains("limit"),
+                "the reason names the conversion and the limit: {}",
+                dead[0].1.reason
+            );
+            assert_eq!((s.delivered, s.dead_lettered), (2, 1), "{s:?}");
+            assert_ne!(s.state, State::Down, "a refused conversion is no outage");
+        }
+        edge.stop().await;
+    }
+}
