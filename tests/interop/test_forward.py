@@ -742,6 +742,43 @@ def test_dead_letters_that_block_eviction_are_an_alert_and_release_claim_lets_th
                for e in events), events
 
 
+@pytest.mark.timeout(90)
+def test_a_held_correction_is_listed_then_released_with_the_cli(outposts, tmp_path, request):
+    """With `duplicates = "overwrite"`, a technologist sent a corrected CT and a keep-first
+    PACS acknowledged it (archive-review §7): the acknowledgement proves nothing about which
+    version the PACS kept, so the correction is held local rather than evicted.
+
+    Regression: only the refusals of `outpost queue release-corrections` were tested; a
+    release that worked was never run through the CLI. Now the held correction is listed,
+    released (audited), and no longer held."""
+    picky = PickyScp("PICKY")
+    request.addfinalizer(picky.stop)
+    outpost = outposts(destinations=[dicom_destination("picky", picky.port,
+                                                       ae_title="PICKY")],
+                       storage={"duplicates": "overwrite"})
+    study, sop = synth.uid(8, 1), synth.uid(8, 3, 1)
+    versions = [synth.write(tmp_path / f"v{n}.dcm", synth.ct_instance(
+        patient_id="P8", study_uid=study, series_uid=synth.uid(8, 2), sop_uid=sop,
+        instance_number=1, seed=n)) for n in (1, 2)]
+    for n, v in enumerate(versions, start=1):
+        assert net.store_files(outpost.port, [v]) == {v: 0}
+        wait_for(lambda: len(picky.recorder.received) == n, 20, f"version {n} delivered")
+    wait_queue(outpost, "picky", "delivered", lambda r: r["queue"]["depth"] == 0)
+
+    r = queue_cli(outpost, "corrections")
+    assert r.returncode == 0 and sop in r.stdout and "picky" in r.stdout, (r.stdout, r.stderr)
+    r = queue_cli(outpost, "release-corrections", "--sop", sop)
+    assert r.returncode == 0, r.stderr
+    assert "released 1 held correction(s)" in r.stdout and sop in r.stdout, r.stdout
+    r = queue_cli(outpost, "corrections")
+    assert r.returncode == 0 and "no held corrections" in r.stdout, r.stdout
+    r = queue_cli(outpost, "release-corrections", "--sop", sop)
+    assert r.returncode != 0 and f"no held correction {sop}" in r.stderr, r.stderr
+    events = [json.loads(line) for line in outpost.audit_path.read_text().splitlines()]
+    assert any(e["event"] == "operator-action" and "released 1 held correction"
+               in (e.get("detail") or "") for e in events), events
+
+
 def quarantine_cli(outpost, *args):
     outpost.write_config()
     return run_outpost("quarantine", "--config", outpost.config_path, *args, timeout=30)
