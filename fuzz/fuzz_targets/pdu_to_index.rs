@@ -2,8 +2,15 @@
 //! (dicom-ul's parser), command fragments are reassembled and decoded as C-STORE requests,
 //! and data fragments stream into a real store (over the in-memory backends) exactly as an
 //! association would feed it. Nothing may panic, and whatever the store accepts must be
-//! found in the index and read back byte for byte.
+//! found in the index and read back byte for byte. No input may take more heap than the
+//! guard allows (`alloc_guard`).
 #![no_main]
+
+#[path = "alloc_guard.rs"]
+mod alloc_guard;
+
+#[global_allocator]
+static GUARD: alloc_guard::Guard = alloc_guard::Guard;
 
 use std::sync::{Arc, OnceLock};
 
@@ -32,7 +39,10 @@ fn runtime() -> &'static tokio::runtime::Runtime {
 }
 
 fuzz_target!(|data: &[u8]| {
-    let Some((&ts, mut rest)) = data.split_first() else { return };
+    alloc_guard::start();
+    let Some((&ts, mut rest)) = data.split_first() else {
+        return;
+    };
     let ts = SYNTAXES[usize::from(ts) % SYNTAXES.len()];
     let mut fragments = Vec::new();
     while !rest.is_empty() {
@@ -55,7 +65,7 @@ fuzz_target!(|data: &[u8]| {
         let (store, _) = Store::open_with(
             config,
             Arc::new(MemFs::new(power.clone())),
-            IndexBackend::Custom(Box::new(MemBackend::new(power))),
+            IndexBackend::custom(MemBackend::new(power)),
         )
         .expect("an empty store opens");
         let mut command_bytes = Vec::new();
@@ -76,11 +86,16 @@ fuzz_target!(|data: &[u8]| {
             }
             let request = IngestRequest {
                 sop_class_uid: command.sop_class().to_string(),
-                sop_instance_uid: command.affected_sop_instance_uid.clone().unwrap_or_default(),
+                sop_instance_uid: command
+                    .affected_sop_instance_uid
+                    .clone()
+                    .unwrap_or_default(),
                 transfer_syntax: ts.to_string(),
                 source_ae: "FUZZ".into(),
             };
-            let Ok(mut ingest) = store.begin(request).await else { continue };
+            let Ok(mut ingest) = store.begin(request).await else {
+                continue;
+            };
             let mut sent = Vec::new();
             for d in fragments.by_ref() {
                 if d.value_type != PDataValueType::Data {
@@ -106,7 +121,9 @@ fuzz_target!(|data: &[u8]| {
                     .resolve(store::query::Model::StudyRoot, &q)
                     .expect("a stored instance resolves");
                 assert_eq!(found.len(), 1);
-                let mut file = store.open_file(&found[0].file).expect("the stored file opens");
+                let mut file = store
+                    .open_file(&found[0].file)
+                    .expect("the stored file opens");
                 let mut back = Vec::new();
                 std::io::Read::read_to_end(&mut file, &mut back).expect("readable");
                 if receipt.outcome == store::Outcome::Stored {

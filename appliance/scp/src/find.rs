@@ -1,15 +1,14 @@
 //! C-FIND SCP (Patient Root and Study Root, hierarchical): pending responses one match at a
 //! time, with C-CANCEL honoured between them.
 
-use std::collections::HashSet;
 use std::io::Write;
 
 use audit::{Event, EventKind, Outcome as AuditOutcome};
 use dataset::encode::{trim_padding, write_element};
 use dataset::ts::syntax_info;
-use dataset::{Capture, Element, Encoding, SyntaxInfo, Tag, Vr, WalkError, Walked, Walker, tags};
+use dataset::{Element, Encoding, Tag, Vr, tags};
 use dimse::{Command, CommandField, DimseError, Incoming, Link, Status};
-use store::query::{Found, Identifier, MAX_KEYS, Model, QueryError, counts_as_key};
+use store::query::{Found, Identifier, Model};
 use tracing::{info, warn};
 
 use crate::session::Session;
@@ -17,14 +16,6 @@ use crate::statuses::query_status;
 
 /// Largest identifier accepted; real ones are a few hundred bytes.
 const MAX_IDENTIFIER: usize = 1024 * 1024;
-
-/// Largest identifier accepted once inflated: over a Deflated context the limit above counts
-/// compressed bytes, and 1 MiB of deflate once inflated to 134 million elements.
-const MAX_INFLATED_IDENTIFIER: u64 = MAX_IDENTIFIER as u64;
-
-/// Bytes handed to the walker at a time. Deflate expands at most about 1,032 times, so one
-/// piece inflates to at most about 0.5 MiB before the bounds are checked again.
-const FEED_PIECE: usize = 512;
 
 /// How an identifier is encoded on a presentation context.
 #[derive(Clone, Copy)]
@@ -68,50 +59,6 @@ pub(crate) fn model_of(abstract_syntax: &str) -> Option<Model> {
     }
 }
 
-/// Walks an identifier, counting its size and distinct keys as it inflates, so an identifier
-/// that would hold too many keys or inflate too far is refused after a bounded amount of work.
-/// Values are captured up to the inflated limit; `Identifier::from_elements` refuses those
-/// longer than a key may be rather than read them as empty.
-fn walk_bounded(info: SyntaxInfo, bytes: &[u8]) -> Result<Walked, (Status, String)> {
-    let unreadable = |e: WalkError| {
-        (
-            Status::DOES_NOT_MATCH_SOP_CLASS,
-            format!("identifier unreadable: {e}"),
-        )
-    };
-    let mut walker = Walker::new(
-        info,
-        Capture::All {
-            max_len: MAX_INFLATED_IDENTIFIER as usize,
-        },
-    );
-    let mut keys = HashSet::new();
-    let mut counted = 0;
-    for piece in bytes.chunks(FEED_PIECE) {
-        walker.feed(piece).map_err(unreadable)?;
-        if walker.offset() > MAX_INFLATED_IDENTIFIER {
-            return Err((
-                Status::UNABLE_TO_PROCESS,
-                // Within Error Comment's 64 characters.
-                format!("identifier inflates to over {MAX_INFLATED_IDENTIFIER} bytes"),
-            ));
-        }
-        let captured = walker.captured();
-        keys.extend(
-            captured[counted..]
-                .iter()
-                .map(|e| e.tag)
-                .filter(|t| counts_as_key(*t)),
-        );
-        counted = captured.len();
-        if keys.len() > MAX_KEYS {
-            let e = QueryError::TooManyKeys { limit: MAX_KEYS };
-            return Err((query_status(&e, false), e.to_string()));
-        }
-    }
-    walker.finish().map_err(unreadable)
-}
-
 impl<L: Link> Session<L> {
     /// Reads and parses the identifier of a query or retrieve request. The outer error ends
     /// the association; the inner one is the failure status to answer with.
@@ -151,14 +98,8 @@ impl<L: Link> Session<L> {
             }
         };
         let ts = context.map(|pc| pc.transfer_syntax).unwrap_or_default();
-        let walked = match walk_bounded(
-            syntax_info(&ts).expect("negotiated syntaxes are known"),
-            &bytes,
-        ) {
-            Ok(w) => w,
-            Err(refusal) => return Ok(Err(refusal)),
-        };
-        match Identifier::from_elements(model, walked.elements) {
+        let info = syntax_info(&ts).expect("negotiated syntaxes are known");
+        match store::query::read_identifier(info, model, &bytes) {
             Ok(id) => Ok(Ok((model, id, syntax))),
             Err(e) => Ok(Err((query_status(&e, false), e.to_string()))),
         }

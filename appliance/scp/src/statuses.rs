@@ -65,9 +65,10 @@ pub fn query_status(e: &QueryError, retrieve: bool) -> Status {
         QueryError::TooManyMatches { .. } if retrieve => Status::OUT_OF_RESOURCES_MATCHES,
         QueryError::TooManyMatches { .. } => Status::OUT_OF_RESOURCES,
         // Unable to process: an identifier too large to answer within bounded memory.
-        QueryError::TooManyKeys { .. } | QueryError::KeyValueTooLong { .. } => {
-            Status::UNABLE_TO_PROCESS
-        }
+        QueryError::TooManyKeys { .. }
+        | QueryError::KeyValueTooLong { .. }
+        | QueryError::InflatesTooFar { .. } => Status::UNABLE_TO_PROCESS,
+        QueryError::Unreadable(_) => Status::DOES_NOT_MATCH_SOP_CLASS,
         QueryError::Store(_) => Status::UNABLE_TO_PROCESS,
     }
 }

@@ -9,7 +9,7 @@ use std::collections::HashSet;
 
 use dataset::charset::{Charset, is_charset_neutral};
 use dataset::encode::{text_values, trim_padding};
-use dataset::{Element, Tag, Vr, tags};
+use dataset::{Capture, Element, SyntaxInfo, Tag, Vr, WalkError, Walker, tags};
 use redb::{
     ReadOnlyMultimapTable, ReadOnlyTable, ReadTransaction, ReadableDatabase, ReadableTable,
     ReadableTableMetadata,
@@ -112,8 +112,61 @@ pub enum QueryError {
     TooManyKeys { limit: usize },
     #[error("key {tag} is {len} bytes long, over the {limit} allowed")]
     KeyValueTooLong { tag: Tag, len: usize, limit: usize },
+    #[error("identifier unreadable: {0}")]
+    Unreadable(WalkError),
+    #[error("identifier inflates to over {limit} bytes")]
+    InflatesTooFar { limit: u64 },
     #[error("{0}")]
     Store(#[from] StoreError),
+}
+
+/// Largest identifier accepted once inflated: over a Deflated context the limit on the wire
+/// counts compressed bytes, and 1 MiB of deflate once inflated to 134 million elements.
+pub const MAX_INFLATED_IDENTIFIER: u64 = 1024 * 1024;
+
+/// Bytes handed to the walker at a time. Deflate expands at most about 1,032 times, so one
+/// piece inflates to at most about 0.5 MiB before the bounds are checked again.
+const FEED_PIECE: usize = 512;
+
+/// Reads an identifier (C-FIND, C-MOVE, C-GET; QIDO-RS builds its own from the URL) in the
+/// given transfer syntax, counting its size and distinct keys as it inflates, so one that would
+/// hold too many keys or inflate too far is refused after a bounded amount of work. Values are
+/// captured up to the inflated limit; [`Identifier::from_elements`] refuses those longer than a
+/// key may be rather than read them as empty.
+pub fn read_identifier(
+    info: SyntaxInfo,
+    model: Model,
+    bytes: &[u8],
+) -> Result<Identifier, QueryError> {
+    let mut walker = Walker::new(
+        info,
+        Capture::All {
+            max_len: MAX_INFLATED_IDENTIFIER as usize,
+        },
+    );
+    let mut keys = HashSet::new();
+    let mut counted = 0;
+    for piece in bytes.chunks(FEED_PIECE) {
+        walker.feed(piece).map_err(QueryError::Unreadable)?;
+        if walker.offset() > MAX_INFLATED_IDENTIFIER {
+            return Err(QueryError::InflatesTooFar {
+                limit: MAX_INFLATED_IDENTIFIER,
+            });
+        }
+        let captured = walker.captured();
+        keys.extend(
+            captured[counted..]
+                .iter()
+                .map(|e| e.tag)
+                .filter(|t| counts_as_key(*t)),
+        );
+        counted = captured.len();
+        if keys.len() > MAX_KEYS {
+            return Err(QueryError::TooManyKeys { limit: MAX_KEYS });
+        }
+    }
+    let walked = walker.finish().map_err(QueryError::Unreadable)?;
+    Identifier::from_elements(model, walked.elements)
 }
 
 macro_rules! from_redb {
