@@ -161,7 +161,8 @@ impl WebAuth {
     }
 }
 
-/// When to try a failed instance again: `initial`, then multiplied each time up to `max`.
+/// When to try a failed instance again: `initial`, then multiplied each time up to `max`
+/// (the delays themselves are worked out by `store::settle`, the one place that does).
 #[derive(Clone, Debug, PartialEq)]
 pub struct RetryPolicy {
     pub initial: Duration,
@@ -169,17 +170,6 @@ pub struct RetryPolicy {
     pub max: Duration,
     /// `None` retries forever.
     pub max_attempts: Option<u32>,
-}
-
-impl RetryPolicy {
-    /// The delay before attempt `attempts + 1`, after `attempts` failures.
-    pub fn delay(&self, attempts: u32) -> Duration {
-        let factor = self
-            .multiplier
-            .powi(attempts.saturating_sub(1).min(64) as i32);
-        let secs = (self.initial.as_secs_f64() * factor).min(self.max.as_secs_f64());
-        Duration::from_secs_f64(secs.max(0.0))
-    }
 }
 
 /// How urgent a routed instance is; lower goes first.

@@ -6,60 +6,17 @@
 //! does not count against the instance at all; a failure that only a person can cure (the peer does not take this
 //! SOP class, cannot parse the data set, refuses it by policy) is dead-lettered with the
 //! peer's own words, so a technician can fix the cause and resubmit.
+//!
+//! What follows from a verdict (the backoff, the attempt limit, a dead letter for a file since
+//! replaced) is decided in one place too: [`store::settle::settle`].
 
 use std::time::Duration;
 
 use dimse::Status;
 
-/// How delivering one instance to one destination ended.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Verdict {
-    /// The destination has it. `note` keeps a warning the destination gave (coercion,
-    /// "already stored"), for the log. `confirmed` is false when the warning says the copy
-    /// upstream is not the whole instance (elements discarded, data set not matching its
-    /// class): delivered, but not a copy the local one may be evicted for.
-    Delivered {
-        note: Option<String>,
-        confirmed: bool,
-    },
-    /// Try again later; `after` is the destination's own hint (HTTP Retry-After), which
-    /// overrides the backoff when longer.
-    Retry {
-        reason: String,
-        after: Option<Duration>,
-    },
-    /// Give up until someone resubmits it.
-    DeadLetter { reason: String },
-    /// The destination as a whole is unreachable or unavailable (connection refused, TLS
-    /// failure, timeout, HTTP 502/503/504/408/429): nothing is wrong with the instance, so
-    /// the attempt does not count against it; the destination is marked down and probed.
-    Unreachable {
-        reason: String,
-        after: Option<Duration>,
-    },
-}
-
-impl Verdict {
-    pub fn retry(reason: impl Into<String>) -> Verdict {
-        Verdict::Retry {
-            reason: reason.into(),
-            after: None,
-        }
-    }
-
-    pub fn dead(reason: impl Into<String>) -> Verdict {
-        Verdict::DeadLetter {
-            reason: reason.into(),
-        }
-    }
-
-    pub fn delivered() -> Verdict {
-        Verdict::Delivered {
-            note: None,
-            confirmed: true,
-        }
-    }
-}
+/// The verdict type lives beside [`store::settle::settle`], which turns it into what happens
+/// to the queue entry; this module is the only one that builds verdicts.
+pub use store::settle::Verdict;
 
 /// The status of a C-STORE-RSP (DICOM destinations), or the FailureReason of a STOW-RS
 /// FailedSOPSequence item, which uses the same codes (PS3.18 Table 10.5.3-1, PS3.4 B.2.3).
@@ -158,6 +115,185 @@ pub fn send_error(e: &storescu::SendError) -> Verdict {
         SendError::Payload(p) => Verdict::dead(p.reason()),
         SendError::Interrupted { .. } => Verdict::dead(e.to_string()),
         SendError::Closed { .. } | SendError::Association { .. } => Verdict::retry(e.to_string()),
+    }
+}
+
+/// The STOW-RS request failed on the way. Only a connection that could not be made says the
+/// server is away; a request that failed once sent (timeout, reset mid-upload) may be this
+/// batch's doing, so it counts against its instances and moves them back in the queue
+/// instead of holding the destination on them for ever.
+pub fn request_failed(connect: bool, what: impl std::fmt::Display) -> Verdict {
+    if connect {
+        transport(what)
+    } else {
+        Verdict::retry(format!("the STOW-RS request failed: {what}"))
+    }
+}
+
+/// An instance no request carried: only a mistake in planning a batch can leave one so, and
+/// it goes again.
+pub fn not_sent() -> Verdict {
+    Verdict::retry("no request carried this instance")
+}
+
+/// Why no OAuth2 token could be had. Like a 401 from the destination itself, each is fixed in
+/// the configuration (or at the token endpoint), so the instances wait rather than being
+/// given up on.
+pub enum TokenProblem<'a> {
+    NoEndpoint,
+    Refused {
+        endpoint: &'a str,
+        status: u16,
+        said: &'a str,
+    },
+    Unusable {
+        endpoint: &'a str,
+        status: u16,
+        why: &'a str,
+    },
+}
+
+pub fn token(problem: TokenProblem<'_>, after: Option<Duration>) -> Verdict {
+    let reason = match problem {
+        TokenProblem::NoEndpoint => "no OAuth2 token endpoint is configured".to_string(),
+        TokenProblem::Refused {
+            endpoint,
+            status,
+            said,
+        } => format!(
+            "the OAuth2 token endpoint {endpoint} refused to issue a token, HTTP {status}{}{said}; check client_id, client_secret and scope",
+            if said.is_empty() { "" } else { ": " }
+        ),
+        TokenProblem::Unusable {
+            endpoint,
+            status,
+            why,
+        } => format!("the OAuth2 token endpoint {endpoint} answered HTTP {status}, but {why}"),
+    };
+    Verdict::Retry { reason, after }
+}
+
+/// What checking a stored file before sending it found.
+pub enum StoredFile<'a> {
+    Missing {
+        file: &'a str,
+    },
+    /// Opening or reading it failed for another reason (it may work next time).
+    Unreadable {
+        file: &'a str,
+        error: &'a str,
+    },
+    /// It is not as long as the index says.
+    WrongSize {
+        file: &'a str,
+        len: u64,
+        size: u64,
+    },
+    /// The check itself could not run.
+    Unchecked {
+        error: &'a str,
+    },
+}
+
+pub fn stored_file(problem: StoredFile<'_>) -> Verdict {
+    match problem {
+        // A stored file does not come back by waiting; someone has to look.
+        StoredFile::Missing { file } => Verdict::dead(format!(
+            "the stored file {file} is missing; run `outpost verify` and resubmit once the instance is stored again"
+        )),
+        StoredFile::WrongSize { file, len, size } => Verdict::dead(format!(
+            "the stored file {file} is {len} bytes but the index says {size}; run `outpost verify`"
+        )),
+        StoredFile::Unreadable { file, error } => {
+            Verdict::retry(format!("cannot read the stored file {file}: {error}"))
+        }
+        StoredFile::Unchecked { error } => {
+            Verdict::retry(format!("checking the stored files failed: {error}"))
+        }
+    }
+}
+
+/// What a STOW-RS response said of one instance of the request.
+pub enum StowOutcome {
+    /// In the ReferencedSOPSequence, with its WarningReason if any.
+    Stored(Option<u16>),
+    /// In the FailedSOPSequence, with its FailureReason if any.
+    Failed(Option<u16>),
+    /// In neither.
+    NotMentioned,
+}
+
+/// One instance's verdict from a STOW-RS response answered with HTTP `status`; a Retry-After
+/// applies to everything the answer says to try again.
+pub fn stow_instance(outcome: StowOutcome, status: u16, retry_after: Option<Duration>) -> Verdict {
+    let verdict = match outcome {
+        StowOutcome::Stored(warning) => Verdict::Delivered {
+            note: warning.map(stow_warning_note),
+            confirmed: warning.is_none_or(warning_confirms),
+        },
+        StowOutcome::Failed(Some(code)) => store_status(Status(code), None),
+        StowOutcome::Failed(None) => Verdict::retry(format!(
+            "the server listed it as failed (HTTP {status}) without a FailureReason"
+        )),
+        StowOutcome::NotMentioned => Verdict::retry(format!(
+            "the server answered HTTP {status} without mentioning this instance in its STOW-RS response"
+        )),
+    };
+    match verdict {
+        Verdict::Retry {
+            reason,
+            after: None,
+        } => Verdict::Retry {
+            reason,
+            after: retry_after,
+        },
+        Verdict::Unreachable {
+            reason,
+            after: None,
+        } => Verdict::Unreachable {
+            reason,
+            after: retry_after,
+        },
+        other => other,
+    }
+}
+
+/// The note kept with an instance stored with a WarningReason (PS3.18 Table 10.5.3-2).
+fn stow_warning_note(code: u16) -> String {
+    let meaning = match code {
+        0xB000 => " (coercion of data elements)",
+        0xB006 => " (elements discarded)",
+        0xB007 => " (data set does not match SOP class)",
+        _ => "",
+    };
+    format!("stored with warning 0x{code:04X}{meaning}")
+}
+
+/// No association could carry even one instance (its SOP class and the others' exceed what
+/// one association can propose): sending it again ends the same way.
+pub fn unassociable(why: impl std::fmt::Display) -> Verdict {
+    Verdict::dead(why.to_string())
+}
+
+/// The instances were stored, but the Storage Commitment request for them failed: they go
+/// again, since nothing confirms them.
+pub fn commitment_request_failed(why: impl Into<String>) -> Verdict {
+    Verdict::retry(why)
+}
+
+/// An answer of the alert webhook (`status` `None`: it could not be reached, `message`
+/// says why). A webhook has no prober to wait for, so a receiver that is away or busy counts
+/// as a failed attempt like any other (its alerts are in the log and the audit trail
+/// anyway); otherwise its HTTP status means what it means for a STOW-RS server, except that
+/// any 2xx takes the alert.
+pub fn webhook(status: Option<u16>, message: &str, retry_after: Option<Duration>) -> Verdict {
+    match status {
+        Some(200..=299) => Verdict::delivered(),
+        Some(code) => match http_status(code, message, retry_after) {
+            Verdict::Unreachable { reason, after } => Verdict::Retry { reason, after },
+            other => other,
+        },
+        None => Verdict::retry(format!("the alert webhook could not be reached: {message}")),
     }
 }
 

@@ -79,7 +79,7 @@ impl DicomSender {
                 // rest stays queued and goes with the next batch.
                 let half = items.len() / 2;
                 if half == 0 {
-                    verdicts[0] = Some(Verdict::dead(e.to_string()));
+                    verdicts[0] = Some(classify::unassociable(e));
                     return Attempt {
                         verdicts,
                         commitment: None,
@@ -190,7 +190,7 @@ impl DicomSender {
             Err(e) => format!("the Storage Commitment request failed: {e}"),
         };
         for i in stored {
-            verdicts[i] = Some(Verdict::retry(failed.clone()));
+            verdicts[i] = Some(classify::commitment_request_failed(failed.clone()));
         }
         None
     }

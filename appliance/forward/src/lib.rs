@@ -302,3 +302,39 @@ impl Forwarder {
 }
 
 pub(crate) use store::layout::unix_now;
+
+/// A destination's retry policy as the queue settles by it ([`store::settle::settle`]): the
+/// one conversion from the configuration's terms.
+pub fn backoff(r: &config::RetryPolicy) -> store::settle::Backoff {
+    store::settle::Backoff {
+        initial_ms: r.initial.as_millis() as u64,
+        multiplier_milli: (r.multiplier * 1000.0).round() as u32,
+        max_ms: r.max.as_millis() as u64,
+        max_attempts: r.max_attempts,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn a_commitment_refusal_and_a_failed_delivery_wait_the_same_backoff() {
+        // Two formulas worked out the same backoff: the worker's, in seconds from the
+        // configuration, and the store's for Storage Commitment, from a multiplier kept in
+        // thousandths and truncated on the way (2.3 became 2.299). With retry_multiplier =
+        // 2.3, an instance the PACS would not commit to came back sooner than one it failed
+        // to store, at the same attempt. Both now settle by one Backoff, rounded once.
+        let policy = config::RetryPolicy {
+            initial: Duration::from_secs(10),
+            multiplier: 2.3,
+            max: Duration::from_secs(3600),
+            max_attempts: None,
+        };
+        let b = backoff(&policy);
+        assert_eq!(b.multiplier_milli, 2300);
+        // 10 s × 2.3² after the third failure.
+        assert_eq!(b.delay_ms(3), 52_900);
+    }
+}

@@ -431,7 +431,7 @@ impl StowClient {
             .map(|v| {
                 // Every index is either refused by the file check or in exactly one batch,
                 // so this is only a guard against a future mistake in the planning.
-                v.unwrap_or_else(|| Verdict::retry("no request carried this instance"))
+                v.unwrap_or_else(classify::not_sent)
             })
             .collect()
     }
@@ -502,14 +502,8 @@ impl StowClient {
                     // request that failed on the way (timeout, reset mid-upload) may be this
                     // batch's doing, so it counts against its instances and moves them back
                     // in the queue instead of holding the destination on them forever.
-                    let verdict = if e.is_connect() {
-                        classify::transport(describe(&e, self.inner.timeout))
-                    } else {
-                        Verdict::retry(format!(
-                            "the STOW-RS request failed: {}",
-                            describe(&e, self.inner.timeout)
-                        ))
-                    };
+                    let verdict =
+                        classify::request_failed(e.is_connect(), describe(&e, self.inner.timeout));
                     debug!(
                         url = %self.inner.shown,
                         instances = batch.len(),
@@ -635,7 +629,7 @@ impl StowClient {
             },
         ) = (&self.inner.token_url, &self.inner.auth)
         else {
-            return Err(Verdict::retry("no OAuth2 token endpoint is configured"));
+            return Err(classify::token(classify::TokenProblem::NoEndpoint, None));
         };
         let shown = redact_url(url.as_str());
         let mut form = vec![("grant_type", "client_credentials")];
@@ -672,18 +666,24 @@ impl StowClient {
             // Like a 401 from the destination itself, a refused token is fixed in the
             // configuration, so the instances wait for it rather than being given up.
             let said = shorten(&body);
-            return Err(Verdict::Retry {
-                reason: format!(
-                    "the OAuth2 token endpoint {shown} refused to issue a token, HTTP {status}{}{said}; check client_id, client_secret and scope",
-                    if said.is_empty() { "" } else { ": " }
-                ),
+            return Err(classify::token(
+                classify::TokenProblem::Refused {
+                    endpoint: &shown,
+                    status,
+                    said: &said,
+                },
                 after,
-            });
+            ));
         }
         let token = parse_token(&body, Instant::now()).map_err(|why| {
-            Verdict::retry(format!(
-                "the OAuth2 token endpoint {shown} answered HTTP {status}, but {why}"
-            ))
+            classify::token(
+                classify::TokenProblem::Unusable {
+                    endpoint: &shown,
+                    status,
+                    why: &why,
+                },
+                None,
+            )
         })?;
         let lifetime = token
             .refresh_at
@@ -850,10 +850,11 @@ async fn check_files(
     })
     .await;
     checked.unwrap_or_else(|e| {
+        let error = e.to_string();
         vec![
-            Some(Verdict::retry(format!(
-                "checking the stored files failed: {e}"
-            )));
+            Some(classify::stored_file(classify::StoredFile::Unchecked {
+                error: &error
+            }));
             n
         ]
     })
@@ -864,24 +865,32 @@ fn check_file(store: &store::Store, file: &str, size: u64) -> Option<Verdict> {
         Ok(r) => r,
         // A stored file does not come back by waiting; someone has to look.
         Err(e) if e.kind() == io::ErrorKind::NotFound => {
-            return Some(Verdict::dead(format!(
-                "the stored file {file} is missing; run `outpost verify` and resubmit once the instance is stored again"
-            )));
+            return Some(classify::stored_file(classify::StoredFile::Missing {
+                file,
+            }));
         }
         Err(e) => {
-            return Some(Verdict::retry(format!(
-                "cannot open the stored file {file}: {e}"
-            )));
+            let error = format!("opening it failed: {e}");
+            return Some(classify::stored_file(classify::StoredFile::Unreadable {
+                file,
+                error: &error,
+            }));
         }
     };
     match reader.seek(SeekFrom::End(0)) {
         Ok(len) if len == size => None,
-        Ok(len) => Some(Verdict::dead(format!(
-            "the stored file {file} is {len} bytes but the index says {size}; run `outpost verify`"
-        ))),
-        Err(e) => Some(Verdict::retry(format!(
-            "cannot read the stored file {file}: {e}"
-        ))),
+        Ok(len) => Some(classify::stored_file(classify::StoredFile::WrongSize {
+            file,
+            len,
+            size,
+        })),
+        Err(e) => {
+            let error = e.to_string();
+            Some(classify::stored_file(classify::StoredFile::Unreadable {
+                file,
+                error: &error,
+            }))
+        }
     }
 }
 
@@ -1150,48 +1159,16 @@ fn verdicts(
     };
     uids.iter()
         .map(|uid| {
-            let verdict = if let Some(warning) = response.stored.get(*uid) {
-                Verdict::Delivered {
-                    note: warning.map(warning_note),
-                    confirmed: warning.is_none_or(classify::warning_confirms),
-                }
+            let outcome = if let Some(warning) = response.stored.get(*uid) {
+                classify::StowOutcome::Stored(*warning)
             } else if let Some(reason) = response.failed.get(*uid) {
-                match reason {
-                    Some(code) => classify::store_status(dimse::Status(*code), None),
-                    None => Verdict::retry(format!(
-                        "the server listed it as failed (HTTP {status}) without a FailureReason"
-                    )),
-                }
+                classify::StowOutcome::Failed(*reason)
             } else {
-                Verdict::retry(format!(
-                    "the server answered HTTP {status} without mentioning this instance in its STOW-RS response"
-                ))
+                classify::StowOutcome::NotMentioned
             };
-            // A Retry-After applies to everything this answer tells us to try again.
-            match verdict {
-                Verdict::Retry { reason, after: None } => Verdict::Retry {
-                    reason,
-                    after: retry_after,
-                },
-                Verdict::Unreachable { reason, after: None } => Verdict::Unreachable {
-                    reason,
-                    after: retry_after,
-                },
-                other => other,
-            }
+            classify::stow_instance(outcome, status, retry_after)
         })
         .collect()
-}
-
-/// The note kept with an instance stored with a WarningReason (PS3.18 Table 10.5.3-2).
-fn warning_note(code: u16) -> String {
-    let meaning = match code {
-        0xB000 => " (coercion of data elements)",
-        0xB006 => " (elements discarded)",
-        0xB007 => " (data set does not match SOP class)",
-        _ => "",
-    };
-    format!("stored with warning 0x{code:04X}{meaning}")
 }
 
 fn retry_after(headers: &HeaderMap, now: SystemTime) -> Option<Duration> {
@@ -1358,12 +1335,7 @@ fn describe(error: &reqwest::Error, timeout: Duration) -> String {
 }
 
 fn reason_of(verdict: &Verdict) -> String {
-    match verdict {
-        Verdict::Retry { reason, .. }
-        | Verdict::Unreachable { reason, .. }
-        | Verdict::DeadLetter { reason } => reason.clone(),
-        Verdict::Delivered { .. } => "delivered".into(),
-    }
+    verdict.reason().to_string()
 }
 
 #[cfg(test)]

@@ -8,6 +8,7 @@ use std::time::{Duration, SystemTime};
 use store::Store;
 use store::outbox::{QueueOp, Queued};
 use store::query::Retrievable;
+use store::settle::{Decision, settle};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
 
@@ -319,114 +320,64 @@ impl Worker {
             .map(|c| c.indices.clone())
             .unwrap_or_default();
         let mut awaiting = Vec::new();
+        let backoff = crate::backoff(&self.destination.retry);
         for (i, (q, verdict)) in keys.iter().zip(attempt.verdicts).enumerate() {
             let Some(verdict) = verdict else { continue };
-            match verdict {
-                Verdict::Delivered { .. } if committing.contains(&i) => {
-                    delivered += 1;
-                    awaiting.push((q.key, items[i].sop_class_uid.clone(), items[i].file.clone()));
-                }
-                Verdict::Delivered { note, confirmed } => {
+            if matches!(verdict, Verdict::Delivered { .. }) && committing.contains(&i) {
+                // Confirmed by the commitment report, not by this answer.
+                delivered += 1;
+                awaiting.push((q.key, items[i].sop_class_uid.clone(), items[i].file.clone()));
+                continue;
+            }
+            // Only a dead letter asks whether the file is still the stored one.
+            let file_stored = !matches!(verdict, Verdict::DeadLetter { .. })
+                || self
+                    .store
+                    .holds_file(&q.entry.sop_instance_uid, &items[i].file)
+                    .unwrap_or(true);
+            let decision = settle(verdict, q.entry.attempts, &backoff, now, file_stored);
+            let sop = &q.entry.sop_instance_uid;
+            match &decision {
+                Decision::Ack { note, .. } => {
                     if let Some(note) = note {
-                        debug!(destination = %name, sop = %q.entry.sop_instance_uid, "{note}");
+                        debug!(destination = %name, sop = %sop, "{note}");
                     }
                     delivered += 1;
-                    ops.push(QueueOp::Ack {
-                        destination: name.clone(),
-                        key: q.key,
-                        sop_instance_uid: q.entry.sop_instance_uid.clone(),
-                        file: items[i].file.clone(),
-                        confirmed,
-                    });
                 }
-                Verdict::Retry { reason, after } => {
+                Decision::Retry {
+                    reason,
+                    not_before_ms,
+                    counts: true,
+                    attempts,
+                } => {
                     troubled = true;
-                    let attempts = q.entry.attempts + 1;
-                    match self.destination.retry.max_attempts {
-                        Some(max) if attempts >= max => {
-                            dead += 1;
-                            let reason = format!("gave up after {attempts} attempts: {reason}");
-                            warn!(destination = %name, sop = %q.entry.sop_instance_uid, "{reason}");
-                            ops.push(QueueOp::Dead {
-                                destination: name.clone(),
-                                key: q.key,
-                                reason,
-                            });
-                        }
-                        _ => {
-                            retried += 1;
-                            // A server's Retry-After is honoured up to the policy's longest
-                            // delay, so a bogus hint cannot park an instance for centuries.
-                            let retry = &self.destination.retry;
-                            let delay = retry
-                                .delay(attempts)
-                                .max(after.unwrap_or_default().min(retry.max));
-                            info!(destination = %name, sop = %q.entry.sop_instance_uid, attempts, retry_in_s = delay.as_secs(), "{reason}");
-                            ops.push(QueueOp::Retry {
-                                destination: name.clone(),
-                                key: q.key,
-                                reason,
-                                not_before_ms: now + delay.as_millis() as u64,
-                                counts: true,
-                            });
-                        }
-                    }
+                    retried += 1;
+                    let retry_in_s = not_before_ms.saturating_sub(now) / 1000;
+                    info!(destination = %name, sop = %sop, attempts, retry_in_s, "{reason}");
                 }
-                Verdict::DeadLetter { .. }
-                    if !self
-                        .store
-                        .holds_file(&q.entry.sop_instance_uid, &items[i].file)
-                        .unwrap_or(true) =>
-                {
-                    // The file could not be sent because it is gone: replaced by a newer copy
-                    // (which has its own entry) or evicted (every destination has it) since
-                    // the entry was taken. Nothing is lost by dropping the entry; a dead
-                    // letter would send a technician after a problem that is not there.
-                    ops.push(QueueOp::Drop {
-                        destination: name.clone(),
-                        key: q.key,
-                    });
+                // Not the instance's fault: the destination asked for a pause, which it gets.
+                Decision::Retry {
+                    reason,
+                    counts: false,
+                    ..
                 }
-                Verdict::DeadLetter { reason } => {
+                | Decision::Leave { reason } => unreachable = Some(reason.clone()),
+                Decision::Dead { reason } => {
                     troubled = true;
                     dead += 1;
-                    warn!(destination = %name, sop = %q.entry.sop_instance_uid, "dead-lettered: {reason}");
-                    ops.push(QueueOp::Dead {
-                        destination: name.clone(),
-                        key: q.key,
-                        reason,
-                    });
+                    warn!(destination = %name, sop = %sop, "dead-lettered: {reason}");
                 }
-                Verdict::Unreachable { reason, after } => {
-                    // Not the instance's fault: it stays where it is, untouched, unless the
-                    // destination asked for a pause (Retry-After), which it gets.
-                    if let Some(after) = after {
-                        let after = after.min(self.destination.retry.max);
-                        ops.push(QueueOp::Retry {
-                            destination: name.clone(),
-                            key: q.key,
-                            reason: reason.clone(),
-                            not_before_ms: now + after.as_millis() as u64,
-                            counts: false,
-                        });
-                    }
-                    unreachable = Some(reason);
-                }
+                Decision::Drop => {}
             }
+            ops.extend(decision.into_op(name, q.key, sop, &items[i].file));
         }
         if let Some(c) = attempt.commitment {
             debug!(destination = %name, transaction = %c.transaction_uid, instances = awaiting.len(), "Storage Commitment requested");
-            let retry = &self.destination.retry;
             ops.push(QueueOp::AwaitCommitment {
                 destination: name.clone(),
                 transaction_uid: c.transaction_uid,
                 items: awaiting,
-                retry: store::outbox::RetryHint {
-                    initial_ms: retry.initial.as_millis() as u64,
-                    multiplier_milli: (retry.multiplier * 1000.0) as u32,
-                    max_ms: retry.max.as_millis() as u64,
-                    max_attempts: retry.max_attempts,
-                },
+                retry: backoff,
             });
             if let Some(report) = c.report {
                 // The PACS reports on our association: whatever alert said it could not

@@ -446,6 +446,12 @@ const WEBHOOK_QUEUE: usize = 256;
 /// Each alert is tried this many times (backoff 1 s doubling, about 8.5 minutes in all), then
 /// given up, so one dead receiver does not hold the alerts behind it for ever.
 const WEBHOOK_ATTEMPTS: u32 = 10;
+const WEBHOOK_BACKOFF: store::settle::Backoff = store::settle::Backoff {
+    initial_ms: 1_000,
+    multiplier_milli: 2_000,
+    max_ms: 256_000,
+    max_attempts: Some(WEBHOOK_ATTEMPTS),
+};
 /// On the way out (a power-off), what is still queued gets this long in all.
 const WEBHOOK_LAST_CALL: Duration = Duration::from_secs(5);
 
@@ -496,21 +502,13 @@ fn post(webhook: Option<&Outbox>, event: &'static str, alert: &Alert) {
     }
 }
 
-/// What one attempt to post an alert came to.
-enum Posted {
-    Taken,
-    /// Refused for good (4xx other than 408 and 429): retrying cannot help.
-    Refused,
-    Failed,
-}
-
 async fn post_one(
     client: &reqwest::Client,
     url: &str,
     appliance: &str,
     notice: &Notice,
     attempt: u32,
-) -> Posted {
+) -> store::settle::Verdict {
     let body = serde_json::json!({
         "appliance": appliance,
         "event": notice.event,
@@ -523,25 +521,25 @@ async fn post_one(
     // Slack, Teams and Google Chat carry the webhook's secret in its path or query: only the
     // origin is ever logged.
     let webhook = origin(url);
-    match client.post(url).json(&body).send().await {
-        Ok(r) if r.status().is_success() => Posted::Taken,
-        Ok(r)
-            if r.status().is_client_error()
-                && r.status() != reqwest::StatusCode::REQUEST_TIMEOUT
-                && r.status() != reqwest::StatusCode::TOO_MANY_REQUESTS =>
-        {
-            warn!(%webhook, status = %r.status(), alert = %key, "the alert webhook refused the alert; not retrying it (check the webhook URL and its authorisation)");
-            Posted::Refused
-        }
+    // What the answer means is `forward::classify`'s to say, as for every delivery; what
+    // follows from it is `store::settle`'s (see `send_webhooks`).
+    let verdict = match client.post(url).json(&body).send().await {
         Ok(r) => {
-            warn!(%webhook, status = %r.status(), alert = %key, attempt, "the alert webhook failed");
-            Posted::Failed
+            let status = r.status();
+            forward::classify::webhook(Some(status.as_u16()), status.as_str(), None)
         }
-        Err(e) => {
-            warn!(%webhook, error = %cause(e), alert = %key, attempt, "the alert webhook is unreachable");
-            Posted::Failed
+        Err(e) => forward::classify::webhook(None, &cause(e), None),
+    };
+    match &verdict {
+        store::settle::Verdict::Delivered { .. } => {}
+        store::settle::Verdict::DeadLetter { reason } => {
+            warn!(%webhook, alert = %key, "the alert webhook refused the alert; not retrying it (check the webhook URL and its authorisation): {reason}")
+        }
+        other => {
+            warn!(%webhook, alert = %key, attempt, "the alert webhook failed: {}", other.reason())
         }
     }
+    verdict
 }
 
 /// `scheme://host[:port]` of a URL: what may be logged of a webhook.
@@ -596,24 +594,42 @@ async fn send_webhooks(
                 _ = queue.added.notified() => {}
             }
         };
-        let mut backoff = Duration::from_secs(1);
-        for attempt in 1..=WEBHOOK_ATTEMPTS {
-            match post_one(&client, &url, &appliance, &notice, attempt).await {
-                Posted::Taken | Posted::Refused => continue 'alerts,
-                Posted::Failed => {}
-            }
-            if attempt == WEBHOOK_ATTEMPTS {
-                warn!(alert = %notice.alert.key, attempts = attempt, "giving up on posting this alert; it is in the log and the audit trail");
-                continue 'alerts;
-            }
+        let mut attempts = 0;
+        loop {
+            let verdict = post_one(&client, &url, &appliance, &notice, attempts + 1).await;
+            let wait = match store::settle::settle(
+                verdict,
+                attempts,
+                &WEBHOOK_BACKOFF,
+                now_ms(),
+                true,
+            ) {
+                store::settle::Decision::Ack { .. } => continue 'alerts,
+                store::settle::Decision::Dead { reason } => {
+                    warn!(alert = %notice.alert.key, "giving up on posting this alert ({reason}); it is in the log and the audit trail");
+                    continue 'alerts;
+                }
+                store::settle::Decision::Retry {
+                    not_before_ms,
+                    attempts: made,
+                    ..
+                } => {
+                    attempts = made;
+                    Duration::from_millis(not_before_ms.saturating_sub(now_ms()))
+                }
+                // A webhook's verdicts are never "unreachable" nor about a stored file; were
+                // that to change, the alert is not held for ever.
+                store::settle::Decision::Leave { .. } | store::settle::Decision::Drop => {
+                    continue 'alerts;
+                }
+            };
             tokio::select! {
                 _ = stop.cancelled() => {
                     queue.put_back(notice);
                     break 'alerts;
                 }
-                _ = tokio::time::sleep(backoff) => {}
+                _ = tokio::time::sleep(wait) => {}
             }
-            backoff *= 2;
         }
     }
     let last_call = async {
@@ -811,7 +827,10 @@ mod tests {
                 let url =
                     format!("http://127.0.0.1:{port}/services/T000/B000/SECRETTOKEN?token=SECRET2");
                 let posted = post_one(&client, &url, "outpost-test", &notice, 1).await;
-                assert!(matches!(posted, Posted::Failed), "port {port}");
+                assert!(
+                    matches!(posted, store::settle::Verdict::Retry { .. }),
+                    "port {port}: {posted:?}"
+                );
             }
             answers_500
         });

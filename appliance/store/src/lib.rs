@@ -22,6 +22,7 @@ mod commit;
 mod ingest;
 pub mod outbox;
 mod reconcile;
+pub mod settle;
 mod slot;
 mod split;
 pub mod stall;

@@ -26,6 +26,7 @@ use crate::cache::{EVICTED, UpstreamState};
 use crate::index::{INSTANCES, META};
 use crate::query::Retrievable;
 use crate::record::{self, Extracted, InstanceRecord};
+use crate::settle::{Backoff, Decision, settle_unconfirmed};
 use crate::{Store, StoreError};
 
 /// SOP Instance UID to its [`UpstreamState`]: where it was routed, who confirmed it.
@@ -166,7 +167,9 @@ pub struct Commitment {
     /// Unix seconds when the commitment was requested.
     pub requested_at: u64,
     pub items: Vec<CommitItem>,
-    pub retry: RetryHint,
+    /// The destination's backoff, carried with the transaction so that settling it can
+    /// reschedule the instances the destination would not commit to, or give up on them.
+    pub retry: Backoff,
 }
 
 /// One instance of a commitment transaction, with what it takes to queue it again.
@@ -177,25 +180,6 @@ pub struct CommitItem {
     /// The stored file that was delivered, so a commitment confirms only that copy.
     pub file: String,
     pub entry: QueueEntry,
-}
-
-/// The destination's retry policy, carried with a commitment transaction so that settling
-/// it can reschedule the instances the destination would not commit to, or give up on them.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct RetryHint {
-    pub initial_ms: u64,
-    /// The multiplier, in thousandths (2.0 is 2000).
-    pub multiplier_milli: u32,
-    pub max_ms: u64,
-    pub max_attempts: Option<u32>,
-}
-
-impl RetryHint {
-    fn delay_ms(&self, attempts: u32) -> u64 {
-        let m = f64::from(self.multiplier_milli) / 1000.0;
-        let f = m.powi(attempts.saturating_sub(1).min(64) as i32);
-        ((self.initial_ms as f64) * f).min(self.max_ms as f64) as u64
-    }
 }
 
 /// What a destination reported for a commitment transaction.
@@ -441,7 +425,7 @@ pub enum QueueOp {
         items: Vec<(QueueKey, String, String)>,
         /// How soon, and how often, an instance the destination would not commit to is sent
         /// again.
-        retry: RetryHint,
+        retry: Backoff,
     },
     /// The destination's report: committed instances count as confirmed upstream; the others
     /// are queued again with the reason.
@@ -884,32 +868,38 @@ fn settle_commitment(
                 }),
         };
         let mut entry = item.entry;
-        entry.attempts = entry.attempts.saturating_add(1);
         let next = next_seq(txn, seq)?;
-        if record
-            .retry
-            .max_attempts
-            .is_some_and(|max| entry.attempts >= max)
-        {
-            let reason = format!("gave up after {} attempts: {reason}", entry.attempts);
-            entry.last_error = Some(reason.clone());
-            let letter = DeadLetter {
-                entry,
-                rank: item.rank,
+        let decision = settle_unconfirmed(reason, entry.attempts, &record.retry, now_ms());
+        entry.attempts = entry.attempts.saturating_add(1);
+        match decision {
+            Decision::Dead { reason } => {
+                entry.last_error = Some(reason.clone());
+                let letter = DeadLetter {
+                    entry,
+                    rank: item.rank,
+                    reason,
+                    at: crate::layout::unix_now(),
+                };
+                txn.open_table(dead_def(&dead_name(&record.destination)))?
+                    .insert(next, record::encode(&letter).as_slice())?;
+            }
+            Decision::Retry {
                 reason,
-                at: crate::layout::unix_now(),
-            };
-            txn.open_table(dead_def(&dead_name(&record.destination)))?
-                .insert(next, record::encode(&letter).as_slice())?;
-            continue;
+                not_before_ms,
+                ..
+            } => {
+                entry.last_error = Some(reason);
+                entry.not_before_ms = not_before_ms;
+                txn.open_table(queue_def(&name))?
+                    .insert((item.rank, next), record::encode(&entry).as_slice())?;
+            }
+            // A retry verdict settles as a retry or a dead letter; were that ever to change,
+            // the instance goes back in the queue at once rather than vanish.
+            Decision::Ack { .. } | Decision::Drop | Decision::Leave { .. } => {
+                txn.open_table(queue_def(&name))?
+                    .insert((item.rank, next), record::encode(&entry).as_slice())?;
+            }
         }
-        entry.last_error = Some(reason);
-        // A refusal and an expiry both wait the backoff, so an archive that never commits,
-        // or never manages to report (behind NAT), is not sent everything again every
-        // timeout for ever.
-        entry.not_before_ms = now_ms() + record.retry.delay_ms(entry.attempts);
-        txn.open_table(queue_def(&name))?
-            .insert((item.rank, next), record::encode(&entry).as_slice())?;
     }
     Ok(Settle::Settled)
 }

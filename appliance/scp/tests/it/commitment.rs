@@ -71,7 +71,7 @@ async fn awaiting(app: &Appliance, inst: &SynthInstance, txn: &str) {
             destination: "central".into(),
             transaction_uid: txn.into(),
             items,
-            retry: store::outbox::RetryHint {
+            retry: store::settle::Backoff {
                 initial_ms: 10_000,
                 multiplier_milli: 2000,
                 max_ms: 3_600_000,

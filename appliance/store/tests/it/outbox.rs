@@ -253,8 +253,8 @@ fn commit_items(queued: &[store::outbox::Queued]) -> Vec<(QueueKey, String, Stri
         .collect()
 }
 
-fn hint(max_attempts: Option<u32>) -> store::outbox::RetryHint {
-    store::outbox::RetryHint {
+fn hint(max_attempts: Option<u32>) -> store::settle::Backoff {
+    store::settle::Backoff {
         initial_ms: 10_000,
         multiplier_milli: 2000,
         max_ms: 3_600_000,
