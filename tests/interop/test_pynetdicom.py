@@ -300,3 +300,44 @@ def test_find_over_limit_is_refused(outposts, small_corpus):
     ok = net.find_once(outpost.port, "S", net.query("STUDY", StudyInstanceUID=""))
     assert ok.status == net.SUCCESS and len(ok.matches) == 4
     assert outpost.alive()
+
+
+def test_find_returns_stored_sequences_in_either_syntax(outposts, tmp_path):
+    """A viewer lists studies with their ProcedureCodeSequence to show the procedure.
+
+    Regression (archive-review §16): sequence keys always came back empty (and later not at
+    all), although the instances held them. Now they come back from a stored instance, in the
+    syntax of the C-FIND's presentation context, whichever the file was stored in."""
+    from pydicom import dcmread
+    from pydicom.uid import ImplicitVRLittleEndian
+
+    outpost = outposts("sequences")
+    paths = []
+    for n, (code, implicit) in enumerate([("CT-CHEST", False), ("CT-HEAD", True)], start=1):
+        data = synth.ct_instance(patient_id=f"SQ{n}", study_uid=synth.uid(9, n),
+                                 series_uid=synth.uid(9, n, 1), sop_uid=synth.uid(9, n, 1, 1))
+        p = synth.write(tmp_path / f"sq{n}.dcm", data)
+        ds = dcmread(p)
+        item = Dataset()
+        item.CodeValue = code
+        item.CodingSchemeDesignator = "LOCAL"
+        item.CodeMeaning = code.replace("-", " ")
+        ds.ProcedureCodeSequence = [item]
+        if implicit:
+            ds.file_meta.TransferSyntaxUID = ImplicitVRLittleEndian
+        ds.save_as(p, enforce_file_format=True)
+        paths.append((p, code))
+    assert all(s == 0 for s in net.store_files(outpost.port, [p for p, _ in paths]).values())
+
+    for syntax in ["1.2.840.10008.1.2.1", "1.2.840.10008.1.2"]:
+        with net.association(outpost.port, [(net.FIND["S"], [syntax])]) as a:
+            for n, (_, code) in enumerate(paths, start=1):
+                q = net.query("STUDY", StudyInstanceUID=synth.uid(9, n))
+                q.ProcedureCodeSequence = []
+                r = net.find(a, "S", q)
+                assert r.status == net.SUCCESS and len(r.matches) == 1, (syntax, r)
+                seq = r.matches[0].ProcedureCodeSequence
+                assert len(seq) == 1, (syntax, r.matches[0])
+                assert seq[0].CodeValue == code and seq[0].CodingSchemeDesignator == "LOCAL", seq
+                assert seq[0].CodeMeaning == code.replace("-", " ")
+    assert outpost.alive()

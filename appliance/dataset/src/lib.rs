@@ -13,6 +13,7 @@ pub mod charset;
 pub mod encode;
 pub mod meta;
 pub mod rewrite;
+pub mod sequence;
 pub mod sop_classes;
 #[cfg(feature = "synth")]
 pub mod synth;

@@ -69,8 +69,9 @@ pub struct Walked {
     pub length: u64,
     /// Offset of the top-level Pixel Data element's header, if there is one.
     pub pixel_data_offset: Option<u64>,
-    /// Where each captured top-level element of defined length lies in the (inflated) data
-    /// set, so that it can be replaced in a copy ([`crate::rewrite`]).
+    /// Where each captured top-level element lies in the (inflated) data set, delimiter
+    /// included for one of undefined length, so that it can be replaced in a copy
+    /// ([`crate::rewrite`]) or read on its own ([`crate::sequence`]).
     pub spans: Vec<Span>,
     /// Elements found out of ascending order, at any level (at most [`MAX_MISORDERED`] are
     /// noted), so that the caller can log them.
@@ -207,6 +208,9 @@ pub struct Walker {
     strict: bool,
     /// Top-level tags captured so far (at most the number of elements captured).
     captured: BTreeSet<Tag>,
+    /// The span of a captured top-level element of undefined length still open: its end is
+    /// known when its sequence (or fragments) closes.
+    open_span: Option<usize>,
 }
 
 struct Inflater {
@@ -240,6 +244,7 @@ impl Walker {
             failed: false,
             strict: false,
             captured: BTreeSet::new(),
+            open_span: None,
         }
     }
 
@@ -299,6 +304,24 @@ impl Walker {
     /// Elements captured so far, so a caller can bound their count while bytes arrive.
     pub fn captured(&self) -> &[Element] {
         &self.walked.elements
+    }
+
+    /// Spans of the elements captured so far whose end is known (see [`Walked::spans`]), so
+    /// a caller looking for a few elements can stop reading once it has them.
+    pub fn spans(&self) -> &[Span] {
+        match self.open_span {
+            Some(i) => &self.walked.spans[..i],
+            None => &self.walked.spans,
+        }
+    }
+
+    /// Called after a frame is popped: a top-level element of undefined length ends here.
+    fn close_span(&mut self) {
+        if self.frames.len() == 1
+            && let Some(i) = self.open_span.take()
+        {
+            self.walked.spans[i].end = self.offset;
+        }
     }
 
     fn inflate(&mut self, inflater: &mut Inflater, mut data: &[u8]) -> Result<(), WalkError> {
@@ -442,6 +465,7 @@ impl Walker {
                     tags::SEQUENCE_DELIMITATION => {
                         self.check_delimiter(tag, length)?;
                         self.frames.pop();
+                        self.close_span();
                     }
                     _ => return Err(self.error(WalkErrorKind::ExpectedItem { tag })),
                 }
@@ -456,6 +480,7 @@ impl Walker {
                     tags::SEQUENCE_DELIMITATION => {
                         self.check_delimiter(tag, length)?;
                         self.frames.pop();
+                        self.close_span();
                     }
                     _ => return Err(self.error(WalkErrorKind::ExpectedItem { tag })),
                 }
@@ -507,13 +532,21 @@ impl Walker {
                     }
                     w => w,
                 };
-                if wanted.is_some() && length != UNDEFINED_LENGTH {
-                    // The header is consumed: the value runs from here for `length` bytes.
+                if wanted.is_some() {
+                    // The header is consumed: the value runs from here for `length` bytes, or,
+                    // undefined, until its delimiter closes it.
+                    if length == UNDEFINED_LENGTH {
+                        self.open_span = Some(self.walked.spans.len());
+                    }
                     self.walked.spans.push(Span {
                         tag,
                         vr,
                         start: header_start,
-                        end: self.offset + u64::from(length),
+                        end: if length == UNDEFINED_LENGTH {
+                            0
+                        } else {
+                            self.offset + u64::from(length)
+                        },
                     });
                 }
                 if length == UNDEFINED_LENGTH {

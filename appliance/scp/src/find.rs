@@ -35,6 +35,18 @@ impl Syntax {
     pub fn encode(self, elements: &[Element]) -> Vec<u8> {
         let mut out = Vec::new();
         for e in elements {
+            if e.vr == Vr::SQ && !e.value.is_empty() && self.encoding != Encoding::EXPLICIT_LE {
+                // A stored sequence comes as Explicit VR Little Endian items; one that cannot
+                // be put in this syntax is answered empty rather than mislabelled.
+                let items = dataset::sequence::reencode_items(
+                    &e.value,
+                    Encoding::EXPLICIT_LE,
+                    self.encoding,
+                )
+                .unwrap_or_default();
+                write_element(&mut out, self.encoding, e.tag, e.vr, &items);
+                continue;
+            }
             write_element(&mut out, self.encoding, e.tag, e.vr, &e.value);
         }
         if self.deflated {

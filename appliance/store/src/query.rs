@@ -293,6 +293,17 @@ impl Identifier {
             .collect()
     }
 
+    /// Sequence keys the index does not hold: answered from a stored instance's data set
+    /// (one instance of the matching entity), each tag once.
+    fn sequence_keys(&self) -> Vec<Tag> {
+        let mut seen = HashSet::new();
+        self.keys
+            .iter()
+            .filter(|k| k.vr == Vr::SQ && !answerable(self.level, k.tag) && seen.insert(k.tag))
+            .map(|k| k.tag)
+            .collect()
+    }
+
     /// Keys sent with a value that this archive cannot match at the query's level (it does
     /// not index them there). They are ignored for matching and not returned; PS3.4
     /// C.4.1.1.4 has the SCP say so with Pending 0xFF01 rather than match nothing.
@@ -336,6 +347,137 @@ impl Identifier {
 pub struct Found {
     pub charset: Vec<u8>,
     pub elements: Vec<Element>,
+}
+
+/// The entity a match is of, to find a stored instance of it.
+#[derive(Clone, Copy)]
+enum Of<'a> {
+    Patient(&'a str),
+    Study(&'a str),
+    Series(&'a str),
+    Instance(&'a str, &'a InstanceRecord),
+}
+
+/// Longest stored sequence returned in a response; a longer one is answered empty, so a
+/// response stays small whatever the files hold.
+const MAX_RETURNED_SEQUENCE: u64 = 64 * 1024;
+
+/// How far into a data set the sequences asked for are looked for; they come before the
+/// pixel data, which is what makes files large.
+const SEQUENCE_SEARCH: u64 = 4 * 1024 * 1024;
+
+impl Store {
+    /// An instance of the matched entity whose file is here (not evicted), to answer
+    /// sequence keys from: its first series' first such instance, and so on down.
+    fn representative(&self, t: &Tables, of: Of<'_>) -> Result<Option<InstanceRecord>, QueryError> {
+        let series_of = |series: &str| -> Result<Option<InstanceRecord>, QueryError> {
+            for sop in Tables::children(&t.series_instances, series)? {
+                if !t.is_evicted(&sop)?
+                    && let Some(i) = Tables::get::<InstanceRecord>(&t.instances, &sop)?
+                {
+                    return Ok(Some(i));
+                }
+            }
+            Ok(None)
+        };
+        let study_of = |study: &str| -> Result<Option<InstanceRecord>, QueryError> {
+            for series in Tables::children(&t.study_series, study)? {
+                if let Some(i) = series_of(&series)? {
+                    return Ok(Some(i));
+                }
+            }
+            Ok(None)
+        };
+        match of {
+            Of::Instance(sop, i) => Ok((!t.is_evicted(sop)?).then(|| i.clone())),
+            Of::Series(uid) => series_of(uid),
+            Of::Study(uid) => study_of(uid),
+            Of::Patient(key) => {
+                for study in Tables::children(&t.patient_studies, key)? {
+                    if let Some(i) = study_of(&study)? {
+                        return Ok(Some(i));
+                    }
+                }
+                Ok(None)
+            }
+        }
+    }
+
+    /// The sequences `tags` of a stored instance, their items in Explicit VR Little Endian
+    /// (the listener re-encodes them for the response's syntax); each one that is absent, too
+    /// long, in a deflated or big-endian file, or unreadable is answered empty. Reading is
+    /// bounded: the data set up to [`SEQUENCE_SEARCH`], each sequence up to
+    /// [`MAX_RETURNED_SEQUENCE`].
+    fn stored_sequences(&self, instance: Option<&InstanceRecord>, tags: &[Tag]) -> Vec<Element> {
+        let values = instance
+            .and_then(|i| self.read_sequences(i, tags))
+            .unwrap_or_default();
+        tags.iter()
+            .map(|tag| Element {
+                tag: *tag,
+                vr: Vr::SQ,
+                value: values
+                    .iter()
+                    .find(|(t, _)| t == tag)
+                    .map(|(_, v)| v.clone())
+                    .unwrap_or_default(),
+            })
+            .collect()
+    }
+
+    fn read_sequences(&self, i: &InstanceRecord, tags: &[Tag]) -> Option<Vec<(Tag, Vec<u8>)>> {
+        use std::io::{Read, Seek, SeekFrom};
+        let info = dataset::ts::syntax_info(&i.transfer_syntax)?;
+        if info.deflated || info.encoding.big_endian {
+            return None;
+        }
+        let mut wanted = tags.to_vec();
+        wanted.sort();
+        let mut walker = Walker::new(
+            info,
+            Capture::Tags {
+                tags: wanted,
+                max_len: 0,
+            },
+        );
+        let mut file = self.open_file(&i.file).ok()?;
+        file.seek(SeekFrom::Start(i.dataset_offset)).ok()?;
+        let mut buffer = vec![0u8; 64 * 1024];
+        let mut read = 0u64;
+        while walker.spans().len() < tags.len() && read < SEQUENCE_SEARCH {
+            let n = file.read(&mut buffer).ok()?;
+            if n == 0 {
+                break;
+            }
+            read += n as u64;
+            // A data set that stops parsing still yields the spans found before.
+            if walker.feed(&buffer[..n]).is_err() {
+                break;
+            }
+        }
+        let mut out = Vec::new();
+        for span in walker.spans().to_vec() {
+            if span.vr != Vr::SQ || span.end <= span.start {
+                continue;
+            }
+            let len = span.end - span.start;
+            if len > MAX_RETURNED_SEQUENCE {
+                continue;
+            }
+            let mut bytes = vec![0u8; len as usize];
+            file.seek(SeekFrom::Start(i.dataset_offset + span.start))
+                .ok()?;
+            file.read_exact(&mut bytes).ok()?;
+            if let Some(items) = dataset::sequence::reencode_element(
+                &bytes,
+                info.encoding,
+                dataset::Encoding::EXPLICIT_LE,
+            ) {
+                out.push((span.tag, items));
+            }
+        }
+        Some(out)
+    }
 }
 
 /// One instance to send for a C-MOVE or C-GET.
@@ -512,17 +654,28 @@ impl Store {
             .iter()
             .filter_map(|k| Matcher::new(k, &query.charset).map(|m| (k.tag, m)))
             .collect();
+        let sequences = query.sequence_keys();
         let mut found = Vec::new();
-        let mut push = |ctx: &Context, primary_charset: &[u8]| -> Result<(), QueryError> {
-            if !matchers.iter().all(|(tag, m)| m.matches(ctx.value(*tag))) {
-                return Ok(());
-            }
-            if found.len() >= cap {
-                return Err(QueryError::TooManyMatches { cap });
-            }
-            found.push(respond(&answered, ctx, primary_charset));
-            Ok(())
-        };
+        let mut push =
+            |ctx: &Context, primary_charset: &[u8], of: Of<'_>| -> Result<(), QueryError> {
+                if !matchers.iter().all(|(tag, m)| m.matches(ctx.value(*tag))) {
+                    return Ok(());
+                }
+                if found.len() >= cap {
+                    return Err(QueryError::TooManyMatches { cap });
+                }
+                let mut response = respond(&answered, ctx, primary_charset);
+                if !sequences.is_empty() {
+                    let instance = self.representative(&t, of)?;
+                    response
+                        .elements
+                        .extend(self.stored_sequences(instance.as_ref(), &sequences));
+                    // A data set is in ascending tag order (PS3.5 7.1).
+                    response.elements.sort_by_key(|e| e.tag);
+                }
+                found.push(response);
+                Ok(())
+            };
         match query.level {
             Level::Patient => {
                 for key in patient_candidates(&t, query)? {
@@ -543,7 +696,7 @@ impl Store {
                             count(tags::NUMBER_OF_PATIENT_RELATED_INSTANCES, p.instances),
                         ],
                     };
-                    push(&ctx, &p.charset)?;
+                    push(&ctx, &p.charset, Of::Patient(&key))?;
                 }
             }
             Level::Study => {
@@ -562,7 +715,7 @@ impl Store {
                             c
                         },
                     };
-                    push(&ctx, &s.charset)?;
+                    push(&ctx, &s.charset, Of::Study(&uid))?;
                 }
             }
             Level::Series => {
@@ -600,7 +753,7 @@ impl Store {
                             t.availability("series", &uid)?,
                         ],
                     };
-                    push(&ctx, &s.charset)?;
+                    push(&ctx, &s.charset, Of::Series(&uid))?;
                 }
             }
             Level::Image => {
@@ -655,7 +808,7 @@ impl Store {
                             availability(t.is_evicted(&uid)?),
                         ],
                     };
-                    push(&ctx, &i.charset)?;
+                    push(&ctx, &i.charset, Of::Instance(&uid, &i))?;
                 }
             }
         }

@@ -1655,3 +1655,113 @@ async fn key_values_over_64_kib_are_refused() {
     .unwrap();
     assert!(run(s, Model::StudyRoot, &q).is_empty());
 }
+
+/// ProcedureCodeSequence (0008,1032) with one item, in `enc`, as a data set holds it (the
+/// element's value: the item).
+fn procedure_code_items(enc: dataset::Encoding, code: &str) -> Vec<u8> {
+    let mut item = Vec::new();
+    dataset::encode::write_str(&mut item, enc, Tag::new(0x0008, 0x0100), Vr::SH, code);
+    dataset::encode::write_str(&mut item, enc, Tag::new(0x0008, 0x0102), Vr::SH, "LOCAL");
+    let mut items = Vec::new();
+    items.extend_from_slice(&0xFFFEu16.to_le_bytes());
+    items.extend_from_slice(&0xE000u16.to_le_bytes());
+    items.extend_from_slice(&(item.len() as u32).to_le_bytes());
+    items.extend_from_slice(&item);
+    items
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sequence_keys_come_back_from_the_stored_data_set() {
+    // Review finding 16: a viewer asking for ProcedureCodeSequence got it back empty from
+    // every study, although the instances held it, because the index keeps no sequences
+    // (and later the key was left out of responses altogether). Sequence keys are now
+    // answered from a stored instance of each match, in either little endian syntax, and
+    // come back empty only where the data has none.
+    const PROCEDURE: Tag = Tag::new(0x0008, 0x1032);
+    let dir = tempfile::tempdir().unwrap();
+    let (store, _) = Store::open(config(dir.path())).unwrap();
+    let mut explicit = SynthInstance::ct(41, 1, 1, 1);
+    explicit.extra.push((
+        PROCEDURE,
+        Vr::SQ,
+        procedure_code_items(dataset::Encoding::EXPLICIT_LE, "CT-CHEST"),
+    ));
+    store_instance(&store, &explicit).await;
+    // The same shape stored in Implicit VR Little Endian.
+    let mut implicit = SynthInstance::ct(42, 1, 1, 1);
+    implicit.extra.push((
+        PROCEDURE,
+        Vr::SQ,
+        procedure_code_items(dataset::Encoding::IMPLICIT_LE, "CT-HEAD"),
+    ));
+    let req = store::IngestRequest {
+        transfer_syntax: dataset::ts::IMPLICIT_VR_LITTLE_ENDIAN.into(),
+        ..crate::support::request(&implicit)
+    };
+    crate::support::store_bytes(
+        &store,
+        req,
+        &implicit.dataset(dataset::Encoding::IMPLICIT_LE),
+        16 * 1024,
+    )
+    .await
+    .unwrap();
+    let without = SynthInstance::ct(43, 1, 1, 1);
+    store_instance(&store, &without).await;
+
+    let procedure_of = |found: &Found| {
+        found
+            .elements
+            .iter()
+            .find(|e| e.tag == PROCEDURE)
+            .map(|e| (e.vr, e.value.clone()))
+            .expect("the sequence key is answered")
+    };
+    // What comes back is the item in Explicit VR LE, with undefined lengths.
+    let expected = |code: &str| {
+        dataset::sequence::reencode_items(
+            &procedure_code_items(dataset::Encoding::EXPLICIT_LE, code),
+            dataset::Encoding::EXPLICIT_LE,
+            dataset::Encoding::EXPLICIT_LE,
+        )
+        .unwrap()
+    };
+    for (inst, code) in [
+        (&explicit, Some("CT-CHEST")),
+        (&implicit, Some("CT-HEAD")),
+        (&without, None),
+    ] {
+        let q = ident(
+            Level::Study,
+            vec![
+                el(tags::STUDY_INSTANCE_UID, Vr::UI, &inst.study_uid),
+                el(PROCEDURE, Vr::SQ, b""),
+            ],
+        );
+        let found = store.find(Model::StudyRoot, &q, CAP).unwrap();
+        assert_eq!(found.len(), 1);
+        let (vr, value) = procedure_of(&found[0]);
+        assert_eq!(vr, Vr::SQ);
+        assert_eq!(value, code.map(expected).unwrap_or_default(), "{:?}", code);
+        // In ascending tag order, as any data set.
+        let order: Vec<Tag> = found[0].elements.iter().map(|e| e.tag).collect();
+        let mut sorted = order.clone();
+        sorted.sort();
+        assert_eq!(order, sorted);
+        // And at IMAGE level, from the instance itself.
+        let q = ident(
+            Level::Image,
+            vec![
+                el(tags::STUDY_INSTANCE_UID, Vr::UI, &inst.study_uid),
+                el(tags::SERIES_INSTANCE_UID, Vr::UI, &inst.series_uid),
+                el(tags::SOP_INSTANCE_UID, Vr::UI, ""),
+                el(PROCEDURE, Vr::SQ, b""),
+            ],
+        );
+        let found = store.find(Model::StudyRoot, &q, CAP).unwrap();
+        assert_eq!(
+            procedure_of(&found[0]).1,
+            code.map(expected).unwrap_or_default()
+        );
+    }
+}
