@@ -6,9 +6,8 @@
 //! hard-codes its own Implementation Class UID and version name in the AC, and offers no way
 //! to build its association from an already negotiated socket. Reading the request first is
 //! what lets silent connections stay out of the association slots, so the whole handshake is
-//! here; after it, PDUs are read with dicom-ul's own reader, bounded by our maximum PDU length.
+//! here; after it, PDUs are read by [`crate::reader`], bounded by our maximum PDU length.
 
-use bytes::BytesMut;
 use dicom_ul::association::server::{Negotiation, is_supported};
 use dicom_ul::pdu::{
     AssociationAC, AssociationRJ, AssociationRJResult, AssociationRJServiceUserReason,
@@ -19,6 +18,7 @@ use snafu::GenerateImplicitData;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use crate::negotiate::Offer;
+use crate::reader::PduReader;
 
 const APPLICATION_CONTEXT: &str = "1.2.840.10008.3.1.1.1";
 const IMPLICIT_LE: &str = "1.2.840.10008.1.2";
@@ -204,10 +204,8 @@ fn trim(uid: &str) -> &str {
 /// An association this listener accepted: the stream, the negotiated contexts and limits.
 pub(crate) struct Accepted<S> {
     stream: S,
-    /// Partial PDU bytes between reads, so that a read dropped in a `select!` loses nothing.
-    read_buffer: BytesMut,
+    reader: PduReader,
     write_buffer: Vec<u8>,
-    max_pdu: u32,
     peer_max_pdu: u32,
     contexts: Vec<PresentationContextNegotiated>,
     /// The AC's user variables: the roles granted are read back from them.
@@ -228,9 +226,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Accepted<S> {
         write_pdu(&mut stream, &Pdu::AssociationAC(negotiated.ac)).await?;
         Ok(Accepted {
             stream,
-            read_buffer: BytesMut::new(),
+            reader: PduReader::new(max_pdu),
             write_buffer: Vec::new(),
-            max_pdu,
             peer_max_pdu: negotiated.peer_max_pdu,
             contexts: negotiated.contexts,
             granted,
@@ -284,12 +281,7 @@ where
     fn receive_pdu(
         &mut self,
     ) -> impl Future<Output = Result<Pdu, dicom_ul::association::Error>> + Send {
-        dicom_ul::association::read_pdu_from_wire_async(
-            &mut self.stream,
-            &mut self.read_buffer,
-            self.max_pdu,
-            true,
-        )
+        self.reader.read(&mut self.stream)
     }
 
     fn peer_max_pdu(&self) -> u32 {

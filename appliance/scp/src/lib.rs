@@ -16,6 +16,7 @@ mod handshake;
 mod negotiate;
 mod pending;
 mod policy;
+mod reader;
 mod retrieve;
 mod session;
 mod statuses;
