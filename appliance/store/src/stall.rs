@@ -131,6 +131,9 @@ impl FileWriter for WatchedWriter {
         let _running = self.watch.begin(SyncKind::FileData, &self.path);
         self.inner.sync()
     }
+    fn start_writeback(&mut self) {
+        self.inner.start_writeback()
+    }
 }
 
 impl Fs for Watched {
