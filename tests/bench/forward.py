@@ -169,6 +169,56 @@ def orthanc_count(o):
     return http("GET", o.url("/statistics"))["CountInstances"]
 
 
+def deep_outbox_ingest(workdir, a):
+    """Ingest with a deep outbox: `pending` entries for a paused destination (`deep`),
+    against the same destination paused with an empty queue (`empty`: what forwarding
+    itself costs) and against no forwarding at all (`plain`). All three run through every
+    round; each round sends a new series (new UIDs) to each, in shuffled order. Returns
+    instances/s per arm and round."""
+    destination = dicom_destination("NOBODY", free_port(), 1, 100)
+    deep = ForwardingOutpost(workdir, "outpost-deep", destination)
+    empty = ForwardingOutpost(workdir, "outpost-empty", destination)
+    plain = ForwardingOutpost(workdir, "outpost-plain", "")
+    deep_label, empty_label = f"{a.pending} pending", "0 pending"
+    arms = [("no forwarding", plain), (empty_label, empty), (deep_label, deep)]
+    ingest = {label: [] for label, _ in arms}
+    for o, count in ((deep, a.pending), (empty, 0)):
+        shutil.rmtree(o.data, ignore_errors=True)
+        o.write_config()
+        out = run([str(BENCH), "populate", "--data-dir", str(o.data), "--instances",
+                   str(count), "--forward-config", str(o.cfg), "--pause", "up"]).stdout
+        log(f"populated a {count}-entry outbox: {out.strip()}")
+    rounds = a.rounds + 2
+    try:
+        deep.start(wipe=False)
+        empty.start(wipe=False)
+        plain.start()
+        assert deep.depth() == a.pending, deep.depth()
+        for r in range(rounds):
+            for label, o in random.sample(arms, len(arms)):
+                subdir = workdir / f"ingest-{r}-{o.name}"
+                if not subdir.exists():
+                    seed = 1000 + r * 3 + [x for _, x in arms].index(o)
+                    subprocess.run(["python3", str(REPO / "tests/corpus/gen_corpus.py"),
+                                    str(subdir), "--profile", "ct", "--seed", str(seed)],
+                                   check=True, stdout=subprocess.DEVNULL)
+                batch = sorted(subdir.rglob("*.dcm"))
+                t = storescu("OUTPOST", o.port, batch, 1)
+                ingest[label].append(len(batch) / t)
+                log(f"ingest round {r + 1}: {label:16s} {len(batch) / t:7.1f} instances/s")
+        assert deep.depth() == a.pending + len(batch) * rounds
+        assert empty.depth() == len(batch) * rounds
+    finally:
+        for o in (deep, empty, plain):
+            o.stop()
+    for label, _ in arms[1:]:
+        pairs = [x / y for x, y in zip(ingest[label], ingest["no forwarding"])]
+        log(f"{label} / no forwarding, per round: " + " ".join(f"{p:.2f}" for p in pairs))
+    pairs = [x / y for x, y in zip(ingest[deep_label], ingest[empty_label])]
+    log(f"{deep_label} / {empty_label}, per round: " + " ".join(f"{p:.2f}" for p in pairs))
+    return ingest
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--rounds", type=int, default=3)
@@ -176,6 +226,8 @@ def main():
     ap.add_argument("--json")
     ap.add_argument("--pending", type=int, default=100_000)
     ap.add_argument("--only", help="run only the cases whose name contains this text")
+    ap.add_argument("--ingest-only", action="store_true",
+                    help="run only the ingest-with-a-deep-outbox comparison")
     a = ap.parse_args()
     workdir = pathlib.Path(a.workdir or tempfile.mkdtemp(prefix="outpost-fwd-bench-"))
     workdir.mkdir(parents=True, exist_ok=True)
@@ -191,11 +243,13 @@ def main():
     scp = StoreScp(workdir)
 
     # Orthanc's sender holds the series once; its jobs are timed on every round.
-    sender.start()
-    storescu("SENDER", sender.port, files, 4)
-    assert orthanc_count(sender) == n
-    instance_ids = http("GET", sender.url("/instances"))
-    study_ids = http("GET", sender.url("/studies"))
+    instance_ids = study_ids = []
+    if not a.ingest_only:
+        sender.start()
+        storescu("SENDER", sender.port, files, 4)
+        assert orthanc_count(sender) == n
+        instance_ids = http("GET", sender.url("/instances"))
+        study_ids = http("GET", sender.url("/studies"))
 
     def fresh_receiver():
         receiver.stop()
@@ -272,6 +326,8 @@ def main():
     }
     if a.only:
         cases = {k: v for k, v in cases.items() if a.only in k}
+    if a.ingest_only:
+        cases = {}
     times = {k: [] for k in cases}
     try:
         for r in range(a.rounds):
@@ -286,40 +342,7 @@ def main():
         sender.stop()
         scp.stop()
 
-    # Ingest with a deep outbox: `pending` entries for a paused destination, against the
-    # same appliance without forwarding. Both run through every round; each round sends a
-    # new series (new UIDs) to each, in shuffled order.
-    ingest = {"no forwarding": [], f"{a.pending} pending": []}
-    if a.pending > 0 and not a.only:
-        deep = ForwardingOutpost(workdir, "outpost-deep",
-                                 dicom_destination("NOBODY", free_port(), 1, 100))
-        plain = ForwardingOutpost(workdir, "outpost-plain", "")
-        shutil.rmtree(deep.data, ignore_errors=True)
-        deep.write_config()
-        out = run([str(BENCH), "populate", "--data-dir", str(deep.data), "--instances",
-                   str(a.pending), "--forward-config", str(deep.cfg), "--pause", "up"]).stdout
-        log(f"populated a {a.pending}-entry outbox: {out.strip()}")
-        try:
-            deep.start(wipe=False)
-            plain.start()
-            assert deep.depth() == a.pending, deep.depth()
-            for r in range(a.rounds + 2):
-                pair = [("no forwarding", plain), (f"{a.pending} pending", deep)]
-                for label, o in random.sample(pair, 2):
-                    subdir = workdir / f"ingest-{r}-{o.name}"
-                    if not subdir.exists():
-                        seed = 1000 + r * 2 + (o is deep)
-                        subprocess.run(["python3", str(REPO / "tests/corpus/gen_corpus.py"),
-                                        str(subdir), "--profile", "ct", "--seed", str(seed)],
-                                       check=True, stdout=subprocess.DEVNULL)
-                    batch = sorted(subdir.rglob("*.dcm"))
-                    t = storescu("OUTPOST", o.port, batch, 1)
-                    ingest[label].append(len(batch) / t)
-                    log(f"ingest round {r + 1}: {label:16s} {len(batch) / t:7.1f} instances/s")
-            assert deep.depth() == a.pending + len(batch) * (a.rounds + 2)
-        finally:
-            deep.stop()
-            plain.stop()
+    ingest = deep_outbox_ingest(workdir, a) if a.pending > 0 and not a.only else {}
 
     rate = {k: n / median(v) for k, v in times.items()}
     ratio = lambda x, y: rate[x] / rate[y] if x in rate and y in rate else float("nan")  # noqa: E731
@@ -340,9 +363,15 @@ def main():
                 ratio("outpost->storescp 1", "storescu->storescp 1"),
         },
     }
-    if ingest["no forwarding"]:
+    if ingest:
+        deep, empty, plain = (median(ingest[k]) for k in (f"{a.pending} pending", "0 pending",
+                                                           "no forwarding"))
         result["ratios"][f"ingest with {a.pending} pending / without forwarding (target >= 0.9)"] = (
-            median(ingest[f"{a.pending} pending"]) / median(ingest["no forwarding"]))
+            deep / plain)
+        result["ratios"][f"ingest with {a.pending} pending / with 0 pending (the depth's own cost)"] = (
+            deep / empty)
+        result["ratios"]["ingest with 0 pending / without forwarding (forwarding's own cost)"] = (
+            empty / plain)
     for k, v in result["ratios"].items():
         result["ratios"][k] = round(v, 2)
     print(json.dumps(result, indent=2))

@@ -8,8 +8,8 @@ The machines are shared and noisy, so each configuration runs several rounds in 
 order and only medians and ratios from the same run are reported. Targets (from the core
 archive issue):
 
-- full, 1 association  >= 0.8 x the serial bound (one instance at storescp's rate plus one
-  512 KB fsync) and >= 2 x Orthanc;
+- full, 1 association  >= 1.0 x the serial bound (one instance at storescp's rate plus one
+  512 KB fsync) and >= 2 x Orthanc (the hardening issue raised it from 0.8);
 - full, 4 associations >= 0.8 x min(storescp, the disk's fsync'd rate with 4 writers) and
   >= 2 x Orthanc;
 - relaxed              >= 0.9 x storescp.
@@ -133,7 +133,7 @@ def main():
     disk4 = median([d["per_second"] for d in disk[4]])
     serial_bound = 1 / (1 / m[("storescp", 1)] + fsync1 / 1e3)
     checks = [
-        ("full 1 assoc vs serial bound", m[("outpost-full", 1)] / serial_bound, 0.8),
+        ("full 1 assoc vs serial bound", m[("outpost-full", 1)] / serial_bound, 1.0),
         ("full 1 assoc vs Orthanc", m[("outpost-full", 1)] / m[("orthanc", 1)], 2.0),
         ("full 4 assoc vs min(storescp, disk x4)", m[("outpost-full", 4)] / min(m[("storescp", 4)], disk4), 0.8),
         ("full 4 assoc vs Orthanc", m[("outpost-full", 4)] / m[("orthanc", 4)], 2.0),
@@ -141,9 +141,11 @@ def main():
         ("relaxed 4 assoc vs storescp", m[("outpost-relaxed", 4)] / m[("storescp", 4)], 0.9),
     ]
     print(f"\nCT series, 300 x 512 KB, medians of {a.rounds} rounds (instances/s)")
-    print(f"{'receiver':18} {'1 assoc':>9} {'4 assoc':>9}")
+    print(f"{'receiver':18} {'1 assoc':>9} {'4 assoc':>9}   spread (min-max), 1 and 4")
     for s in servers:
-        print(f"{s.name:18} {m[(s.name, 1)]:9.0f} {m[(s.name, 4)]:9.0f}")
+        r1, r4 = rates[(s.name, 1)], rates[(s.name, 4)]
+        print(f"{s.name:18} {m[(s.name, 1)]:9.0f} {m[(s.name, 4)]:9.0f}   "
+              f"{min(r1):.0f}-{max(r1):.0f}, {min(r4):.0f}-{max(r4):.0f}")
     print(f"disk: 512 KB + fsync median {fsync1:.2f} ms with 1 writer; {disk4:.0f} files/s with 4 writers")
     print(f"serial bound (storescp transfer + one fsync): {serial_bound:.0f} instances/s\n")
     for name, ratio, target in checks:
