@@ -52,6 +52,12 @@ pub trait Fs: Send + Sync + fmt::Debug + 'static {
     fn available_bytes(&self, path: &Path) -> io::Result<u64>;
     /// Size of the file system holding `path`.
     fn total_bytes(&self, path: &Path) -> io::Result<u64>;
+    /// Whether the store may create temporary files ahead of need, in the background (see
+    /// `spare`). Off for the test file systems, whose crash points count operations and must
+    /// not depend on when a background task ran.
+    fn creates_ahead(&self) -> bool {
+        false
+    }
 }
 
 /// The real file system.
@@ -151,5 +157,8 @@ impl Fs for OsFs {
     fn total_bytes(&self, path: &Path) -> io::Result<u64> {
         let st = nix::sys::statvfs::statvfs(path).map_err(io::Error::from)?;
         Ok(st.blocks() as u64 * st.fragment_size() as u64)
+    }
+    fn creates_ahead(&self) -> bool {
+        true
     }
 }

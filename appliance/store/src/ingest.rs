@@ -1,7 +1,8 @@
-//! Receiving one instance: data set bytes stream into `tmp/<id>.part` behind a Part 10 header,
-//! through a walker that checks them and captures the indexed attributes, with at most two
-//! write buffers in memory whatever the instance's size. A whole instance is renamed
-//! `tmp/<id>.<crc>.<size>.ready` and handed to the committer.
+//! Receiving one instance: data set bytes stream into `tmp/<id>.part` behind a Part 10 header
+//! (or into a spare file made ahead), through a walker that checks them and captures the
+//! indexed attributes, with at most two write buffers in memory whatever the instance's size.
+//! A whole instance is renamed `tmp/<id>.<seq>.<crc>.<size>.ready` and handed to the
+//! committer.
 
 use std::path::PathBuf;
 use std::sync::atomic::Ordering;
@@ -105,8 +106,9 @@ pub struct Ingest {
     request: IngestRequest,
     id: FileId,
     tmp: PathBuf,
-    /// The writer, when the file exists and no write is in flight. The file is created by the
-    /// first write, so that creating it costs no trip to the blocking pool of its own.
+    /// The writer, when the file exists and no write is in flight: a spare's (see
+    /// [`crate::spare`]), or else created by the first write, so that creating it costs no
+    /// trip to the blocking pool of its own.
     writer: Option<Box<dyn FileWriter>>,
     in_flight: Option<WriteTask>,
     /// Bytes waiting for the next write: fragments as received, small ones joined.
@@ -153,7 +155,12 @@ impl Store {
         let reserved = RESERVE_FIRST.max(header.len() as u64);
         self.reserve(reserved)?;
         let id = FileId::new(SystemTime::now());
-        let tmp = self.inner.layout.tmp_path(&id);
+        // A file made ahead keeps the create off this instance's path; without one, the
+        // first write creates `<id>.part`.
+        let (tmp, writer) = match self.take_spare() {
+            Some(spare) => (spare.path, Some(spare.writer)),
+            None => (self.inner.layout.tmp_path(&id), None),
+        };
         let crc = crc32c::crc32c(&header);
         let header_len = header.len() as u64;
         let buffered = header.len();
@@ -163,7 +170,7 @@ impl Store {
             request,
             id,
             tmp,
-            writer: None,
+            writer,
             in_flight: None,
             buffer,
             buffered,

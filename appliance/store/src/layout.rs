@@ -3,6 +3,7 @@
 //! ```text
 //! <data_dir>/index.redb                       the index
 //! <data_dir>/tmp/<id>.part                    instances being received
+//! <data_dir>/tmp/<id>.spare                   files made ahead, empty until an instance arrives
 //! <data_dir>/tmp/<id>.<seq>.<crc>.<size>.ready  received instances not yet checkpointed
 //! <data_dir>/objects/YYYY/MM/DD/HH/<id>.dcm   stored instances (Part 10 files)
 //! ```
@@ -62,6 +63,8 @@ impl FileId {
 pub enum TmpName {
     /// Still being received.
     Part(FileId),
+    /// Created ahead of need and never written (see `spare`).
+    Spare(FileId),
     /// Received whole: the file should have this CRC-32C and size. `seq` orders it among the
     /// other `.ready` files; `None` for a name from before layout version 2 (older than any).
     Ready {
@@ -76,6 +79,9 @@ impl TmpName {
     pub fn parse(name: &str) -> Option<TmpName> {
         if let Some(id) = name.strip_suffix(".part") {
             return FileId::parse(id).map(TmpName::Part);
+        }
+        if let Some(id) = name.strip_suffix(".spare") {
+            return FileId::parse(id).map(TmpName::Spare);
         }
         let rest = name.strip_suffix(".ready")?;
         let parts: Vec<&str> = rest.split('.').collect();
@@ -99,7 +105,7 @@ impl TmpName {
 
     pub fn id(&self) -> &FileId {
         match self {
-            TmpName::Part(id) | TmpName::Ready { id, .. } => id,
+            TmpName::Part(id) | TmpName::Spare(id) | TmpName::Ready { id, .. } => id,
         }
     }
 }
@@ -127,6 +133,11 @@ impl Layout {
 
     pub fn tmp_path(&self, id: &FileId) -> PathBuf {
         self.tmp_dir().join(format!("{}.part", id.0))
+    }
+
+    /// A file created ahead of need, for an instance not yet arriving.
+    pub fn spare_path(&self, id: &FileId) -> PathBuf {
+        self.tmp_dir().join(format!("{}.spare", id.0))
     }
 
     /// The name of a received file: `seq` from [`ReadySeq::next`].

@@ -24,6 +24,7 @@ pub mod outbox;
 mod reconcile;
 pub mod settle;
 mod slot;
+mod spare;
 mod split;
 pub mod stall;
 mod verify;
@@ -273,6 +274,7 @@ pub(crate) struct Inner {
     pub(crate) syncs: Arc<stall::SyncWatch>,
     /// Set by the index writer while the volume is too full for the index to take changes.
     pub(crate) index_full: Arc<std::sync::atomic::AtomicBool>,
+    pub(crate) spares: Arc<spare::Spares>,
 }
 
 /// A handle on the archive; cheap to clone.
@@ -393,6 +395,7 @@ impl Store {
                 hold: std::sync::RwLock::new(None),
                 ready_seq: layout::ReadySeq::starting_at(next_ready_seq),
                 in_flight: AtomicU64::new(0),
+                spares: Arc::default(),
                 syncs,
                 index_full,
             }),
@@ -496,6 +499,8 @@ impl Store {
 
     /// Stops the index writer after it made everything durable. Ingests still running fail.
     pub async fn close(&self) -> Result<(), StoreError> {
+        let store = self.clone();
+        let _ = tokio::task::spawn_blocking(move || store.drop_spares()).await;
         self.inner.committer.shutdown().await
     }
 }

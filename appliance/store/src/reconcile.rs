@@ -275,6 +275,8 @@ pub(crate) fn run(
                 done.incomplete_removed += 1;
                 to_remove.push(tmp);
             }
+            // Made ahead of need and never written: nothing was received into it.
+            Some(TmpName::Spare(_)) => to_remove.push(tmp),
             Some(TmpName::Ready {
                 id,
                 seq,

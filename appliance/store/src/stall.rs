@@ -185,6 +185,9 @@ impl Fs for Watched {
     fn total_bytes(&self, path: &Path) -> io::Result<u64> {
         self.inner.total_bytes(path)
     }
+    fn creates_ahead(&self) -> bool {
+        self.inner.creates_ahead()
+    }
 }
 
 #[cfg(test)]

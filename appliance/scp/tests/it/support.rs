@@ -89,12 +89,21 @@ pub fn instance_count(app: &Appliance) -> u64 {
     app.store.instance_count().expect("instance count")
 }
 
-/// Files left in the store's temporary directory.
+/// Files left in the store's temporary directory, but for the empty spares it makes ahead
+/// for the next instances (an instance being received into a spare has bytes, and counts).
 pub fn tmp_files(app: &Appliance) -> Vec<PathBuf> {
     match std::fs::read_dir(app.dir.path().join("data").join("tmp")) {
-        Ok(d) => d.map(|e| e.expect("dir entry").path()).collect(),
+        Ok(d) => d
+            .map(|e| e.expect("dir entry").path())
+            .filter(|p| !is_empty_spare(p))
+            .collect(),
         Err(_) => Vec::new(),
     }
+}
+
+fn is_empty_spare(path: &std::path::Path) -> bool {
+    path.extension().is_some_and(|e| e == "spare")
+        && std::fs::metadata(path).is_ok_and(|m| m.len() == 0)
 }
 
 /// Waits until `cond` holds, polling; panics after `timeout`.

@@ -106,7 +106,7 @@ async fn refusals_leave_nothing_behind() {
 
     assert_eq!(store.instance_count().unwrap(), 0);
     // Removal of temporary files is part of finishing, so the directory is empty now.
-    let tmp: Vec<_> = std::fs::read_dir(dir.path().join("tmp")).unwrap().collect();
+    let tmp = crate::tmp_files(dir.path());
     assert!(tmp.is_empty(), "{tmp:?}");
     assert_eq!(store.stats().refused, 4);
 }
@@ -120,7 +120,7 @@ async fn below_the_free_space_floor_nothing_is_written() {
     let inst = SynthInstance::ct(1, 1, 1, 1);
     let r = store.begin(request(&inst)).await;
     assert!(matches!(r, Err(IngestError::OutOfSpace { .. })));
-    let tmp: Vec<_> = std::fs::read_dir(dir.path().join("tmp")).unwrap().collect();
+    let tmp = crate::tmp_files(dir.path());
     assert!(tmp.is_empty());
 }
 
@@ -217,4 +217,55 @@ async fn concurrent_ingest_shares_commits() {
     assert_eq!(s.stored, 100);
     assert!(s.batches <= 100);
     assert!(s.flushes_per_instance() > 0.0);
+}
+
+/// Files made ahead for the next instances (`tmp/<id>.spare`) are used, left by nobody: a
+/// clean close removes them, and start-up removes those a crash left, without counting them
+/// as incomplete instances.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spare_files_made_ahead_are_used_and_never_left_behind() {
+    let dir = tempfile::tempdir().unwrap();
+    let spares = |dir: &std::path::Path| {
+        std::fs::read_dir(dir.join("tmp"))
+            .unwrap()
+            .filter(|e| {
+                e.as_ref()
+                    .unwrap()
+                    .path()
+                    .extension()
+                    .is_some_and(|x| x == "spare")
+            })
+            .count()
+    };
+    let (store, _) = Store::open(config(dir.path())).unwrap();
+    for n in 1..=5 {
+        let inst = SynthInstance::ct(1, 1, 1, n);
+        assert_eq!(store_instance(&store, &inst).await, Outcome::Stored);
+    }
+    // The first instance made the pool; later ones took from it and it was refilled.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while spares(dir.path()) == 0 {
+        assert!(std::time::Instant::now() < deadline, "no spare was made");
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    assert_eq!(store.instance_count().unwrap(), 5);
+    store.close().await.unwrap();
+    drop(store);
+    assert_eq!(spares(dir.path()), 0, "a clean close leaves no spare");
+
+    // What a crash leaves: a spare never written.
+    std::fs::write(
+        dir.path().join("tmp/2026120307-00000000000000aa.spare"),
+        b"",
+    )
+    .unwrap();
+    let (store, opened) = Store::open(config(dir.path())).unwrap();
+    assert_eq!(opened.reconciled.incomplete_removed, 0);
+    assert_eq!(store.instance_count().unwrap(), 5);
+    assert!(
+        !dir.path()
+            .join("tmp/2026120307-00000000000000aa.spare")
+            .exists()
+    );
+    store.close().await.unwrap();
 }

@@ -38,7 +38,7 @@ fn link_final(layout: &Layout, ready: &Path, id: &FileId) {
 }
 
 fn tmp_is_empty(dir: &Path) -> bool {
-    std::fs::read_dir(dir.join("tmp")).unwrap().next().is_none()
+    crate::tmp_files(dir).is_empty()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
