@@ -46,6 +46,24 @@ pub enum EventKind {
     PowerOff,
     /// A person acted on the archive through `outpost` (the detail says what).
     OperatorAction,
+    /// A person logged in, or tried to (PS3.15 User Authentication, Login): a failed
+    /// attempt has outcome `minor-failure` and says why in the detail.
+    Login,
+    /// A session ended: logged out, or ended by an account change (PS3.15 User
+    /// Authentication, Logout).
+    Logout,
+    /// A user or an API token was added, changed or removed (PS3.15 Security Alert, User
+    /// Security Attributes Changed); the detail says what, the actor who.
+    AccountChanged,
+}
+
+/// Who acted (PS3.15 A.5 Active Participant, "user is requestor"): a panel user or API
+/// token's owner with their role, or a local operator such as `root` at the console.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Actor {
+    pub name: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub role: Option<String>,
 }
 
 /// PS3.15 Event Outcome Indicator, in words.
@@ -75,6 +93,11 @@ pub struct Event {
     pub study_uid: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub instances: Option<u64>,
+    /// Who acted, for what people do (logins, account changes, operator actions); left out
+    /// of lines written before it existed and of events no person caused, so older lines
+    /// read the same.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub actor: Option<Actor>,
     /// A sentence for people: why a rejection, what a query asked, where a retrieval went.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub detail: Option<String>,
@@ -95,9 +118,26 @@ impl Event {
             patient_id: None,
             study_uid: None,
             instances: None,
+            actor: None,
             detail: None,
             repeated: None,
         }
+    }
+
+    /// Who acted; `role` as the actor's role is named (`admin`, `technician`, `viewer`), or
+    /// `None` for a local operator who has none.
+    pub fn actor(mut self, name: &str, role: Option<&str>) -> Event {
+        self.actor = Some(Actor {
+            name: name.to_string(),
+            role: role.map(str::to_string),
+        });
+        self
+    }
+
+    /// Where the actor acted from: a client's address, or `local` for the console.
+    pub fn peer(mut self, peer: impl ToString) -> Event {
+        self.peer = Some(peer.to_string());
+        self
     }
 
     pub fn association(mut self, calling: &str, called: &str, peer: impl ToString) -> Event {
@@ -650,6 +690,40 @@ mod tests {
         assert_eq!(lines[1]["outcome"], "minor-failure");
         assert!(lines[1].get("patient_id").is_none());
         assert_eq!(lines[2]["event"], "application-start");
+    }
+
+    #[test]
+    fn an_event_without_an_actor_is_written_as_before_and_one_with_names_who_and_role() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("audit.jsonl");
+        let audit = Audit::open(&path).unwrap();
+        audit.record(Event::new(EventKind::ApplicationStart, Outcome::Success));
+        audit.record(
+            Event::new(EventKind::Login, Outcome::MinorFailure)
+                .actor("tech", Some("technician"))
+                .peer("10.0.0.7")
+                .detail("wrong password"),
+        );
+        audit.record(
+            Event::new(EventKind::AccountChanged, Outcome::Success)
+                .actor("root", None)
+                .detail("added user tech (technician)"),
+        );
+        audit.close();
+        let text = std::fs::read_to_string(&path).unwrap();
+        let lines: Vec<serde_json::Value> = text
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        // The same keys as a line written before actors existed.
+        let keys: Vec<&String> = lines[0].as_object().unwrap().keys().collect();
+        assert_eq!(keys, ["event", "outcome", "when"]);
+        assert_eq!(lines[1]["event"], "login");
+        assert_eq!(lines[1]["actor"]["name"], "tech");
+        assert_eq!(lines[1]["actor"]["role"], "technician");
+        assert_eq!(lines[1]["peer"], "10.0.0.7");
+        assert_eq!(lines[2]["event"], "account-changed");
+        assert!(lines[2]["actor"].get("role").is_none());
     }
 }
 
