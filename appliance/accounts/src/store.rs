@@ -155,6 +155,14 @@ impl Store {
             source,
         })?;
         let path = dir.join(FILE_NAME);
+        // Opening for writing writes redb's header, so a file this build may not read is
+        // first looked at read-only and, if refused, left exactly as it was. (A file that
+        // needs repair cannot be opened read-only; the check below then sees it.)
+        if path.exists()
+            && let Ok(db) = Database::builder().open_read_only(&path)
+        {
+            check_version(&path, min_reader_version(&db)?)?;
+        }
         let db = Database::builder()
             .create(&path)
             .map_err(|source| AccountError::Open {
@@ -162,15 +170,10 @@ impl Store {
                 source,
             })?;
         let store = Store { db, path };
-        // Read before any write: a file this build may not read is left exactly as it was.
-        let found = store.min_reader_version()?;
-        if let Some(v) = found.filter(|v| *v > FORMAT_VERSION) {
-            return Err(AccountError::TooNew {
-                path: store.path.clone(),
-                min_reader_version: v,
-                ours: FORMAT_VERSION,
-            });
-        }
+        // Read before any write of ours: this build's tables are not touched in a file
+        // it may not read.
+        let found = min_reader_version(&store.db)?;
+        check_version(&store.path, found)?;
         let mut txn = store.db.begin_write()?;
         txn.set_quick_repair(true);
         {
@@ -189,16 +192,6 @@ impl Store {
 
     pub(crate) fn path(&self) -> &Path {
         &self.path
-    }
-
-    fn min_reader_version(&self) -> Result<Option<u64>, AccountError> {
-        let txn = self.db.begin_read()?;
-        let meta = match txn.open_table(META) {
-            Ok(t) => t,
-            Err(TableError::TableDoesNotExist(_)) => return Ok(None),
-            Err(e) => return Err(e.into()),
-        };
-        Ok(meta.get(MIN_READER_KEY)?.map(|v| v.value()))
     }
 
     fn load(&self) -> Result<Loaded, AccountError> {
@@ -276,6 +269,28 @@ impl Store {
         })?;
         txn.commit()?;
         Ok(out)
+    }
+}
+
+/// The file's `min_reader_version`, if it has one (a new file has none).
+fn min_reader_version(db: &impl ReadableDatabase) -> Result<Option<u64>, AccountError> {
+    let txn = db.begin_read()?;
+    let meta = match txn.open_table(META) {
+        Ok(t) => t,
+        Err(TableError::TableDoesNotExist(_)) => return Ok(None),
+        Err(e) => return Err(e.into()),
+    };
+    Ok(meta.get(MIN_READER_KEY)?.map(|v| v.value()))
+}
+
+fn check_version(path: &Path, found: Option<u64>) -> Result<(), AccountError> {
+    match found {
+        Some(v) if v > FORMAT_VERSION => Err(AccountError::TooNew {
+            path: path.to_path_buf(),
+            min_reader_version: v,
+            ours: FORMAT_VERSION,
+        }),
+        _ => Ok(()),
     }
 }
 
