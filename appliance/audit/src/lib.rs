@@ -8,8 +8,10 @@
 //! The trail is bounded on the data volume ([`AuditConfig`]): a new file starts each UTC day
 //! and at a size, rotated files are deleted by age and by the trail's total size, and a peer
 //! rejected again and again for one reason gets a few lines a minute and then one summary
-//! line, so that a caller looping rejected associations cannot fill the disk through it.
-//! Later issues add logins and operator actions to the same trail.
+//! line (rejected associations and failed logins alike), so that a caller looping
+//! rejected associations or logins cannot fill the disk through it. What people do
+//! (logins, logouts, account changes, operator actions) carries an actor: who, and their
+//! role.
 
 use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
@@ -186,8 +188,9 @@ pub struct AuditConfig {
     /// each rotation, the oldest rotated files are deleted until the new file has room to
     /// reach `rotate_bytes` (`None`: no size bound). The file being written is never deleted.
     pub max_bytes: Option<u64>,
-    /// Rejected associations written per (peer address, reason) per `window`; the rest are
-    /// counted and written as one summary line when the window ends (0: no limit).
+    /// Rejected associations and failed logins written per (peer address, reason) per
+    /// `window`; the rest are counted and written as one summary line when the window ends
+    /// (0: no limit).
     pub rejections_per_window: u32,
     /// The rate limit's window; a minute, shorter in tests.
     pub window: Duration,
@@ -389,7 +392,7 @@ struct Limiter {
 impl Limiter {
     /// Whether `event` is written now; held events are counted in their window.
     fn admit(&mut self, event: &Event, config: &AuditConfig, out: &mut Vec<Event>) -> bool {
-        if config.rejections_per_window == 0 || event.event != EventKind::AssociationRejected {
+        if config.rejections_per_window == 0 || !is_rejection(event) {
             return true;
         }
         self.expire(config, out, false);
@@ -438,6 +441,16 @@ impl Limiter {
     }
 }
 
+/// What the limiter holds back: rejected associations, and failed logins (a client locked
+/// out of an account can try again as fast as it likes, for nothing but an audit line).
+fn is_rejection(event: &Event) -> bool {
+    match event.event {
+        EventKind::AssociationRejected => true,
+        EventKind::Login => event.outcome != Outcome::Success,
+        _ => false,
+    }
+}
+
 /// The peer's address without its port (every association comes from a new port), and the
 /// reason.
 fn rejection_key(event: &Event) -> (String, String) {
@@ -454,17 +467,29 @@ fn summary(peer: &str, reason: &str, w: &Window, window: Duration) -> Event {
     } else {
         format!("the last {}", humantime::format_duration(window))
     };
-    let mut e = Event::new(EventKind::AssociationRejected, Outcome::MinorFailure);
+    let kind = w
+        .last
+        .as_ref()
+        .map_or(EventKind::AssociationRejected, |l| l.event);
+    let mut e = Event::new(kind, Outcome::MinorFailure);
     if let Some(last) = &w.last {
         e.calling_ae = last.calling_ae.clone();
         e.called_ae = last.called_ae.clone();
+        e.actor = last.actor.clone();
     }
     e.peer = Some(peer.to_string());
     e.repeated = Some(w.held);
-    e.detail = Some(format!(
-        "{} more rejections of {peer} for {reason} in {span}",
-        w.held
-    ));
+    e.detail = Some(if kind == EventKind::Login {
+        format!(
+            "{} more failed logins from {peer} ({reason}) in {span}",
+            w.held
+        )
+    } else {
+        format!(
+            "{} more rejections of {peer} for {reason} in {span}",
+            w.held
+        )
+    });
     e
 }
 
@@ -908,6 +933,45 @@ mod bounded {
         assert_eq!(
             summary["detail"],
             "995 more rejections of 10.0.0.9 for calling AE not known in the last minute"
+        );
+    }
+
+    #[test]
+    fn failed_logins_from_one_address_are_summarised_and_successes_never() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("audit.jsonl");
+        let config = AuditConfig {
+            rejections_per_window: 3,
+            ..AuditConfig::default()
+        };
+        let audit = Audit::open_with(&path, config).unwrap();
+        let login = |outcome, name: &str, why: &str| {
+            Event::new(EventKind::Login, outcome)
+                .actor(name, None)
+                .peer("10.0.0.66")
+                .detail(why)
+        };
+        for i in 0..50 {
+            // Trying one name after another is still one address failing for one reason.
+            audit.record(login(
+                Outcome::MinorFailure,
+                &format!("user{i}"),
+                "login refused: no such user",
+            ));
+        }
+        for _ in 0..5 {
+            audit.record(login(Outcome::Success, "tech", "logged in"));
+        }
+        audit.close();
+        let lines = all_lines(dir.path());
+        assert_eq!(lines.len(), 3 + 5 + 1, "{lines:#?}");
+        let summary = lines.last().unwrap();
+        assert_eq!(summary["event"], "login");
+        assert_eq!(summary["repeated"], 47);
+        assert_eq!(summary["actor"]["name"], "user49");
+        assert_eq!(
+            summary["detail"],
+            "47 more failed logins from 10.0.0.66 (login refused: no such user) in the last minute"
         );
     }
 
