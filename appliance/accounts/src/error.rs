@@ -62,6 +62,15 @@ pub enum AccountError {
     CsrfMismatch,
 
     #[error(
+        "{user:?} is a {role}, who may not store, so a token of scope {scope} is refused; give the token scope read, or the user the technician role first"
+    )]
+    ScopeAboveRole {
+        user: String,
+        role: crate::Role,
+        scope: crate::Scope,
+    },
+
+    #[error(
         "the API token is not known (mistyped, revoked, or its user removed); ask for a new one with `outpost user token NAME`"
     )]
     UnknownToken,

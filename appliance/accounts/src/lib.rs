@@ -105,6 +105,20 @@ pub struct TokenAuth {
     pub scope: Scope,
 }
 
+impl TokenAuth {
+    /// Whether the token may do what needs `required`: tokens read, whatever their user's
+    /// role, so only what a viewer may do.
+    pub fn allows(&self, required: Role) -> bool {
+        required == Role::Viewer && self.role.allows(required)
+    }
+
+    /// Whether the token may store instances: its scope says so and its user, as they are
+    /// now, is at least a technician (a viewer is read-only).
+    pub fn may_store(&self) -> bool {
+        self.scope.may_store() && self.role.allows(Role::Technician)
+    }
+}
+
 /// A successful login: the session's id goes into the cookie, its CSRF token into pages.
 #[derive(Clone)]
 pub struct Login {
@@ -526,7 +540,8 @@ impl Accounts {
 
     // API tokens.
 
-    /// Makes an API token for a user. Its secret is in the answer only.
+    /// Makes an API token for a user. Its secret is in the answer only. A token that may
+    /// store is only for a technician or an administrator.
     pub async fn create_token(
         &self,
         name: &str,
@@ -543,6 +558,13 @@ impl Accounts {
                 let user = tx
                     .user(&name)?
                     .ok_or_else(|| AccountError::UnknownUser(name.clone()))?;
+                if scope.may_store() && !user.role.allows(Role::Technician) {
+                    return Err(AccountError::ScopeAboveRole {
+                        user: name.clone(),
+                        role: user.role,
+                        scope,
+                    });
+                }
                 let row = TokenRow {
                     id: tx.next_id(Counter::Token)?,
                     user_id: user.id,

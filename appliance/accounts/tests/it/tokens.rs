@@ -92,6 +92,40 @@ async fn a_revoked_token_is_refused_and_numbers_are_never_reused() {
 }
 
 #[tokio::test]
+async fn a_token_reads_or_stores_and_never_does_more_than_its_user_may() {
+    let f = Fixture::new();
+    f.add("boss", Role::Admin).await;
+    f.add("tech", Role::Technician).await;
+    f.add("reader", Role::Viewer).await;
+    let a = &f.accounts;
+    let (store, _) = a
+        .create_token("tech", Scope::ReadStore, &root())
+        .await
+        .unwrap();
+    let (read, _) = a.create_token("boss", Scope::Read, &root()).await.unwrap();
+    let storing = a.verify_token(&store.secret).unwrap();
+    let reading = a.verify_token(&read.secret).unwrap();
+    assert!(storing.may_store() && !reading.may_store());
+    for t in [&storing, &reading] {
+        // A token reads; it does not act as its technician or administrator.
+        assert!(t.allows(Role::Viewer));
+        assert!(!t.allows(Role::Technician) && !t.allows(Role::Admin));
+    }
+    // A viewer is read-only, so is not given a token that stores.
+    let e = a
+        .create_token("reader", Scope::ReadStore, &root())
+        .await
+        .unwrap_err();
+    assert!(matches!(e, AccountError::ScopeAboveRole { .. }), "{e}");
+    assert!(a.tokens(Some("reader")).is_empty());
+    // And a storing token of a user made a viewer since stores no more.
+    a.set_role("tech", Role::Viewer, &root()).await.unwrap();
+    let demoted = a.verify_token(&store.secret).unwrap();
+    assert_eq!(demoted.scope, Scope::ReadStore);
+    assert!(!demoted.may_store());
+}
+
+#[tokio::test]
 async fn a_token_stands_for_its_user_as_they_are_now() {
     let f = Fixture::new();
     f.add("boss", Role::Admin).await;
