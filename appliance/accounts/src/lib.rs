@@ -10,6 +10,37 @@
 //! There is no default user and no default password: the first administrator comes from
 //! [`Accounts::add_user`] (the command line) or from [`Accounts::setup_admin`] with the
 //! setup token, which exists only while no administrator does.
+//!
+//! ```
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), accounts::AccountError> {
+//! use accounts::{Accounts, Actor, Role};
+//! # let data_dir = tempfile::tempdir().unwrap();
+//! let accounts = Accounts::open(data_dir.path())?;
+//! let from = "192.0.2.7".parse().unwrap();
+//!
+//! // The first administrator, from the setup link (`outpost status` shows its token).
+//! let token = accounts.setup_token().expect("no administrator yet");
+//! let (_, event) = accounts
+//!     .setup_admin(&token, "boss", "a long enough passphrase", from)
+//!     .await?;
+//! // audit.record(event);
+//! # drop(event);
+//!
+//! let attempt = accounts.login("boss", "a long enough passphrase", from).await;
+//! // tokio::time::sleep(attempt.delay).await; audit.record(attempt.event);
+//! let login = attempt.result?;
+//! let session = accounts.authenticate(&login.session)?;
+//! session.check_csrf(&login.csrf)?;
+//! assert!(session.role.allows(Role::Technician));
+//!
+//! let admin = Actor::user(&session.user, session.role, from);
+//! accounts
+//!     .add_user("tech", Role::Technician, "another long passphrase", &admin)
+//!     .await?;
+//! # Ok(())
+//! # }
+//! ```
 
 mod clock;
 mod error;

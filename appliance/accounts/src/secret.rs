@@ -25,7 +25,7 @@ pub const MIN_PASSWORD_CHARS: usize = 12;
 pub const MAX_CONCURRENT_HASHES: usize = 2;
 
 /// Argon2id memory cost in KiB (19 MiB), passes and lanes: OWASP's first recommended set,
-/// about 30 ms on the appliance's cores and 19 MiB per running hash.
+/// tens of milliseconds on one of the appliance's cores and 19 MiB per running hash.
 const ARGON2_M_KIB: u32 = 19 * 1024;
 const ARGON2_T: u32 = 2;
 const ARGON2_P: u32 = 1;
