@@ -151,13 +151,17 @@ fn bump<'m, K: Eq + Hash + Clone>(
     if !map.contains_key(&key) && map.len() >= MAX_TRACKED {
         map.retain(|_, f| !stale(f, now, p));
         if map.len() >= MAX_TRACKED {
-            // Still full: forget the failure longest ago, never a running lockout first.
-            if let Some(oldest) = map
+            // Still full: forget the tenth whose last failure is longest ago, running
+            // lockouts last. A tenth at once, so that a flood of new names costs one pass
+            // over the map per thousand failures rather than one per failure.
+            let mut order: Vec<((bool, Duration), K)> = map
                 .iter()
-                .min_by_key(|(_, f)| (f.locked_until.is_some_and(|u| u > now), f.last))
-                .map(|(k, _)| k.clone())
-            {
-                map.remove(&oldest);
+                .map(|(k, f)| ((f.locked_until.is_some_and(|u| u > now), f.last), k.clone()))
+                .collect();
+            let forget = MAX_TRACKED / 10;
+            order.select_nth_unstable_by_key(forget, |(rank, _)| *rank);
+            for (_, k) in order.into_iter().take(forget) {
+                map.remove(&k);
             }
         }
     }
@@ -173,4 +177,29 @@ fn bump<'m, K: Eq + Hash + Clone>(
     f.count += 1;
     f.last = now;
     f
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn failures_for_many_names_stay_bounded_and_keep_running_lockouts() {
+        let p = LoginPolicy::default();
+        let mut t = Throttle::default();
+        let attacker = IpAddr::from([10, 0, 0, 66]);
+        let now = Duration::from_secs(1);
+        for _ in 0..p.lockout_after {
+            t.failed(attacker, "tech", now, &p);
+        }
+        // A flood of made-up names from another address, all within the lockout.
+        for i in 0..(2 * MAX_TRACKED) {
+            t.failed(IpAddr::from([10, 0, 1, 1]), &format!("n{i}"), now, &p);
+        }
+        assert!(t.pairs.len() <= MAX_TRACKED && t.accounts.len() <= MAX_TRACKED);
+        assert!(matches!(
+            t.admit(attacker, "tech", now, &p),
+            Admit::Locked(_)
+        ));
+    }
 }

@@ -1,7 +1,7 @@
 //! Sessions: idle and absolute expiry, CSRF tokens, logout, and the account changes that end
 //! them.
 
-use accounts::{AccountError, Login, Role, SessionPolicy};
+use accounts::{AccountError, Accounts, Login, Options, Role, SessionPolicy};
 use audit::EventKind;
 
 use super::*;
@@ -169,4 +169,41 @@ async fn sessions_do_not_survive_a_restart() {
         f.accounts.authenticate(&s.session),
         Err(AccountError::UnknownSession)
     ));
+}
+
+#[tokio::test]
+async fn beyond_the_most_sessions_held_the_one_unused_longest_ends() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = Arc::new(ManualClock::new(SystemTime::UNIX_EPOCH));
+    let options = Options {
+        clock: clock.clone(),
+        sessions: SessionPolicy {
+            max_sessions: 3,
+            ..SessionPolicy::default()
+        },
+        ..Options::default()
+    };
+    let a = Accounts::open_with(dir.path(), options).unwrap();
+    a.add_user("tech", Role::Technician, PASSWORD, &root())
+        .await
+        .unwrap();
+    let mut ids = Vec::new();
+    for _ in 0..3 {
+        ids.push(
+            a.login("tech", PASSWORD, addr(1))
+                .await
+                .result
+                .unwrap()
+                .session,
+        );
+        clock.advance(minutes(1));
+    }
+    // The first is used again, so the second is the one unused longest.
+    a.authenticate(&ids[0]).unwrap();
+    let fourth = a.login("tech", PASSWORD, addr(1)).await.result.unwrap();
+    assert_eq!(a.sessions_of("tech"), 3);
+    assert!(a.authenticate(&ids[1]).is_err());
+    for id in [&ids[0], &ids[2], &fourth.session] {
+        a.authenticate(id).unwrap();
+    }
 }
