@@ -130,6 +130,11 @@ pub enum AccountError {
 
     #[error("password hashing failed: {0}")]
     Hashing(String),
+
+    /// A task on the blocking pool panicked or the runtime is shutting down; what it did
+    /// is either committed whole or not at all.
+    #[error("an accounts operation did not finish ({0}); check the result and try again")]
+    Interrupted(String),
 }
 
 // redb has one error type per operation family; all of them mean the store failed.

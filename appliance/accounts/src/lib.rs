@@ -354,7 +354,7 @@ impl Accounts {
         .await
     }
 
-    /// Gives a user another role; their sessions carry it from their next request. The
+    /// Gives a user another role, which their running sessions and tokens have at once. The
     /// last enabled administrator keeps theirs.
     pub async fn set_role(
         &self,
@@ -742,7 +742,7 @@ impl Accounts {
         let inner = self.inner.clone();
         tokio::task::spawn_blocking(move || f(&inner))
             .await
-            .map_err(|e| AccountError::Hashing(format!("an accounts task failed: {e}")))?
+            .map_err(|e| AccountError::Interrupted(e.to_string()))?
     }
 }
 
