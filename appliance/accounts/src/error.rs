@@ -109,8 +109,8 @@ pub enum AccountError {
         why: String,
     },
 
-    #[error("cannot create the directory {} for the accounts store: {source}; check that the data directory is writable by the service", path.display())]
-    Directory {
+    #[error("cannot create {} for the accounts store: {source}; check that the data directory is writable by the service", path.display())]
+    Create {
         path: PathBuf,
         #[source]
         source: std::io::Error,

@@ -60,7 +60,8 @@
 //!
 //! What redb assumes: that data written before a completed `fsync` survives a power cut, and
 //! that the disk does not lie about it. redb's commit is atomic under that assumption, so a
-//! crash leaves each change whole or absent. The file opens with quick repair.
+//! crash leaves each change whole or absent. The file opens with quick repair. A new file
+//! is made readable by its owner only (mode 0600).
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -150,7 +151,7 @@ impl Store {
     /// Opens (creating if needed) `accounts.redb` in `dir`, refusing a file a newer format
     /// wrote for readers newer than this one, and loads its users and tokens.
     pub(crate) fn open(dir: &Path) -> Result<(Store, Loaded), AccountError> {
-        std::fs::create_dir_all(dir).map_err(|source| AccountError::Directory {
+        std::fs::create_dir_all(dir).map_err(|source| AccountError::Create {
             path: dir.to_path_buf(),
             source,
         })?;
@@ -162,6 +163,21 @@ impl Store {
             && let Ok(db) = Database::builder().open_read_only(&path)
         {
             check_version(&path, min_reader_version(&db)?)?;
+        }
+        // The password hashes are for the service alone, not for everyone who may read the
+        // data directory (the `outpost` group does): a new file is made owner-only before
+        // redb fills it. An existing file keeps whatever mode an operator gave it.
+        if !path.exists() {
+            use std::os::unix::fs::OpenOptionsExt;
+            std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(&path)
+                .map_err(|source| AccountError::Create {
+                    path: path.clone(),
+                    source,
+                })?;
         }
         let db = Database::builder()
             .create(&path)

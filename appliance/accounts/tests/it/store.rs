@@ -64,7 +64,7 @@ async fn the_store_reopens_with_its_users_and_tokens() {
 }
 
 #[tokio::test]
-async fn the_data_directory_is_made_if_missing() {
+async fn the_data_directory_is_made_if_missing_and_the_file_is_the_owners_alone() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("not/yet/there");
     let (accounts, _) = open(&data);
@@ -72,7 +72,13 @@ async fn the_data_directory_is_made_if_missing() {
         .add_user("boss", Role::Admin, PASSWORD, &root())
         .await
         .unwrap();
-    assert!(data.join(FILE_NAME).exists());
+    // Password hashes are for the service's user alone.
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(data.join(FILE_NAME))
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o600, "{mode:o}");
 }
 
 #[tokio::test]
