@@ -1,6 +1,6 @@
 //! The durable part of accounts: users and API tokens in `accounts.redb` under the data
-//! directory. Sessions and login failures are kept in memory only (they need not survive a
-//! restart, and a restart does not help an attacker: it cannot be caused from outside).
+//! directory. Sessions and login failures are kept in memory only: sessions need not
+//! survive a restart, and failures lost to one give an attacker only a few more tries.
 //!
 //! # Design
 //!
@@ -68,7 +68,8 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
 use redb::{
-    Database, ReadableDatabase, ReadableTable, TableDefinition, TableError, WriteTransaction,
+    Database, Durability, ReadableDatabase, ReadableTable, TableDefinition, TableError,
+    WriteTransaction,
 };
 use serde::{Deserialize, Serialize};
 
@@ -278,6 +279,9 @@ impl Store {
         f: impl FnOnce(&mut Tx<'_>) -> Result<T, AccountError>,
     ) -> Result<T, AccountError> {
         let mut txn = self.db.begin_write()?;
+        // redb's default, said here: a change is on disk when its call returns.
+        txn.set_durability(Durability::Immediate)
+            .map_err(|e| AccountError::Storage(e.into()))?;
         txn.set_quick_repair(true);
         let out = f(&mut Tx {
             txn: &txn,
