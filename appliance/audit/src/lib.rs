@@ -8,8 +8,10 @@
 //! The trail is bounded on the data volume ([`AuditConfig`]): a new file starts each UTC day
 //! and at a size, rotated files are deleted by age and by the trail's total size, and a peer
 //! rejected again and again for one reason gets a few lines a minute and then one summary
-//! line, so that a caller looping rejected associations cannot fill the disk through it.
-//! Later issues add logins and operator actions to the same trail.
+//! line (rejected associations and failed logins alike), so that a caller looping
+//! rejected associations or logins cannot fill the disk through it. What people do
+//! (logins, logouts, account changes, operator actions) carries an actor: who, and their
+//! role.
 
 use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
@@ -46,6 +48,24 @@ pub enum EventKind {
     PowerOff,
     /// A person acted on the archive through `outpost` (the detail says what).
     OperatorAction,
+    /// A person logged in, or tried to (PS3.15 User Authentication, Login): a failed
+    /// attempt has outcome `minor-failure` and says why in the detail.
+    Login,
+    /// A session ended: logged out, or ended by an account change (PS3.15 User
+    /// Authentication, Logout).
+    Logout,
+    /// A user or an API token was added, changed or removed (PS3.15 Security Alert, User
+    /// Security Attributes Changed); the detail says what, the actor who.
+    AccountChanged,
+}
+
+/// Who acted (PS3.15 A.5 Active Participant, "user is requestor"): a panel user or API
+/// token's owner with their role, or a local operator such as `root` at the console.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Actor {
+    pub name: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub role: Option<String>,
 }
 
 /// PS3.15 Event Outcome Indicator, in words.
@@ -75,6 +95,11 @@ pub struct Event {
     pub study_uid: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub instances: Option<u64>,
+    /// Who acted, for what people do (logins, account changes, operator actions); left out
+    /// of lines written before it existed and of events no person caused, so older lines
+    /// read the same.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub actor: Option<Actor>,
     /// A sentence for people: why a rejection, what a query asked, where a retrieval went.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub detail: Option<String>,
@@ -95,9 +120,26 @@ impl Event {
             patient_id: None,
             study_uid: None,
             instances: None,
+            actor: None,
             detail: None,
             repeated: None,
         }
+    }
+
+    /// Who acted; `role` as the actor's role is named (`admin`, `technician`, `viewer`), or
+    /// `None` for a local operator who has none.
+    pub fn actor(mut self, name: &str, role: Option<&str>) -> Event {
+        self.actor = Some(Actor {
+            name: name.to_string(),
+            role: role.map(str::to_string),
+        });
+        self
+    }
+
+    /// Where the actor acted from: a client's address, or `local` for the console.
+    pub fn peer(mut self, peer: impl ToString) -> Event {
+        self.peer = Some(peer.to_string());
+        self
     }
 
     pub fn association(mut self, calling: &str, called: &str, peer: impl ToString) -> Event {
@@ -146,8 +188,9 @@ pub struct AuditConfig {
     /// each rotation, the oldest rotated files are deleted until the new file has room to
     /// reach `rotate_bytes` (`None`: no size bound). The file being written is never deleted.
     pub max_bytes: Option<u64>,
-    /// Rejected associations written per (peer address, reason) per `window`; the rest are
-    /// counted and written as one summary line when the window ends (0: no limit).
+    /// Rejected associations and failed logins written per (peer address, reason) per
+    /// `window`; the rest are counted and written as one summary line when the window ends
+    /// (0: no limit).
     pub rejections_per_window: u32,
     /// The rate limit's window; a minute, shorter in tests.
     pub window: Duration,
@@ -349,7 +392,7 @@ struct Limiter {
 impl Limiter {
     /// Whether `event` is written now; held events are counted in their window.
     fn admit(&mut self, event: &Event, config: &AuditConfig, out: &mut Vec<Event>) -> bool {
-        if config.rejections_per_window == 0 || event.event != EventKind::AssociationRejected {
+        if config.rejections_per_window == 0 || !is_rejection(event) {
             return true;
         }
         self.expire(config, out, false);
@@ -398,6 +441,16 @@ impl Limiter {
     }
 }
 
+/// What the limiter holds back: rejected associations, and failed logins (a client locked
+/// out of an account can try again as fast as it likes, for nothing but an audit line).
+fn is_rejection(event: &Event) -> bool {
+    match event.event {
+        EventKind::AssociationRejected => true,
+        EventKind::Login => event.outcome != Outcome::Success,
+        _ => false,
+    }
+}
+
 /// The peer's address without its port (every association comes from a new port), and the
 /// reason.
 fn rejection_key(event: &Event) -> (String, String) {
@@ -414,17 +467,29 @@ fn summary(peer: &str, reason: &str, w: &Window, window: Duration) -> Event {
     } else {
         format!("the last {}", humantime::format_duration(window))
     };
-    let mut e = Event::new(EventKind::AssociationRejected, Outcome::MinorFailure);
+    let kind = w
+        .last
+        .as_ref()
+        .map_or(EventKind::AssociationRejected, |l| l.event);
+    let mut e = Event::new(kind, Outcome::MinorFailure);
     if let Some(last) = &w.last {
         e.calling_ae = last.calling_ae.clone();
         e.called_ae = last.called_ae.clone();
+        e.actor = last.actor.clone();
     }
     e.peer = Some(peer.to_string());
     e.repeated = Some(w.held);
-    e.detail = Some(format!(
-        "{} more rejections of {peer} for {reason} in {span}",
-        w.held
-    ));
+    e.detail = Some(if kind == EventKind::Login {
+        format!(
+            "{} more failed logins from {peer} ({reason}) in {span}",
+            w.held
+        )
+    } else {
+        format!(
+            "{} more rejections of {peer} for {reason} in {span}",
+            w.held
+        )
+    });
     e
 }
 
@@ -651,6 +716,40 @@ mod tests {
         assert!(lines[1].get("patient_id").is_none());
         assert_eq!(lines[2]["event"], "application-start");
     }
+
+    #[test]
+    fn an_event_without_an_actor_is_written_as_before_and_one_with_names_who_and_role() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("audit.jsonl");
+        let audit = Audit::open(&path).unwrap();
+        audit.record(Event::new(EventKind::ApplicationStart, Outcome::Success));
+        audit.record(
+            Event::new(EventKind::Login, Outcome::MinorFailure)
+                .actor("tech", Some("technician"))
+                .peer("10.0.0.7")
+                .detail("wrong password"),
+        );
+        audit.record(
+            Event::new(EventKind::AccountChanged, Outcome::Success)
+                .actor("root", None)
+                .detail("added user tech (technician)"),
+        );
+        audit.close();
+        let text = std::fs::read_to_string(&path).unwrap();
+        let lines: Vec<serde_json::Value> = text
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        // The same keys as a line written before actors existed.
+        let keys: Vec<&String> = lines[0].as_object().unwrap().keys().collect();
+        assert_eq!(keys, ["event", "outcome", "when"]);
+        assert_eq!(lines[1]["event"], "login");
+        assert_eq!(lines[1]["actor"]["name"], "tech");
+        assert_eq!(lines[1]["actor"]["role"], "technician");
+        assert_eq!(lines[1]["peer"], "10.0.0.7");
+        assert_eq!(lines[2]["event"], "account-changed");
+        assert!(lines[2]["actor"].get("role").is_none());
+    }
 }
 
 #[cfg(test)]
@@ -834,6 +933,45 @@ mod bounded {
         assert_eq!(
             summary["detail"],
             "995 more rejections of 10.0.0.9 for calling AE not known in the last minute"
+        );
+    }
+
+    #[test]
+    fn failed_logins_from_one_address_are_summarised_and_successes_never() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("audit.jsonl");
+        let config = AuditConfig {
+            rejections_per_window: 3,
+            ..AuditConfig::default()
+        };
+        let audit = Audit::open_with(&path, config).unwrap();
+        let login = |outcome, name: &str, why: &str| {
+            Event::new(EventKind::Login, outcome)
+                .actor(name, None)
+                .peer("10.0.0.66")
+                .detail(why)
+        };
+        for i in 0..50 {
+            // Trying one name after another is still one address failing for one reason.
+            audit.record(login(
+                Outcome::MinorFailure,
+                &format!("user{i}"),
+                "login refused: no such user",
+            ));
+        }
+        for _ in 0..5 {
+            audit.record(login(Outcome::Success, "tech", "logged in"));
+        }
+        audit.close();
+        let lines = all_lines(dir.path());
+        assert_eq!(lines.len(), 3 + 5 + 1, "{lines:#?}");
+        let summary = lines.last().unwrap();
+        assert_eq!(summary["event"], "login");
+        assert_eq!(summary["repeated"], 47);
+        assert_eq!(summary["actor"]["name"], "user49");
+        assert_eq!(
+            summary["detail"],
+            "47 more failed logins from 10.0.0.66 (login refused: no such user) in the last minute"
         );
     }
 
