@@ -8,11 +8,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use anyhow::Context;
-use serde::{Deserialize, Serialize};
 use store::Store;
-use store::outbox::{
-    DeadLetter, HeldCorrection, QueueOp, QueueSummary, RecallMismatch, StalledClaim,
-};
+use store::outbox::{HeldCorrection, QueueOp, RecallMismatch, StalledClaim};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
 use tokio_util::sync::CancellationToken;
@@ -21,198 +18,7 @@ use tracing::{debug, warn};
 /// Largest request accepted; requests are a few hundred bytes.
 const MAX_REQUEST: usize = 64 * 1024;
 
-#[derive(Debug, Serialize, Deserialize)]
-#[serde(tag = "cmd", rename_all = "kebab-case")]
-pub enum Request {
-    /// The appliance's state for people: archive, forwarding, versions, uptime.
-    Status,
-    /// Every destination's queue and state.
-    Queue,
-    /// A destination's dead letters.
-    Dead {
-        destination: String,
-        limit: usize,
-    },
-    /// Make waiting entries due now and probe the destination now.
-    Retry {
-        destination: String,
-    },
-    /// Move dead letters back into the queue (all when `seqs` is empty).
-    Resubmit {
-        destination: String,
-        seqs: Vec<u64>,
-    },
-    Pause {
-        destination: String,
-    },
-    Resume {
-        destination: String,
-    },
-    /// Overwritten instances kept local until a person releases them.
-    Corrections,
-    /// Release held corrections: those with the given SOP Instance UIDs, or all (`all`),
-    /// optionally only those acknowledged by `destination`.
-    ReleaseCorrections {
-        destination: Option<String>,
-        sops: Vec<String>,
-        all: bool,
-    },
-    /// Stop waiting for a destination's confirmation of the instances it will not confirm.
-    ReleaseClaim {
-        destination: String,
-    },
-    /// Instances held in quarantine (patient conflicts).
-    Quarantine,
-    /// A person's decision on one held instance.
-    ResolveQuarantine {
-        seq: u64,
-        resolution: QuarantineResolution,
-    },
-}
-
-/// What `outpost quarantine assign|split|delete` asks for (the store's
-/// [`store::Resolution`], which is not serialisable, or its split).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum QuarantineResolution {
-    Assign,
-    Split,
-    Delete,
-}
-
-impl QuarantineResolution {
-    fn word(self) -> &'static str {
-        match self {
-            QuarantineResolution::Assign => "assign",
-            QuarantineResolution::Split => "split",
-            QuarantineResolution::Delete => "delete",
-        }
-    }
-}
-
-/// One held instance as `outpost quarantine list` shows it: what a person needs to decide
-/// (both Patient IDs, the study, why, where it came from), not the whole index record.
-#[derive(Debug, Serialize, Deserialize)]
-pub struct QuarantineRow {
-    /// The number `outpost quarantine assign|delete` takes.
-    pub seq: u64,
-    pub sop_instance_uid: String,
-    pub study_uid: String,
-    pub modality: String,
-    /// The instance's own Patient ID.
-    pub patient_id: String,
-    /// The Patient ID the archive holds the study (or the colliding instance) under.
-    pub study_patient_id: String,
-    /// Why it was held, one sentence.
-    pub reason: String,
-    /// Calling AE title that sent it ("" for imports).
-    pub source_ae: String,
-    pub bytes: u64,
-    /// When it was held, Unix seconds.
-    pub held_at: u64,
-}
-
-impl From<&store::Held> for QuarantineRow {
-    fn from(h: &store::Held) -> Self {
-        QuarantineRow {
-            seq: h.seq,
-            sop_instance_uid: h.conflict.sop_instance_uid.clone(),
-            study_uid: h.conflict.study_uid.clone(),
-            modality: h.extracted.modality.clone(),
-            patient_id: store::record::patient_id_of(&h.conflict.patient_key).to_string(),
-            study_patient_id: store::record::patient_id_of(&h.conflict.study_patient_key)
-                .to_string(),
-            reason: h.conflict.to_string(),
-            source_ae: h.record.source_ae.clone(),
-            bytes: h.record.size,
-            held_at: h.held_at,
-        }
-    }
-}
-
-/// One destination's row in `outpost queue`.
-#[derive(Debug, Serialize, Deserialize)]
-pub struct QueueRow {
-    pub queue: QueueSummary,
-    pub live: Option<LiveState>,
-}
-
-/// The forwarder's view of a destination.
-#[derive(Debug, Serialize, Deserialize)]
-pub struct LiveState {
-    pub kind: String,
-    pub state: String,
-    pub since: u64,
-    pub last_error: Option<String>,
-    pub delivered: u64,
-    pub retried: u64,
-    pub dead_lettered: u64,
-    /// Outside the delivery window: only STAT and high priority go now.
-    pub outside_window: bool,
-    /// On battery with the link down: only STAT and high priority go now.
-    #[serde(default)]
-    pub held_on_battery: bool,
-    /// Storage Commitment reports keep failing to come (see `forward::DestinationStatus`).
-    #[serde(default)]
-    pub commitment_alert: Option<String>,
-}
-
-/// What `outpost status` shows.
-#[derive(Debug, Serialize, Deserialize)]
-pub struct Status {
-    pub version: String,
-    /// The operating system (`PRETTY_NAME` of os-release) and the kernel release, which a
-    /// technician needs beside the appliance's own version.
-    #[serde(default)]
-    pub os: String,
-    #[serde(default)]
-    pub kernel: String,
-    /// Unix seconds when the service started, and seconds since.
-    pub started_at: u64,
-    pub uptime_s: u64,
-    pub ae_title: String,
-    pub listening: Vec<String>,
-    pub data_dir: String,
-    pub instances: u64,
-    pub usage: Option<store::Usage>,
-    /// The eviction watermarks, percent.
-    pub high_watermark: u8,
-    pub low_watermark: u8,
-    pub destinations: Vec<QueueRow>,
-    /// Critical: what start-up repair could not finish and kept for the next start (see
-    /// `store::RepairAlert`), one sentence each.
-    #[serde(default)]
-    pub repair_alerts: Vec<String>,
-    /// RAID, data volume, SMART, UPS and alerts (see `hardware::Snapshot`); kept as JSON so
-    /// the client needs no copy of every reading's type.
-    pub hardware: serde_json::Value,
-    /// Overwritten instances kept local until released, and their bytes.
-    #[serde(default)]
-    pub held_corrections: u64,
-    #[serde(default)]
-    pub held_correction_bytes: u64,
-    /// Recalled copies that differ from the evicted one (all of them: each is a lost
-    /// correction to chase).
-    #[serde(default)]
-    pub recall_mismatches: Vec<(String, RecallMismatch)>,
-    /// Instances that wait for a confirmation that will not come, per destination.
-    #[serde(default)]
-    pub stalled_claims: Vec<StalledClaim>,
-    /// Instances held in quarantine (patient conflicts) until a person resolves them.
-    #[serde(default)]
-    pub quarantined: u64,
-    /// The archive's own alerts, from the four above.
-    #[serde(default)]
-    pub archive_alerts: Vec<ArchiveAlert>,
-}
-
-/// An alert about the archive's content (not its hardware), with what to do.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ArchiveAlert {
-    /// "info", "warning", "error".
-    pub severity: String,
-    pub message: String,
-}
+pub use api::{ArchiveAlert, LiveState, QuarantineResolution, QueueRow, Request, Response, Status};
 
 /// The share of the room between the high watermark and the free-space floor that
 /// unevictable instances may take before `outpost status` warns: beyond it, eviction can no
@@ -347,18 +153,6 @@ pub(crate) fn human_bytes(n: u64) -> String {
     }
 }
 
-#[derive(Debug, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum Response {
-    Status(Box<Status>),
-    Queue(Vec<QueueRow>),
-    Dead(Vec<(u64, DeadLetter)>),
-    Corrections(Vec<HeldCorrection>),
-    Quarantine(Vec<QuarantineRow>),
-    Done(String),
-    Error(String),
-}
-
 /// `PRETTY_NAME` from os-release, or "" when there is none.
 fn os_name() -> String {
     let text = std::fs::read_to_string("/etc/os-release")
@@ -378,7 +172,7 @@ pub fn socket_path(data_dir: &Path) -> PathBuf {
 pub struct Control {
     pub store: Store,
     pub forwarder: Option<Arc<forward::Forwarder>>,
-    pub hardware: Arc<std::sync::Mutex<crate::hardware::Snapshot>>,
+    pub hardware: Arc<std::sync::Mutex<api::Hardware>>,
     pub destinations: Vec<String>,
     /// Where the release commands are recorded.
     pub audit: audit::Audit,
@@ -513,17 +307,22 @@ async fn handle(request: Request, control: &Control) -> Response {
                 listening: id.listening.clone(),
                 data_dir: id.data_dir.clone(),
                 instances,
-                usage,
+                usage: usage.map(crate::wire::usage),
                 high_watermark: id.high_watermark,
                 low_watermark: id.low_watermark,
                 destinations: rows,
                 repair_alerts: id.repair_alerts.clone(),
-                hardware: serde_json::to_value(&*control.hardware.lock().expect("snapshot lock"))
-                    .unwrap_or_default(),
+                hardware: control.hardware.lock().expect("snapshot lock").clone(),
                 held_corrections: held.len() as u64,
                 held_correction_bytes: held.iter().map(|h| h.bytes).sum(),
-                recall_mismatches: mismatches,
-                stalled_claims: stalled,
+                recall_mismatches: mismatches
+                    .into_iter()
+                    .map(crate::wire::recall_mismatch)
+                    .collect(),
+                stalled_claims: stalled
+                    .into_iter()
+                    .map(crate::wire::stalled_claim)
+                    .collect(),
                 quarantined,
                 archive_alerts,
             }))
@@ -537,7 +336,7 @@ async fn handle(request: Request, control: &Control) -> Response {
                 return unknown(&destination);
             }
             match control.store.dead_letters(&destination, limit) {
-                Ok(d) => Response::Dead(d),
+                Ok(d) => Response::Dead(d.into_iter().map(crate::wire::dead_letter).collect()),
                 Err(e) => Response::Error(e.to_string()),
             }
         }
@@ -601,7 +400,7 @@ async fn handle(request: Request, control: &Control) -> Response {
             .await
         }
         Request::Corrections => match control.store.held_corrections() {
-            Ok(h) => Response::Corrections(h),
+            Ok(h) => Response::Corrections(h.iter().map(crate::wire::held_correction).collect()),
             Err(e) => Response::Error(e.to_string()),
         },
         Request::ReleaseCorrections {
@@ -614,7 +413,7 @@ async fn handle(request: Request, control: &Control) -> Response {
             let store = control.store.clone();
             match tokio::task::spawn_blocking(move || store.quarantined()).await {
                 Ok(Ok(held)) => {
-                    Response::Quarantine(held.iter().map(QuarantineRow::from).collect())
+                    Response::Quarantine(held.iter().map(crate::wire::quarantine_row).collect())
                 }
                 Ok(Err(e)) => Response::Error(e.to_string()),
                 Err(e) => Response::Error(e.to_string()),
@@ -804,7 +603,7 @@ async fn resolve_quarantine(
     };
     match done {
         Ok((held, split)) => {
-            let row = QuarantineRow::from(&held);
+            let row = crate::wire::quarantine_row(&held);
             let (what, audited_study) = match (resolution, &split) {
                 (QuarantineResolution::Split, Some(s)) => (
                     format!(
@@ -878,7 +677,7 @@ async fn queue_rows(control: &Control) -> Result<Vec<QueueRow>, String> {
             commitment_alert: s.commitment_alert.clone(),
         });
         rows.push(QueueRow {
-            queue: summary,
+            queue: crate::wire::queue_summary(summary),
             live,
         });
     }

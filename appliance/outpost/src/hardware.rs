@@ -12,54 +12,14 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use audit::{Audit, Event, EventKind, Outcome};
 use policy::{Alert, Decision, Now, Policy, Readings, Severity};
-use serde::Serialize;
 use tokio::sync::{Notify, mpsc};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{error, info, warn};
 
-/// The hardware's state for `outpost status`.
-#[derive(Clone, Debug, Default, Serialize)]
-pub struct Snapshot {
-    pub raid: Section<Vec<health::raid::Array>>,
-    pub volume: Section<health::volume::Volume>,
-    pub smart: Section<Vec<health::smart::Device>>,
-    /// `None` when no UPS is configured.
-    pub ups: Option<UpsSection>,
-    pub alerts: Vec<Alert>,
-    /// Why new instances are refused, when they are.
-    pub ingest_held: Option<String>,
-    /// Destinations whose routine forwarding waits (found down while on battery).
-    pub forwarding_held: Vec<String>,
-    /// The md arrays whose failure refuses new instances.
-    pub data_arrays: Vec<String>,
-}
-
-/// One monitor's latest reading, or why it has none.
-#[derive(Clone, Debug, Serialize)]
-pub struct Section<T> {
-    pub reading: Option<T>,
-    pub error: Option<String>,
-    /// Unix seconds of the last sample; 0 before the first.
-    pub sampled_at: u64,
-}
-
-impl<T> Default for Section<T> {
-    fn default() -> Self {
-        Section {
-            reading: None,
-            error: None,
-            sampled_at: 0,
-        }
-    }
-}
-
-#[derive(Clone, Debug, Serialize)]
-pub struct UpsSection {
-    pub name: String,
-    pub reading: Option<ups::Reading>,
-    pub sampled_at: u64,
-}
+/// The hardware's state for `outpost status`, as the API carries it.
+pub type Snapshot = api::Hardware;
+use api::{Section, UpsSection};
 
 /// The running monitors.
 pub struct Hardware {

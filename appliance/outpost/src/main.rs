@@ -10,6 +10,7 @@ mod quarantine;
 mod queue;
 mod serve;
 mod status;
+mod wire;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
