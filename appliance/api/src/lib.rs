@@ -24,6 +24,16 @@ pub use status::{
 
 use serde::{Deserialize, Serialize};
 
+/// The readings' types the status carries, from the crates that read them, so a face of
+/// the appliance needs only this crate to read a [`Status`].
+pub mod readings {
+    pub use health::raid::{Array, RaidHealth};
+    pub use health::smart::{Device, Verdict};
+    pub use health::volume::Volume;
+    pub use policy::{Alert, Severity};
+    pub use ups::{Reading, UpsState};
+}
+
 /// The answer to one [`Request`]. On the control socket it is one JSON line, externally
 /// tagged in kebab-case (`{"done": "..."}`, `{"error": "..."}`), which `outpost queue
 /// --json` prints as it came.

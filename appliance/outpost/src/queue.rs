@@ -5,7 +5,7 @@ use std::process::ExitCode;
 
 use clap::Subcommand;
 
-use crate::control::{self, Request, Response};
+use api::{Request, Response};
 
 #[derive(Subcommand, Debug)]
 pub enum Action {
@@ -69,11 +69,11 @@ pub fn run(c: &config::Config, action: Option<Action>, json: bool) -> anyhow::Re
         },
         Some(Action::ReleaseClaim { destination }) => Request::ReleaseClaim { destination },
     };
-    let path = control::socket_path(&c.storage.data_dir);
+    let path = supervisor::socket_path(&c.storage.data_dir);
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
-    let response = runtime.block_on(control::call(&path, &request))?;
+    let response = runtime.block_on(supervisor::call(&path, &request))?;
     if json {
         println!("{}", serde_json::to_string_pretty(&response)?);
         return Ok(match response {
@@ -154,7 +154,7 @@ pub fn run(c: &config::Config, action: Option<Action>, json: bool) -> anyhow::Re
                     h.sop_instance_uid,
                     h.study_uid,
                     h.destinations.join(","),
-                    control::human_bytes(h.bytes),
+                    crate::status::bytes(h.bytes),
                     age(now.saturating_sub(h.since))
                 );
             }

@@ -3,14 +3,14 @@
 
 use std::process::ExitCode;
 
-use crate::control::{self, Request, Response};
+use api::{Request, Response};
 
 pub fn run(c: &config::Config, json: bool) -> anyhow::Result<ExitCode> {
-    let path = control::socket_path(&c.storage.data_dir);
+    let path = supervisor::socket_path(&c.storage.data_dir);
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
-    let response = runtime.block_on(control::call(&path, &Request::Status))?;
+    let response = runtime.block_on(supervisor::call(&path, &Request::Status))?;
     let status = match response {
         Response::Status(s) => s,
         Response::Error(e) => {
@@ -81,14 +81,13 @@ pub fn run(c: &config::Config, json: bool) -> anyhow::Result<ExitCode> {
 }
 
 /// The hardware sections, from the typed snapshot the service sent.
-fn print_hardware(h: &api::Hardware, archive: &[control::ArchiveAlert]) {
+fn print_hardware(h: &api::Hardware, archive: &[api::ArchiveAlert]) {
     print!("{}", hardware_text(h, archive));
 }
 
 /// The hardware sections as `outpost status` prints them, one line each.
-fn hardware_text(h: &api::Hardware, archive: &[control::ArchiveAlert]) -> String {
-    use health::raid::RaidHealth;
-    use health::smart::Verdict;
+fn hardware_text(h: &api::Hardware, archive: &[api::ArchiveAlert]) -> String {
+    use api::readings::{RaidHealth, Severity, Verdict};
     use std::fmt::Write;
     let mut out = String::new();
     // Writing to a String cannot fail.
@@ -204,9 +203,9 @@ fn hardware_text(h: &api::Hardware, archive: &[control::ArchiveAlert]) -> String
         }
         for a in &h.alerts {
             let severity = match a.severity {
-                policy::Severity::Info => "info",
-                policy::Severity::Warning => "warning",
-                policy::Severity::Critical => "critical",
+                Severity::Info => "info",
+                Severity::Warning => "warning",
+                Severity::Critical => "critical",
             };
             say!("    [{severity}] {}", a.message);
         }
@@ -215,16 +214,16 @@ fn hardware_text(h: &api::Hardware, archive: &[control::ArchiveAlert]) -> String
 }
 
 /// The UPS state in the words the JSON has always carried (`on_battery`, ...).
-fn ups_state(s: ups::UpsState) -> &'static str {
+fn ups_state(s: api::readings::UpsState) -> &'static str {
     match s {
-        ups::UpsState::Online => "online",
-        ups::UpsState::OnBattery => "on_battery",
-        ups::UpsState::LowBattery => "low_battery",
-        ups::UpsState::CommunicationLost => "communication_lost",
+        api::readings::UpsState::Online => "online",
+        api::readings::UpsState::OnBattery => "on_battery",
+        api::readings::UpsState::LowBattery => "low_battery",
+        api::readings::UpsState::CommunicationLost => "communication_lost",
     }
 }
 
-fn bytes(n: u64) -> String {
+pub(crate) fn bytes(n: u64) -> String {
     const G: f64 = 1e9;
     const M: f64 = 1e6;
     if n as f64 >= G {

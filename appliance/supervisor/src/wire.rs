@@ -92,3 +92,19 @@ pub fn quarantine_row(h: &store::Held) -> api::QuarantineRow {
         held_at: h.held_at,
     }
 }
+
+/// The forwarder's view of a destination.
+pub fn live_state(s: &forward::DestinationStatus) -> api::LiveState {
+    api::LiveState {
+        kind: s.kind.to_string(),
+        state: format!("{:?}", s.state).to_lowercase(),
+        since: s.since,
+        last_error: s.last_error.clone(),
+        delivered: s.delivered,
+        retried: s.retried,
+        dead_lettered: s.dead_lettered,
+        outside_window: s.outside_window,
+        held_on_battery: s.held_on_battery,
+        commitment_alert: s.commitment_alert.clone(),
+    }
+}
