@@ -74,13 +74,16 @@ impl Bound {
     }
 }
 
+/// A change to the store's settings, applied once before the store opens.
+pub type AdjustStore = Box<dyn FnOnce(&mut store::StoreConfig) + Send>;
+
 /// What tests change about a start; the binary uses the default.
 pub struct Options {
     /// The clock forwarding retries run on.
     pub clock: forward::Clock,
     /// A change to the store's settings after they are derived from the configuration (for
     /// settings a test cannot express in TOML).
-    pub adjust_store: Option<Box<dyn FnOnce(&mut store::StoreConfig) + Send>>,
+    pub adjust_store: Option<AdjustStore>,
 }
 
 impl Default for Options {
