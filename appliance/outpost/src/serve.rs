@@ -46,13 +46,18 @@ fn init_logging(log: &config::Log) {
 }
 
 async fn run(c: config::Config) -> anyhow::Result<ExitCode> {
-    raise_open_files_limit();
-    let deadline = c.dicom.shutdown_grace + STOP_MARGIN;
-    let bound = Bound::bind(&c).await?;
-    let mut running = Supervisor::start(c, bound).await?;
-    // 1. Decide.
+    // Before anything else: a SIGTERM during start-up then stops the service in order once
+    // it runs, instead of killing it.
     let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
     let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
+    raise_open_files_limit();
+    let deadline = c.dicom.shutdown_grace + STOP_MARGIN;
+    // The ports open only once the archive is: a caller is refused during start-up repair
+    // rather than left waiting.
+    let opened = Supervisor::open(c.clone(), Default::default()).await?;
+    let bound = Bound::bind(&c).await?;
+    let mut running = opened.serve(bound).await?;
+    // 1. Decide.
     let reason = tokio::select! {
         _ = term.recv() => StopReason::Signal("SIGTERM"),
         _ = int.recv() => StopReason::Signal("SIGINT"),

@@ -5,6 +5,8 @@ use std::process::ExitCode;
 
 use api::{Request, Response};
 
+use crate::show;
+
 pub fn run(c: &config::Config, json: bool) -> anyhow::Result<ExitCode> {
     let path = supervisor::socket_path(&c.storage.data_dir);
     let runtime = tokio::runtime::Builder::new_current_thread()
@@ -27,7 +29,7 @@ pub fn run(c: &config::Config, json: bool) -> anyhow::Result<ExitCode> {
         "outpost {} ({}), up {}",
         status.version,
         status.ae_title,
-        crate::queue::age(status.uptime_s)
+        show::age(status.uptime_s)
     );
     if !status.os.is_empty() || !status.kernel.is_empty() {
         println!("  system:    {}, kernel {}", status.os, status.kernel);
@@ -41,8 +43,8 @@ pub fn run(c: &config::Config, json: bool) -> anyhow::Result<ExitCode> {
         println!(
             "  storage:   {:.1}% of {} used ({} in instances); evicting above {}% down to {}%",
             u.percent(),
-            bytes(u.capacity_bytes),
-            bytes(u.stored_bytes),
+            show::bytes(u.capacity_bytes),
+            show::bytes(u.stored_bytes),
             status.high_watermark,
             status.low_watermark
         );
@@ -127,8 +129,8 @@ fn hardware_text(h: &api::Hardware, archive: &[api::ArchiveAlert]) -> String {
         (_, Some(e)) => say!("  volume:    cannot be read: {e}"),
         (Some(v), None) => say!(
             "  volume:    {} free of {}{}",
-            bytes(v.available_bytes),
-            bytes(v.total_bytes),
+            show::bytes(v.available_bytes),
+            show::bytes(v.total_bytes),
             if v.read_only { ", READ-ONLY" } else { "" }
         ),
         (None, None) => say!("  volume:    not sampled yet"),
@@ -168,7 +170,7 @@ fn hardware_text(h: &api::Hardware, archive: &[api::ArchiveAlert]) -> String {
             Some(r) => {
                 let mut l = format!("  ups:       {} {}", u.name, ups_state(r.state));
                 if let Some(s) = r.runtime_s {
-                    l.push_str(&format!(", {} runtime", crate::queue::age(s.into())));
+                    l.push_str(&format!(", {} runtime", show::age(s.into())));
                 }
                 if let Some(c) = r.charge_pct {
                     l.push_str(&format!(", {c:.0}% charged"));
@@ -220,16 +222,6 @@ fn ups_state(s: api::readings::UpsState) -> &'static str {
         api::readings::UpsState::OnBattery => "on_battery",
         api::readings::UpsState::LowBattery => "low_battery",
         api::readings::UpsState::CommunicationLost => "communication_lost",
-    }
-}
-
-pub(crate) fn bytes(n: u64) -> String {
-    const G: f64 = 1e9;
-    const M: f64 = 1e6;
-    if n as f64 >= G {
-        format!("{:.1} GB", n as f64 / G)
-    } else {
-        format!("{:.1} MB", n as f64 / M)
     }
 }
 

@@ -14,7 +14,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{error, warn};
 
-use crate::hardware::now_ms;
+use crate::clock::now_ms;
 
 /// Starts the sender when `[alerts] webhook` is configured; the policy loop pushes onto
 /// the queue it returns.

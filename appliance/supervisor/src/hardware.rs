@@ -8,7 +8,9 @@
 //! its own connection and only stores what it read.
 
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
+
+use crate::clock::{now_ms, unix_now};
 
 use audit::{Audit, Event, EventKind, Outcome};
 use policy::{Decision, Now, Policy, Readings, Severity};
@@ -460,15 +462,4 @@ async fn sleep_or_stop(d: Duration, stop: &CancellationToken) -> bool {
         _ = stop.cancelled() => true,
         _ = tokio::time::sleep(d) => false,
     }
-}
-
-pub(crate) fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
-}
-
-fn unix_now() -> u64 {
-    now_ms() / 1000
 }

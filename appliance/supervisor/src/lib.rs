@@ -13,6 +13,7 @@
 
 mod alerts;
 mod cache;
+mod clock;
 mod control;
 mod handle;
 mod hardware;
@@ -250,11 +251,21 @@ const FORWARD_STOP: Duration = Duration::from_secs(10);
 /// How long the index writer gets for its final flush.
 const CLOSE_DEADLINE: Duration = Duration::from_secs(30);
 
-/// The appliance, starting.
-pub struct Supervisor;
+/// The appliance with its archive open, not serving yet: the binary binds its ports only
+/// after [`Supervisor::open`], so no caller reaches a port while start-up repair runs.
+pub struct Supervisor {
+    c: config::Config,
+    clock: forward::Clock,
+    audit: Audit,
+    store: store::Store,
+    /// Instances in the archive when it opened.
+    instances: u64,
+    /// What start-up repair could not finish, one sentence each.
+    repair_alerts: Vec<String>,
+}
 
 impl Supervisor {
-    /// Starts the appliance on `bound` with the configuration `c`.
+    /// Opens the archive and serves on `bound` with the configuration `c`.
     pub async fn start(c: config::Config, bound: Bound) -> Result<Running, StartError> {
         Supervisor::start_with(c, bound, Options::default()).await
     }
@@ -265,13 +276,14 @@ impl Supervisor {
         bound: Bound,
         options: Options,
     ) -> Result<Running, StartError> {
+        Supervisor::open(c, options).await?.serve(bound).await
+    }
+
+    /// The first half of a start: the audit trail, the archive (with its start-up repair)
+    /// and the clean-shutdown marker of the previous run.
+    pub async fn open(c: config::Config, options: Options) -> Result<Supervisor, StartError> {
         // dicom-ul and reqwest may both link a rustls provider; name ours once, first.
         let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
-        if c.dicom.tls.is_some() != bound.tls.is_some() {
-            return Err(StartError::TlsListener {
-                configured: c.dicom.tls.is_some(),
-            });
-        }
         info!(config = %c.source, version = env!("CARGO_PKG_VERSION"), "starting outpost");
         // The same warnings check-config prints, so a site that never ran it sees them too.
         for w in &c.warnings {
@@ -337,7 +349,32 @@ impl Supervisor {
             .iter()
             .map(ToString::to_string)
             .collect();
+        Ok(Supervisor {
+            c,
+            clock: options.clock,
+            audit,
+            store,
+            instances: opened.instances,
+            repair_alerts,
+        })
+    }
 
+    /// The second half: everything runs, on `bound`.
+    pub async fn serve(self, bound: Bound) -> Result<Running, StartError> {
+        let Supervisor {
+            c,
+            clock,
+            audit,
+            store,
+            instances,
+            repair_alerts,
+        } = self;
+        if c.dicom.tls.is_some() != bound.tls.is_some() {
+            return Err(StartError::TlsListener {
+                configured: c.dicom.tls.is_some(),
+            });
+        }
+        let data_dir = c.storage.data_dir.clone();
         let dicom = c.dicom.clone();
         let tls = dicom
             .tls
@@ -385,7 +422,7 @@ impl Supervisor {
                 &c.forward,
                 settings,
                 stop.clone(),
-                options.clock,
+                clock,
             )
             .map_err(StartError::Forwarding)?;
             info!(
@@ -478,7 +515,7 @@ impl Supervisor {
             tls_addr
                 .map(|a| format!(" and TLS on {a}"))
                 .unwrap_or_default(),
-            opened.instances
+            instances
         );
         notify::ready(&ready);
         audit.record(
