@@ -99,6 +99,20 @@ pub(crate) fn post(webhook: Option<&Webhook>, event: &'static str, alert: &Alert
     }
 }
 
+/// What the webhook receives for one alert: one JSON object, the same fields for every
+/// receiver.
+#[derive(serde::Serialize)]
+struct Body<'a> {
+    /// The appliance's AE title, so one receiver can serve many boxes.
+    appliance: &'a str,
+    /// `raised` or `cleared`.
+    event: &'a str,
+    key: &'a str,
+    severity: policy::Severity,
+    message: &'a str,
+    since: u64,
+}
+
 async fn post_one(
     client: &reqwest::Client,
     url: &str,
@@ -106,14 +120,14 @@ async fn post_one(
     notice: &Notice,
     attempt: u32,
 ) -> store::settle::Verdict {
-    let body = serde_json::json!({
-        "appliance": appliance,
-        "event": notice.event,
-        "key": notice.alert.key,
-        "severity": notice.alert.severity,
-        "message": notice.alert.message,
-        "since": notice.alert.since,
-    });
+    let body = Body {
+        appliance,
+        event: notice.event,
+        key: &notice.alert.key,
+        severity: notice.alert.severity,
+        message: &notice.alert.message,
+        since: notice.alert.since,
+    };
     let key = &notice.alert.key;
     // Slack, Teams and Google Chat carry the webhook's secret in its path or query: only the
     // origin is ever logged.
