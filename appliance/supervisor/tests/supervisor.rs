@@ -133,3 +133,62 @@ async fn a_stop_is_told_to_everyone_and_waited_for_within_its_deadline() {
     assert!(data_dir.join("clean-shutdown.json").exists());
     drop(dir);
 }
+
+/// `/proc/mdstat` of a raid5 that lost two of its three members, captured from a real array.
+const FAILED_MD0: &str = include_str!("../../health/tests/fixtures/raid/raid5-failed/proc/mdstat");
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_data_array_holds_ingest_in_status_and_events() {
+    // The real monitors, policy loop and status run in tests now: the RAID monitor reads the
+    // fixture mdstat, the policy holds ingest, and both the status (typed, through the
+    // control socket) and the event stream say so.
+    let app = Appliance::start(
+        "[dicom]\nae_title = \"EDGE\"\n\n[health]\nraid_interval_s = 1\ndata_arrays = [\"md0\"]\n",
+    )
+    .await;
+    let mut events = app.running().events();
+    std::fs::write(app.dir.path().join("hw/mdstat"), FAILED_MD0).unwrap();
+    let socket = supervisor::socket_path(&app.config.storage.data_dir);
+    let status = tokio::time::timeout(Duration::from_secs(20), async {
+        loop {
+            let Response::Status(status) =
+                supervisor::call(&socket, &Request::Status).await.unwrap()
+            else {
+                panic!("not a status");
+            };
+            let failed = status.hardware.raid.reading.as_ref().is_some_and(|arrays| {
+                arrays
+                    .iter()
+                    .any(|a| a.name == "md0" && a.health == api::readings::RaidHealth::Failed)
+            });
+            if failed && status.hardware.ingest_held.is_some() {
+                return status;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    })
+    .await
+    .expect("the RAID monitor reads md0 as failed within 20 s");
+    let held = status.hardware.ingest_held.clone().unwrap();
+    assert!(held.contains("md0"), "{held}");
+    assert!(
+        status
+            .hardware
+            .alerts
+            .iter()
+            .any(|a| a.severity == api::readings::Severity::Critical && a.message.contains("md0")),
+        "{:?}",
+        status.hardware.alerts
+    );
+    // The policy loop said so on the event stream too.
+    let mut said = Vec::new();
+    while let Ok(e) = events.try_recv() {
+        said.push(e);
+    }
+    assert!(
+        said.iter()
+            .any(|e| matches!(e, Event::IngestHeld { reason: Some(r) } if r.contains("md0"))),
+        "{said:?}"
+    );
+    app.stop().await;
+}

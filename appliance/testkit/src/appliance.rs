@@ -68,8 +68,9 @@ impl Appliance {
         config.storage.data_dir = dir.path().join("data");
         config.storage.min_free_bytes = 0;
         config.audit.path = dir.path().join("audit.jsonl");
-        // The monitors run, on sources in the directory: no md arrays, no SMART reports, so
-        // the machine the tests run on cannot hold ingest.
+        // The monitors run, on sources in the directory (`hw/mdstat`, which a test may
+        // rewrite): no md arrays and no SMART reports to begin with, so the machine the tests
+        // run on cannot hold ingest.
         let hw = dir.path().join("hw");
         std::fs::create_dir_all(hw.join("sys-block")).expect("hardware fixture directory");
         std::fs::write(
@@ -80,7 +81,9 @@ impl Appliance {
         config.health.mdstat = hw.join("mdstat");
         config.health.sysfs_block = hw.join("sys-block");
         config.health.helper_dir = hw.join("helper");
-        config.health.data_arrays = Some(Vec::new());
+        if config.health.data_arrays.is_none() {
+            config.health.data_arrays = Some(Vec::new());
+        }
         let plain = TcpListener::bind(("127.0.0.1", port)).await.expect("bind");
         let addr = plain.local_addr().expect("local addr");
         config.dicom.port = addr.port();
