@@ -22,8 +22,8 @@ use std::time::Duration;
 
 use serde::Serialize;
 use store::Store;
-use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 pub use classify::Verdict;
 pub use recall::Recaller;
@@ -176,7 +176,9 @@ impl Shared {
 /// The running forwarder: one set of workers per destination.
 pub struct Forwarder {
     destinations: Vec<Arc<Shared>>,
-    tasks: JoinSet<()>,
+    /// The workers and probers; waited for by [`Forwarder::wait`], which any holder may
+    /// call (no `Arc::try_unwrap` that skips the wait while a clone is alive).
+    tasks: TaskTracker,
 }
 
 impl Forwarder {
@@ -199,7 +201,7 @@ impl Forwarder {
         shutdown: CancellationToken,
         clock: Clock,
     ) -> Result<Forwarder, ForwardError> {
-        let mut tasks = JoinSet::new();
+        let tasks = TaskTracker::new();
         let mut destinations = Vec::new();
         for d in &forward.destinations {
             let transport = Arc::new(worker::Transport::new(d, &settings)?);
@@ -292,12 +294,11 @@ impl Forwarder {
     /// Waits for the workers to stop (after the shutdown token was cancelled), at most
     /// `deadline`; a delivery still running then is abandoned, and its entries are
     /// delivered again after the restart.
-    pub async fn wait(mut self, deadline: Duration) -> bool {
-        tokio::time::timeout(deadline, async {
-            while self.tasks.join_next().await.is_some() {}
-        })
-        .await
-        .is_ok()
+    pub async fn wait(&self, deadline: Duration) -> bool {
+        self.tasks.close();
+        tokio::time::timeout(deadline, self.tasks.wait())
+            .await
+            .is_ok()
     }
 }
 

@@ -28,7 +28,7 @@ use serde_json::Value;
 use crate::HealthError;
 
 /// One disk's SMART reading and the verdict derived from it.
-#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Device {
     /// The device as smartctl names it, e.g. `/dev/sda`; for an unreadable helper file, the
     /// file's name without `.json`.
@@ -85,7 +85,7 @@ pub struct Device {
 ///
 /// **Unknown** when smartctl could not read the disk (exit status bits 0 or 1), returned no
 /// health data at all, or the helper's file is stale or unreadable.
-#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 #[serde(tag = "level", rename_all = "snake_case")]
 pub enum Verdict {
     Ok,

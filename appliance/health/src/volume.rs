@@ -7,7 +7,7 @@ use nix::sys::statvfs::{FsFlags, statvfs};
 use crate::HealthError;
 
 /// One `statvfs` reading of the file system holding `path`.
-#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Volume {
     pub path: PathBuf,
     pub total_bytes: u64,

@@ -1,14 +1,13 @@
-//! The `outpost` binary: command-line parsing and the wiring of the appliance. Only this
-//! crate knows all the others; it parses, builds, spawns and stops, and holds no domain logic.
+//! The `outpost` binary: the command line. It parses arguments and loads the
+//! configuration, then hands over: `serve` to the supervisor, `status`, `queue` and
+//! `quarantine` to the running service through the control socket's client, `import` and
+//! `verify` to the archive directly (the service is not running then). It wires nothing.
 
-mod control;
-mod hardware;
 mod import;
-mod marker;
-mod power;
 mod quarantine;
 mod queue;
 mod serve;
+mod show;
 mod status;
 
 use std::path::{Path, PathBuf};
@@ -151,8 +150,13 @@ fn load(path: Option<&Path>) -> anyhow::Result<config::Config> {
 fn check_config(file: &Path) -> anyhow::Result<ExitCode> {
     match config::Config::load(file) {
         Ok(c) => {
-            if let Err(e) = forward::Rules::new(&c.forward, &c.dicom.remotes) {
-                eprintln!("{}: [[forward.rule]]: {e}", file.display());
+            if let Err(e) = supervisor::check_rules(&c) {
+                match e {
+                    supervisor::StartError::Rules { source, .. } => {
+                        eprintln!("{}: [[forward.rule]]: {source}", file.display())
+                    }
+                    other => eprintln!("{}: {other}", file.display()),
+                }
                 return Ok(ExitCode::FAILURE);
             }
             // Warnings do not fail the check: the configuration is valid, perhaps not meant.
@@ -178,48 +182,9 @@ fn check_config(file: &Path) -> anyhow::Result<ExitCode> {
     }
 }
 
-/// The audit trail's limits from the configuration.
-pub(crate) fn audit_config(c: &config::Audit) -> audit::AuditConfig {
-    audit::AuditConfig {
-        rotate_bytes: c.rotate_bytes,
-        retention_days: c.retention_days,
-        max_bytes: Some(c.max_bytes),
-        rejections_per_window: c.rejections_per_minute,
-        window: std::time::Duration::from_secs(60),
-    }
-}
-
-/// The store's settings from the configuration, with the forwarding rules as its router.
+/// The store's settings from the configuration, as the service opens it.
 pub(crate) fn store_config(c: &config::Config) -> anyhow::Result<store::StoreConfig> {
-    let mut s = store::StoreConfig::new(&c.storage.data_dir);
-    s.durability = match c.storage.durability {
-        config::Durability::Full => store::Durability::Full,
-        config::Durability::Relaxed { flush_interval } => {
-            store::Durability::Relaxed { flush_interval }
-        }
-    };
-    s.duplicates = match c.storage.duplicates {
-        config::Duplicates::KeepFirst => store::DuplicatePolicy::KeepFirst,
-        config::Duplicates::Overwrite => store::DuplicatePolicy::Overwrite,
-    };
-    s.patient_conflict = match c.storage.patient_conflict {
-        config::PatientConflict::Quarantine => store::PatientConflictPolicy::Quarantine,
-        config::PatientConflict::Reject => store::PatientConflictPolicy::Reject,
-    };
-    s.min_free_bytes = c.storage.min_free_bytes;
-    s.index_cache_bytes = c.storage.index_cache_bytes as usize;
-    s.cache = Some(store::CacheConfig {
-        high_watermark: c.storage.high_watermark,
-        low_watermark: c.storage.low_watermark,
-        capacity_bytes: c.storage.capacity_bytes,
-        protect_recent_s: store::PROTECT_RECENT_S,
-    });
-    if !c.forward.destinations.is_empty() {
-        let rules = forward::Rules::new(&c.forward, &c.dicom.remotes)
-            .with_context(|| format!("{}: [[forward.rule]]", c.source))?;
-        s.router = Some(std::sync::Arc::new(rules));
-    }
-    Ok(s)
+    Ok(supervisor::store_config(c)?)
 }
 
 fn verify(c: config::Config) -> anyhow::Result<ExitCode> {

@@ -6,8 +6,8 @@ use std::process::ExitCode;
 
 use clap::Subcommand;
 
-use crate::control::{self, QuarantineResolution, Request, Response};
-use crate::queue::age;
+use crate::show::age;
+use api::{QuarantineResolution, Request, Response};
 
 #[derive(Subcommand, Debug)]
 pub enum Action {
@@ -50,11 +50,11 @@ pub fn run(c: &config::Config, action: Action, json: bool) -> anyhow::Result<Exi
             resolution: QuarantineResolution::Split,
         },
     };
-    let path = control::socket_path(&c.storage.data_dir);
+    let path = supervisor::socket_path(&c.storage.data_dir);
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
-    let response = runtime.block_on(control::call(&path, &request))?;
+    let response = runtime.block_on(supervisor::call(&path, &request))?;
     if json {
         // The list alone (not the envelope), so scripts read rows directly; errors keep
         // the envelope and a failing exit.

@@ -5,7 +5,9 @@ use std::process::ExitCode;
 
 use clap::Subcommand;
 
-use crate::control::{self, Request, Response};
+use api::{Request, Response};
+
+use crate::show;
 
 #[derive(Subcommand, Debug)]
 pub enum Action {
@@ -69,11 +71,11 @@ pub fn run(c: &config::Config, action: Option<Action>, json: bool) -> anyhow::Re
         },
         Some(Action::ReleaseClaim { destination }) => Request::ReleaseClaim { destination },
     };
-    let path = control::socket_path(&c.storage.data_dir);
+    let path = supervisor::socket_path(&c.storage.data_dir);
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
-    let response = runtime.block_on(control::call(&path, &request))?;
+    let response = runtime.block_on(supervisor::call(&path, &request))?;
     if json {
         println!("{}", serde_json::to_string_pretty(&response)?);
         return Ok(match response {
@@ -111,7 +113,7 @@ pub fn run(c: &config::Config, action: Option<Action>, json: bool) -> anyhow::Re
                 }
                 let oldest = q
                     .oldest_enqueued_at
-                    .map(|t| age(now.saturating_sub(t)))
+                    .map(|t| show::age(now.saturating_sub(t)))
                     .unwrap_or_else(|| "-".into());
                 let error = live_error
                     .or_else(|| q.last_error.clone())
@@ -137,7 +139,7 @@ pub fn run(c: &config::Config, action: Option<Action>, json: bool) -> anyhow::Re
                     d.entry.sop_instance_uid,
                     d.entry.study_uid,
                     d.entry.attempts,
-                    age(now.saturating_sub(d.at)),
+                    show::age(now.saturating_sub(d.at)),
                     d.reason
                 );
             }
@@ -154,8 +156,8 @@ pub fn run(c: &config::Config, action: Option<Action>, json: bool) -> anyhow::Re
                     h.sop_instance_uid,
                     h.study_uid,
                     h.destinations.join(","),
-                    control::human_bytes(h.bytes),
-                    age(now.saturating_sub(h.since))
+                    show::bytes(h.bytes),
+                    show::age(now.saturating_sub(h.since))
                 );
             }
         }
@@ -169,14 +171,4 @@ pub fn run(c: &config::Config, action: Option<Action>, json: bool) -> anyhow::Re
         }
     }
     Ok(ExitCode::SUCCESS)
-}
-
-/// A span of seconds the way a person reads it in a table: 42s, 17m, 5h, 3d.
-pub(crate) fn age(secs: u64) -> String {
-    match secs {
-        0..=119 => format!("{secs}s"),
-        120..=7199 => format!("{}m", secs / 60),
-        7200..=172_799 => format!("{}h", secs / 3600),
-        _ => format!("{}d", secs / 86_400),
-    }
 }

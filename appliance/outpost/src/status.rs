@@ -3,14 +3,16 @@
 
 use std::process::ExitCode;
 
-use crate::control::{self, Request, Response};
+use api::{Request, Response};
+
+use crate::show;
 
 pub fn run(c: &config::Config, json: bool) -> anyhow::Result<ExitCode> {
-    let path = control::socket_path(&c.storage.data_dir);
+    let path = supervisor::socket_path(&c.storage.data_dir);
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
-    let response = runtime.block_on(control::call(&path, &Request::Status))?;
+    let response = runtime.block_on(supervisor::call(&path, &Request::Status))?;
     let status = match response {
         Response::Status(s) => s,
         Response::Error(e) => {
@@ -27,7 +29,7 @@ pub fn run(c: &config::Config, json: bool) -> anyhow::Result<ExitCode> {
         "outpost {} ({}), up {}",
         status.version,
         status.ae_title,
-        crate::queue::age(status.uptime_s)
+        show::age(status.uptime_s)
     );
     if !status.os.is_empty() || !status.kernel.is_empty() {
         println!("  system:    {}, kernel {}", status.os, status.kernel);
@@ -41,8 +43,8 @@ pub fn run(c: &config::Config, json: bool) -> anyhow::Result<ExitCode> {
         println!(
             "  storage:   {:.1}% of {} used ({} in instances); evicting above {}% down to {}%",
             u.percent(),
-            bytes(u.capacity_bytes),
-            bytes(u.stored_bytes),
+            show::bytes(u.capacity_bytes),
+            show::bytes(u.stored_bytes),
             status.high_watermark,
             status.low_watermark
         );
@@ -80,74 +82,76 @@ pub fn run(c: &config::Config, json: bool) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// The hardware sections, read from the JSON snapshot the service sent.
-fn print_hardware(h: &serde_json::Value, archive: &[control::ArchiveAlert]) {
-    let text = |v: &serde_json::Value| v.as_str().unwrap_or("?").to_string();
-    let raid = &h["raid"];
-    match (raid["reading"].as_array(), raid["error"].as_str()) {
-        (_, Some(e)) => println!("  raid:      cannot be read: {e}"),
-        (Some(arrays), None) if arrays.is_empty() => println!("  raid:      no md arrays"),
+/// The hardware sections, from the typed snapshot the service sent.
+fn print_hardware(h: &api::Hardware, archive: &[api::ArchiveAlert]) {
+    print!("{}", hardware_text(h, archive));
+}
+
+/// The hardware sections as `outpost status` prints them, one line each.
+fn hardware_text(h: &api::Hardware, archive: &[api::ArchiveAlert]) -> String {
+    use api::readings::{RaidHealth, Severity, Verdict};
+    use std::fmt::Write;
+    let mut out = String::new();
+    // Writing to a String cannot fail.
+    macro_rules! say {
+        ($($arg:tt)*) => {{ let _ = writeln!(out, $($arg)*); }};
+    }
+    match (&h.raid.reading, &h.raid.error) {
+        (_, Some(e)) => say!("  raid:      cannot be read: {e}"),
+        (Some(arrays), None) if arrays.is_empty() => say!("  raid:      no md arrays"),
         (Some(arrays), None) => {
             for a in arrays {
-                let mut line = format!(
-                    "  raid:      {} {} {}",
-                    text(&a["name"]),
-                    a["level"].as_str().unwrap_or("md"),
-                    text(&a["health"])
+                let health = match a.health {
+                    RaidHealth::Ok => "ok",
+                    RaidHealth::Rebuilding => "rebuilding",
+                    RaidHealth::Degraded => "degraded",
+                    RaidHealth::Failed => "failed",
+                };
+                let mut l = format!(
+                    "  raid:      {} {} {health}",
+                    a.name,
+                    a.level.as_deref().unwrap_or("md")
                 );
-                if let Some(s) = a["mdstat_status"].as_str() {
-                    line.push_str(&format!(" {s}"));
+                if let Some(s) = &a.mdstat_status {
+                    l.push_str(&format!(" {s}"));
                 }
-                if let (Some(action), Some(pct)) = (
-                    a["sync_action"].as_str(),
-                    a["sync_progress"]["percent"].as_f64(),
-                ) && action != "idle"
+                if let (Some(action), Some(p)) = (&a.sync_action, &a.sync_progress)
+                    && action != "idle"
                 {
-                    line.push_str(&format!(", {action} {pct:.1}%"));
+                    l.push_str(&format!(", {action} {:.1}%", p.percent));
                 }
-                println!("{line}");
+                say!("{l}");
             }
         }
-        (None, None) => println!("  raid:      not sampled yet"),
+        (None, None) => say!("  raid:      not sampled yet"),
     }
-    let volume = &h["volume"];
-    match (&volume["reading"], volume["error"].as_str()) {
-        (_, Some(e)) => println!("  volume:    cannot be read: {e}"),
-        (v, None) if v.is_object() => {
-            let total = v["total_bytes"].as_u64().unwrap_or(0);
-            let avail = v["available_bytes"].as_u64().unwrap_or(0);
-            println!(
-                "  volume:    {} free of {}{}",
-                bytes(avail),
-                bytes(total),
-                if v["read_only"].as_bool() == Some(true) {
-                    ", READ-ONLY"
-                } else {
-                    ""
-                }
-            );
-        }
-        _ => println!("  volume:    not sampled yet"),
+    match (&h.volume.reading, &h.volume.error) {
+        (_, Some(e)) => say!("  volume:    cannot be read: {e}"),
+        (Some(v), None) => say!(
+            "  volume:    {} free of {}{}",
+            show::bytes(v.available_bytes),
+            show::bytes(v.total_bytes),
+            if v.read_only { ", READ-ONLY" } else { "" }
+        ),
+        (None, None) => say!("  volume:    not sampled yet"),
     }
-    let smart = &h["smart"];
-    match (smart["reading"].as_array(), smart["error"].as_str()) {
-        (_, Some(e)) => println!("  smart:     cannot be read: {e}"),
+    match (&h.smart.reading, &h.smart.error) {
+        (_, Some(e)) => say!("  smart:     cannot be read: {e}"),
         (Some(d), None) if d.is_empty() => {
-            println!("  smart:     no reports (is the outpost-hwprobe timer installed?)")
+            say!("  smart:     no reports (is the outpost-hwprobe timer installed?)")
         }
         (Some(devices), None) => {
             for d in devices {
-                let reasons = d["verdict"]["reasons"]
-                    .as_array()
-                    .map(|r| r.iter().map(text).collect::<Vec<_>>().join("; "))
-                    .or_else(|| d["verdict"]["reason"].as_str().map(str::to_string))
-                    .unwrap_or_default();
-                println!(
-                    "  smart:     {} {}{}{}",
-                    text(&d["device"]),
-                    text(&d["verdict"]["level"]),
-                    d["temperature_c"]
-                        .as_i64()
+                let (level, reasons) = match &d.verdict {
+                    Verdict::Ok => ("ok", String::new()),
+                    Verdict::Warning { reasons } => ("warning", reasons.join("; ")),
+                    Verdict::Failing { reasons } => ("failing", reasons.join("; ")),
+                    Verdict::Unknown { reason } => ("unknown", reason.clone()),
+                };
+                say!(
+                    "  smart:     {} {level}{}{}",
+                    d.device,
+                    d.temperature_c
                         .map(|t| format!(", {t} °C"))
                         .unwrap_or_default(),
                     if reasons.is_empty() {
@@ -158,62 +162,97 @@ fn print_hardware(h: &serde_json::Value, archive: &[control::ArchiveAlert]) {
                 );
             }
         }
-        (None, None) => println!("  smart:     not sampled yet"),
+        (None, None) => say!("  smart:     not sampled yet"),
     }
-    match h["ups"].as_object() {
-        None => println!("  ups:       none configured"),
-        Some(u) => {
-            let r = &u["reading"];
-            if r.is_object() {
-                let mut line = format!("  ups:       {} {}", text(&u["name"]), text(&r["state"]));
-                if let Some(s) = r["runtime_s"].as_u64() {
-                    line.push_str(&format!(", {} runtime", crate::queue::age(s)));
+    match &h.ups {
+        None => say!("  ups:       none configured"),
+        Some(u) => match &u.reading {
+            Some(r) => {
+                let mut l = format!("  ups:       {} {}", u.name, ups_state(r.state));
+                if let Some(s) = r.runtime_s {
+                    l.push_str(&format!(", {} runtime", show::age(s.into())));
                 }
-                if let Some(c) = r["charge_pct"].as_f64() {
-                    line.push_str(&format!(", {c:.0}% charged"));
+                if let Some(c) = r.charge_pct {
+                    l.push_str(&format!(", {c:.0}% charged"));
                 }
-                if let Some(l) = r["load_pct"].as_f64() {
-                    line.push_str(&format!(", {l:.0}% load"));
+                if let Some(load) = r.load_pct {
+                    l.push_str(&format!(", {load:.0}% load"));
                 }
-                if let Some(e) = r["error"].as_str() {
-                    line.push_str(&format!(": {e}"));
+                if let Some(e) = &r.error {
+                    l.push_str(&format!(": {e}"));
                 }
-                println!("{line}");
-            } else {
-                println!("  ups:       {} not read yet", text(&u["name"]));
+                say!("{l}");
             }
-        }
+            None => say!("  ups:       {} not read yet", u.name),
+        },
     }
-    if let Some(why) = h["ingest_held"].as_str() {
-        println!("  INGEST REFUSED: {why}");
+    if let Some(why) = &h.ingest_held {
+        say!("  INGEST REFUSED: {why}");
     }
-    if h["forwarding_held"].as_bool() == Some(true) {
-        println!("  forwarding: routine studies wait (on battery, link down)");
+    if !h.forwarding_held.is_empty() {
+        say!(
+            "  forwarding: routine studies wait (on battery, link down): {}",
+            h.forwarding_held.join(", ")
+        );
     }
-    let hardware = h["alerts"]
-        .as_array()
-        .map(Vec::as_slice)
-        .unwrap_or_default();
-    if hardware.is_empty() && archive.is_empty() {
-        println!("  alerts:    none");
+    if h.alerts.is_empty() && archive.is_empty() {
+        say!("  alerts:    none");
     } else {
-        println!("  alerts:");
+        say!("  alerts:");
         // The archive's own alerts first: an error there is a correction that may be lost.
         for a in archive {
-            println!("    [{}] {}", a.severity, a.message);
+            say!("    [{}] {}", a.severity, a.message);
         }
-        for a in hardware {
-            println!("    [{}] {}", text(&a["severity"]), text(&a["message"]));
+        for a in &h.alerts {
+            let severity = match a.severity {
+                Severity::Info => "info",
+                Severity::Warning => "warning",
+                Severity::Critical => "critical",
+            };
+            say!("    [{severity}] {}", a.message);
         }
+    }
+    out
+}
+
+/// The UPS state in the words the JSON has always carried (`on_battery`, ...).
+fn ups_state(s: api::readings::UpsState) -> &'static str {
+    match s {
+        api::readings::UpsState::Online => "online",
+        api::readings::UpsState::OnBattery => "on_battery",
+        api::readings::UpsState::LowBattery => "low_battery",
+        api::readings::UpsState::CommunicationLost => "communication_lost",
     }
 }
 
-fn bytes(n: u64) -> String {
-    const G: f64 = 1e9;
-    const M: f64 = 1e6;
-    if n as f64 >= G {
-        format!("{:.1} GB", n as f64 / G)
-    } else {
-        format!("{:.1} MB", n as f64 / M)
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn routine_forwarding_held_on_battery_is_said() {
+        // The service sent its hardware snapshot as untyped JSON, and `outpost status` read
+        // `forwarding_held` with `as_bool()`. The service declares it a list (the
+        // destinations found down while on battery), so the test was never true and "routine
+        // studies wait" never printed: a technician on a UPS with the link down was not told
+        // that routine studies were waiting. Both ends now share `api::Hardware`, so the
+        // field has one type, and a mismatch is a compile error instead of a silent line.
+        let h = api::Hardware {
+            forwarding_held: vec!["pacs".to_string(), "cloud".to_string()],
+            ..api::Hardware::default()
+        };
+        let text = hardware_text(&h, &[]);
+        assert!(
+            text.contains(
+                "  forwarding: routine studies wait (on battery, link down): pacs, cloud"
+            ),
+            "{text}"
+        );
+        // Through the control socket's JSON and back, as `outpost status` receives it.
+        let wire = serde_json::to_string(&h).unwrap();
+        let back: api::Hardware = serde_json::from_str(&wire).unwrap();
+        assert!(hardware_text(&back, &[]).contains("routine studies wait"));
+        // And nothing about it while forwarding goes on.
+        assert!(!hardware_text(&api::Hardware::default(), &[]).contains("routine studies wait"));
     }
 }

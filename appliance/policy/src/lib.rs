@@ -38,7 +38,7 @@ use std::time::Duration;
 use health::raid::{Array, RaidHealth};
 use health::smart::{Device, Verdict};
 use health::volume::Volume;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use ups::{Reading, UpsState};
 
 /// What the policy is told once, at start.
@@ -103,7 +103,7 @@ pub struct Readings {
     pub disk_wait: Option<DiskWait>,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Severity {
     Info,
@@ -112,7 +112,7 @@ pub enum Severity {
 }
 
 /// One condition a person should know about.
-#[derive(Clone, Debug, PartialEq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Alert {
     /// Stable identity, such as `raid.md0` or `ups.on_battery`.
     pub key: String,

@@ -1,14 +1,14 @@
-//! A whole appliance (store, audit trail, DICOM listener, forwarding) in a temporary directory.
+//! A whole appliance in a temporary directory: the real supervisor (store, audit trail, DICOM
+//! listener, forwarding, hardware monitors and policy, cache upkeep, control socket), not a
+//! copy of its wiring.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::Arc;
 
 use tokio::net::TcpListener;
-use tokio::task::JoinHandle;
-use tokio_util::sync::CancellationToken;
 
-/// A running appliance. Dropping it stops nothing cleanly; call [`Appliance::stop`].
+/// A running appliance: the real [`supervisor::Supervisor`] on `127.0.0.1`, in a temporary
+/// directory. Dropping it stops nothing cleanly; call [`Appliance::stop`].
 pub struct Appliance {
     pub dir: tempfile::TempDir,
     pub addr: SocketAddr,
@@ -16,12 +16,7 @@ pub struct Appliance {
     pub store: store::Store,
     pub config: config::Config,
     pub audit_path: PathBuf,
-    shutdown: CancellationToken,
-    forwarding: CancellationToken,
-    /// Running when the configuration has `[[forward.destination]]`s.
-    pub forwarder: Option<forward::Forwarder>,
-    task: Option<JoinHandle<scp::Stopped>>,
-    audit: audit::Audit,
+    running: Option<supervisor::Running>,
 }
 
 impl Appliance {
@@ -37,7 +32,7 @@ impl Appliance {
     /// space floor no disk meets).
     pub async fn start_with(
         config_toml: &str,
-        adjust: impl FnOnce(&mut store::StoreConfig),
+        adjust: impl FnOnce(&mut store::StoreConfig) + Send + 'static,
     ) -> Appliance {
         let dir = tempfile::tempdir().expect("temporary directory");
         Appliance::start_in_with(dir, config_toml, adjust).await
@@ -52,7 +47,7 @@ impl Appliance {
     pub async fn start_in_with(
         dir: tempfile::TempDir,
         config_toml: &str,
-        adjust: impl FnOnce(&mut store::StoreConfig),
+        adjust: impl FnOnce(&mut store::StoreConfig) + Send + 'static,
     ) -> Appliance {
         Appliance::launch(dir, config_toml, 0, forward::Clock::System, adjust).await
     }
@@ -66,133 +61,95 @@ impl Appliance {
         config_toml: &str,
         port: u16,
         clock: forward::Clock,
-        adjust: impl FnOnce(&mut store::StoreConfig),
+        adjust: impl FnOnce(&mut store::StoreConfig) + Send + 'static,
     ) -> Appliance {
         let mut config =
             config::Config::parse(config_toml, "test config").unwrap_or_else(|p| panic!("{p}"));
         config.storage.data_dir = dir.path().join("data");
         config.storage.min_free_bytes = 0;
         config.audit.path = dir.path().join("audit.jsonl");
-        let mut store_config = store::StoreConfig::new(&config.storage.data_dir);
-        store_config.min_free_bytes = 0;
-        store_config.duplicates = match config.storage.duplicates {
-            config::Duplicates::KeepFirst => store::DuplicatePolicy::KeepFirst,
-            config::Duplicates::Overwrite => store::DuplicatePolicy::Overwrite,
-        };
-        store_config.durability = match config.storage.durability {
-            config::Durability::Full => store::Durability::Full,
-            config::Durability::Relaxed { flush_interval } => {
-                store::Durability::Relaxed { flush_interval }
-            }
-        };
-        if !config.forward.destinations.is_empty() {
-            let rules = forward::Rules::new(&config.forward, &config.dicom.remotes)
-                .expect("routing rules are valid");
-            store_config.router = Some(Arc::new(rules));
-        }
-        store_config.cache = Some(store::CacheConfig {
-            high_watermark: config.storage.high_watermark,
-            low_watermark: config.storage.low_watermark,
-            capacity_bytes: config.storage.capacity_bytes,
-            // Tests evict what they stored a moment ago; the guard is tested in the store.
-            protect_recent_s: 0,
-        });
-        let audit = audit::Audit::open_with(
-            &config.audit.path,
-            audit::AuditConfig {
-                rotate_bytes: config.audit.rotate_bytes,
-                retention_days: config.audit.retention_days,
-                max_bytes: Some(config.audit.max_bytes),
-                rejections_per_window: config.audit.rejections_per_minute,
-                window: std::time::Duration::from_secs(60),
-            },
+        // The monitors run, on sources in the directory (`hw/mdstat`, which a test may
+        // rewrite): no md arrays and no SMART reports to begin with, so the machine the tests
+        // run on cannot hold ingest.
+        let hw = dir.path().join("hw");
+        std::fs::create_dir_all(hw.join("sys-block")).expect("hardware fixture directory");
+        std::fs::write(
+            hw.join("mdstat"),
+            "Personalities : \nunused devices: <none>\n",
         )
-        .expect("audit trail opens");
-        store_config.other_bytes = Some(audit.bytes_counter());
-        adjust(&mut store_config);
-        let (store, _) = store::Store::open(store_config).expect("store opens");
+        .expect("mdstat fixture");
+        config.health.mdstat = hw.join("mdstat");
+        config.health.sysfs_block = hw.join("sys-block");
+        config.health.helper_dir = hw.join("helper");
+        if config.health.data_arrays.is_none() {
+            config.health.data_arrays = Some(Vec::new());
+        }
         let plain = TcpListener::bind(("127.0.0.1", port)).await.expect("bind");
         let addr = plain.local_addr().expect("local addr");
-        let (tls_listener, tls) = match &config.dicom.tls {
+        config.dicom.port = addr.port();
+        let tls = match config.dicom.tls.as_mut() {
             Some(t) => {
                 let l = TcpListener::bind("127.0.0.1:0").await.expect("bind TLS");
-                (
-                    Some(l),
-                    Some(scp::tls::load(t).expect("TLS configuration loads")),
-                )
+                t.port = l.local_addr().expect("local addr").port();
+                Some(l)
             }
-            None => (None, None),
+            None => None,
         };
-        let tls_addr = tls_listener
-            .as_ref()
-            .map(|l| l.local_addr().expect("local addr"));
-        if let Some(t) = config.dicom.tls.as_mut() {
-            t.port = tls_addr.expect("bound").port();
-        }
-        config.dicom.port = addr.port();
-        let settings = forward::Settings::from_dicom(&config.dicom);
-        let recall =
-            forward::Recaller::from_config(&config.forward, &settings).expect("recall sets up");
-        let services = Arc::new(scp::Services {
-            config: config.dicom.clone(),
-            store: store.clone(),
-            audit: audit.clone(),
-            tls,
-            recall,
-            reporters: forward::reporters(&config.forward, &config.dicom.remotes),
-        });
-        let shutdown = CancellationToken::new();
-        let forwarding = CancellationToken::new();
-        let forwarder = (!config.forward.destinations.is_empty()).then(|| {
-            forward::Forwarder::spawn_with_clock(
-                store.clone(),
-                &config.forward,
-                settings,
-                forwarding.clone(),
-                clock,
-            )
-            .expect("forwarding starts")
-        });
-        let task = tokio::spawn(scp::run(
-            scp::Listeners {
-                plain,
-                tls: tls_listener,
-            },
-            services,
-            shutdown.clone(),
-        ));
+        let options = supervisor::Options {
+            clock,
+            adjust_store: Some(Box::new(move |s: &mut store::StoreConfig| {
+                s.min_free_bytes = 0;
+                if let Some(c) = s.cache.as_mut() {
+                    // Tests evict what they stored a moment ago; the guard is tested in the
+                    // store.
+                    c.protect_recent_s = 0;
+                }
+                adjust(s);
+            })),
+        };
+        let running = supervisor::Supervisor::start_with(
+            config.clone(),
+            supervisor::Bound { dicom: plain, tls },
+            options,
+        )
+        .await
+        .unwrap_or_else(|e| panic!("the appliance starts: {e:?}"));
         Appliance {
             audit_path: config.audit.path.clone(),
             dir,
             addr,
-            tls_addr,
-            store,
+            tls_addr: running.tls_addr(),
+            store: running.store().clone(),
             config,
-            shutdown,
-            forwarding,
-            forwarder,
-            task: Some(task),
-            audit,
+            running: Some(running),
         }
     }
 
-    /// Stops the listener (with its grace period) and the index writer, and returns the
-    /// directory so the same data can be reopened.
+    /// The running supervisor: [`supervisor::Running::handle`] answers API requests as the
+    /// control socket does.
+    pub fn running(&self) -> &supervisor::Running {
+        self.running.as_ref().expect("running")
+    }
+
+    /// Forwarding, when the configuration has `[[forward.destination]]`s.
+    pub fn forwarder(&self) -> Option<&forward::Forwarder> {
+        self.running().forwarder()
+    }
+
+    /// Stops the appliance as SIGTERM does (the listener's grace period, then forwarding,
+    /// the monitors and the index writer's final flush), and returns the directory so the
+    /// same data can be reopened.
     pub async fn stop(mut self) -> (tempfile::TempDir, scp::Stopped) {
-        self.shutdown.cancel();
-        let stopped = self
-            .task
-            .take()
-            .expect("running")
-            .await
-            .expect("listener task");
-        self.forwarding.cancel();
-        if let Some(f) = self.forwarder.take() {
-            f.wait(std::time::Duration::from_secs(10)).await;
-        }
-        self.store.close().await.expect("store closes");
-        self.audit.close();
-        (self.dir, stopped)
+        let running = self.running.take().expect("running");
+        let deadline = self.config.dicom.shutdown_grace + std::time::Duration::from_secs(15);
+        let stopped = running
+            .stop(supervisor::StopReason::Signal("SIGTERM"), deadline)
+            .await;
+        assert!(
+            stopped.clean,
+            "the archive did not close cleanly: {stopped:?}"
+        );
+        (self.dir, stopped.listener)
     }
 
     /// The data set bytes this appliance holds for an instance, read from its file; `None`
@@ -222,7 +179,7 @@ impl Appliance {
 
     /// The audit trail's lines so far, parsed.
     pub fn audit_lines(&self) -> Vec<String> {
-        self.audit.close();
+        self.running().audit().close();
         std::fs::read_to_string(&self.audit_path)
             .unwrap_or_default()
             .lines()

@@ -7,7 +7,7 @@ use std::fmt;
 use crate::profile::{Condition, Function, Location, Meaning, Measure, Profile, ValueType};
 
 /// What the UPS says about the power, in the terms the appliance acts on.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum UpsState {
     /// On mains power.
@@ -32,7 +32,7 @@ impl fmt::Display for UpsState {
 }
 
 /// One sample of the UPS.
-#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Reading {
     pub state: UpsState,
     /// Estimated runtime left on battery, in seconds.

@@ -78,7 +78,7 @@ fn depth(app: &Appliance) -> u64 {
 }
 
 fn state(app: &Appliance) -> forward::DestinationStatus {
-    app.forwarder.as_ref().unwrap().status()[0].clone()
+    app.forwarder().unwrap().status()[0].clone()
 }
 
 fn instances(n: u32) -> Vec<SynthInstance> {
@@ -311,7 +311,7 @@ async fn paused_destinations_keep_queueing_and_resume_where_they_left_off() {
         }])
         .await
         .unwrap();
-    edge.forwarder.as_ref().unwrap().wake("central");
+    edge.forwarder().unwrap().wake("central");
     eventually("the queue is empty", || depth(&edge) == 0).await;
     edge.stop().await;
     central.stop().await;
@@ -434,7 +434,7 @@ destinations = ["central"]
 priority = "stat"
 "#;
     let edge = Appliance::start(&(edge_toml(central.addr.port(), "") + rules)).await;
-    let forwarder = edge.forwarder.as_ref().unwrap();
+    let forwarder = edge.forwarder().unwrap();
     forwarder.hold_on_battery(&["central".to_string()]);
     let routine = instances(2);
     store_into(&edge, &routine).await;

@@ -79,7 +79,7 @@ pub fn sample(sources: &RaidSources) -> Result<Vec<Array>, HealthError> {
 }
 
 /// One md array as the sources describe it, with its derived health.
-#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Array {
     /// The kernel name, e.g. `md0`.
     pub name: String,
@@ -113,7 +113,7 @@ pub struct Array {
 }
 
 /// How far a resync, recovery, check or reshape has got.
-#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Progress {
     /// Sectors (512 bytes) done.
     pub done: u64,
@@ -125,7 +125,7 @@ pub struct Progress {
 }
 
 /// One member device of an array.
-#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Member {
     /// The kernel name, e.g. `sdb1`.
     pub device: String,
@@ -143,7 +143,7 @@ pub struct Member {
 }
 
 /// What a member is doing in its array.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum MemberRole {
     /// In sync and serving data (also a journal device).
@@ -185,7 +185,9 @@ pub enum MemberRole {
 /// 4. **Ok** otherwise. A `check` or `repair` scrub on a complete array is Ok; `sync_action`
 ///    and `sync_progress` still show it. A failed spare or a member marked
 ///    `want_replacement` leaves the array Ok but `describe_problem` mentions it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, serde::Serialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum RaidHealth {
     Ok,

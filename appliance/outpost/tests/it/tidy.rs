@@ -1,5 +1,7 @@
 //! Repository rules checked by `cargo test`: every Rust file says what it is for in a `//!`
-//! line, and no committed file names a package registry host or mirror.
+//! line, no committed file names a package registry host or mirror, verdicts are decided in
+//! one place, the crates' manifests keep the dependency directions ARCHITECTURE.md states,
+//! and only the supervisor wires components.
 
 use std::path::{Path, PathBuf};
 
@@ -154,6 +156,141 @@ fn verdicts_and_their_consequences_are_decided_in_one_place_each() {
                 ));
             }
         }
+    }
+    assert!(offenders.is_empty(), "{offenders:#?}");
+}
+
+/// The crates a manifest lists under `[dependencies]` (not dev- or build-dependencies).
+fn dependencies(krate: &str) -> Vec<String> {
+    let manifest = repo().join("appliance").join(krate).join("Cargo.toml");
+    let text = std::fs::read_to_string(&manifest).unwrap();
+    let mut out = Vec::new();
+    let mut inside = false;
+    for line in text.lines().map(str::trim) {
+        if line.starts_with('[') {
+            inside = line == "[dependencies]";
+            continue;
+        }
+        if !inside || line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let name = line
+            .split(['.', '=', ' '])
+            .next()
+            .unwrap_or_default()
+            .to_string();
+        out.push(name);
+    }
+    out
+}
+
+/// Every crate under `appliance/`.
+fn crates() -> Vec<String> {
+    let mut out: Vec<String> = std::fs::read_dir(repo().join("appliance"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.join("Cargo.toml").is_file())
+        .map(|p| p.file_name().unwrap().to_string_lossy().into_owned())
+        .collect();
+    out.sort();
+    out
+}
+
+#[test]
+fn crate_dependencies_keep_the_directions_architecture_md_states() {
+    // ARCHITECTURE.md states who may know whom; the manifests are where that is true or not.
+    // Each rule names its invariant, so a failure says which promise a change breaks.
+    let mut broken = Vec::new();
+    // `api` does no I/O: only serde, thiserror and the readings' own crates.
+    let allowed = ["serde", "thiserror", "health", "ups", "policy"];
+    for d in dependencies("api") {
+        if !allowed.contains(&d.as_str()) {
+            broken.push(format!(
+                "api depends on {d}: it does no I/O and knows no component (allowed: {allowed:?})"
+            ));
+        }
+    }
+    // `outpost` is the command line: it reaches the appliance through `supervisor` and `api`,
+    // and of the components only opens the store itself (import, verify) and asks `scp` which
+    // SOP classes it accepts.
+    let outpost = dependencies("outpost");
+    for needed in ["supervisor", "api"] {
+        if !outpost.iter().any(|d| d == needed) {
+            broken.push(format!("outpost does not depend on {needed}"));
+        }
+    }
+    for wiring in [
+        "forward",
+        "health",
+        "policy",
+        "ups",
+        "audit",
+        "notify",
+        "reqwest",
+        "tokio-util",
+    ] {
+        if outpost.iter().any(|d| d == wiring) {
+            broken.push(format!(
+                "outpost depends on {wiring}: only supervisor wires components"
+            ));
+        }
+    }
+    // Only the faces and the test harness know the supervisor; nothing knows the binary.
+    for krate in crates() {
+        let deps = dependencies(&krate);
+        if deps.iter().any(|d| d == "supervisor") && !["outpost", "testkit"].contains(&&*krate) {
+            broken.push(format!(
+                "{krate} depends on supervisor: components are wired by it, not the other way round"
+            ));
+        }
+        if deps.iter().any(|d| d == "outpost") {
+            broken.push(format!("{krate} depends on the outpost binary"));
+        }
+    }
+    // The listener knows nothing of forwarding; storescu knows nothing of configuration.
+    if dependencies("scp").iter().any(|d| d == "forward") {
+        broken.push("scp depends on forward".into());
+    }
+    if dependencies("storescu").iter().any(|d| d == "config") {
+        broken.push("storescu depends on config: callers pass what it needs".into());
+    }
+    assert!(broken.is_empty(), "{broken:#?}");
+}
+
+#[test]
+fn only_the_supervisor_wires_components_and_the_control_socket_goes_through_its_handler() {
+    // testkit used to start the listener and the forwarder itself, a copy of serve's wiring
+    // that drifted; now `supervisor` is the one place that starts them. And the control
+    // socket answers through the dispatcher every face shares (`Running::handle`), never
+    // with answers of its own.
+    let appliance = repo().join("appliance");
+    let mut all = Vec::new();
+    files(&appliance, &mut all);
+    let mut offenders = Vec::new();
+    for p in all.iter().filter(|p| {
+        p.extension().is_some_and(|e| e == "rs")
+            && p.components().any(|c| c.as_os_str() == "src")
+            && !p.starts_with(appliance.join("supervisor"))
+            // The crates that define what they start.
+            && !p.starts_with(appliance.join("scp"))
+            && !p.starts_with(appliance.join("forward"))
+    }) {
+        let text = std::fs::read_to_string(p).unwrap();
+        for call in ["scp::run(", "Forwarder::spawn"] {
+            if non_test(&text).contains(call) {
+                offenders.push(format!("{} calls {call}..)", p.display()));
+            }
+        }
+    }
+    let control = std::fs::read_to_string(appliance.join("supervisor/src/control.rs")).unwrap();
+    let code = non_test(&control);
+    if !code.contains("handler.handle(") {
+        offenders.push("supervisor/src/control.rs does not answer through Handler::handle".into());
+    }
+    if code.contains("Response::") {
+        offenders.push(
+            "supervisor/src/control.rs builds a Response itself instead of through Running::handle or an ApiError".into(),
+        );
     }
     assert!(offenders.is_empty(), "{offenders:#?}");
 }

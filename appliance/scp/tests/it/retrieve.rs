@@ -39,7 +39,7 @@ fn remote(ae: &str, port: u16) -> String {
 }
 
 /// A destination appliance called DEST.
-async fn destination(adjust: impl FnOnce(&mut store::StoreConfig)) -> Appliance {
+async fn destination(adjust: impl FnOnce(&mut store::StoreConfig) + Send + 'static) -> Appliance {
     Appliance::start_with(
         "[dicom]\nae_title = \"DEST\"\naccept_unknown_callers = true\n",
         adjust,

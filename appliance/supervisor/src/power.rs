@@ -19,7 +19,7 @@ pub struct Done {
     pub command_ok: bool,
 }
 
-pub async fn power_off(
+pub(crate) async fn power_off(
     c: &config::Config,
     ups: Option<&Arc<tokio::sync::Mutex<ups::Ups>>>,
 ) -> Done {
