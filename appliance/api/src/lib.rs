@@ -12,6 +12,7 @@
 mod error;
 mod event;
 mod request;
+pub mod show;
 pub mod status;
 
 pub use error::{Answer, ApiError};

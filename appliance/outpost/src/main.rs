@@ -7,7 +7,6 @@ mod import;
 mod quarantine;
 mod queue;
 mod serve;
-mod show;
 mod status;
 
 use std::path::{Path, PathBuf};

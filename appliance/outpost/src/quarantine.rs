@@ -6,7 +6,7 @@ use std::process::ExitCode;
 
 use clap::Subcommand;
 
-use crate::show::age;
+use api::show::age;
 use api::{QuarantineResolution, Request, Response};
 
 #[derive(Subcommand, Debug)]

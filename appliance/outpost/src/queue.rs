@@ -7,8 +7,6 @@ use clap::Subcommand;
 
 use api::{Request, Response};
 
-use crate::show;
-
 #[derive(Subcommand, Debug)]
 pub enum Action {
     /// Make every waiting entry of a destination due now, and probe it now.
@@ -113,7 +111,7 @@ pub fn run(c: &config::Config, action: Option<Action>, json: bool) -> anyhow::Re
                 }
                 let oldest = q
                     .oldest_enqueued_at
-                    .map(|t| show::age(now.saturating_sub(t)))
+                    .map(|t| api::show::age(now.saturating_sub(t)))
                     .unwrap_or_else(|| "-".into());
                 let error = live_error
                     .or_else(|| q.last_error.clone())
@@ -139,7 +137,7 @@ pub fn run(c: &config::Config, action: Option<Action>, json: bool) -> anyhow::Re
                     d.entry.sop_instance_uid,
                     d.entry.study_uid,
                     d.entry.attempts,
-                    show::age(now.saturating_sub(d.at)),
+                    api::show::age(now.saturating_sub(d.at)),
                     d.reason
                 );
             }
@@ -156,8 +154,8 @@ pub fn run(c: &config::Config, action: Option<Action>, json: bool) -> anyhow::Re
                     h.sop_instance_uid,
                     h.study_uid,
                     h.destinations.join(","),
-                    show::bytes(h.bytes),
-                    show::age(now.saturating_sub(h.since))
+                    api::show::bytes(h.bytes),
+                    api::show::age(now.saturating_sub(h.since))
                 );
             }
         }

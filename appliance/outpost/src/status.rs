@@ -5,8 +5,6 @@ use std::process::ExitCode;
 
 use api::{Request, Response};
 
-use crate::show;
-
 pub fn run(c: &config::Config, json: bool) -> anyhow::Result<ExitCode> {
     let path = supervisor::socket_path(&c.storage.data_dir);
     let runtime = tokio::runtime::Builder::new_current_thread()
@@ -29,7 +27,7 @@ pub fn run(c: &config::Config, json: bool) -> anyhow::Result<ExitCode> {
         "outpost {} ({}), up {}",
         status.version,
         status.ae_title,
-        show::age(status.uptime_s)
+        api::show::age(status.uptime_s)
     );
     if !status.os.is_empty() || !status.kernel.is_empty() {
         println!("  system:    {}, kernel {}", status.os, status.kernel);
@@ -43,8 +41,8 @@ pub fn run(c: &config::Config, json: bool) -> anyhow::Result<ExitCode> {
         println!(
             "  storage:   {:.1}% of {} used ({} in instances); evicting above {}% down to {}%",
             u.percent(),
-            show::bytes(u.capacity_bytes),
-            show::bytes(u.stored_bytes),
+            api::show::bytes(u.capacity_bytes),
+            api::show::bytes(u.stored_bytes),
             status.high_watermark,
             status.low_watermark
         );
@@ -129,8 +127,8 @@ fn hardware_text(h: &api::Hardware, archive: &[api::ArchiveAlert]) -> String {
         (_, Some(e)) => say!("  volume:    cannot be read: {e}"),
         (Some(v), None) => say!(
             "  volume:    {} free of {}{}",
-            show::bytes(v.available_bytes),
-            show::bytes(v.total_bytes),
+            api::show::bytes(v.available_bytes),
+            api::show::bytes(v.total_bytes),
             if v.read_only { ", READ-ONLY" } else { "" }
         ),
         (None, None) => say!("  volume:    not sampled yet"),
@@ -170,7 +168,7 @@ fn hardware_text(h: &api::Hardware, archive: &[api::ArchiveAlert]) -> String {
             Some(r) => {
                 let mut l = format!("  ups:       {} {}", u.name, ups_state(r.state));
                 if let Some(s) = r.runtime_s {
-                    l.push_str(&format!(", {} runtime", show::age(s.into())));
+                    l.push_str(&format!(", {} runtime", api::show::age(s.into())));
                 }
                 if let Some(c) = r.charge_pct {
                     l.push_str(&format!(", {c:.0}% charged"));

@@ -352,7 +352,7 @@ impl Core {
         let what = format!(
             "{destination}: {} instance(s) ({}) no longer wait for its confirmation{}; {} of them go nowhere else and stay local",
             c.instances,
-            human_bytes(c.bytes),
+            api::show::bytes(c.bytes),
             if c.configured {
                 " (its dead letters stay listed)"
             } else {
@@ -516,7 +516,7 @@ pub fn archive_alerts(
             message: format!(
                 "{} corrected instance(s) ({}) stay local: their destinations acknowledged the correction without that proving they replaced their copy. Check the destination holds the corrected version, then `outpost queue release-corrections --all` (`outpost queue corrections` lists them).",
                 held.len(),
-                human_bytes(bytes)
+                api::show::bytes(bytes)
             ),
         });
     }
@@ -561,14 +561,14 @@ pub fn archive_alerts(
             message: format!(
                 "{} instance(s) ({}) are never evicted because they wait for a confirmation from {} that will not come: {why}. {}{sole}.{}",
                 c.instances,
-                human_bytes(c.bytes),
+                api::show::bytes(c.bytes),
                 c.destination,
                 capitalise(&fix),
                 match headroom {
                     Some(h) if over => format!(
                         " That is more than {:.0}% of the {} between the high watermark and the free-space floor.",
                         STALLED_WARN_SHARE * 100.0,
-                        human_bytes(h)
+                        api::show::bytes(h)
                     ),
                     _ => String::new(),
                 }
@@ -583,16 +583,6 @@ fn capitalise(s: &str) -> String {
     match c.next() {
         Some(f) => f.to_uppercase().chain(c).collect(),
         None => String::new(),
-    }
-}
-
-fn human_bytes(n: u64) -> String {
-    const G: f64 = 1e9;
-    const M: f64 = 1e6;
-    if n as f64 >= G {
-        format!("{:.1} GB", n as f64 / G)
-    } else {
-        format!("{:.1} MB", n as f64 / M)
     }
 }
 

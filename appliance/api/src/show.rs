@@ -1,7 +1,7 @@
 //! Numbers the way a person reads them in a table or a status line.
 
 /// A span of seconds: 42s, 17m, 5h, 3d.
-pub(crate) fn age(secs: u64) -> String {
+pub fn age(secs: u64) -> String {
     match secs {
         0..=119 => format!("{secs}s"),
         120..=7199 => format!("{}m", secs / 60),
@@ -11,7 +11,7 @@ pub(crate) fn age(secs: u64) -> String {
 }
 
 /// Bytes in MB, or GB from a thousand MB on.
-pub(crate) fn bytes(n: u64) -> String {
+pub fn bytes(n: u64) -> String {
     const G: f64 = 1e9;
     const M: f64 = 1e6;
     if n as f64 >= G {
