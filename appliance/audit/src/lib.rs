@@ -347,21 +347,58 @@ impl Names {
         files
     }
 
-    /// A free name for the file rotated now.
+    /// A name for the file rotated now that sorts after every rotated file already there.
+    ///
+    /// Retention deletes in name order, so a name must never sort before an older file's:
+    /// rotations less than a millisecond apart, or a clock set back, would otherwise make
+    /// retention delete the newest events instead of the oldest.
     fn rotated_name(&self, now: SystemTime) -> PathBuf {
-        let mut t = now;
-        loop {
-            let stamp: String = humantime::format_rfc3339_millis(t)
-                .to_string()
-                .chars()
-                .filter(|c| *c != '-' && *c != ':')
-                .collect();
-            let p = self.dir.join(format!("{}.{stamp}.jsonl", self.stem));
-            if !p.exists() {
-                return p;
-            }
-            t += Duration::from_millis(1);
+        let newest = self
+            .rotated()
+            .last()
+            .and_then(|(p, _)| self.stamp_of(p))
+            .map(|t| t + Duration::from_millis(1));
+        let t = match newest {
+            Some(after) if after > now => after,
+            _ => now,
+        };
+        let stamp: String = humantime::format_rfc3339_millis(t)
+            .to_string()
+            .chars()
+            .filter(|c| *c != '-' && *c != ':')
+            .collect();
+        let mut p = self.dir.join(format!("{}.{stamp}.jsonl", self.stem));
+        // A file whose name does not parse could still be in the way.
+        let mut n = 1;
+        while p.exists() {
+            p = self.dir.join(format!("{}.{stamp}-{n}.jsonl", self.stem));
+            n += 1;
         }
+        p
+    }
+
+    /// The time in a rotated file's name (`audit.20261101T000000.000Z.jsonl`).
+    fn stamp_of(&self, path: &Path) -> Option<SystemTime> {
+        let name = path.file_name()?.to_str()?;
+        let s = name
+            .strip_prefix(&self.stem)?
+            .strip_prefix('.')?
+            .strip_suffix(".jsonl")?;
+        // Put back the separators taken out when the name was made.
+        let (date, time) = s.split_once('T')?;
+        if date.len() != 8 || time.len() < 6 {
+            return None;
+        }
+        let full = format!(
+            "{}-{}-{}T{}:{}:{}",
+            &date[..4],
+            &date[4..6],
+            &date[6..],
+            &time[..2],
+            &time[2..4],
+            &time[4..]
+        );
+        humantime::parse_rfc3339(&full).ok()
     }
 }
 
@@ -864,6 +901,48 @@ mod bounded {
         // Reopening counts what is there once, then keeps the total itself.
         let again = Audit::open_with(&path, config).unwrap();
         assert_eq!(again.bytes(), on_disk);
+    }
+
+    // CI failed once on the test above: the events left after retention had a gap
+    // (1979 then 1992). Rotations came less than a millisecond apart, so a rotated name
+    // was made by bumping the time to the next free millisecond; once retention had
+    // deleted the oldest file, its name was free again and the next rotation took it,
+    // sorting before newer files, and retention then deleted the newest events. A clock
+    // set back does the same, so this test stands a file from the future in the way.
+    #[test]
+    fn a_rotated_name_sorts_after_every_rotated_file_even_when_the_clock_went_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("audit.jsonl");
+        let future = dir.path().join("audit.20990101T000000.000Z.jsonl");
+        std::fs::write(&future, "{\"old\":true}\n").unwrap();
+        let config = AuditConfig {
+            rotate_bytes: 2_000,
+            max_bytes: Some(4_500),
+            ..AuditConfig::default()
+        };
+        let audit = Audit::open_with(&path, config).unwrap();
+        for i in 0..200 {
+            audit.record(stored(i));
+        }
+        audit.close();
+        // The file from the future is the oldest and went first.
+        assert!(!future.exists());
+        let mut names: Vec<String> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|n| n != "audit.jsonl")
+            .collect();
+        names.sort();
+        assert!(
+            names.iter().all(|n| n.starts_with("audit.2099")),
+            "{names:?}"
+        );
+        let counts: Vec<u64> = all_lines(dir.path())
+            .iter()
+            .map(|l| l["instances"].as_u64().unwrap())
+            .collect();
+        assert_eq!(*counts.last().unwrap(), 199);
+        assert!(counts.windows(2).all(|w| w[1] == w[0] + 1), "{counts:?}");
     }
 
     #[test]
