@@ -177,6 +177,26 @@ pub(crate) fn is_evicted(txn: &WriteTransaction, sop: &str) -> Result<bool, Stor
     Ok(txn.open_table(EVICTED)?.get(sop)?.is_some())
 }
 
+/// Recounts `evicted_count` from `evicted` and the instance records (at open, when another
+/// build wrote last: the counts are derived, and only this build's code is known to keep
+/// them). One walk over the evicted instances; nothing when none are.
+pub(crate) fn rebuild_derived(txn: &WriteTransaction) -> Result<(), StoreError> {
+    let instances = txn.open_table(INSTANCES)?;
+    let evicted = txn.open_table(EVICTED)?;
+    let mut counts = txn.open_table(EVICTED_COUNT)?;
+    counts.retain(|_, _| false)?;
+    for row in evicted.iter()? {
+        let (sop, _) = row?;
+        let Some(v) = instances.get(sop.value())? else {
+            continue;
+        };
+        let rec: InstanceRecord = record::decode(v.value())?;
+        bump(&mut counts, &format!("study/{}", rec.study_uid), 1)?;
+        bump(&mut counts, &format!("series/{}", rec.series_uid), 1)?;
+    }
+    Ok(())
+}
+
 fn bump(
     counts: &mut redb::Table<&'static str, u64>,
     key: &str,

@@ -45,8 +45,24 @@ pub const CONFLICTS: TableDefinition<&str, &[u8]> = TableDefinition::new("patien
 pub const PENDING_DELETES: TableDefinition<&str, ()> = TableDefinition::new("pending_deletes");
 pub const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
 
-/// The index schema version this build writes and reads.
+/// The index schema version this build writes (`meta.schema_version`, the newest layout any
+/// writer has used) and the version it reads as: it opens any index whose
+/// `min_reader_version` is at most this.
 pub const SCHEMA_VERSION: u32 = 1;
+
+/// The oldest build (by `SCHEMA_VERSION`) that can read what this build writes. It rises only
+/// when a change is one an older build would misread (a record changed in place, a table's
+/// meaning changed); a change that only adds tables keeps it, so the previous image still
+/// opens the index after an A/B rollback. See DESIGN.md, "Versions and rollback".
+pub const MIN_READER_VERSION: u32 = 1;
+
+/// Meta keys of the version rules (values are little-endian u32).
+pub const META_SCHEMA_VERSION: &str = "schema_version";
+pub const META_MIN_READER_VERSION: &str = "min_reader_version";
+/// The `SCHEMA_VERSION` of the build that last opened the index for writing: derived tables
+/// are rebuilt when it differs from the opening build's, since an older or newer build may
+/// have changed the primary tables without keeping them.
+pub const META_LAST_WRITER_VERSION: &str = "last_writer_version";
 
 /// What filing an instance did.
 #[derive(Debug, Clone, PartialEq, Eq)]

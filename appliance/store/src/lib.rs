@@ -91,6 +91,10 @@ pub struct StoreConfig {
     pub other_bytes: Option<Arc<AtomicU64>>,
     /// An instance whose patient disagrees with its study's: quarantined or refused.
     pub patient_conflict: PatientConflictPolicy,
+    /// The index schema version this build reads as (`index::SCHEMA_VERSION`). Only tests
+    /// change it, to open an index under the rules of an older or newer release.
+    #[doc(hidden)]
+    pub reader_version: u32,
 }
 
 impl StoreConfig {
@@ -106,6 +110,7 @@ impl StoreConfig {
             cache: None,
             other_bytes: None,
             patient_conflict: PatientConflictPolicy::Quarantine,
+            reader_version: index::SCHEMA_VERSION,
         }
     }
 }
@@ -152,8 +157,20 @@ pub enum StoreError {
     Record(#[from] record::RecordError),
     #[error("the index is inconsistent: {0}; run `outpost verify`")]
     Inconsistent(String),
-    #[error("index schema version {found} is not the version {expected} this build uses")]
-    Schema { found: u32, expected: u32 },
+    #[error(
+        "the index was written by a newer Outpost (index schema version {written}) that builds \
+         older than schema version {min_reader} cannot read, and this build reads schema \
+         version {reader}; boot the newer image, or restore the data directory from a backup \
+         this build (or an older one) wrote"
+    )]
+    Schema {
+        /// The schema version the index was last written with.
+        written: u32,
+        /// The oldest reader version the index allows.
+        min_reader: u32,
+        /// This build's version.
+        reader: u32,
+    },
     #[error("the index writer has stopped after an earlier failure ({0}); restart the service")]
     WriterFailed(String),
     #[error("the store is shutting down")]
@@ -527,29 +544,52 @@ fn create_index_atomically(
 }
 
 fn check_schema(db: &Database, config: &StoreConfig) -> Result<(), StoreError> {
+    let reader = config.reader_version;
     let mut txn = db.begin_write()?;
     txn.set_quick_repair(true);
+    let rebuild_derived;
     {
         let mut meta = txn.open_table(index::META)?;
-        let found = meta.get("schema_version")?.map(|v| {
-            let b = v.value();
-            u32::from_le_bytes([b[0], b[1], b[2], b[3]])
-        });
-        match found {
-            Some(v) if v != index::SCHEMA_VERSION => {
-                return Err(StoreError::Schema {
-                    found: v,
-                    expected: index::SCHEMA_VERSION,
-                });
-            }
-            Some(_) => {}
-            None => {
-                meta.insert(
-                    "schema_version",
-                    index::SCHEMA_VERSION.to_le_bytes().as_slice(),
-                )?;
-            }
+        let get = |meta: &redb::Table<&str, &[u8]>, key: &str| -> Result<Option<u32>, StoreError> {
+            Ok(meta.get(key)?.map(|v| {
+                let b = v.value();
+                let mut a = [0u8; 4];
+                let n = b.len().min(4);
+                a[..n].copy_from_slice(&b[..n]);
+                u32::from_le_bytes(a)
+            }))
+        };
+        let written = get(&meta, index::META_SCHEMA_VERSION)?;
+        // An index from before the version rules has only `schema_version`; its layout is
+        // readable by exactly that version, which is what the rule gives.
+        let min_reader = get(&meta, index::META_MIN_READER_VERSION)?.or(written);
+        let last_writer = get(&meta, index::META_LAST_WRITER_VERSION)?;
+        if let Some(min_reader) = min_reader
+            && min_reader > reader
+        {
+            return Err(StoreError::Schema {
+                written: written.unwrap_or(min_reader),
+                min_reader,
+                reader,
+            });
         }
+        // The recorded numbers never go down: an older build reading a newer index leaves
+        // the newer layout's claim (and its tables) in place for when the newer image boots.
+        let written = written.unwrap_or(0).max(reader);
+        let min_reader = min_reader.unwrap_or(0).max(index::MIN_READER_VERSION);
+        meta.insert(index::META_SCHEMA_VERSION, written.to_le_bytes().as_slice())?;
+        meta.insert(
+            index::META_MIN_READER_VERSION,
+            min_reader.to_le_bytes().as_slice(),
+        )?;
+        // Another build (older or newer) may have changed primary tables without keeping
+        // the derived ones as this build does; a missing marker (an index from before the
+        // marker) is the same case.
+        rebuild_derived = last_writer != Some(reader);
+        meta.insert(
+            index::META_LAST_WRITER_VERSION,
+            reader.to_le_bytes().as_slice(),
+        )?;
         // Create every table up front so readers never meet a missing one.
         index::Tables::open(&txn)?;
         txn.open_table(quarantine::QUARANTINE)?;
@@ -561,6 +601,9 @@ fn check_schema(db: &Database, config: &StoreConfig) -> Result<(), StoreError> {
         .unwrap_or_default();
     outbox::create_tables(&txn, &destinations)?;
     cache::create_tables(&txn)?;
+    if rebuild_derived {
+        cache::rebuild_derived(&txn)?;
+    }
     txn.commit()?;
     Ok(())
 }

@@ -11,7 +11,14 @@ use dataset::encode::trim_padding;
 use dataset::{Tag, Vr, Walked, tags};
 use serde::{Deserialize, Serialize};
 
+/// The record version this build writes.
 const RECORD_VERSION: u8 = 1;
+
+/// The record versions this build decodes. The rule (DESIGN.md, "Versions and rollback"): a
+/// record's encoding is never changed in place; a new field goes in a new table keyed like
+/// the record, so a previous build, which knows only its own versions, never meets a record
+/// it cannot read. Today that is exactly the version written.
+const READS: &[u8] = &[RECORD_VERSION];
 
 /// Longest value kept in the index; longer values (rare: long comments) are not indexed.
 pub const MAX_INDEXED_VALUE: usize = 4096;
@@ -109,7 +116,9 @@ pub fn encode<T: Serialize>(record: &T) -> Vec<u8> {
 
 pub fn decode<T: for<'de> Deserialize<'de>>(bytes: &[u8]) -> Result<T, RecordError> {
     match bytes.split_first() {
-        Some((&RECORD_VERSION, rest)) => postcard::from_bytes(rest).map_err(RecordError::Corrupt),
+        Some((v, rest)) if READS.contains(v) => {
+            postcard::from_bytes(rest).map_err(RecordError::Corrupt)
+        }
         Some((v, _)) => Err(RecordError::Version(*v)),
         None => Err(RecordError::Empty),
     }
@@ -119,7 +128,10 @@ pub fn decode<T: for<'de> Deserialize<'de>>(bytes: &[u8]) -> Result<T, RecordErr
 pub enum RecordError {
     #[error("index record is corrupt: {0}")]
     Corrupt(postcard::Error),
-    #[error("index record has version {0}, this build reads version {RECORD_VERSION}")]
+    #[error(
+        "index record has version {0}, this build reads versions {READS:?}; it was written by \
+         another Outpost build: boot that image, or run `outpost verify`"
+    )]
     Version(u8),
     #[error("index record is empty")]
     Empty,

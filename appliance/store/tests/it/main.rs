@@ -10,6 +10,7 @@ mod quarantine;
 mod query;
 pub(crate) mod reconcile;
 mod support;
+mod versions;
 
 /// Files in a store's temporary directory, but for the empty spares it makes ahead for the
 /// next instances (an instance being received into a spare has bytes, and counts).
