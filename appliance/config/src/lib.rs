@@ -372,8 +372,30 @@ impl Config {
         Config::parse(EMBEDDED_DEFAULT, "embedded default").expect("the embedded default is valid")
     }
 
-    /// Parses and validates configuration text; `source` names it in messages.
+    /// Parses and validates configuration text; `source` names it in messages. Unknown keys
+    /// are problems (as `check-config` reports them).
     pub fn parse(text: &str, source: &str) -> Result<Config, Problems> {
+        Config::parse_as(text, source, Reading::Strict)
+    }
+
+    /// Reads a configuration file as `serve` does: as [`Config::load`], except that when
+    /// the file's `written_by` names a newer Outpost than this build, its unknown keys
+    /// (settings this build does not have yet) are warnings, not problems. After an A/B
+    /// rollback the older image then still starts on the newer image's file.
+    pub fn load_for_serve(path: &Path) -> Result<Config, Problems> {
+        let name = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            Problems(vec![Problem {
+                file: name.clone(),
+                key: String::new(),
+                message: format!("cannot read the file: {e}"),
+            }])
+        })?;
+        Config::parse_as(&text, &name, Reading::Serve)
+    }
+
+    /// Parses configuration text by the rules of `reading`.
+    pub fn parse_as(text: &str, source: &str, reading: Reading) -> Result<Config, Problems> {
         let doc: toml::Table = toml::from_str(text).map_err(|e| {
             Problems(vec![Problem {
                 file: source.to_string(),
@@ -382,18 +404,83 @@ impl Config {
             }])
         })?;
         let problems = std::cell::RefCell::new(Vec::new());
-        let config = {
-            let mut root = Reader::root(&doc, source, &problems);
+        let unknown = std::cell::RefCell::new(Vec::new());
+        let (config, written_by) = {
+            let mut root = Reader::root(&doc, source, &problems, &unknown);
+            let written_by = if root.has("written_by") {
+                root.parse_str("written_by", None, Version::parse)
+            } else {
+                None
+            };
             let config = build(&mut root, source);
             root.finish();
-            config
+            (config, written_by)
         };
-        let problems = problems.into_inner();
+        let mut problems = problems.into_inner();
+        let unknown = unknown.into_inner();
+        let newer = written_by.filter(|v| *v > Version::this_build());
+        let mut demoted = Vec::new();
+        match (reading, newer) {
+            (Reading::Serve, Some(v)) => {
+                for u in unknown {
+                    demoted.push(Warning {
+                        file: u.file,
+                        key: u.key,
+                        message: format!(
+                            "unknown key, ignored: the file was written by Outpost {v}, newer than this build ({}); remove it, or boot the newer image",
+                            Version::this_build()
+                        ),
+                    });
+                }
+            }
+            _ => problems.extend(unknown),
+        }
         if problems.is_empty() {
-            Ok(config.expect("no problems means every value was read"))
+            let mut config = config.expect("no problems means every value was read");
+            config.warnings.extend(demoted);
+            Ok(config)
         } else {
             Err(Problems(problems))
         }
+    }
+}
+
+/// How strictly a configuration is read.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Reading {
+    /// Every unknown key is a problem (`check-config`, and any file no newer build wrote).
+    Strict,
+    /// `serve`: unknown keys are warnings when `written_by` names a newer build.
+    Serve,
+}
+
+/// An Outpost release version (`major.minor.patch`), as `written_by` names it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Version(pub u64, pub u64, pub u64);
+
+impl Version {
+    /// This build's version (the workspace's).
+    pub fn this_build() -> Version {
+        Version::parse(env!("CARGO_PKG_VERSION")).expect("the crate version is major.minor.patch")
+    }
+
+    /// Parses `major.minor.patch`; a pre-release or build suffix (`-rc1`, `+abc`) is ignored.
+    pub(crate) fn parse(s: &str) -> Result<Version, String> {
+        let core = s.split(['-', '+']).next().unwrap_or("");
+        let parts: Vec<Option<u64>> = core.split('.').map(|p| p.parse().ok()).collect();
+        match parts.as_slice() {
+            [Some(a), Some(b), Some(c)] => Ok(Version(*a, *b, *c)),
+            _ => Err(format!(
+                "{s:?} is not an Outpost version; write it as major.minor.patch, such as \"{}\"",
+                env!("CARGO_PKG_VERSION")
+            )),
+        }
+    }
+}
+
+impl fmt::Display for Version {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}.{}.{}", self.0, self.1, self.2)
     }
 }
 

@@ -15,6 +15,9 @@ pub(crate) struct Reader<'a> {
     file: &'a str,
     path: String,
     problems: &'a RefCell<Vec<Problem>>,
+    /// Keys nothing read, apart from other problems: `serve` may demote them to warnings
+    /// when a newer build wrote the file (see `Config::load_for_serve`).
+    unknown: &'a RefCell<Vec<Problem>>,
     used: BTreeSet<String>,
 }
 
@@ -25,12 +28,14 @@ impl<'a> Reader<'a> {
         table: &'a Table,
         file: &'a str,
         problems: &'a RefCell<Vec<Problem>>,
+        unknown: &'a RefCell<Vec<Problem>>,
     ) -> Reader<'a> {
         Reader {
             table: Some(table),
             file,
             path: String::new(),
             problems,
+            unknown,
             used: BTreeSet::new(),
         }
     }
@@ -76,6 +81,7 @@ impl<'a> Reader<'a> {
             file: self.file,
             path,
             problems: self.problems,
+            unknown: self.unknown,
             used: BTreeSet::new(),
         }
     }
@@ -142,6 +148,7 @@ impl<'a> Reader<'a> {
                         file: self.file,
                         path: format!("{base}[{}]", i + 1),
                         problems: self.problems,
+                        unknown: self.unknown,
                         used: BTreeSet::new(),
                     }),
                     other => {
@@ -421,7 +428,11 @@ impl<'a> Reader<'a> {
                     .find(|k| close(k, key))
                     .map(|k| format!("; did you mean {k:?}?"))
                     .unwrap_or_default();
-                self.problem(key, format!("unknown key{hint}"));
+                self.unknown.borrow_mut().push(Problem {
+                    file: self.file.to_string(),
+                    key: self.key_path(key),
+                    message: format!("unknown key{hint}"),
+                });
             }
         }
     }

@@ -593,3 +593,56 @@ certificate_sha256 = ["not-a-fingerprint"]
         );
     }
 }
+
+/// After an A/B rollback the older image reads a file the newer image's provisioning wrote,
+/// with settings it does not know. `serve` starts, warning about each; `check-config` (and
+/// `serve` on a file no newer build wrote) refuses them, with every other problem at once.
+#[test]
+fn unknown_keys_are_warnings_at_serve_only_when_a_newer_build_wrote_the_file() {
+    use config::Reading;
+    let newer = r#"
+written_by = "999.0.0"
+[dicom]
+ae_title = "OUTPOST"
+future_knob = 3
+[storage]
+data_dir = "/tmp/x"
+another_future_knob = true
+"#;
+    let c = Config::parse_as(newer, "newer.toml", Reading::Serve).unwrap();
+    let keys: Vec<&str> = c.warnings.iter().map(|w| w.key.as_str()).collect();
+    assert!(keys.contains(&"dicom.future_knob"), "{keys:?}");
+    assert!(keys.contains(&"storage.another_future_knob"), "{keys:?}");
+    assert!(c.warnings.iter().all(|w| w.message.contains("999.0.0")));
+
+    // check-config: both are problems.
+    let p = Config::parse_as(newer, "newer.toml", Reading::Strict).unwrap_err();
+    let keys: Vec<&str> = p.0.iter().map(|p| p.key.as_str()).collect();
+    assert!(keys.contains(&"dicom.future_knob"), "{keys:?}");
+    assert!(keys.contains(&"storage.another_future_knob"), "{keys:?}");
+
+    // Written by this build (or an older one), or not saying: unknown keys stay problems at
+    // serve, reported with the file's other problems.
+    for header in [
+        format!("written_by = \"{}\"", env!("CARGO_PKG_VERSION")),
+        "written_by = \"0.0.1\"".to_string(),
+        String::new(),
+    ] {
+        let text = format!("{header}\n[dicom]\nfuture_knob = 3\nport = 0\n");
+        let p = Config::parse_as(&text, "t.toml", Reading::Serve).unwrap_err();
+        let keys: Vec<&str> = p.0.iter().map(|p| p.key.as_str()).collect();
+        assert!(keys.contains(&"dicom.future_knob"), "{header}: {keys:?}");
+        assert!(keys.contains(&"dicom.port"), "{header}: {keys:?}");
+    }
+
+    // A newer file's real problems still fail serve.
+    let bad = "written_by = \"999.0.0\"\n[dicom]\nfuture_knob = 3\nport = 0\n";
+    let p = Config::parse_as(bad, "t.toml", Reading::Serve).unwrap_err();
+    assert_eq!(p.0.len(), 1, "{p}");
+    assert_eq!(p.0[0].key, "dicom.port");
+
+    // A written_by that is not a version is a problem, naming the form.
+    let p = Config::parse_as("written_by = \"soon\"\n", "t.toml", Reading::Serve).unwrap_err();
+    assert_eq!(p.0[0].key, "written_by");
+    assert!(p.0[0].message.contains("major.minor.patch"), "{p}");
+}

@@ -82,7 +82,7 @@ enum Command {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Serve { config } => load(config.as_deref())
+        Command::Serve { config } => load_for_serve(config.as_deref())
             .and_then(owner_only)
             .and_then(serve::serve),
         Command::CheckConfig { file } => check_config(&file),
@@ -143,6 +143,17 @@ fn load(path: Option<&Path>) -> anyhow::Result<config::Config> {
     match path {
         None => Ok(config::Config::embedded()),
         Some(p) => config::Config::load(p).map_err(|problems| anyhow::anyhow!("{problems}")),
+    }
+}
+
+/// The configuration as `serve` reads it: unknown keys in a file a newer build wrote are
+/// warnings (logged at start), so an image rolled back still starts.
+fn load_for_serve(path: Option<&Path>) -> anyhow::Result<config::Config> {
+    match path {
+        None => Ok(config::Config::embedded()),
+        Some(p) => {
+            config::Config::load_for_serve(p).map_err(|problems| anyhow::anyhow!("{problems}"))
+        }
     }
 }
 
