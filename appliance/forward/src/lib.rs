@@ -30,6 +30,21 @@ pub use recall::Recaller;
 pub use routing::{RoutingError, Rules};
 pub use worker::Clock;
 
+/// Builds every destination's transport (TLS material, STOW-RS client certificates and CA
+/// bundles) and recall, as forwarding does at start, and returns every failure rather than
+/// the first; nothing is connected to.
+pub fn check(forward: &config::Forward, settings: &Settings) -> Vec<ForwardError> {
+    let mut found: Vec<ForwardError> = forward
+        .destinations
+        .iter()
+        .filter_map(|d| worker::Transport::new(d, settings).err())
+        .collect();
+    if let Err(e) = Recaller::from_config(forward, settings) {
+        found.push(e);
+    }
+    found
+}
+
 /// What the forwarder needs to know of the appliance around it.
 #[derive(Clone, Debug)]
 pub struct Settings {

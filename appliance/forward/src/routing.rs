@@ -27,6 +27,24 @@ pub struct Rules {
 }
 
 impl Rules {
+    /// Every problem with the rules of `[forward]`, not only the first (for the start-up
+    /// validation `check-config` and `serve` share).
+    pub fn problems(forward: &config::Forward) -> Vec<RoutingError> {
+        let indexed = record::capture_tags();
+        let mut found = Vec::new();
+        for rule in &forward.rules {
+            for (tag, _) in &rule.matches {
+                if !indexed.contains(&Tag(*tag)) {
+                    found.push(RoutingError::TagNotIndexed {
+                        rule: rule.name.clone(),
+                        tag: Tag(*tag),
+                    });
+                }
+            }
+        }
+        found
+    }
+
     pub fn new(
         forward: &config::Forward,
         remotes: &[config::Remote],

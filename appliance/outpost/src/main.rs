@@ -160,13 +160,10 @@ fn load_for_serve(path: Option<&Path>) -> anyhow::Result<config::Config> {
 fn check_config(file: &Path) -> anyhow::Result<ExitCode> {
     match config::Config::load(file) {
         Ok(c) => {
-            if let Err(e) = supervisor::check_rules(&c) {
-                match e {
-                    supervisor::StartError::Rules { source, .. } => {
-                        eprintln!("{}: [[forward.rule]]: {source}", file.display())
-                    }
-                    other => eprintln!("{}: {other}", file.display()),
-                }
+            // The very validation `serve` runs at start (supervisor::validate), every problem
+            // at once.
+            if let Err(invalid) = supervisor::validate(&c) {
+                eprint!("{invalid}");
                 return Ok(ExitCode::FAILURE);
             }
             // Warnings do not fail the check: the configuration is valid, perhaps not meant.

@@ -138,9 +138,74 @@ pub enum StartError {
     /// The control socket could not be created.
     #[error("setting up the control socket")]
     Control(#[source] ControlError),
+    /// The configuration failed the start-up validation (every problem, at once).
+    #[error("{0}")]
+    Invalid(Invalid),
     /// A start-up task failed (it panicked).
     #[error("opening the archive")]
     Task(#[source] tokio::task::JoinError),
+}
+
+/// Every problem the start-up validation found in a configuration, each with its causes.
+#[derive(Debug, thiserror::Error)]
+pub struct Invalid {
+    pub file: String,
+    pub problems: Vec<StartError>,
+}
+
+impl std::fmt::Display for Invalid {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let n = self.problems.len();
+        writeln!(
+            f,
+            "{n} problem{} in {}:",
+            if n == 1 { "" } else { "s" },
+            self.file
+        )?;
+        for p in &self.problems {
+            write!(f, "  {p}")?;
+            let mut source = std::error::Error::source(p);
+            while let Some(s) = source {
+                write!(f, ": {s}")?;
+                source = s.source();
+            }
+            writeln!(f)?;
+        }
+        Ok(())
+    }
+}
+
+/// Every check `serve` makes of a configuration before it opens anything, for `serve` and
+/// `check-config` alike (one function, so the two cannot drift apart): the routing rules,
+/// the DICOM TLS certificate and key (readable, parsed, matching), every destination's
+/// transport (TLS material, STOW-RS clients) and recall. Reports every problem at once.
+pub fn validate(c: &config::Config) -> Result<(), Invalid> {
+    let mut problems: Vec<StartError> = forward::Rules::problems(&c.forward)
+        .into_iter()
+        .map(|source| StartError::Rules {
+            file: c.source.clone(),
+            source,
+        })
+        .collect();
+    if let Some(tls) = &c.dicom.tls
+        && let Err(e) = scp::tls::load(tls)
+    {
+        problems.push(StartError::Tls(e));
+    }
+    let settings = forward::Settings::from_dicom(&c.dicom);
+    problems.extend(
+        forward::check(&c.forward, &settings)
+            .into_iter()
+            .map(StartError::Forwarding),
+    );
+    if problems.is_empty() {
+        Ok(())
+    } else {
+        Err(Invalid {
+            file: c.source.clone(),
+            problems,
+        })
+    }
 }
 
 /// The store's settings from the configuration, with the forwarding rules as its router.
@@ -285,6 +350,8 @@ impl Supervisor {
         // dicom-ul and reqwest may both link a rustls provider; name ours once, first.
         let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
         info!(config = %c.source, version = env!("CARGO_PKG_VERSION"), "starting outpost");
+        // The same validation check-config runs, before anything is opened.
+        validate(&c).map_err(StartError::Invalid)?;
         // The same warnings check-config prints, so a site that never ran it sees them too.
         for w in &c.warnings {
             warn!(file = %w.file, key = %w.key, "configuration: {}", w.message);
