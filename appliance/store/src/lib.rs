@@ -346,6 +346,7 @@ impl Store {
                         &layout,
                         fs.as_ref(),
                         &mut slot::Opener::builder(cache_bytes),
+                        config.reader_version,
                     )?;
                 }
                 slot::Opener::File {
@@ -528,12 +529,17 @@ fn create_index_atomically(
     layout: &Layout,
     fs: &dyn Fs,
     builder: &mut redb::Builder,
+    reader_version: u32,
 ) -> Result<(), StoreError> {
     let creating = layout.root().join("index.redb.creating");
     let _ = fs.remove_file(&creating);
     {
         let db = builder.create(&creating)?;
-        check_schema(&db, &StoreConfig::new(layout.root()))?;
+        // Written under the opening build's version, so the open that follows finds itself
+        // the last writer and has nothing to rebuild.
+        let mut created = StoreConfig::new(layout.root());
+        created.reader_version = reader_version;
+        check_schema(&db, &created)?;
     }
     fs.sync_file(&creating)
         .map_err(|e| StoreError::io(&creating, e))?;
