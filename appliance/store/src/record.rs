@@ -353,6 +353,26 @@ mod tests {
     use super::*;
     use dataset::Element;
 
+    /// The rule of `READS`: a version this build knows decodes; any other (a newer build's,
+    /// were one ever to change a record in place) is refused by number, never guessed at.
+    #[test]
+    fn a_record_decodes_only_under_a_version_this_build_reads() {
+        let bytes = encode(&Conflict {
+            patient_key: "P".into(),
+            study_uid: "1.2".into(),
+            differences: Vec::new(),
+            seen_at: 7,
+        });
+        assert_eq!(bytes[0], RECORD_VERSION);
+        let back: Conflict = decode(&bytes).unwrap();
+        assert_eq!(back.seen_at, 7);
+        let mut newer = bytes.clone();
+        newer[0] = RECORD_VERSION + 1;
+        let err = decode::<Conflict>(&newer).unwrap_err();
+        assert!(matches!(err, RecordError::Version(v) if v == RECORD_VERSION + 1));
+        assert!(err.to_string().contains("another Outpost build"), "{err}");
+    }
+
     fn el(tag: Tag, vr: Vr, v: &[u8]) -> Element {
         Element {
             tag,
