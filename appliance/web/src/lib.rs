@@ -1,0 +1,10 @@
+//! The admin panel's HTTPS server. This first slice holds its certificate: the operator's, or
+//! a self-signed one made once under the data directory, with the fingerprint an operator
+//! compares when the browser first warns about it.
+//!
+//! Only `web` knows HTTP; everything it shows or changes goes through the supervisor's
+//! `Running::handle`, like the control socket.
+
+pub mod cert;
+
+pub use cert::{CertError, CertInfo, WebCert};
