@@ -6,5 +6,7 @@
 //! `Running::handle`, like the control socket.
 
 pub mod cert;
+pub mod server;
 
 pub use cert::{CertError, CertInfo, WebCert};
+pub use server::{ServeError, spawn};

@@ -1,0 +1,180 @@
+//! The HTTPS listener: TLS on an already-bound socket (so tests bind 127.0.0.1:0), HTTP/1.1 on
+//! each connection, the security headers on every response, and a stop on the shutdown
+//! token with every connection tracked.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::header::{self, HeaderValue};
+use http::{Method, Request, Response, StatusCode};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::net::TcpListener;
+use tokio_rustls::TlsAcceptor;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::cert::WebCert;
+
+/// How long a client may take to finish its TLS handshake or send a request's headers; a
+/// connection that dawdles holds a task and a socket.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// No script or style from anywhere but the panel itself, and no inline script, so an
+/// injected value cannot run; no framing (clickjacking).
+pub const CONTENT_SECURITY_POLICY: &str = "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'";
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error("the panel's TLS configuration: {0}")]
+    Tls(#[from] rustls::Error),
+}
+
+/// Serves the panel on `listener` until `shutdown`; connections run on `tracker`.
+pub fn spawn(
+    listener: TcpListener,
+    cert: WebCert,
+    shutdown: CancellationToken,
+    tracker: &TaskTracker,
+) -> Result<(), ServeError> {
+    // HSTS pins browsers to HTTPS for this host; with a certificate they warn about, that
+    // would leave no way past the warning, so only an operator certificate gets it.
+    let hsts = !cert.info.self_signed;
+    // The process-wide provider the DICOM listener installs too; whoever is first wins.
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    let mut tls = rustls::ServerConfig::builder()
+        .with_no_client_auth()
+        .with_single_cert(cert.chain, cert.key)?;
+    tls.alpn_protocols = vec![b"http/1.1".to_vec()];
+    let acceptor = TlsAcceptor::from(Arc::new(tls));
+    let connections = tracker.clone();
+    tracker.spawn(async move {
+        loop {
+            let (tcp, peer) = tokio::select! {
+                () = shutdown.cancelled() => break,
+                accepted = listener.accept() => match accepted {
+                    Ok(a) => a,
+                    Err(e) => {
+                        // EMFILE and the like pass; a tight loop would not help them pass.
+                        tracing::warn!(error = %e, "panel accept failed");
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                        continue;
+                    }
+                },
+            };
+            let acceptor = acceptor.clone();
+            let shutdown = shutdown.clone();
+            connections.spawn(async move {
+                let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await
+                {
+                    Ok(Ok(s)) => s,
+                    Ok(Err(e)) => {
+                        tracing::debug!(%peer, error = %e, "panel TLS handshake failed");
+                        return;
+                    }
+                    Err(_) => return,
+                };
+                let service = hyper::service::service_fn(move |req| async move {
+                    Ok::<_, Infallible>(respond(req, hsts))
+                });
+                let conn = hyper::server::conn::http1::Builder::new()
+                    .timer(TokioTimer::new())
+                    .header_read_timeout(HEADER_TIMEOUT)
+                    .serve_connection(TokioIo::new(tls), service);
+                let mut conn = std::pin::pin!(conn);
+                tokio::select! {
+                    r = conn.as_mut() => {
+                        if let Err(e) = r {
+                            tracing::debug!(%peer, error = %e, "panel connection ended");
+                        }
+                    }
+                    () = shutdown.cancelled() => {
+                        conn.as_mut().graceful_shutdown();
+                        let _ = tokio::time::timeout(Duration::from_secs(5), conn).await;
+                    }
+                }
+            });
+        }
+    });
+    Ok(())
+}
+
+fn respond(req: Request<Incoming>, hsts: bool) -> Response<Full<Bytes>> {
+    let mut res = route(req.method(), req.uri().path());
+    let h = res.headers_mut();
+    h.insert(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static(CONTENT_SECURITY_POLICY),
+    );
+    h.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
+    h.insert(
+        header::REFERRER_POLICY,
+        HeaderValue::from_static("no-referrer"),
+    );
+    h.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
+    if hsts {
+        h.insert(
+            header::STRICT_TRANSPORT_SECURITY,
+            HeaderValue::from_static("max-age=31536000"),
+        );
+    }
+    res
+}
+
+/// This slice has no sessions yet: every API request is anonymous (401) and every page but
+/// the login page and its stylesheet sends the browser to log in.
+fn route(method: &Method, path: &str) -> Response<Full<Bytes>> {
+    if path.starts_with("/api/") {
+        return json(
+            StatusCode::UNAUTHORIZED,
+            r#"{"error":"authentication required"}"#,
+        )
+        .with(header::WWW_AUTHENTICATE, r#"Bearer realm="outpost""#);
+    }
+    match (method, path) {
+        (&Method::GET, "/assets/app.css") => body(StatusCode::OK, "text/css", APP_CSS),
+        (&Method::GET, "/login") => body(StatusCode::OK, "text/html; charset=utf-8", LOGIN_HTML),
+        (&Method::GET, _) => {
+            body(StatusCode::SEE_OTHER, "text/plain", "").with(header::LOCATION, "/login")
+        }
+        _ => body(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "text/plain; charset=utf-8",
+            "method not allowed\n",
+        ),
+    }
+}
+
+const APP_CSS: &str = include_str!("../assets/app.css");
+const LOGIN_HTML: &str = include_str!("../assets/login.html");
+
+fn json(status: StatusCode, text: &'static str) -> Response<Full<Bytes>> {
+    body(status, "application/json", text)
+}
+
+fn body(status: StatusCode, kind: &'static str, text: &'static str) -> Response<Full<Bytes>> {
+    let mut res = Response::new(Full::new(Bytes::from_static(text.as_bytes())));
+    *res.status_mut() = status;
+    res.headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static(kind));
+    res
+}
+
+trait With {
+    fn with(self, name: header::HeaderName, value: &'static str) -> Self;
+}
+
+impl With for Response<Full<Bytes>> {
+    fn with(mut self, name: header::HeaderName, value: &'static str) -> Self {
+        self.headers_mut()
+            .insert(name, HeaderValue::from_static(value));
+        self
+    }
+}

@@ -1,0 +1,102 @@
+//! The panel over real HTTPS on 127.0.0.1:0, its self-signed certificate added as the only
+//! root, so these tests see what a browser sees: status codes, redirects and headers.
+
+use std::net::IpAddr;
+
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+struct Panel {
+    base: String,
+    client: reqwest::Client,
+    shutdown: CancellationToken,
+    tracker: TaskTracker,
+    _dir: tempfile::TempDir,
+}
+
+async fn start() -> Panel {
+    let dir = tempfile::tempdir().unwrap();
+    let cert = web::cert::ensure(None, dir.path(), IpAddr::from([127, 0, 0, 1])).unwrap();
+    let pem = std::fs::read(web::cert::self_signed_paths(dir.path()).0).unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let shutdown = CancellationToken::new();
+    let tracker = TaskTracker::new();
+    web::spawn(listener, cert, shutdown.clone(), &tracker).unwrap();
+    let client = reqwest::Client::builder()
+        .tls_built_in_root_certs(false)
+        .add_root_certificate(reqwest::Certificate::from_pem(&pem).unwrap())
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    Panel {
+        base: format!("https://127.0.0.1:{port}"),
+        client,
+        shutdown,
+        tracker,
+        _dir: dir,
+    }
+}
+
+impl Panel {
+    async fn stop(self) {
+        self.shutdown.cancel();
+        self.tracker.close();
+        tokio::time::timeout(std::time::Duration::from_secs(10), self.tracker.wait())
+            .await
+            .expect("the panel stops on the shutdown token");
+    }
+}
+
+fn assert_security_headers(r: &reqwest::Response) {
+    let h = r.headers();
+    let csp = h["content-security-policy"].to_str().unwrap();
+    assert!(csp.contains("default-src 'self'"), "{csp}");
+    assert!(csp.contains("frame-ancestors 'none'"), "{csp}");
+    assert!(!csp.contains("unsafe-inline"), "{csp}");
+    assert_eq!(h["x-content-type-options"], "nosniff");
+    assert_eq!(h["referrer-policy"], "no-referrer");
+    // Self-signed: no HSTS, or a browser could never get past its warning again.
+    assert!(h.get("strict-transport-security").is_none());
+}
+
+#[tokio::test]
+async fn an_anonymous_api_request_is_told_to_authenticate() {
+    let p = start().await;
+    let r = p
+        .client
+        .get(format!("{}/api/v1/status", p.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
+    assert_eq!(r.headers()["www-authenticate"], r#"Bearer realm="outpost""#);
+    assert_security_headers(&r);
+    assert_eq!(
+        r.text().await.unwrap(),
+        r#"{"error":"authentication required"}"#
+    );
+    p.stop().await;
+}
+
+#[tokio::test]
+async fn an_anonymous_page_request_is_sent_to_the_login_page_and_every_response_has_the_headers() {
+    let p = start().await;
+    let r = p.client.get(format!("{}/", p.base)).send().await.unwrap();
+    assert_eq!(r.status(), 303);
+    assert_eq!(r.headers()["location"], "/login");
+    assert_security_headers(&r);
+    for path in ["/login", "/assets/app.css"] {
+        let r = p
+            .client
+            .get(format!("{}{path}", p.base))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200, "{path}");
+        assert_security_headers(&r);
+        let text = r.text().await.unwrap();
+        assert!(!text.contains("<script"), "{path} carries no inline script");
+    }
+    p.stop().await;
+}
