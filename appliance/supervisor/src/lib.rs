@@ -45,6 +45,8 @@ pub struct Bound {
     pub dicom: TcpListener,
     /// Required when the configuration has `[dicom.tls]`, refused otherwise.
     pub tls: Option<TcpListener>,
+    /// The admin panel's HTTPS port; required when `[web] enabled`, refused otherwise.
+    pub web: Option<TcpListener>,
 }
 
 impl Bound {
@@ -71,7 +73,22 @@ impl Bound {
                     })?,
             ),
         };
-        Ok(Bound { dicom, tls })
+        let web = if c.web.enabled {
+            Some(
+                TcpListener::bind(c.web.listen)
+                    .await
+                    .map_err(|source| StartError::Bind {
+                        what: format!(
+                            "cannot listen for the admin panel on {} (ports below 1024 need CAP_NET_BIND_SERVICE)",
+                            c.web.listen
+                        ),
+                        source,
+                    })?,
+            )
+        } else {
+            None
+        };
+        Ok(Bound { dicom, tls, web })
     }
 }
 
@@ -109,6 +126,14 @@ pub enum StartError {
     /// `[dicom.tls]` is configured and no TLS listener was bound, or the other way round.
     #[error("the TLS listener does not match the configuration ([dicom.tls] {})", if *.configured { "is set but no TLS port was bound" } else { "is not set but a TLS port was bound" })]
     TlsListener { configured: bool },
+    #[error(
+        "the admin panel's listener does not match the configuration ([web] enabled = {enabled})"
+    )]
+    WebListener { enabled: bool },
+    #[error("the admin panel's certificate")]
+    WebCert(#[source] web::CertError),
+    #[error("starting the admin panel")]
+    Web(#[source] web::ServeError),
     /// The audit trail could not be opened.
     #[error("opening the audit trail")]
     Audit(#[source] audit::OpenError),
@@ -374,6 +399,11 @@ impl Supervisor {
                 configured: c.dicom.tls.is_some(),
             });
         }
+        if c.web.enabled != bound.web.is_some() {
+            return Err(StartError::WebListener {
+                enabled: c.web.enabled,
+            });
+        }
         let data_dir = c.storage.data_dir.clone();
         let dicom = c.dicom.clone();
         let tls = dicom
@@ -495,6 +525,24 @@ impl Supervisor {
             tasks.clone(),
             stop.clone(),
         ));
+        if let Some(web_listener) = bound.web {
+            let operator = c
+                .web
+                .certificate
+                .as_ref()
+                .map(|w| (w.cert.as_path(), w.key.as_path()));
+            let cert = web::cert::ensure(operator, &data_dir, c.web.listen.ip())
+                .map_err(StartError::WebCert)?;
+            let web_addr = web_listener.local_addr().ok();
+            // The fingerprint is what an operator compares with the browser's warning.
+            info!(
+                addr = ?web_addr,
+                sha256 = %cert.info.sha256,
+                self_signed = cert.info.self_signed,
+                "admin panel listening"
+            );
+            web::spawn(web_listener, cert, stop.clone(), &tasks).map_err(StartError::Web)?;
+        }
         let listener_alive = Arc::new(AtomicBool::new(true));
         let listener = {
             let (services, stop, alive) = (services, stop.clone(), listener_alive.clone());

@@ -100,3 +100,25 @@ async fn an_anonymous_page_request_is_sent_to_the_login_page_and_every_response_
     }
     p.stop().await;
 }
+
+#[tokio::test]
+async fn the_supervisor_serves_the_panel_with_a_kept_self_signed_certificate() {
+    let app = testkit::Appliance::start("").await;
+    let data_dir = &app.config.storage.data_dir;
+    let pem = std::fs::read(web::cert::self_signed_paths(data_dir).0)
+        .expect("the supervisor made the self-signed certificate under the data directory");
+    let client = reqwest::Client::builder()
+        .tls_built_in_root_certs(false)
+        .add_root_certificate(reqwest::Certificate::from_pem(&pem).unwrap())
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let r = client
+        .get(format!("https://{}/api/v1/status", app.config.web.listen))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
+    assert_security_headers(&r);
+    app.stop().await;
+}
