@@ -33,6 +33,18 @@ pub fn run(c: &config::Config, json: bool) -> anyhow::Result<ExitCode> {
         println!("  system:    {}, kernel {}", status.os, status.kernel);
     }
     println!("  listening: {}", status.listening.join(", "));
+    if let Some(p) = &status.panel {
+        println!(
+            "  panel:     {} ({} certificate, SHA-256 {})",
+            p.address,
+            if p.self_signed {
+                "self-signed"
+            } else {
+                "operator"
+            },
+            p.sha256
+        );
+    }
     println!(
         "  archive:   {} instances in {}",
         status.instances, status.data_dir

@@ -39,6 +39,8 @@ pub(crate) struct Identity {
     pub repair_alerts: Vec<String>,
     /// The free-space floor below which ingest is refused.
     pub min_free_bytes: u64,
+    /// The admin panel's address and certificate, when it runs.
+    pub panel: Option<api::Panel>,
 }
 
 /// A store error as the API answers it: a full volume is "try later" (503), anything else
@@ -260,6 +262,7 @@ impl Core {
             stalled_claims: stalled.into_iter().map(wire::stalled_claim).collect(),
             quarantined,
             archive_alerts,
+            panel: id.panel.clone(),
         })))
     }
 

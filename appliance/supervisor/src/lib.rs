@@ -491,6 +491,40 @@ impl Supervisor {
             events.clone(),
             stop.clone(),
         ));
+        // Made (or loaded) before the handler, whose status shows its fingerprint.
+        let panel = match bound.web {
+            None => None,
+            Some(web_listener) => {
+                let operator = c
+                    .web
+                    .certificate
+                    .as_ref()
+                    .map(|w| (w.cert.as_path(), w.key.as_path()));
+                let cert = web::cert::ensure(operator, &data_dir, c.web.listen.ip())
+                    .map_err(StartError::WebCert)?;
+                let addr = web_listener
+                    .local_addr()
+                    .map_err(|source| StartError::Bind {
+                        what: "reading the admin panel listener's address".into(),
+                        source,
+                    })?;
+                // The fingerprint is what an operator compares with the browser's warning.
+                info!(
+                    %addr,
+                    sha256 = %cert.info.sha256,
+                    self_signed = cert.info.self_signed,
+                    "admin panel listening"
+                );
+                Some((addr, web_listener, cert))
+            }
+        };
+        let panel_status = panel.as_ref().map(|(addr, _, cert)| api::Panel {
+            address: format!("https://{addr}"),
+            sha256: cert.info.sha256.clone(),
+            self_signed: cert.info.self_signed,
+            not_after: cert.info.not_after,
+        });
+        let panel = panel.map(|(_, l, cert)| (l, cert));
         let handler = Handler(Arc::new(handle::Core {
             store: store.clone(),
             forwarder: forwarder.clone(),
@@ -513,6 +547,7 @@ impl Supervisor {
                 low_watermark: c.storage.low_watermark,
                 repair_alerts,
                 min_free_bytes: c.storage.min_free_bytes,
+                panel: panel_status,
             },
         }));
         // Bound only now that the index lock is ours: binding replaces a socket file left
@@ -525,22 +560,7 @@ impl Supervisor {
             tasks.clone(),
             stop.clone(),
         ));
-        if let Some(web_listener) = bound.web {
-            let operator = c
-                .web
-                .certificate
-                .as_ref()
-                .map(|w| (w.cert.as_path(), w.key.as_path()));
-            let cert = web::cert::ensure(operator, &data_dir, c.web.listen.ip())
-                .map_err(StartError::WebCert)?;
-            let web_addr = web_listener.local_addr().ok();
-            // The fingerprint is what an operator compares with the browser's warning.
-            info!(
-                addr = ?web_addr,
-                sha256 = %cert.info.sha256,
-                self_signed = cert.info.self_signed,
-                "admin panel listening"
-            );
+        if let Some((web_listener, cert)) = panel {
             web::spawn(web_listener, cert, stop.clone(), &tasks).map_err(StartError::Web)?;
         }
         let listener_alive = Arc::new(AtomicBool::new(true));

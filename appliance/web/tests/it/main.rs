@@ -120,5 +120,22 @@ async fn the_supervisor_serves_the_panel_with_a_kept_self_signed_certificate() {
         .unwrap();
     assert_eq!(r.status(), 401);
     assert_security_headers(&r);
+    // Status shows the fingerprint the browser's warning shows.
+    let api::Response::Status(status) = app.running().handle(api::Request::Status).await else {
+        panic!("status answers with a Status");
+    };
+    let panel = status.panel.expect("the panel runs");
+    assert!(panel.self_signed);
+    assert_eq!(
+        panel.sha256,
+        web::cert::load(
+            &web::cert::self_signed_paths(data_dir).0,
+            &web::cert::self_signed_paths(data_dir).1,
+            true
+        )
+        .unwrap()
+        .info
+        .sha256
+    );
     app.stop().await;
 }
