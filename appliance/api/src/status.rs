@@ -56,6 +56,11 @@ pub struct Status {
     /// The admin panel's certificate, `None` when the panel is off.
     #[serde(default)]
     pub panel: Option<Panel>,
+    /// While no administrator exists: the path of the panel's one-time setup link
+    /// (`/setup?token=...`). Only the local control socket and the panel (which nobody can
+    /// log in to yet) carry it; the log only says that it exists.
+    #[serde(default)]
+    pub setup_link: Option<String>,
 }
 
 /// The admin panel's certificate, so a technician can compare its fingerprint with the one

@@ -23,6 +23,8 @@ pub(crate) struct Core {
     pub destinations: Vec<String>,
     /// Where operator actions are recorded.
     pub audit: audit::Audit,
+    /// The panel's users, for the setup link while no administrator exists.
+    pub accounts: accounts::Accounts,
     /// Facts about the running service that do not change.
     pub identity: Identity,
 }
@@ -263,6 +265,10 @@ impl Core {
             quarantined,
             archive_alerts,
             panel: id.panel.clone(),
+            setup_link: self
+                .accounts
+                .setup_token()
+                .map(|t| format!("/setup?token={t}")),
         })))
     }
 

@@ -130,6 +130,12 @@ pub enum StartError {
         "the admin panel's listener does not match the configuration ([web] enabled = {enabled})"
     )]
     WebListener { enabled: bool },
+    #[error("opening the panel's accounts in {}", data_dir.display())]
+    Accounts {
+        data_dir: PathBuf,
+        #[source]
+        source: accounts::AccountError,
+    },
     #[error("the admin panel's certificate")]
     WebCert(#[source] web::CertError),
     #[error("starting the admin panel")]
@@ -491,6 +497,18 @@ impl Supervisor {
             events.clone(),
             stop.clone(),
         ));
+        // Blocking, but brief and once: redb opens the file and reads it into memory.
+        let accounts =
+            accounts::Accounts::open(&data_dir).map_err(|source| StartError::Accounts {
+                data_dir: data_dir.clone(),
+                source,
+            })?;
+        if accounts.setup_token().is_some() {
+            // Never the token itself: logs are shipped and read by more people than root.
+            warn!(
+                "no panel administrator exists yet; `outpost status` shows the one-time setup link"
+            );
+        }
         // Made (or loaded) before the handler, whose status shows its fingerprint.
         let panel = match bound.web {
             None => None,
@@ -536,6 +554,7 @@ impl Supervisor {
                 .map(|d| d.name.clone())
                 .collect(),
             audit: audit.clone(),
+            accounts,
             identity: handle::Identity {
                 started_at: store::layout::unix_now(),
                 ae_title: dicom.ae_title.as_str().to_string(),

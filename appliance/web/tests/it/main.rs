@@ -124,6 +124,15 @@ async fn the_supervisor_serves_the_panel_with_a_kept_self_signed_certificate() {
     let api::Response::Status(status) = app.running().handle(api::Request::Status).await else {
         panic!("status answers with a Status");
     };
+    let link = status
+        .setup_link
+        .expect("no administrator yet: a setup link");
+    assert!(link.starts_with("/setup?token="), "{link}");
+    let log = app.audit_lines().join("\n");
+    assert!(
+        !log.contains(&link["/setup?token=".len()..]),
+        "the token is in no trail"
+    );
     let panel = status.panel.expect("the panel runs");
     assert!(panel.self_signed);
     assert_eq!(
