@@ -103,8 +103,26 @@ pub fn spawn(
     Ok(())
 }
 
+/// The largest request body the panel takes: a login or an action is a few hundred bytes,
+/// and nothing here uploads files.
+pub const MAX_BODY: u64 = 64 * 1024;
+
 fn respond(req: Request<Incoming>, hsts: bool) -> Response<Full<Bytes>> {
-    let mut res = route(req.method(), req.uri().path());
+    // Refused before routing, so an anonymous client cannot make anyone read a large body.
+    // (Bodies are read through a limit as well once routes read them.)
+    let declared = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    let mut res = if declared.is_some_and(|n| n > MAX_BODY) {
+        json(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            r#"{"error":"the request body is larger than 64 KiB"}"#,
+        )
+    } else {
+        route(req.method(), req.uri().path())
+    };
     let h = res.headers_mut();
     h.insert(
         header::CONTENT_SECURITY_POLICY,

@@ -80,6 +80,21 @@ async fn an_anonymous_api_request_is_told_to_authenticate() {
 }
 
 #[tokio::test]
+async fn a_body_over_the_limit_is_refused_with_413() {
+    let p = start().await;
+    let r = p
+        .client
+        .post(format!("{}/api/v1/login", p.base))
+        .body(vec![b'x'; 64 * 1024 + 1])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 413);
+    assert_security_headers(&r);
+    p.stop().await;
+}
+
+#[tokio::test]
 async fn an_anonymous_page_request_is_sent_to_the_login_page_and_every_response_has_the_headers() {
     let p = start().await;
     let r = p.client.get(format!("{}/", p.base)).send().await.unwrap();
