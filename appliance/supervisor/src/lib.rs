@@ -554,7 +554,7 @@ impl Supervisor {
                 .map(|d| d.name.clone())
                 .collect(),
             audit: audit.clone(),
-            accounts,
+            accounts: accounts.clone(),
             identity: handle::Identity {
                 started_at: store::layout::unix_now(),
                 ae_title: dicom.ae_title.as_str().to_string(),
@@ -580,7 +580,12 @@ impl Supervisor {
             stop.clone(),
         ));
         if let Some((web_listener, cert)) = panel {
-            web::spawn(web_listener, cert, stop.clone(), &tasks).map_err(StartError::Web)?;
+            let routes = web::Panel {
+                accounts: accounts.clone(),
+                audit: audit.clone(),
+            };
+            web::spawn(web_listener, cert, routes, stop.clone(), &tasks)
+                .map_err(StartError::Web)?;
         }
         let listener_alive = Arc::new(AtomicBool::new(true));
         let listener = {

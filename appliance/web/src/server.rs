@@ -34,10 +34,18 @@ pub enum ServeError {
     Tls(#[from] rustls::Error),
 }
 
+/// What the panel's routes call: the accounts (logins) and the trail their events go to.
+#[derive(Clone)]
+pub struct Panel {
+    pub accounts: accounts::Accounts,
+    pub audit: audit::Audit,
+}
+
 /// Serves the panel on `listener` until `shutdown`; connections run on `tracker`.
 pub fn spawn(
     listener: TcpListener,
     cert: WebCert,
+    panel: Panel,
     shutdown: CancellationToken,
     tracker: &TaskTracker,
 ) -> Result<(), ServeError> {
@@ -68,6 +76,7 @@ pub fn spawn(
             };
             let acceptor = acceptor.clone();
             let shutdown = shutdown.clone();
+            let panel = panel.clone();
             connections.spawn(async move {
                 let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await
                 {
@@ -78,8 +87,9 @@ pub fn spawn(
                     }
                     Err(_) => return,
                 };
-                let service = hyper::service::service_fn(move |req| async move {
-                    Ok::<_, Infallible>(respond(req, hsts))
+                let service = hyper::service::service_fn(move |req| {
+                    let panel = panel.clone();
+                    async move { Ok::<_, Infallible>(respond(req, &panel, peer.ip(), hsts).await) }
                 });
                 let conn = hyper::server::conn::http1::Builder::new()
                     .timer(TokioTimer::new())
@@ -107,7 +117,12 @@ pub fn spawn(
 /// and nothing here uploads files.
 pub const MAX_BODY: u64 = 64 * 1024;
 
-fn respond(req: Request<Incoming>, hsts: bool) -> Response<Full<Bytes>> {
+async fn respond(
+    req: Request<Incoming>,
+    panel: &Panel,
+    from: std::net::IpAddr,
+    hsts: bool,
+) -> Response<Full<Bytes>> {
     // Refused before routing, so an anonymous client cannot make anyone read a large body.
     // (Bodies are read through a limit as well once routes read them.)
     let declared = req
@@ -120,6 +135,8 @@ fn respond(req: Request<Incoming>, hsts: bool) -> Response<Full<Bytes>> {
             StatusCode::PAYLOAD_TOO_LARGE,
             r#"{"error":"the request body is larger than 64 KiB"}"#,
         )
+    } else if req.method() == Method::POST && req.uri().path() == "/api/v1/login" {
+        login(req, panel, from).await
     } else {
         route(req.method(), req.uri().path())
     };
@@ -146,7 +163,7 @@ fn respond(req: Request<Incoming>, hsts: bool) -> Response<Full<Bytes>> {
     res
 }
 
-/// This slice has no sessions yet: every API request is anonymous (401) and every page but
+/// Sessions are not read yet: every other API request is anonymous (401) and every page but
 /// the login page and its stylesheet sends the browser to log in.
 fn route(method: &Method, path: &str) -> Response<Full<Bytes>> {
     if path.starts_with("/api/") {
@@ -168,6 +185,116 @@ fn route(method: &Method, path: &str) -> Response<Full<Bytes>> {
             "method not allowed\n",
         ),
     }
+}
+
+#[derive(serde::Deserialize)]
+struct Credentials {
+    username: String,
+    password: String,
+}
+
+/// `POST /api/v1/login`: 204 and the session cookie, 401 for wrong credentials, 429 with
+/// Retry-After while locked out. Every attempt is audited.
+async fn login(
+    req: Request<Incoming>,
+    panel: &Panel,
+    from: std::net::IpAddr,
+) -> Response<Full<Bytes>> {
+    if !same_origin(req.headers()) {
+        return json(
+            StatusCode::FORBIDDEN,
+            r#"{"error":"the request comes from another site"}"#,
+        );
+    }
+    use http_body_util::BodyExt;
+    let bytes = match http_body_util::Limited::new(req.into_body(), MAX_BODY as usize)
+        .collect()
+        .await
+    {
+        Ok(b) => b.to_bytes(),
+        Err(_) => {
+            return json(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                r#"{"error":"the request body is larger than 64 KiB"}"#,
+            );
+        }
+    };
+    let Ok(c) = serde_json::from_slice::<Credentials>(&bytes) else {
+        return json(
+            StatusCode::BAD_REQUEST,
+            r#"{"error":"expected JSON {\"username\": ..., \"password\": ...}"}"#,
+        );
+    };
+    let attempt = panel.accounts.login(&c.username, &c.password, from).await;
+    // The same wait for success and failure, so its length tells nothing.
+    tokio::time::sleep(attempt.delay).await;
+    panel.audit.record(attempt.event);
+    match attempt.result {
+        Ok(l) => {
+            let mut res = body(StatusCode::NO_CONTENT, "text/plain", "");
+            let cookie = format!(
+                "outpost_session={}; Secure; HttpOnly; SameSite=Strict; Path=/",
+                l.session
+            );
+            if let Ok(v) = HeaderValue::from_str(&cookie) {
+                res.headers_mut().insert(header::SET_COOKIE, v);
+            }
+            res
+        }
+        Err(accounts::AccountError::LockedOut { retry_after, .. }) => {
+            let mut res = error(
+                StatusCode::TOO_MANY_REQUESTS,
+                "too many failed logins; try again later",
+            );
+            res.headers_mut().insert(
+                header::RETRY_AFTER,
+                HeaderValue::from(retry_after.as_secs().max(1)),
+            );
+            res
+        }
+        // Wrong name, wrong password and a disabled account look alike from outside; the
+        // trail tells them apart.
+        Err(
+            accounts::AccountError::BadCredentials { .. }
+            | accounts::AccountError::Disabled(_)
+            | accounts::AccountError::UnknownUser(_),
+        ) => error(StatusCode::UNAUTHORIZED, "wrong user name or password"),
+        Err(e) => {
+            tracing::error!(error = %e, "panel login failed");
+            error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "the login could not be checked",
+            )
+        }
+    }
+}
+
+/// An `Origin` header, when sent, must name this host over HTTPS (a browser sends it on
+/// every cross-site POST, so this refuses login CSRF).
+fn same_origin(h: &http::HeaderMap) -> bool {
+    let Some(origin) = h.get(header::ORIGIN) else {
+        return true;
+    };
+    let host = h.get(header::HOST).and_then(|v| v.to_str().ok());
+    match (origin.to_str().ok(), host) {
+        (Some(o), Some(host)) => o == format!("https://{host}"),
+        _ => false,
+    }
+}
+
+fn error(status: StatusCode, message: &'static str) -> Response<Full<Bytes>> {
+    #[derive(serde::Serialize)]
+    struct E {
+        error: &'static str,
+    }
+    let text = serde_json::to_vec(&E { error: message }).unwrap_or_default();
+    let mut res = Response::new(Full::new(Bytes::from(text)));
+    *res.status_mut() = status;
+    res.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    res
 }
 
 const APP_CSS: &str = include_str!("../assets/app.css");

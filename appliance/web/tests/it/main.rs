@@ -8,6 +8,7 @@ use tokio_util::task::TaskTracker;
 
 struct Panel {
     base: String,
+    accounts: accounts::Accounts,
     client: reqwest::Client,
     shutdown: CancellationToken,
     tracker: TaskTracker,
@@ -22,7 +23,21 @@ async fn start() -> Panel {
     let port = listener.local_addr().unwrap().port();
     let shutdown = CancellationToken::new();
     let tracker = TaskTracker::new();
-    web::spawn(listener, cert, shutdown.clone(), &tracker).unwrap();
+    // No growing delay here, so the lockout test does not wait seconds for it.
+    let options = accounts::Options {
+        logins: accounts::LoginPolicy {
+            slow_after: 100,
+            ..accounts::LoginPolicy::default()
+        },
+        ..accounts::Options::default()
+    };
+    let accounts = accounts::Accounts::open_with(dir.path(), options).unwrap();
+    let audit = audit::Audit::open(&dir.path().join("audit.jsonl")).unwrap();
+    let routes = web::Panel {
+        accounts: accounts.clone(),
+        audit,
+    };
+    web::spawn(listener, cert, routes, shutdown.clone(), &tracker).unwrap();
     let client = reqwest::Client::builder()
         .tls_built_in_root_certs(false)
         .add_root_certificate(reqwest::Certificate::from_pem(&pem).unwrap())
@@ -32,6 +47,7 @@ async fn start() -> Panel {
     Panel {
         base: format!("https://127.0.0.1:{port}"),
         client,
+        accounts,
         shutdown,
         tracker,
         _dir: dir,
@@ -76,6 +92,92 @@ async fn an_anonymous_api_request_is_told_to_authenticate() {
         r.text().await.unwrap(),
         r#"{"error":"authentication required"}"#
     );
+    p.stop().await;
+}
+
+const LOCAL: std::net::IpAddr = std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST);
+
+impl Panel {
+    async fn with_admin(self) -> Panel {
+        let token = self.accounts.setup_token().unwrap();
+        self.accounts
+            .setup_admin(&token, "admin", "correct horse battery", LOCAL)
+            .await
+            .unwrap();
+        self
+    }
+
+    async fn login(&self, user: &str, password: &str) -> reqwest::Response {
+        self.client
+            .post(format!("{}/api/v1/login", self.base))
+            .body(format!(
+                r#"{{"username":"{user}","password":"{password}"}}"#
+            ))
+            .send()
+            .await
+            .unwrap()
+    }
+}
+
+#[tokio::test]
+async fn a_login_sets_a_strict_session_cookie_and_a_wrong_password_is_401() {
+    let p = start().await.with_admin().await;
+    let r = p.login("admin", "correct horse battery").await;
+    assert_eq!(r.status(), 204);
+    assert_security_headers(&r);
+    let cookie = r.headers()["set-cookie"].to_str().unwrap().to_string();
+    for flag in ["Secure", "HttpOnly", "SameSite=Strict", "Path=/"] {
+        assert!(cookie.split("; ").any(|f| f == flag), "{flag} in {cookie}");
+    }
+    let r = p.login("admin", "not the password").await;
+    assert_eq!(r.status(), 401);
+    assert_eq!(
+        r.text().await.unwrap(),
+        r#"{"error":"wrong user name or password"}"#
+    );
+    p.stop().await;
+}
+
+#[tokio::test]
+async fn repeated_failures_lock_the_login_out_with_retry_after() {
+    let p = start().await.with_admin().await;
+    let mut last = None;
+    for _ in 0..6 {
+        let r = p.login("admin", "not the password").await;
+        last = Some(r);
+        if last.as_ref().unwrap().status() == 429 {
+            break;
+        }
+    }
+    let r = last.unwrap();
+    assert_eq!(r.status(), 429);
+    let retry: u64 = r.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(retry > 0);
+    // The right password too, while locked out.
+    assert_eq!(
+        p.login("admin", "correct horse battery").await.status(),
+        429
+    );
+    p.stop().await;
+}
+
+#[tokio::test]
+async fn a_login_from_another_site_is_refused() {
+    let p = start().await.with_admin().await;
+    let r = p
+        .client
+        .post(format!("{}/api/v1/login", p.base))
+        .header("origin", "https://evil.example")
+        .body(r#"{"username":"admin","password":"correct horse battery"}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 403);
+    assert!(r.headers().get("set-cookie").is_none());
     p.stop().await;
 }
 
