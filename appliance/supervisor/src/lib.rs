@@ -580,9 +580,15 @@ impl Supervisor {
             stop.clone(),
         ));
         if let Some((web_listener, cert)) = panel {
+            let dispatcher = handler.clone();
             let routes = web::Panel {
                 accounts: accounts.clone(),
                 audit: audit.clone(),
+                // The same dispatcher the control socket answers through.
+                dispatch: Arc::new(move |request| {
+                    let h = dispatcher.clone();
+                    Box::pin(async move { h.handle(request).await })
+                }),
             };
             web::spawn(web_listener, cert, routes, stop.clone(), &tasks)
                 .map_err(StartError::Web)?;

@@ -9,4 +9,4 @@ pub mod cert;
 pub mod server;
 
 pub use cert::{CertError, CertInfo, WebCert};
-pub use server::{Panel, ServeError, spawn};
+pub use server::{Dispatch, Panel, ServeError, spawn};

@@ -39,7 +39,16 @@ pub enum ServeError {
 pub struct Panel {
     pub accounts: accounts::Accounts,
     pub audit: audit::Audit,
+    /// The supervisor's one dispatcher (`Running::handle`), the same the control socket uses.
+    pub dispatch: Dispatch,
 }
+
+/// Answers one API request; the panel reaches the appliance only through this.
+pub type Dispatch = Arc<
+    dyn Fn(api::Request) -> std::pin::Pin<Box<dyn Future<Output = api::Response> + Send>>
+        + Send
+        + Sync,
+>;
 
 /// Serves the panel on `listener` until `shutdown`; connections run on `tracker`.
 pub fn spawn(
@@ -137,6 +146,27 @@ async fn respond(
         )
     } else if req.method() == Method::POST && req.uri().path() == "/api/v1/login" {
         login(req, panel, from).await
+    } else if let (&Method::GET, Some(request)) = (req.method(), read_request(req.uri().path()))
+        && authenticated(req.headers(), &panel.accounts)
+    {
+        let answer = (panel.dispatch)(request).await;
+        let status = match answer {
+            api::Response::Error(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            _ => StatusCode::OK,
+        };
+        let text = match &answer {
+            api::Response::Error(message) => {
+                serde_json::to_vec(&ErrorBody { error: message }).unwrap_or_default()
+            }
+            other => serde_json::to_vec(other).unwrap_or_default(),
+        };
+        let mut res = Response::new(Full::new(Bytes::from(text)));
+        *res.status_mut() = status;
+        res.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
+        res
     } else {
         route(req.method(), req.uri().path())
     };
@@ -163,7 +193,7 @@ async fn respond(
     res
 }
 
-/// Sessions are not read yet: every other API request is anonymous (401) and every page but
+/// The rest of the API is not served yet (401), and every page but
 /// the login page and its stylesheet sends the browser to log in.
 fn route(method: &Method, path: &str) -> Response<Full<Bytes>> {
     if path.starts_with("/api/") {
@@ -282,12 +312,40 @@ fn same_origin(h: &http::HeaderMap) -> bool {
     }
 }
 
-fn error(status: StatusCode, message: &'static str) -> Response<Full<Bytes>> {
-    #[derive(serde::Serialize)]
-    struct E {
-        error: &'static str,
+#[derive(serde::Serialize)]
+struct ErrorBody<'a> {
+    error: &'a str,
+}
+
+/// The read-only API requests, which any role may make.
+fn read_request(path: &str) -> Option<api::Request> {
+    match path {
+        "/api/v1/status" => Some(api::Request::Status),
+        "/api/v1/queue" => Some(api::Request::Queue),
+        _ => None,
     }
-    let text = serde_json::to_vec(&E { error: message }).unwrap_or_default();
+}
+
+/// A bearer token alone when one is sent (cookies are then ignored), else the session
+/// cookie. Reads only: state-changing routes will also check the role and the CSRF token.
+fn authenticated(h: &http::HeaderMap, accounts: &accounts::Accounts) -> bool {
+    if let Some(auth) = h.get(header::AUTHORIZATION) {
+        return auth
+            .to_str()
+            .ok()
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .is_some_and(|t| accounts.verify_token(t.trim()).is_ok());
+    }
+    h.get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|c| c.trim().strip_prefix("outpost_session="))
+        .any(|s| accounts.authenticate(s).is_ok())
+}
+
+fn error(status: StatusCode, message: &'static str) -> Response<Full<Bytes>> {
+    let text = serde_json::to_vec(&ErrorBody { error: message }).unwrap_or_default();
     let mut res = Response::new(Full::new(Bytes::from(text)));
     *res.status_mut() = status;
     res.headers_mut().insert(

@@ -36,6 +36,8 @@ async fn start() -> Panel {
     let routes = web::Panel {
         accounts: accounts.clone(),
         audit,
+        // No supervisor here: an empty answer is enough to see authentication at work.
+        dispatch: std::sync::Arc::new(|_| Box::pin(async { api::Response::Queue(Vec::new()) })),
     };
     web::spawn(listener, cert, routes, shutdown.clone(), &tracker).unwrap();
     let client = reqwest::Client::builder()
@@ -129,12 +131,50 @@ async fn a_login_sets_a_strict_session_cookie_and_a_wrong_password_is_401() {
     for flag in ["Secure", "HttpOnly", "SameSite=Strict", "Path=/"] {
         assert!(cookie.split("; ").any(|f| f == flag), "{flag} in {cookie}");
     }
+    // The cookie opens the read API.
+    let session = cookie.split("; ").next().unwrap();
+    let r = p
+        .client
+        .get(format!("{}/api/v1/status", p.base))
+        .header("cookie", session)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_security_headers(&r);
     let r = p.login("admin", "not the password").await;
     assert_eq!(r.status(), 401);
     assert_eq!(
         r.text().await.unwrap(),
         r#"{"error":"wrong user name or password"}"#
     );
+    p.stop().await;
+}
+
+#[tokio::test]
+async fn a_bearer_token_alone_opens_the_read_api_and_a_bad_one_does_not() {
+    let p = start().await.with_admin().await;
+    let (token, _) = p
+        .accounts
+        .create_token(
+            "admin",
+            accounts::Scope::Read,
+            &accounts::Actor::local("root"),
+        )
+        .await
+        .unwrap();
+    let get = |auth: String| {
+        p.client
+            .get(format!("{}/api/v1/queue", p.base))
+            .header("authorization", auth)
+            .send()
+    };
+    let r = get(format!("Bearer {}", token.secret)).await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.text().await.unwrap(), r#"{"queue":[]}"#);
+    let r = get("Bearer outpost_not_a_token".into()).await.unwrap();
+    assert_eq!(r.status(), 401);
+    assert_eq!(r.headers()["www-authenticate"], r#"Bearer realm="outpost""#);
     p.stop().await;
 }
 
