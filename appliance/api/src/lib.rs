@@ -19,8 +19,9 @@ pub use error::{Answer, ApiError};
 pub use event::Event;
 pub use request::{QuarantineResolution, Request};
 pub use status::{
-    ArchiveAlert, DeadLetter, Hardware, HeldCorrection, LiveState, QuarantineRow, QueueEntry,
-    QueueRow, QueueSummary, RecallMismatch, Section, StalledClaim, Status, UpsSection, Usage,
+    ArchiveAlert, DeadLetter, Hardware, HeldCorrection, LiveState, Panel, QuarantineRow,
+    QueueEntry, QueueRow, QueueSummary, RecallMismatch, Section, StalledClaim, Status, UpsSection,
+    Usage,
 };
 
 use serde::{Deserialize, Serialize};

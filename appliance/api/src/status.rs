@@ -53,6 +53,27 @@ pub struct Status {
     /// The archive's own alerts, from the four above.
     #[serde(default)]
     pub archive_alerts: Vec<ArchiveAlert>,
+    /// The admin panel's certificate, `None` when the panel is off.
+    #[serde(default)]
+    pub panel: Option<Panel>,
+    /// While no administrator exists: the path of the panel's one-time setup link
+    /// (`/setup?token=...`). Only the local control socket and the panel (which nobody can
+    /// log in to yet) carry it; the log only says that it exists.
+    #[serde(default)]
+    pub setup_link: Option<String>,
+}
+
+/// The admin panel's certificate, so a technician can compare its fingerprint with the one
+/// the browser shows before trusting a self-signed certificate.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Panel {
+    pub address: String,
+    /// SHA-256 of the certificate, `AB:CD:...`.
+    pub sha256: String,
+    /// Made by Outpost because no operator certificate is configured.
+    pub self_signed: bool,
+    /// The certificate's notAfter, Unix seconds.
+    pub not_after: i64,
 }
 
 /// The hardware's state: each monitor's latest reading, the policy's active alerts and

@@ -41,6 +41,7 @@ pub struct Config {
     pub alerts: Alerts,
     pub audit: Audit,
     pub log: Log,
+    pub web: Web,
     /// What is valid but probably not meant (file, key, message), found by the same
     /// validation as the problems; `check-config` prints them and `serve` logs them at warn.
     pub warnings: Vec<Warning>,
@@ -280,6 +281,22 @@ pub struct Log {
     /// A tracing filter directive such as `info` or `outpost=debug,info`.
     pub filter: String,
     pub json: bool,
+}
+
+/// The admin panel's HTTPS listener (`[web]`).
+#[derive(Clone, Debug)]
+pub struct Web {
+    pub enabled: bool,
+    pub listen: std::net::SocketAddr,
+    /// An operator certificate (PEM chain and key); without one the panel makes and keeps a
+    /// self-signed certificate under the data directory.
+    pub certificate: Option<WebCertificate>,
+}
+
+#[derive(Clone, Debug)]
+pub struct WebCertificate {
+    pub cert: PathBuf,
+    pub key: PathBuf,
 }
 
 /// One problem with a configuration.
@@ -769,6 +786,36 @@ fn build(root: &mut Reader, source: &str) -> Option<Config> {
     });
     l.finish();
 
+    let mut w = root.table("web");
+    let web_enabled = w.bool("enabled", true);
+    let web_listen = w.parse_str("listen", Some("127.0.0.1:8443"), |v| {
+        v.parse::<std::net::SocketAddr>()
+            .map_err(|_| format!("{v:?} is not an address and port such as \"0.0.0.0:443\""))
+    });
+    let web_cert = w.optional_path("cert");
+    let web_key = w.optional_path("key");
+    // One without the other is a half-finished edit; guessing would serve the wrong key.
+    let web_certificate = match (w.has("cert"), w.has("key")) {
+        (true, false) => {
+            w.problem(
+                "key",
+                "cert is set but key is not; set both or neither".into(),
+            );
+            None
+        }
+        (false, true) => {
+            w.problem(
+                "cert",
+                "key is set but cert is not; set both or neither".into(),
+            );
+            None
+        }
+        _ => web_cert
+            .zip(web_key)
+            .map(|(cert, key)| WebCertificate { cert, key }),
+    };
+    w.finish();
+
     let data_dir = data_dir?;
     let durability = if durability? {
         Durability::Full
@@ -824,6 +871,11 @@ fn build(root: &mut Reader, source: &str) -> Option<Config> {
         log: Log {
             filter: filter?,
             json: json?,
+        },
+        web: Web {
+            enabled: web_enabled?,
+            listen: web_listen?,
+            certificate: web_certificate,
         },
         warnings,
     })

@@ -646,3 +646,29 @@ another_future_knob = true
     assert_eq!(p.0[0].key, "written_by");
     assert!(p.0[0].message.contains("major.minor.patch"), "{p}");
 }
+
+#[test]
+fn the_web_panel_listens_on_loopback_by_default_and_its_problems_are_reported_at_once() {
+    let c = Config::parse("", "empty.toml").unwrap();
+    assert!(c.web.enabled);
+    assert_eq!(c.web.listen, "127.0.0.1:8443".parse().unwrap());
+    assert!(c.web.certificate.is_none());
+    let c = Config::parse(
+        "[web]\nlisten = \"0.0.0.0:443\"\ncert = \"/etc/w.crt\"\nkey = \"/etc/w.key\"\n",
+        "site.toml",
+    )
+    .unwrap();
+    let cert = c.web.certificate.unwrap();
+    assert_eq!(cert.cert, std::path::Path::new("/etc/w.crt"));
+    assert_eq!(cert.key, std::path::Path::new("/etc/w.key"));
+    let problems = Config::parse(
+        "[web]\nlisten = \"everywhere\"\ncert = \"/etc/w.crt\"\nenabled = 3\n",
+        "site.toml",
+    )
+    .unwrap_err()
+    .0;
+    let keys: Vec<&str> = problems.iter().map(|p| p.key.as_str()).collect();
+    assert!(keys.contains(&"web.listen"), "{problems:#?}");
+    assert!(keys.contains(&"web.key"), "{problems:#?}");
+    assert!(keys.contains(&"web.enabled"), "{problems:#?}");
+}

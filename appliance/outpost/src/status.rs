@@ -33,6 +33,24 @@ pub fn run(c: &config::Config, json: bool) -> anyhow::Result<ExitCode> {
         println!("  system:    {}, kernel {}", status.os, status.kernel);
     }
     println!("  listening: {}", status.listening.join(", "));
+    if let (Some(link), Some(p)) = (&status.setup_link, &status.panel) {
+        println!(
+            "  setup:     no administrator yet; open {}{link}",
+            p.address
+        );
+    }
+    if let Some(p) = &status.panel {
+        println!(
+            "  panel:     {} ({} certificate, SHA-256 {})",
+            p.address,
+            if p.self_signed {
+                "self-signed"
+            } else {
+                "operator"
+            },
+            p.sha256
+        );
+    }
     println!(
         "  archive:   {} instances in {}",
         status.instances, status.data_dir

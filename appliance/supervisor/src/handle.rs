@@ -23,6 +23,8 @@ pub(crate) struct Core {
     pub destinations: Vec<String>,
     /// Where operator actions are recorded.
     pub audit: audit::Audit,
+    /// The panel's users, for the setup link while no administrator exists.
+    pub accounts: accounts::Accounts,
     /// Facts about the running service that do not change.
     pub identity: Identity,
 }
@@ -39,6 +41,8 @@ pub(crate) struct Identity {
     pub repair_alerts: Vec<String>,
     /// The free-space floor below which ingest is refused.
     pub min_free_bytes: u64,
+    /// The admin panel's address and certificate, when it runs.
+    pub panel: Option<api::Panel>,
 }
 
 /// A store error as the API answers it: a full volume is "try later" (503), anything else
@@ -260,6 +264,11 @@ impl Core {
             stalled_claims: stalled.into_iter().map(wire::stalled_claim).collect(),
             quarantined,
             archive_alerts,
+            panel: id.panel.clone(),
+            setup_link: self
+                .accounts
+                .setup_token()
+                .map(|t| format!("/setup?token={t}")),
         })))
     }
 

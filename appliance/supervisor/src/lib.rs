@@ -45,6 +45,8 @@ pub struct Bound {
     pub dicom: TcpListener,
     /// Required when the configuration has `[dicom.tls]`, refused otherwise.
     pub tls: Option<TcpListener>,
+    /// The admin panel's HTTPS port; required when `[web] enabled`, refused otherwise.
+    pub web: Option<TcpListener>,
 }
 
 impl Bound {
@@ -71,7 +73,22 @@ impl Bound {
                     })?,
             ),
         };
-        Ok(Bound { dicom, tls })
+        let web = if c.web.enabled {
+            Some(
+                TcpListener::bind(c.web.listen)
+                    .await
+                    .map_err(|source| StartError::Bind {
+                        what: format!(
+                            "cannot listen for the admin panel on {} (ports below 1024 need CAP_NET_BIND_SERVICE)",
+                            c.web.listen
+                        ),
+                        source,
+                    })?,
+            )
+        } else {
+            None
+        };
+        Ok(Bound { dicom, tls, web })
     }
 }
 
@@ -109,6 +126,20 @@ pub enum StartError {
     /// `[dicom.tls]` is configured and no TLS listener was bound, or the other way round.
     #[error("the TLS listener does not match the configuration ([dicom.tls] {})", if *.configured { "is set but no TLS port was bound" } else { "is not set but a TLS port was bound" })]
     TlsListener { configured: bool },
+    #[error(
+        "the admin panel's listener does not match the configuration ([web] enabled = {enabled})"
+    )]
+    WebListener { enabled: bool },
+    #[error("opening the panel's accounts in {}", data_dir.display())]
+    Accounts {
+        data_dir: PathBuf,
+        #[source]
+        source: accounts::AccountError,
+    },
+    #[error("the admin panel's certificate")]
+    WebCert(#[source] web::CertError),
+    #[error("starting the admin panel")]
+    Web(#[source] web::ServeError),
     /// The audit trail could not be opened.
     #[error("opening the audit trail")]
     Audit(#[source] audit::OpenError),
@@ -441,6 +472,11 @@ impl Supervisor {
                 configured: c.dicom.tls.is_some(),
             });
         }
+        if c.web.enabled != bound.web.is_some() {
+            return Err(StartError::WebListener {
+                enabled: c.web.enabled,
+            });
+        }
         let data_dir = c.storage.data_dir.clone();
         let dicom = c.dicom.clone();
         let tls = dicom
@@ -528,6 +564,52 @@ impl Supervisor {
             events.clone(),
             stop.clone(),
         ));
+        // Blocking, but brief and once: redb opens the file and reads it into memory.
+        let accounts =
+            accounts::Accounts::open(&data_dir).map_err(|source| StartError::Accounts {
+                data_dir: data_dir.clone(),
+                source,
+            })?;
+        if accounts.setup_token().is_some() {
+            // Never the token itself: logs are shipped and read by more people than root.
+            warn!(
+                "no panel administrator exists yet; `outpost status` shows the one-time setup link"
+            );
+        }
+        // Made (or loaded) before the handler, whose status shows its fingerprint.
+        let panel = match bound.web {
+            None => None,
+            Some(web_listener) => {
+                let operator = c
+                    .web
+                    .certificate
+                    .as_ref()
+                    .map(|w| (w.cert.as_path(), w.key.as_path()));
+                let cert = web::cert::ensure(operator, &data_dir, c.web.listen.ip())
+                    .map_err(StartError::WebCert)?;
+                let addr = web_listener
+                    .local_addr()
+                    .map_err(|source| StartError::Bind {
+                        what: "reading the admin panel listener's address".into(),
+                        source,
+                    })?;
+                // The fingerprint is what an operator compares with the browser's warning.
+                info!(
+                    %addr,
+                    sha256 = %cert.info.sha256,
+                    self_signed = cert.info.self_signed,
+                    "admin panel listening"
+                );
+                Some((addr, web_listener, cert))
+            }
+        };
+        let panel_status = panel.as_ref().map(|(addr, _, cert)| api::Panel {
+            address: format!("https://{addr}"),
+            sha256: cert.info.sha256.clone(),
+            self_signed: cert.info.self_signed,
+            not_after: cert.info.not_after,
+        });
+        let panel = panel.map(|(_, l, cert)| (l, cert));
         let handler = Handler(Arc::new(handle::Core {
             store: store.clone(),
             forwarder: forwarder.clone(),
@@ -539,6 +621,7 @@ impl Supervisor {
                 .map(|d| d.name.clone())
                 .collect(),
             audit: audit.clone(),
+            accounts: accounts.clone(),
             identity: handle::Identity {
                 started_at: store::layout::unix_now(),
                 ae_title: dicom.ae_title.as_str().to_string(),
@@ -550,6 +633,7 @@ impl Supervisor {
                 low_watermark: c.storage.low_watermark,
                 repair_alerts,
                 min_free_bytes: c.storage.min_free_bytes,
+                panel: panel_status,
             },
         }));
         // Bound only now that the index lock is ours: binding replaces a socket file left
@@ -562,6 +646,20 @@ impl Supervisor {
             tasks.clone(),
             stop.clone(),
         ));
+        if let Some((web_listener, cert)) = panel {
+            let dispatcher = handler.clone();
+            let routes = web::Panel {
+                accounts: accounts.clone(),
+                audit: audit.clone(),
+                // The same dispatcher the control socket answers through.
+                dispatch: Arc::new(move |request| {
+                    let h = dispatcher.clone();
+                    Box::pin(async move { h.handle(request).await })
+                }),
+            };
+            web::spawn(web_listener, cert, routes, stop.clone(), &tasks)
+                .map_err(StartError::Web)?;
+        }
         let listener_alive = Arc::new(AtomicBool::new(true));
         let listener = {
             let (services, stop, alive) = (services, stop.clone(), listener_alive.clone());

@@ -95,6 +95,15 @@ impl Appliance {
             }
             None => None,
         };
+        // The panel as well, on its own ephemeral port; its self-signed certificate is made
+        // under the data directory like on a real box.
+        let web = if config.web.enabled {
+            let l = TcpListener::bind("127.0.0.1:0").await.expect("bind web");
+            config.web.listen = l.local_addr().expect("local addr");
+            Some(l)
+        } else {
+            None
+        };
         let options = supervisor::Options {
             clock,
             adjust_store: Some(Box::new(move |s: &mut store::StoreConfig| {
@@ -109,7 +118,11 @@ impl Appliance {
         };
         let running = supervisor::Supervisor::start_with(
             config.clone(),
-            supervisor::Bound { dicom: plain, tls },
+            supervisor::Bound {
+                dicom: plain,
+                tls,
+                web,
+            },
             options,
         )
         .await

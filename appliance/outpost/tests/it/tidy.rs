@@ -251,6 +251,17 @@ fn crate_dependencies_keep_the_directions_architecture_md_states() {
     if dependencies("scp").iter().any(|d| d == "forward") {
         broken.push("scp depends on forward".into());
     }
+    // Only `web` knows HTTP, and it reaches the appliance only through what the supervisor
+    // hands it (`Running::handle`), never the archive or the queue directly.
+    for component in [
+        "store", "forward", "scp", "storescu", "health", "ups", "policy",
+    ] {
+        if dependencies("web").iter().any(|d| d == component) {
+            broken.push(format!(
+                "web depends on {component}: the panel goes through Running::handle"
+            ));
+        }
+    }
     if dependencies("storescu").iter().any(|d| d == "config") {
         broken.push("storescu depends on config: callers pass what it needs".into());
     }

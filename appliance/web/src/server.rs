@@ -1,0 +1,383 @@
+//! The HTTPS listener: TLS on an already-bound socket (so tests bind 127.0.0.1:0), HTTP/1.1 on
+//! each connection, the security headers on every response, and a stop on the shutdown
+//! token with every connection tracked.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::header::{self, HeaderValue};
+use http::{Method, Request, Response, StatusCode};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::net::TcpListener;
+use tokio_rustls::TlsAcceptor;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::cert::WebCert;
+
+/// How long a client may take to finish its TLS handshake or send a request's headers; a
+/// connection that dawdles holds a task and a socket.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// No script or style from anywhere but the panel itself, and no inline script, so an
+/// injected value cannot run; no framing (clickjacking).
+pub const CONTENT_SECURITY_POLICY: &str = "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'";
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error("the panel's TLS configuration: {0}")]
+    Tls(#[from] rustls::Error),
+}
+
+/// What the panel's routes call: the accounts (logins) and the trail their events go to.
+#[derive(Clone)]
+pub struct Panel {
+    pub accounts: accounts::Accounts,
+    pub audit: audit::Audit,
+    /// The supervisor's one dispatcher (`Running::handle`), the same the control socket uses.
+    pub dispatch: Dispatch,
+}
+
+/// Answers one API request; the panel reaches the appliance only through this.
+pub type Dispatch = Arc<
+    dyn Fn(api::Request) -> std::pin::Pin<Box<dyn Future<Output = api::Response> + Send>>
+        + Send
+        + Sync,
+>;
+
+/// Serves the panel on `listener` until `shutdown`; connections run on `tracker`.
+pub fn spawn(
+    listener: TcpListener,
+    cert: WebCert,
+    panel: Panel,
+    shutdown: CancellationToken,
+    tracker: &TaskTracker,
+) -> Result<(), ServeError> {
+    // HSTS pins browsers to HTTPS for this host; with a certificate they warn about, that
+    // would leave no way past the warning, so only an operator certificate gets it.
+    let hsts = !cert.info.self_signed;
+    // The process-wide provider the DICOM listener installs too; whoever is first wins.
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    let mut tls = rustls::ServerConfig::builder()
+        .with_no_client_auth()
+        .with_single_cert(cert.chain, cert.key)?;
+    tls.alpn_protocols = vec![b"http/1.1".to_vec()];
+    let acceptor = TlsAcceptor::from(Arc::new(tls));
+    let connections = tracker.clone();
+    tracker.spawn(async move {
+        loop {
+            let (tcp, peer) = tokio::select! {
+                () = shutdown.cancelled() => break,
+                accepted = listener.accept() => match accepted {
+                    Ok(a) => a,
+                    Err(e) => {
+                        // EMFILE and the like pass; a tight loop would not help them pass.
+                        tracing::warn!(error = %e, "panel accept failed");
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                        continue;
+                    }
+                },
+            };
+            let acceptor = acceptor.clone();
+            let shutdown = shutdown.clone();
+            let panel = panel.clone();
+            connections.spawn(async move {
+                let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await
+                {
+                    Ok(Ok(s)) => s,
+                    Ok(Err(e)) => {
+                        tracing::debug!(%peer, error = %e, "panel TLS handshake failed");
+                        return;
+                    }
+                    Err(_) => return,
+                };
+                let service = hyper::service::service_fn(move |req| {
+                    let panel = panel.clone();
+                    async move { Ok::<_, Infallible>(respond(req, &panel, peer.ip(), hsts).await) }
+                });
+                let conn = hyper::server::conn::http1::Builder::new()
+                    .timer(TokioTimer::new())
+                    .header_read_timeout(HEADER_TIMEOUT)
+                    .serve_connection(TokioIo::new(tls), service);
+                let mut conn = std::pin::pin!(conn);
+                tokio::select! {
+                    r = conn.as_mut() => {
+                        if let Err(e) = r {
+                            tracing::debug!(%peer, error = %e, "panel connection ended");
+                        }
+                    }
+                    () = shutdown.cancelled() => {
+                        conn.as_mut().graceful_shutdown();
+                        let _ = tokio::time::timeout(Duration::from_secs(5), conn).await;
+                    }
+                }
+            });
+        }
+    });
+    Ok(())
+}
+
+/// The largest request body the panel takes: a login or an action is a few hundred bytes,
+/// and nothing here uploads files.
+pub const MAX_BODY: u64 = 64 * 1024;
+
+async fn respond(
+    req: Request<Incoming>,
+    panel: &Panel,
+    from: std::net::IpAddr,
+    hsts: bool,
+) -> Response<Full<Bytes>> {
+    // Refused before routing, so an anonymous client cannot make anyone read a large body.
+    // (Bodies are read through a limit as well once routes read them.)
+    let declared = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    let mut res = if declared.is_some_and(|n| n > MAX_BODY) {
+        json(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            r#"{"error":"the request body is larger than 64 KiB"}"#,
+        )
+    } else if req.method() == Method::POST && req.uri().path() == "/api/v1/login" {
+        login(req, panel, from).await
+    } else if let (&Method::GET, Some(request)) = (req.method(), read_request(req.uri().path()))
+        && authenticated(req.headers(), &panel.accounts)
+    {
+        let answer = (panel.dispatch)(request).await;
+        let status = match answer {
+            api::Response::Error(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            _ => StatusCode::OK,
+        };
+        let text = match &answer {
+            api::Response::Error(message) => {
+                serde_json::to_vec(&ErrorBody { error: message }).unwrap_or_default()
+            }
+            other => serde_json::to_vec(other).unwrap_or_default(),
+        };
+        let mut res = Response::new(Full::new(Bytes::from(text)));
+        *res.status_mut() = status;
+        res.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
+        res
+    } else {
+        route(req.method(), req.uri().path())
+    };
+    let h = res.headers_mut();
+    h.insert(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static(CONTENT_SECURITY_POLICY),
+    );
+    h.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
+    h.insert(
+        header::REFERRER_POLICY,
+        HeaderValue::from_static("no-referrer"),
+    );
+    h.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
+    if hsts {
+        h.insert(
+            header::STRICT_TRANSPORT_SECURITY,
+            HeaderValue::from_static("max-age=31536000"),
+        );
+    }
+    res
+}
+
+/// The rest of the API is not served yet (401), and every page but
+/// the login page and its stylesheet sends the browser to log in.
+fn route(method: &Method, path: &str) -> Response<Full<Bytes>> {
+    if path.starts_with("/api/") {
+        return json(
+            StatusCode::UNAUTHORIZED,
+            r#"{"error":"authentication required"}"#,
+        )
+        .with(header::WWW_AUTHENTICATE, r#"Bearer realm="outpost""#);
+    }
+    match (method, path) {
+        (&Method::GET, "/assets/app.css") => body(StatusCode::OK, "text/css", APP_CSS),
+        (&Method::GET, "/login") => body(StatusCode::OK, "text/html; charset=utf-8", LOGIN_HTML),
+        (&Method::GET, _) => {
+            body(StatusCode::SEE_OTHER, "text/plain", "").with(header::LOCATION, "/login")
+        }
+        _ => body(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "text/plain; charset=utf-8",
+            "method not allowed\n",
+        ),
+    }
+}
+
+#[derive(serde::Deserialize)]
+struct Credentials {
+    username: String,
+    password: String,
+}
+
+/// `POST /api/v1/login`: 204 and the session cookie, 401 for wrong credentials, 429 with
+/// Retry-After while locked out. Every attempt is audited.
+async fn login(
+    req: Request<Incoming>,
+    panel: &Panel,
+    from: std::net::IpAddr,
+) -> Response<Full<Bytes>> {
+    if !same_origin(req.headers()) {
+        return json(
+            StatusCode::FORBIDDEN,
+            r#"{"error":"the request comes from another site"}"#,
+        );
+    }
+    use http_body_util::BodyExt;
+    let bytes = match http_body_util::Limited::new(req.into_body(), MAX_BODY as usize)
+        .collect()
+        .await
+    {
+        Ok(b) => b.to_bytes(),
+        Err(_) => {
+            return json(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                r#"{"error":"the request body is larger than 64 KiB"}"#,
+            );
+        }
+    };
+    let Ok(c) = serde_json::from_slice::<Credentials>(&bytes) else {
+        return json(
+            StatusCode::BAD_REQUEST,
+            r#"{"error":"expected JSON {\"username\": ..., \"password\": ...}"}"#,
+        );
+    };
+    let attempt = panel.accounts.login(&c.username, &c.password, from).await;
+    // The same wait for success and failure, so its length tells nothing.
+    tokio::time::sleep(attempt.delay).await;
+    panel.audit.record(attempt.event);
+    match attempt.result {
+        Ok(l) => {
+            let mut res = body(StatusCode::NO_CONTENT, "text/plain", "");
+            let cookie = format!(
+                "outpost_session={}; Secure; HttpOnly; SameSite=Strict; Path=/",
+                l.session
+            );
+            if let Ok(v) = HeaderValue::from_str(&cookie) {
+                res.headers_mut().insert(header::SET_COOKIE, v);
+            }
+            res
+        }
+        Err(accounts::AccountError::LockedOut { retry_after, .. }) => {
+            let mut res = error(
+                StatusCode::TOO_MANY_REQUESTS,
+                "too many failed logins; try again later",
+            );
+            res.headers_mut().insert(
+                header::RETRY_AFTER,
+                HeaderValue::from(retry_after.as_secs().max(1)),
+            );
+            res
+        }
+        // Wrong name, wrong password and a disabled account look alike from outside; the
+        // trail tells them apart.
+        Err(
+            accounts::AccountError::BadCredentials { .. }
+            | accounts::AccountError::Disabled(_)
+            | accounts::AccountError::UnknownUser(_),
+        ) => error(StatusCode::UNAUTHORIZED, "wrong user name or password"),
+        Err(e) => {
+            tracing::error!(error = %e, "panel login failed");
+            error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "the login could not be checked",
+            )
+        }
+    }
+}
+
+/// An `Origin` header, when sent, must name this host over HTTPS (a browser sends it on
+/// every cross-site POST, so this refuses login CSRF).
+fn same_origin(h: &http::HeaderMap) -> bool {
+    let Some(origin) = h.get(header::ORIGIN) else {
+        return true;
+    };
+    let host = h.get(header::HOST).and_then(|v| v.to_str().ok());
+    match (origin.to_str().ok(), host) {
+        (Some(o), Some(host)) => o == format!("https://{host}"),
+        _ => false,
+    }
+}
+
+#[derive(serde::Serialize)]
+struct ErrorBody<'a> {
+    error: &'a str,
+}
+
+/// The read-only API requests, which any role may make.
+fn read_request(path: &str) -> Option<api::Request> {
+    match path {
+        "/api/v1/status" => Some(api::Request::Status),
+        "/api/v1/queue" => Some(api::Request::Queue),
+        _ => None,
+    }
+}
+
+/// A bearer token alone when one is sent (cookies are then ignored), else the session
+/// cookie. Reads only: state-changing routes will also check the role and the CSRF token.
+fn authenticated(h: &http::HeaderMap, accounts: &accounts::Accounts) -> bool {
+    if let Some(auth) = h.get(header::AUTHORIZATION) {
+        return auth
+            .to_str()
+            .ok()
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .is_some_and(|t| accounts.verify_token(t.trim()).is_ok());
+    }
+    h.get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|c| c.trim().strip_prefix("outpost_session="))
+        .any(|s| accounts.authenticate(s).is_ok())
+}
+
+fn error(status: StatusCode, message: &'static str) -> Response<Full<Bytes>> {
+    let text = serde_json::to_vec(&ErrorBody { error: message }).unwrap_or_default();
+    let mut res = Response::new(Full::new(Bytes::from(text)));
+    *res.status_mut() = status;
+    res.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    res
+}
+
+const APP_CSS: &str = include_str!("../assets/app.css");
+const LOGIN_HTML: &str = include_str!("../assets/login.html");
+
+fn json(status: StatusCode, text: &'static str) -> Response<Full<Bytes>> {
+    body(status, "application/json", text)
+}
+
+fn body(status: StatusCode, kind: &'static str, text: &'static str) -> Response<Full<Bytes>> {
+    let mut res = Response::new(Full::new(Bytes::from_static(text.as_bytes())));
+    *res.status_mut() = status;
+    res.headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static(kind));
+    res
+}
+
+trait With {
+    fn with(self, name: header::HeaderName, value: &'static str) -> Self;
+}
+
+impl With for Response<Full<Bytes>> {
+    fn with(mut self, name: header::HeaderName, value: &'static str) -> Self {
+        self.headers_mut()
+            .insert(name, HeaderValue::from_static(value));
+        self
+    }
+}

@@ -1,0 +1,307 @@
+//! The panel over real HTTPS on 127.0.0.1:0, its self-signed certificate added as the only
+//! root, so these tests see what a browser sees: status codes, redirects and headers.
+
+use std::net::IpAddr;
+
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+struct Panel {
+    base: String,
+    accounts: accounts::Accounts,
+    client: reqwest::Client,
+    shutdown: CancellationToken,
+    tracker: TaskTracker,
+    _dir: tempfile::TempDir,
+}
+
+async fn start() -> Panel {
+    let dir = tempfile::tempdir().unwrap();
+    let cert = web::cert::ensure(None, dir.path(), IpAddr::from([127, 0, 0, 1])).unwrap();
+    let pem = std::fs::read(web::cert::self_signed_paths(dir.path()).0).unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let shutdown = CancellationToken::new();
+    let tracker = TaskTracker::new();
+    // No growing delay here, so the lockout test does not wait seconds for it.
+    let options = accounts::Options {
+        logins: accounts::LoginPolicy {
+            slow_after: 100,
+            ..accounts::LoginPolicy::default()
+        },
+        ..accounts::Options::default()
+    };
+    let accounts = accounts::Accounts::open_with(dir.path(), options).unwrap();
+    let audit = audit::Audit::open(&dir.path().join("audit.jsonl")).unwrap();
+    let routes = web::Panel {
+        accounts: accounts.clone(),
+        audit,
+        // No supervisor here: an empty answer is enough to see authentication at work.
+        dispatch: std::sync::Arc::new(|_| Box::pin(async { api::Response::Queue(Vec::new()) })),
+    };
+    web::spawn(listener, cert, routes, shutdown.clone(), &tracker).unwrap();
+    let client = reqwest::Client::builder()
+        .tls_built_in_root_certs(false)
+        .add_root_certificate(reqwest::Certificate::from_pem(&pem).unwrap())
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    Panel {
+        base: format!("https://127.0.0.1:{port}"),
+        client,
+        accounts,
+        shutdown,
+        tracker,
+        _dir: dir,
+    }
+}
+
+impl Panel {
+    async fn stop(self) {
+        self.shutdown.cancel();
+        self.tracker.close();
+        tokio::time::timeout(std::time::Duration::from_secs(10), self.tracker.wait())
+            .await
+            .expect("the panel stops on the shutdown token");
+    }
+}
+
+fn assert_security_headers(r: &reqwest::Response) {
+    let h = r.headers();
+    let csp = h["content-security-policy"].to_str().unwrap();
+    assert!(csp.contains("default-src 'self'"), "{csp}");
+    assert!(csp.contains("frame-ancestors 'none'"), "{csp}");
+    assert!(!csp.contains("unsafe-inline"), "{csp}");
+    assert_eq!(h["x-content-type-options"], "nosniff");
+    assert_eq!(h["referrer-policy"], "no-referrer");
+    // Self-signed: no HSTS, or a browser could never get past its warning again.
+    assert!(h.get("strict-transport-security").is_none());
+}
+
+#[tokio::test]
+async fn an_anonymous_api_request_is_told_to_authenticate() {
+    let p = start().await;
+    let r = p
+        .client
+        .get(format!("{}/api/v1/status", p.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
+    assert_eq!(r.headers()["www-authenticate"], r#"Bearer realm="outpost""#);
+    assert_security_headers(&r);
+    assert_eq!(
+        r.text().await.unwrap(),
+        r#"{"error":"authentication required"}"#
+    );
+    p.stop().await;
+}
+
+const LOCAL: std::net::IpAddr = std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST);
+
+impl Panel {
+    async fn with_admin(self) -> Panel {
+        let token = self.accounts.setup_token().unwrap();
+        self.accounts
+            .setup_admin(&token, "admin", "correct horse battery", LOCAL)
+            .await
+            .unwrap();
+        self
+    }
+
+    async fn login(&self, user: &str, password: &str) -> reqwest::Response {
+        self.client
+            .post(format!("{}/api/v1/login", self.base))
+            .body(format!(
+                r#"{{"username":"{user}","password":"{password}"}}"#
+            ))
+            .send()
+            .await
+            .unwrap()
+    }
+}
+
+#[tokio::test]
+async fn a_login_sets_a_strict_session_cookie_and_a_wrong_password_is_401() {
+    let p = start().await.with_admin().await;
+    let r = p.login("admin", "correct horse battery").await;
+    assert_eq!(r.status(), 204);
+    assert_security_headers(&r);
+    let cookie = r.headers()["set-cookie"].to_str().unwrap().to_string();
+    for flag in ["Secure", "HttpOnly", "SameSite=Strict", "Path=/"] {
+        assert!(cookie.split("; ").any(|f| f == flag), "{flag} in {cookie}");
+    }
+    // The cookie opens the read API.
+    let session = cookie.split("; ").next().unwrap();
+    let r = p
+        .client
+        .get(format!("{}/api/v1/status", p.base))
+        .header("cookie", session)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_security_headers(&r);
+    let r = p.login("admin", "not the password").await;
+    assert_eq!(r.status(), 401);
+    assert_eq!(
+        r.text().await.unwrap(),
+        r#"{"error":"wrong user name or password"}"#
+    );
+    p.stop().await;
+}
+
+#[tokio::test]
+async fn a_bearer_token_alone_opens_the_read_api_and_a_bad_one_does_not() {
+    let p = start().await.with_admin().await;
+    let (token, _) = p
+        .accounts
+        .create_token(
+            "admin",
+            accounts::Scope::Read,
+            &accounts::Actor::local("root"),
+        )
+        .await
+        .unwrap();
+    let get = |auth: String| {
+        p.client
+            .get(format!("{}/api/v1/queue", p.base))
+            .header("authorization", auth)
+            .send()
+    };
+    let r = get(format!("Bearer {}", token.secret)).await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.text().await.unwrap(), r#"{"queue":[]}"#);
+    let r = get("Bearer outpost_not_a_token".into()).await.unwrap();
+    assert_eq!(r.status(), 401);
+    assert_eq!(r.headers()["www-authenticate"], r#"Bearer realm="outpost""#);
+    p.stop().await;
+}
+
+#[tokio::test]
+async fn repeated_failures_lock_the_login_out_with_retry_after() {
+    let p = start().await.with_admin().await;
+    let mut last = None;
+    for _ in 0..6 {
+        let r = p.login("admin", "not the password").await;
+        last = Some(r);
+        if last.as_ref().unwrap().status() == 429 {
+            break;
+        }
+    }
+    let r = last.unwrap();
+    assert_eq!(r.status(), 429);
+    let retry: u64 = r.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(retry > 0);
+    // The right password too, while locked out.
+    assert_eq!(
+        p.login("admin", "correct horse battery").await.status(),
+        429
+    );
+    p.stop().await;
+}
+
+#[tokio::test]
+async fn a_login_from_another_site_is_refused() {
+    let p = start().await.with_admin().await;
+    let r = p
+        .client
+        .post(format!("{}/api/v1/login", p.base))
+        .header("origin", "https://evil.example")
+        .body(r#"{"username":"admin","password":"correct horse battery"}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 403);
+    assert!(r.headers().get("set-cookie").is_none());
+    p.stop().await;
+}
+
+#[tokio::test]
+async fn a_body_over_the_limit_is_refused_with_413() {
+    let p = start().await;
+    let r = p
+        .client
+        .post(format!("{}/api/v1/login", p.base))
+        .body(vec![b'x'; 64 * 1024 + 1])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 413);
+    assert_security_headers(&r);
+    p.stop().await;
+}
+
+#[tokio::test]
+async fn an_anonymous_page_request_is_sent_to_the_login_page_and_every_response_has_the_headers() {
+    let p = start().await;
+    let r = p.client.get(format!("{}/", p.base)).send().await.unwrap();
+    assert_eq!(r.status(), 303);
+    assert_eq!(r.headers()["location"], "/login");
+    assert_security_headers(&r);
+    for path in ["/login", "/assets/app.css"] {
+        let r = p
+            .client
+            .get(format!("{}{path}", p.base))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200, "{path}");
+        assert_security_headers(&r);
+        let text = r.text().await.unwrap();
+        assert!(!text.contains("<script"), "{path} carries no inline script");
+    }
+    p.stop().await;
+}
+
+#[tokio::test]
+async fn the_supervisor_serves_the_panel_with_a_kept_self_signed_certificate() {
+    let app = testkit::Appliance::start("").await;
+    let data_dir = &app.config.storage.data_dir;
+    let pem = std::fs::read(web::cert::self_signed_paths(data_dir).0)
+        .expect("the supervisor made the self-signed certificate under the data directory");
+    let client = reqwest::Client::builder()
+        .tls_built_in_root_certs(false)
+        .add_root_certificate(reqwest::Certificate::from_pem(&pem).unwrap())
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let r = client
+        .get(format!("https://{}/api/v1/status", app.config.web.listen))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
+    assert_security_headers(&r);
+    // Status shows the fingerprint the browser's warning shows.
+    let api::Response::Status(status) = app.running().handle(api::Request::Status).await else {
+        panic!("status answers with a Status");
+    };
+    let link = status
+        .setup_link
+        .expect("no administrator yet: a setup link");
+    assert!(link.starts_with("/setup?token="), "{link}");
+    let log = app.audit_lines().join("\n");
+    assert!(
+        !log.contains(&link["/setup?token=".len()..]),
+        "the token is in no trail"
+    );
+    let panel = status.panel.expect("the panel runs");
+    assert!(panel.self_signed);
+    assert_eq!(
+        panel.sha256,
+        web::cert::load(
+            &web::cert::self_signed_paths(data_dir).0,
+            &web::cert::self_signed_paths(data_dir).1,
+            true
+        )
+        .unwrap()
+        .info
+        .sha256
+    );
+    app.stop().await;
+}
