@@ -95,6 +95,8 @@ max_associations = 64
 data_dir = "{self.data_dir()}"
 durability = "{self.durability}"
 min_free_mb = 0
+[web]
+listen = "127.0.0.1:{free_port()}"
 [log]
 level = "warn"
 """

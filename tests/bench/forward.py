@@ -86,6 +86,8 @@ max_associations = 64
 [storage]
 data_dir = "{self.data}"
 min_free_mb = 0
+[web]
+listen = "127.0.0.1:{free_port()}"
 [log]
 level = "warn"
 {self.destination_toml}

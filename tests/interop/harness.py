@@ -210,6 +210,8 @@ class Outpost:
     workdir: Path
     ae_title: str = "OUTPOST"
     port: int = 0
+    # The admin panel's HTTPS port: each instance its own, as tests may run several.
+    web_port: int = 0
     dicom: dict = field(default_factory=dict)
     remotes: list = field(default_factory=list)
     storage: dict = field(default_factory=dict)
@@ -228,6 +230,8 @@ class Outpost:
         self.workdir.mkdir(parents=True, exist_ok=True)
         if not self.port:
             self.port = free_port()
+        if not self.web_port:
+            self.web_port = free_port()
         self.data_dir = self.workdir / "data"
         self.audit_path = self.workdir / "audit" / "audit.jsonl"
         self.config_path = self.workdir / "outpost.toml"
@@ -247,6 +251,7 @@ class Outpost:
         storage.update(self.storage)
         text = toml_text(dicom, self.remotes, storage, {"path": self.audit_path},
                          {"level": self.log_level}, self.destinations, self.rules)
+        text += f'\n[web]\nlisten = "127.0.0.1:{self.web_port}"\n'
         self.config_path.write_text(text + self.extra_toml)
 
     # -- process ------------------------------------------------------------------------
