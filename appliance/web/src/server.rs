@@ -149,7 +149,12 @@ async fn respond(
     } else if let (&Method::GET, Some(request)) = (req.method(), read_request(req.uri().path()))
         && authenticated(req.headers(), &panel.accounts)
     {
-        let answer = (panel.dispatch)(request).await;
+        let mut answer = (panel.dispatch)(request).await;
+        // The setup link makes its holder the administrator; only the local control socket
+        // (root or the service's user) hands it out, never a remote reader of the panel.
+        if let api::Response::Status(s) = &mut answer {
+            s.setup_link = None;
+        }
         let status = match answer {
             api::Response::Error(_) => StatusCode::INTERNAL_SERVER_ERROR,
             _ => StatusCode::OK,

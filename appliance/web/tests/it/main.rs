@@ -16,6 +16,14 @@ struct Panel {
 }
 
 async fn start() -> Panel {
+    // No supervisor here: an empty answer is enough to see authentication at work.
+    start_with(std::sync::Arc::new(|_| {
+        Box::pin(async { api::Response::Queue(Vec::new()) })
+    }))
+    .await
+}
+
+async fn start_with(dispatch: web::Dispatch) -> Panel {
     let dir = tempfile::tempdir().unwrap();
     let cert = web::cert::ensure(None, dir.path(), IpAddr::from([127, 0, 0, 1])).unwrap();
     let pem = std::fs::read(web::cert::self_signed_paths(dir.path()).0).unwrap();
@@ -36,8 +44,7 @@ async fn start() -> Panel {
     let routes = web::Panel {
         accounts: accounts.clone(),
         audit,
-        // No supervisor here: an empty answer is enough to see authentication at work.
-        dispatch: std::sync::Arc::new(|_| Box::pin(async { api::Response::Queue(Vec::new()) })),
+        dispatch,
     };
     web::spawn(listener, cert, routes, shutdown.clone(), &tracker).unwrap();
     let client = reqwest::Client::builder()
@@ -304,4 +311,45 @@ async fn the_supervisor_serves_the_panel_with_a_kept_self_signed_certificate() {
         .sha256
     );
     app.stop().await;
+}
+
+// The supervisor's status carries the one-time setup link for `outpost status` on the
+// control socket, and the panel's status route answered with that same status: anyone
+// holding an account or a read token could have read the link that makes its holder the
+// administrator. The panel now drops it from every answer.
+#[tokio::test]
+async fn the_panel_never_hands_out_the_setup_link() {
+    let app = testkit::Appliance::start("").await;
+    let api::Response::Status(status) = app.running().handle(api::Request::Status).await else {
+        panic!("status answers with a Status");
+    };
+    assert!(
+        status.setup_link.is_some(),
+        "no administrator: a link exists"
+    );
+    let real = serde_json::to_string(&api::Response::Status(status)).unwrap();
+    app.stop().await;
+    let p = start_with(std::sync::Arc::new(move |_| {
+        let real = real.clone();
+        Box::pin(async move { serde_json::from_str(&real).unwrap() })
+    }))
+    .await
+    .with_admin()
+    .await;
+    let r = p.login("admin", "correct horse battery").await;
+    let cookie = r.headers()["set-cookie"].to_str().unwrap().to_string();
+    let r = p
+        .client
+        .get(format!("{}/api/v1/status", p.base))
+        .header("cookie", cookie.split("; ").next().unwrap())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let answer: api::Response = serde_json::from_slice(&r.bytes().await.unwrap()).unwrap();
+    let api::Response::Status(status) = answer else {
+        panic!("the panel answers status with a Status");
+    };
+    assert!(status.setup_link.is_none(), "{:?}", status.setup_link);
+    p.stop().await;
 }
