@@ -146,6 +146,10 @@ async fn respond(
         )
     } else if req.method() == Method::POST && req.uri().path() == "/api/v1/login" {
         login(req, panel, from).await
+    } else if req.method() == Method::GET && req.uri().path() == "/api/v1/session" {
+        session(req.headers(), &panel.accounts)
+    } else if req.method() == Method::POST && req.uri().path() == "/api/v1/logout" {
+        logout(req.headers(), panel, from)
     } else if let (&Method::GET, Some(request)) = (req.method(), read_request(req.uri().path()))
         && authenticated(req.headers(), &panel.accounts)
     {
@@ -202,11 +206,7 @@ async fn respond(
 /// the login page and its stylesheet sends the browser to log in.
 fn route(method: &Method, path: &str) -> Response<Full<Bytes>> {
     if path.starts_with("/api/") {
-        return json(
-            StatusCode::UNAUTHORIZED,
-            r#"{"error":"authentication required"}"#,
-        )
-        .with(header::WWW_AUTHENTICATE, r#"Bearer realm="outpost""#);
+        return unauthenticated();
     }
     match (method, path) {
         (&Method::GET, "/assets/app.css") => body(StatusCode::OK, "text/css", APP_CSS),
@@ -341,12 +341,96 @@ fn authenticated(h: &http::HeaderMap, accounts: &accounts::Accounts) -> bool {
             .and_then(|v| v.strip_prefix("Bearer "))
             .is_some_and(|t| accounts.verify_token(t.trim()).is_ok());
     }
+    session_ids(h).any(|s| accounts.authenticate(s).is_ok())
+}
+
+/// The session ids the request's cookies carry (a browser may send more than one cookie of
+/// a name; any valid one counts).
+fn session_ids(h: &http::HeaderMap) -> impl Iterator<Item = &str> {
     h.get_all(header::COOKIE)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(';'))
         .filter_map(|c| c.trim().strip_prefix("outpost_session="))
-        .any(|s| accounts.authenticate(s).is_ok())
+}
+
+/// The valid session of a cookie-authenticated request, with its id.
+fn cookie_session(
+    h: &http::HeaderMap,
+    accounts: &accounts::Accounts,
+) -> Option<(String, accounts::Session)> {
+    session_ids(h).find_map(|id| Some((id.to_string(), accounts.authenticate(id).ok()?)))
+}
+
+fn unauthenticated() -> Response<Full<Bytes>> {
+    json(
+        StatusCode::UNAUTHORIZED,
+        r#"{"error":"authentication required"}"#,
+    )
+    .with(header::WWW_AUTHENTICATE, r#"Bearer realm="outpost""#)
+}
+
+/// Whether a cookie-authenticated request carries its session's CSRF token in
+/// `X-CSRF-Token`. The comparison takes the same time wherever the first difference is, so
+/// its timing does not reveal the token byte by byte.
+fn csrf_ok(h: &http::HeaderMap, session: &accounts::Session) -> bool {
+    let Some(sent) = h.get("x-csrf-token").map(HeaderValue::as_bytes) else {
+        return false;
+    };
+    let want = session.csrf().as_bytes();
+    sent.len() == want.len() && sent.iter().zip(want).fold(0u8, |d, (a, b)| d | (a ^ b)) == 0
+}
+
+#[derive(serde::Serialize)]
+struct SessionBody<'a> {
+    username: &'a str,
+    role: &'a str,
+    /// What every state-changing request of this session sends in `X-CSRF-Token`.
+    csrf_token: &'a str,
+}
+
+/// `GET /api/v1/session`: who the session cookie belongs to and its CSRF token, so a page's
+/// script can make state-changing requests. Only a session has one; a bearer token is
+/// refused here like an anonymous request.
+fn session(h: &http::HeaderMap, accounts: &accounts::Accounts) -> Response<Full<Bytes>> {
+    let Some((_, s)) = cookie_session(h, accounts) else {
+        return unauthenticated();
+    };
+    let text = serde_json::to_vec(&SessionBody {
+        username: &s.user,
+        role: s.role.as_str(),
+        csrf_token: s.csrf(),
+    })
+    .unwrap_or_default();
+    let mut res = Response::new(Full::new(Bytes::from(text)));
+    res.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    // The CSRF token must not sit in a shared cache.
+    res.headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    res
+}
+
+/// `POST /api/v1/logout`: ends the cookie's session (it needs the session's CSRF token, as
+/// every state-changing cookie request does), clears the cookie and audits it.
+fn logout(h: &http::HeaderMap, panel: &Panel, from: std::net::IpAddr) -> Response<Full<Bytes>> {
+    let Some((id, s)) = cookie_session(h, &panel.accounts) else {
+        return unauthenticated();
+    };
+    if !csrf_ok(h, &s) {
+        return error(StatusCode::FORBIDDEN, "missing or invalid CSRF token");
+    }
+    match panel.accounts.logout(&id, from) {
+        Ok(event) => panel.audit.record(event),
+        // Ended meanwhile (expired, or another logout): the outcome is the same.
+        Err(e) => tracing::debug!(error = %e, "panel logout of an ended session"),
+    }
+    body(StatusCode::NO_CONTENT, "text/plain", "").with(
+        header::SET_COOKIE,
+        "outpost_session=; Secure; HttpOnly; SameSite=Strict; Path=/; Max-Age=0",
+    )
 }
 
 fn error(status: StatusCode, message: &'static str) -> Response<Full<Bytes>> {

@@ -9,6 +9,7 @@ use tokio_util::task::TaskTracker;
 struct Panel {
     base: String,
     accounts: accounts::Accounts,
+    audit: audit::Audit,
     client: reqwest::Client,
     shutdown: CancellationToken,
     tracker: TaskTracker,
@@ -43,7 +44,7 @@ async fn start_with(dispatch: web::Dispatch) -> Panel {
     let audit = audit::Audit::open(&dir.path().join("audit.jsonl")).unwrap();
     let routes = web::Panel {
         accounts: accounts.clone(),
-        audit,
+        audit: audit.clone(),
         dispatch,
     };
     web::spawn(listener, cert, routes, shutdown.clone(), &tracker).unwrap();
@@ -57,6 +58,7 @@ async fn start_with(dispatch: web::Dispatch) -> Panel {
         base: format!("https://127.0.0.1:{port}"),
         client,
         accounts,
+        audit,
         shutdown,
         tracker,
         _dir: dir,
@@ -351,5 +353,105 @@ async fn the_panel_never_hands_out_the_setup_link() {
         panic!("the panel answers status with a Status");
     };
     assert!(status.setup_link.is_none(), "{:?}", status.setup_link);
+    p.stop().await;
+}
+
+#[tokio::test]
+async fn logout_needs_the_sessions_csrf_token_then_ends_the_session_and_clears_the_cookie() {
+    let p = start().await.with_admin().await;
+    let r = p.login("admin", "correct horse battery").await;
+    let set = r.headers()["set-cookie"].to_str().unwrap().to_string();
+    let cookie = set.split("; ").next().unwrap().to_string();
+    let session = |cookie: String| {
+        p.client
+            .get(format!("{}/api/v1/session", p.base))
+            .header("cookie", cookie)
+            .send()
+    };
+    let r = session(cookie.clone()).await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.headers()["cache-control"], "no-store");
+    assert_security_headers(&r);
+    #[derive(serde::Deserialize)]
+    struct Who {
+        username: String,
+        role: String,
+        csrf_token: String,
+    }
+    let who: Who = r.json().await.unwrap();
+    assert_eq!(
+        (who.username.as_str(), who.role.as_str()),
+        ("admin", "admin")
+    );
+    assert!(who.csrf_token.len() >= 32, "{}", who.csrf_token);
+    let logout = |csrf: Option<String>| {
+        let mut b = p
+            .client
+            .post(format!("{}/api/v1/logout", p.base))
+            .header("cookie", cookie.clone());
+        if let Some(t) = csrf {
+            b = b.header("x-csrf-token", t);
+        }
+        b.send()
+    };
+    // Without the token, or with a wrong one of the same length: refused, still logged in.
+    for csrf in [None, Some("x".repeat(who.csrf_token.len()))] {
+        let r = logout(csrf).await.unwrap();
+        assert_eq!(r.status(), 403);
+        assert_security_headers(&r);
+        assert_eq!(session(cookie.clone()).await.unwrap().status(), 200);
+    }
+    let r = logout(Some(who.csrf_token.clone())).await.unwrap();
+    assert_eq!(r.status(), 204);
+    let cleared = r.headers()["set-cookie"].to_str().unwrap();
+    assert!(cleared.starts_with("outpost_session=;"), "{cleared}");
+    assert!(cleared.contains("Max-Age=0"), "{cleared}");
+    // The old cookie opens nothing now.
+    let r = session(cookie.clone()).await.unwrap();
+    assert_eq!(r.status(), 401);
+    let r = p
+        .client
+        .get(format!("{}/api/v1/status", p.base))
+        .header("cookie", cookie.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
+    // The logout is in the trail, with who.
+    p.audit.close();
+    let trail = std::fs::read_to_string(p._dir.path().join("audit.jsonl")).unwrap();
+    let line = trail
+        .lines()
+        .find(|l| l.contains("logged out"))
+        .expect("the logout is audited");
+    assert!(line.contains("\"admin\""), "{line}");
+    p.stop().await;
+}
+
+#[tokio::test]
+async fn an_anonymous_or_bearer_request_has_no_session_and_cannot_log_out() {
+    let p = start().await.with_admin().await;
+    let (token, _) = p
+        .accounts
+        .create_token(
+            "admin",
+            accounts::Scope::Read,
+            &accounts::Actor::local("root"),
+        )
+        .await
+        .unwrap();
+    for auth in [None, Some(format!("Bearer {}", token.secret))] {
+        for (method, path) in [("GET", "/api/v1/session"), ("POST", "/api/v1/logout")] {
+            let mut b = p
+                .client
+                .request(method.parse().unwrap(), format!("{}{path}", p.base));
+            if let Some(a) = &auth {
+                b = b.header("authorization", a);
+            }
+            let r = b.send().await.unwrap();
+            assert_eq!(r.status(), 401, "{method} {path} with {auth:?}");
+            assert_eq!(r.headers()["www-authenticate"], r#"Bearer realm="outpost""#);
+        }
+    }
     p.stop().await;
 }
