@@ -68,6 +68,12 @@ impl Handler {
             Err(e) => e.into(),
         }
     }
+
+    /// Answers one request, a refusal as the typed [`ApiError`]: the panel answers it
+    /// with the HTTP status [`ApiError::answer`] decides.
+    pub async fn answer(&self, request: Request) -> Result<Response, ApiError> {
+        self.0.answer(request).await
+    }
 }
 
 impl Core {

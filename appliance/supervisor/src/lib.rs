@@ -654,7 +654,7 @@ impl Supervisor {
                 // The same dispatcher the control socket answers through.
                 dispatch: Arc::new(move |request| {
                     let h = dispatcher.clone();
-                    Box::pin(async move { h.handle(request).await })
+                    Box::pin(async move { h.answer(request).await })
                 }),
             };
             web::spawn(web_listener, cert, routes, stop.clone(), &tasks)

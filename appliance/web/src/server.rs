@@ -43,9 +43,13 @@ pub struct Panel {
     pub dispatch: Dispatch,
 }
 
-/// Answers one API request; the panel reaches the appliance only through this.
+/// Answers one API request; the panel reaches the appliance only through this. A refusal
+/// comes back typed, so its HTTP status is the one [`api::ApiError::answer`] decides.
 pub type Dispatch = Arc<
-    dyn Fn(api::Request) -> std::pin::Pin<Box<dyn Future<Output = api::Response> + Send>>
+    dyn Fn(
+            api::Request,
+        )
+            -> std::pin::Pin<Box<dyn Future<Output = Result<api::Response, api::ApiError>> + Send>>
         + Send
         + Sync,
 >;
@@ -150,25 +154,20 @@ async fn respond(
         session(req.headers(), &panel.accounts)
     } else if req.method() == Method::POST && req.uri().path() == "/api/v1/logout" {
         logout(req.headers(), panel, from)
+    } else if let (&Method::POST, Some((destination, action))) =
+        (req.method(), queue_action(req.uri().path()))
+    {
+        act(req, panel, from, destination, action).await
     } else if let (&Method::GET, Some(request)) = (req.method(), read_request(req.uri().path()))
         && authenticated(req.headers(), &panel.accounts)
     {
         let mut answer = (panel.dispatch)(request).await;
         // The setup link makes its holder the administrator; only the local control socket
         // (root or the service's user) hands it out, never a remote reader of the panel.
-        if let api::Response::Status(s) = &mut answer {
+        if let Ok(api::Response::Status(s)) = &mut answer {
             s.setup_link = None;
         }
-        let status = match answer {
-            api::Response::Error(_) => StatusCode::INTERNAL_SERVER_ERROR,
-            _ => StatusCode::OK,
-        };
-        let text = match &answer {
-            api::Response::Error(message) => {
-                serde_json::to_vec(&ErrorBody { error: message }).unwrap_or_default()
-            }
-            other => serde_json::to_vec(other).unwrap_or_default(),
-        };
+        let (status, text) = answered(&answer);
         let mut res = Response::new(Full::new(Bytes::from(text)));
         *res.status_mut() = status;
         res.headers_mut().insert(
@@ -342,6 +341,171 @@ fn authenticated(h: &http::HeaderMap, accounts: &accounts::Accounts) -> bool {
             .is_some_and(|t| accounts.verify_token(t.trim()).is_ok());
     }
     session_ids(h).any(|s| accounts.authenticate(s).is_ok())
+}
+
+/// The status and JSON body of a dispatcher's answer: 200 and the response, or the
+/// refusal's own status and `{"error": message}`.
+fn answered(answer: &Result<api::Response, api::ApiError>) -> (StatusCode, Vec<u8>) {
+    match answer {
+        Ok(r) => (StatusCode::OK, serde_json::to_vec(r).unwrap_or_default()),
+        Err(e) => {
+            let a = e.answer();
+            (
+                StatusCode::from_u16(a.http_status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+                serde_json::to_vec(&ErrorBody { error: &a.message }).unwrap_or_default(),
+            )
+        }
+    }
+}
+
+/// What an operator can do to a destination's queue from the panel.
+#[derive(Clone, Copy, Debug)]
+enum QueueAction {
+    Retry,
+    Pause,
+    Resume,
+    Resubmit,
+}
+
+impl QueueAction {
+    fn name(self) -> &'static str {
+        match self {
+            QueueAction::Retry => "retry",
+            QueueAction::Pause => "pause",
+            QueueAction::Resume => "resume",
+            QueueAction::Resubmit => "resubmit",
+        }
+    }
+}
+
+/// `/api/v1/queue/{destination}/{action}`. Destination names are the configuration's, so a
+/// name with a `/` or a percent sign is simply not one of them (the dispatcher says so).
+fn queue_action(path: &str) -> Option<(String, QueueAction)> {
+    let rest = path.strip_prefix("/api/v1/queue/")?;
+    let (destination, action) = rest.rsplit_once('/')?;
+    if destination.is_empty() || destination.contains('/') {
+        return None;
+    }
+    let action = match action {
+        "retry" => QueueAction::Retry,
+        "pause" => QueueAction::Pause,
+        "resume" => QueueAction::Resume,
+        "resubmit" => QueueAction::Resubmit,
+        _ => return None,
+    };
+    Some((destination.to_string(), action))
+}
+
+/// `resubmit`'s optional body: the dead letters' numbers (all of them when absent).
+#[derive(serde::Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct ResubmitBody {
+    #[serde(default)]
+    seqs: Vec<u64>,
+}
+
+/// `POST /api/v1/queue/{destination}/{action}`: a technician's action on a queue. A session
+/// needs the technician role and its CSRF token; API tokens only read, so a bearer request
+/// is refused whatever its user's role. Each action is audited with who and from where.
+async fn act(
+    req: Request<Incoming>,
+    panel: &Panel,
+    from: std::net::IpAddr,
+    destination: String,
+    action: QueueAction,
+) -> Response<Full<Bytes>> {
+    let h = req.headers();
+    if let Some(auth) = h.get(header::AUTHORIZATION) {
+        let valid = auth
+            .to_str()
+            .ok()
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .is_some_and(|t| panel.accounts.verify_token(t.trim()).is_ok());
+        return if valid {
+            error(
+                StatusCode::FORBIDDEN,
+                "API tokens may only read; log in as a technician to change the queue",
+            )
+        } else {
+            unauthenticated()
+        };
+    }
+    let Some((_, session)) = cookie_session(h, &panel.accounts) else {
+        return unauthenticated();
+    };
+    if !session.role.allows(accounts::Role::Technician) {
+        return error(
+            StatusCode::FORBIDDEN,
+            "changing the queue needs the technician or admin role",
+        );
+    }
+    if !csrf_ok(h, &session) {
+        return error(StatusCode::FORBIDDEN, "missing or invalid CSRF token");
+    }
+    let request = match action {
+        QueueAction::Retry => api::Request::Retry {
+            destination: destination.clone(),
+        },
+        QueueAction::Pause => api::Request::Pause {
+            destination: destination.clone(),
+        },
+        QueueAction::Resume => api::Request::Resume {
+            destination: destination.clone(),
+        },
+        QueueAction::Resubmit => {
+            use http_body_util::BodyExt;
+            let Ok(bytes) = http_body_util::Limited::new(req.into_body(), MAX_BODY as usize)
+                .collect()
+                .await
+                .map(|b| b.to_bytes())
+            else {
+                return error(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    "the request body is larger than 64 KiB",
+                );
+            };
+            let body = if bytes.iter().all(u8::is_ascii_whitespace) {
+                ResubmitBody::default()
+            } else {
+                match serde_json::from_slice::<ResubmitBody>(&bytes) {
+                    Ok(b) => b,
+                    Err(_) => {
+                        return error(
+                            StatusCode::UNPROCESSABLE_ENTITY,
+                            "expected no body, or JSON {\"seqs\": [dead letter numbers]}",
+                        );
+                    }
+                }
+            };
+            api::Request::Resubmit {
+                destination: destination.clone(),
+                seqs: body.seqs,
+            }
+        }
+    };
+    let answer = (panel.dispatch)(request).await;
+    let (outcome, what) = match &answer {
+        Ok(api::Response::Done(done)) => (audit::Outcome::Success, done.clone()),
+        Ok(_) => (audit::Outcome::Success, String::new()),
+        Err(e) => (audit::Outcome::MinorFailure, e.to_string()),
+    };
+    panel.audit.record(
+        audit::Event::new(audit::EventKind::OperatorAction, outcome)
+            .actor(&session.user, Some(session.role.as_str()))
+            .peer(from)
+            .detail(format!(
+                "panel: queue {} {destination}: {what}",
+                action.name()
+            )),
+    );
+    let (status, text) = answered(&answer);
+    let mut res = Response::new(Full::new(Bytes::from(text)));
+    *res.status_mut() = status;
+    res.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    res
 }
 
 /// The session ids the request's cookies carry (a browser may send more than one cookie of

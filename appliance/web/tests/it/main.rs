@@ -19,7 +19,7 @@ struct Panel {
 async fn start() -> Panel {
     // No supervisor here: an empty answer is enough to see authentication at work.
     start_with(std::sync::Arc::new(|_| {
-        Box::pin(async { api::Response::Queue(Vec::new()) })
+        Box::pin(async { Ok(api::Response::Queue(Vec::new())) })
     }))
     .await
 }
@@ -333,7 +333,7 @@ async fn the_panel_never_hands_out_the_setup_link() {
     app.stop().await;
     let p = start_with(std::sync::Arc::new(move |_| {
         let real = real.clone();
-        Box::pin(async move { serde_json::from_str(&real).unwrap() })
+        Box::pin(async move { Ok(serde_json::from_str(&real).unwrap()) })
     }))
     .await
     .with_admin()
@@ -453,5 +453,202 @@ async fn an_anonymous_or_bearer_request_has_no_session_and_cannot_log_out() {
             assert_eq!(r.headers()["www-authenticate"], r#"Bearer realm="outpost""#);
         }
     }
+    p.stop().await;
+}
+
+/// A dispatcher that keeps every request it is given and answers as the real one would:
+/// `central` is the only destination.
+fn recording() -> (
+    web::Dispatch,
+    std::sync::Arc<std::sync::Mutex<Vec<api::Request>>>,
+) {
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let kept = seen.clone();
+    let dispatch: web::Dispatch = std::sync::Arc::new(move |r: api::Request| {
+        kept.lock().unwrap().push(r.clone());
+        Box::pin(async move {
+            let d = match &r {
+                api::Request::Pause { destination }
+                | api::Request::Resume { destination }
+                | api::Request::Retry { destination }
+                | api::Request::Resubmit { destination, .. } => destination.clone(),
+                _ => return Ok(api::Response::Queue(Vec::new())),
+            };
+            if d == "central" {
+                Ok(api::Response::Done(format!("{d}: done")))
+            } else {
+                Err(api::ApiError::UnknownDestination {
+                    name: d,
+                    known: vec!["central".into()],
+                })
+            }
+        })
+    });
+    (dispatch, seen)
+}
+
+impl Panel {
+    /// Logs in and returns the session cookie and its CSRF token.
+    async fn session(&self, user: &str, password: &str) -> (String, String) {
+        let r = self.login(user, password).await;
+        assert_eq!(r.status(), 204, "{user} logs in");
+        let set = r.headers()["set-cookie"].to_str().unwrap().to_string();
+        let cookie = set.split("; ").next().unwrap().to_string();
+        let r = self
+            .client
+            .get(format!("{}/api/v1/session", self.base))
+            .header("cookie", &cookie)
+            .send()
+            .await
+            .unwrap();
+        let v: serde_json::Value = r.json().await.unwrap();
+        (cookie, v["csrf_token"].as_str().unwrap().to_string())
+    }
+
+    async fn add(&self, name: &str, role: accounts::Role) {
+        self.accounts
+            .add_user(
+                name,
+                role,
+                "a long enough password",
+                &accounts::Actor::local("root"),
+            )
+            .await
+            .unwrap();
+    }
+
+    fn post(&self, path: &str) -> reqwest::RequestBuilder {
+        self.client.post(format!("{}{path}", self.base))
+    }
+}
+
+#[tokio::test]
+async fn a_queue_action_needs_a_technician_session_and_its_csrf_token() {
+    let (dispatch, seen) = recording();
+    let p = start_with(dispatch).await.with_admin().await;
+    p.add("tech", accounts::Role::Technician).await;
+    p.add("view", accounts::Role::Viewer).await;
+    let (tech, tech_csrf) = p.session("tech", "a long enough password").await;
+    let (view, view_csrf) = p.session("view", "a long enough password").await;
+    let (token, _) = p
+        .accounts
+        .create_token(
+            "admin",
+            accounts::Scope::Read,
+            &accounts::Actor::local("root"),
+        )
+        .await
+        .unwrap();
+    // Refused, and the dispatcher never hears of it: anonymous (401), a viewer (403), a
+    // technician without the CSRF token or with another session's (403), an admin's API
+    // token (403: tokens only read).
+    let r = p.post("/api/v1/queue/central/pause").send().await.unwrap();
+    assert_eq!(r.status(), 401);
+    let r = p
+        .post("/api/v1/queue/central/pause")
+        .header("cookie", &view)
+        .header("x-csrf-token", &view_csrf)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 403);
+    assert_security_headers(&r);
+    for csrf in [None, Some(view_csrf.clone())] {
+        let mut b = p
+            .post("/api/v1/queue/central/pause")
+            .header("cookie", &tech);
+        if let Some(c) = csrf {
+            b = b.header("x-csrf-token", c);
+        }
+        let r = b.send().await.unwrap();
+        assert_eq!(r.status(), 403);
+        assert_eq!(
+            r.text().await.unwrap(),
+            r#"{"error":"missing or invalid CSRF token"}"#
+        );
+    }
+    let r = p
+        .post("/api/v1/queue/central/pause")
+        .header("authorization", format!("Bearer {}", token.secret))
+        .header("cookie", &tech)
+        .header("x-csrf-token", &tech_csrf)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 403, "a bearer request ignores the cookie");
+    assert!(
+        seen.lock().unwrap().is_empty(),
+        "{:?}",
+        seen.lock().unwrap()
+    );
+    // A technician with the token: done, and audited with who.
+    let r = p
+        .post("/api/v1/queue/central/pause")
+        .header("cookie", &tech)
+        .header("x-csrf-token", &tech_csrf)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.text().await.unwrap(), r#"{"done":"central: done"}"#);
+    let r = p
+        .post("/api/v1/queue/central/resubmit")
+        .header("cookie", &tech)
+        .header("x-csrf-token", &tech_csrf)
+        .body(r#"{"seqs": [3, 4]}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(
+        *seen.lock().unwrap(),
+        vec![
+            api::Request::Pause {
+                destination: "central".into()
+            },
+            api::Request::Resubmit {
+                destination: "central".into(),
+                seqs: vec![3, 4]
+            },
+        ]
+    );
+    p.audit.close();
+    let trail = std::fs::read_to_string(p._dir.path().join("audit.jsonl")).unwrap();
+    let line = trail
+        .lines()
+        .find(|l| l.contains("panel: queue pause central"))
+        .expect("the action is audited");
+    assert!(line.contains("\"tech\""), "{line}");
+    assert!(line.contains("technician"), "{line}");
+    p.stop().await;
+}
+
+#[tokio::test]
+async fn a_refused_action_answers_with_the_status_its_error_decides() {
+    let (dispatch, _) = recording();
+    let p = start_with(dispatch).await.with_admin().await;
+    let (admin, csrf) = p.session("admin", "correct horse battery").await;
+    let r = p
+        .post("/api/v1/queue/nowhere/retry")
+        .header("cookie", &admin)
+        .header("x-csrf-token", &csrf)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 404);
+    let text = r.text().await.unwrap();
+    assert!(
+        text.contains("\"nowhere\\\" is not a configured destination"),
+        "{text}"
+    );
+    let r = p
+        .post("/api/v1/queue/central/resubmit")
+        .header("cookie", &admin)
+        .header("x-csrf-token", &csrf)
+        .body("seqs=3")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 422);
     p.stop().await;
 }
