@@ -6,6 +6,7 @@
 //! `Running::handle`, like the control socket.
 
 pub mod cert;
+pub mod pages;
 pub mod server;
 
 pub use cert::{CertError, CertInfo, WebCert};

@@ -18,6 +18,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::cert::WebCert;
+use crate::pages;
 
 /// How long a client may take to finish its TLS handshake or send a request's headers; a
 /// connection that dawdles holds a task and a socket.
@@ -154,6 +155,17 @@ async fn respond(
         session(req.headers(), &panel.accounts)
     } else if req.method() == Method::POST && req.uri().path() == "/api/v1/logout" {
         logout(req.headers(), panel, from)
+    } else if req.method() == Method::POST && req.uri().path() == "/login" {
+        login_form(req, panel, from).await
+    } else if req.method() == Method::POST && req.uri().path() == "/logout" {
+        logout_form(req, panel, from).await
+    } else if req.uri().path() == "/setup" && matches!(*req.method(), Method::GET | Method::POST) {
+        setup(req, panel, from).await
+    } else if req.method() == Method::GET
+        && req.uri().path() == "/"
+        && let Some((_, session)) = cookie_session(req.headers(), &panel.accounts)
+    {
+        dashboard(panel, &session).await
     } else if let (&Method::POST, Some((destination, action))) =
         (req.method(), queue_action(req.uri().path()))
     {
@@ -209,7 +221,7 @@ fn route(method: &Method, path: &str) -> Response<Full<Bytes>> {
     }
     match (method, path) {
         (&Method::GET, "/assets/app.css") => body(StatusCode::OK, "text/css", APP_CSS),
-        (&Method::GET, "/login") => body(StatusCode::OK, "text/html; charset=utf-8", LOGIN_HTML),
+        (&Method::GET, "/login") => html(StatusCode::OK, pages::login(None)),
         (&Method::GET, _) => {
             body(StatusCode::SEE_OTHER, "text/plain", "").with(header::LOCATION, "/login")
         }
@@ -508,6 +520,242 @@ async fn act(
     res
 }
 
+/// An HTML page with its status.
+fn html(status: StatusCode, page: String) -> Response<Full<Bytes>> {
+    let mut res = Response::new(Full::new(Bytes::from(page)));
+    *res.status_mut() = status;
+    res.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/html; charset=utf-8"),
+    );
+    // Pages show the state of the box and CSRF tokens: never from a cache.
+    res.headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    res
+}
+
+fn see_other(to: &'static str) -> Response<Full<Bytes>> {
+    body(StatusCode::SEE_OTHER, "text/plain", "").with(header::LOCATION, to)
+}
+
+/// A form's fields (`application/x-www-form-urlencoded`), read through the body limit.
+async fn form(req: Request<Incoming>) -> Option<Vec<(String, String)>> {
+    use http_body_util::BodyExt;
+    let bytes = http_body_util::Limited::new(req.into_body(), MAX_BODY as usize)
+        .collect()
+        .await
+        .ok()?
+        .to_bytes();
+    Some(form_urlencoded::parse(&bytes).into_owned().collect())
+}
+
+fn field<'a>(fields: &'a [(String, String)], name: &str) -> &'a str {
+    fields
+        .iter()
+        .find(|(k, _)| k == name)
+        .map_or("", |(_, v)| v.as_str())
+}
+
+fn session_cookie(session: &str) -> String {
+    format!("outpost_session={session}; Secure; HttpOnly; SameSite=Strict; Path=/")
+}
+
+/// `POST /login` from the login page: the same checks as the API's login, answered with a
+/// redirect to the dashboard or the form again with why.
+async fn login_form(
+    req: Request<Incoming>,
+    panel: &Panel,
+    from: std::net::IpAddr,
+) -> Response<Full<Bytes>> {
+    if !same_origin(req.headers()) {
+        return html(
+            StatusCode::FORBIDDEN,
+            pages::login(Some("This form was sent from another site.")),
+        );
+    }
+    let Some(fields) = form(req).await else {
+        return html(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            pages::login(Some("The form is too large.")),
+        );
+    };
+    let attempt = panel
+        .accounts
+        .login(field(&fields, "username"), field(&fields, "password"), from)
+        .await;
+    tokio::time::sleep(attempt.delay).await;
+    panel.audit.record(attempt.event);
+    match attempt.result {
+        Ok(l) => {
+            let mut res = see_other("/");
+            if let Ok(v) = HeaderValue::from_str(&session_cookie(&l.session)) {
+                res.headers_mut().insert(header::SET_COOKIE, v);
+            }
+            res
+        }
+        Err(accounts::AccountError::LockedOut { retry_after, .. }) => {
+            let mut res = html(
+                StatusCode::TOO_MANY_REQUESTS,
+                pages::login(Some(&format!(
+                    "Too many failed logins. Try again in {}.",
+                    api::show::age(retry_after.as_secs().max(1))
+                ))),
+            );
+            res.headers_mut().insert(
+                header::RETRY_AFTER,
+                HeaderValue::from(retry_after.as_secs().max(1)),
+            );
+            res
+        }
+        Err(
+            accounts::AccountError::BadCredentials { .. }
+            | accounts::AccountError::Disabled(_)
+            | accounts::AccountError::UnknownUser(_),
+        ) => html(
+            StatusCode::UNAUTHORIZED,
+            pages::login(Some("Wrong user name or password.")),
+        ),
+        Err(e) => {
+            tracing::error!(error = %e, "panel login failed");
+            html(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                pages::login(Some("The login could not be checked; see the log.")),
+            )
+        }
+    }
+}
+
+/// `POST /logout` from the dashboard's button: the CSRF token comes in the form.
+async fn logout_form(
+    req: Request<Incoming>,
+    panel: &Panel,
+    from: std::net::IpAddr,
+) -> Response<Full<Bytes>> {
+    let Some((id, session)) = cookie_session(req.headers(), &panel.accounts) else {
+        return see_other("/login");
+    };
+    let fields = form(req).await.unwrap_or_default();
+    if !same_token(field(&fields, "csrf_token"), session.csrf()) {
+        return html(
+            StatusCode::FORBIDDEN,
+            pages::login(Some(
+                "The logout form had no valid token; you are still logged in.",
+            )),
+        );
+    }
+    if let Ok(event) = panel.accounts.logout(&id, from) {
+        panel.audit.record(event);
+    }
+    see_other("/login").with(
+        header::SET_COOKIE,
+        "outpost_session=; Secure; HttpOnly; SameSite=Strict; Path=/; Max-Age=0",
+    )
+}
+
+/// `GET /setup?token=...` shows the form while the link is valid; `POST /setup` creates the
+/// first administrator and only then uses the token up.
+async fn setup(
+    req: Request<Incoming>,
+    panel: &Panel,
+    from: std::net::IpAddr,
+) -> Response<Full<Bytes>> {
+    let valid = |token: &str| {
+        panel
+            .accounts
+            .setup_token()
+            .is_some_and(|t| same_token(token, &t))
+    };
+    if req.method() == Method::GET {
+        let token = req
+            .uri()
+            .query()
+            .map(|q| {
+                form_urlencoded::parse(q.as_bytes())
+                    .find(|(k, _)| k == "token")
+                    .map(|(_, v)| v.into_owned())
+                    .unwrap_or_default()
+            })
+            .unwrap_or_default();
+        return if valid(&token) {
+            html(StatusCode::OK, pages::setup(&token, None))
+        } else {
+            html(StatusCode::NOT_FOUND, pages::setup_void())
+        };
+    }
+    if !same_origin(req.headers()) {
+        return html(StatusCode::FORBIDDEN, pages::setup_void());
+    }
+    let Some(fields) = form(req).await else {
+        return html(StatusCode::PAYLOAD_TOO_LARGE, pages::setup_void());
+    };
+    let token = field(&fields, "token");
+    if !valid(token) {
+        return html(StatusCode::NOT_FOUND, pages::setup_void());
+    }
+    if field(&fields, "password") != field(&fields, "confirm") {
+        return html(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            pages::setup(token, Some("The two passwords differ.")),
+        );
+    }
+    match panel
+        .accounts
+        .setup_admin(
+            token,
+            field(&fields, "username"),
+            field(&fields, "password"),
+            from,
+        )
+        .await
+    {
+        Ok((_, event)) => {
+            panel.audit.record(event);
+            see_other("/login")
+        }
+        Err(accounts::AccountError::SetupTokenInvalid | accounts::AccountError::SetupDone) => {
+            html(StatusCode::NOT_FOUND, pages::setup_void())
+        }
+        Err(
+            e @ (accounts::AccountError::PasswordTooShort { .. }
+            | accounts::AccountError::InvalidUserName { .. }),
+        ) => html(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            pages::setup(token, Some(&e.to_string())),
+        ),
+        Err(e) => {
+            tracing::error!(error = %e, "creating the first administrator failed");
+            html(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                pages::setup(
+                    token,
+                    Some("The administrator could not be created; see the log."),
+                ),
+            )
+        }
+    }
+}
+
+/// `GET /` for a session: the dashboard, rendered from the dispatcher's status.
+async fn dashboard(panel: &Panel, session: &accounts::Session) -> Response<Full<Bytes>> {
+    match (panel.dispatch)(api::Request::Status).await {
+        Ok(api::Response::Status(s)) => html(
+            StatusCode::OK,
+            pages::dashboard(&s, &session.user, session.role.as_str(), session.csrf()),
+        ),
+        Ok(_) => html(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            pages::login(Some("The service answered status with something else.")),
+        ),
+        Err(e) => {
+            let a = e.answer();
+            html(
+                StatusCode::from_u16(a.http_status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+                pages::login(Some(&a.message)),
+            )
+        }
+    }
+}
+
 /// The session ids the request's cookies carry (a browser may send more than one cookie of
 /// a name; any valid one counts).
 fn session_ids(h: &http::HeaderMap) -> impl Iterator<Item = &str> {
@@ -538,10 +786,15 @@ fn unauthenticated() -> Response<Full<Bytes>> {
 /// `X-CSRF-Token`. The comparison takes the same time wherever the first difference is, so
 /// its timing does not reveal the token byte by byte.
 fn csrf_ok(h: &http::HeaderMap, session: &accounts::Session) -> bool {
-    let Some(sent) = h.get("x-csrf-token").map(HeaderValue::as_bytes) else {
+    let Some(sent) = h.get("x-csrf-token").and_then(|v| v.to_str().ok()) else {
         return false;
     };
-    let want = session.csrf().as_bytes();
+    same_token(sent, session.csrf())
+}
+
+/// Compares two secrets in the same time wherever they first differ.
+fn same_token(sent: &str, want: &str) -> bool {
+    let (sent, want) = (sent.as_bytes(), want.as_bytes());
     sent.len() == want.len() && sent.iter().zip(want).fold(0u8, |d, (a, b)| d | (a ^ b)) == 0
 }
 
@@ -609,7 +862,6 @@ fn error(status: StatusCode, message: &'static str) -> Response<Full<Bytes>> {
 }
 
 const APP_CSS: &str = include_str!("../assets/app.css");
-const LOGIN_HTML: &str = include_str!("../assets/login.html");
 
 fn json(status: StatusCode, text: &'static str) -> Response<Full<Bytes>> {
     body(status, "application/json", text)

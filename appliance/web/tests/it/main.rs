@@ -652,3 +652,187 @@ async fn a_refused_action_answers_with_the_status_its_error_decides() {
     assert_eq!(r.status(), 422);
     p.stop().await;
 }
+
+fn form_post(p: &Panel, path: &str, fields: &[(&str, &str)]) -> reqwest::RequestBuilder {
+    let body: String = fields
+        .iter()
+        .map(|(k, v)| {
+            format!(
+                "{k}={}",
+                v.bytes()
+                    .map(|b| if b.is_ascii_alphanumeric() {
+                        (b as char).to_string()
+                    } else {
+                        format!("%{b:02X}")
+                    })
+                    .collect::<String>()
+            )
+        })
+        .collect::<Vec<_>>()
+        .join("&");
+    p.post(path)
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(body)
+}
+
+#[tokio::test]
+async fn the_setup_link_shows_a_form_and_only_its_post_creates_the_administrator_once() {
+    let p = start().await;
+    let token = p.accounts.setup_token().expect("no administrator yet");
+    let get = |t: String| p.client.get(format!("{}/setup?token={t}", p.base)).send();
+    assert_eq!(get("wrong".into()).await.unwrap().status(), 404);
+    // A link previewer's GET, twice: the form, and the token is still good.
+    for _ in 0..2 {
+        let r = get(token.clone()).await.unwrap();
+        assert_eq!(r.status(), 200);
+        assert_security_headers(&r);
+        let page = r.text().await.unwrap();
+        assert!(page.contains(&format!("value=\"{token}\"")), "{page}");
+        assert!(!page.contains("<script"));
+    }
+    assert_eq!(p.accounts.setup_token().as_deref(), Some(token.as_str()));
+    let send = |user: &'static str, password: &'static str, confirm: &'static str| {
+        form_post(
+            &p,
+            "/setup",
+            &[
+                ("token", &token),
+                ("username", user),
+                ("password", password),
+                ("confirm", confirm),
+            ],
+        )
+        .send()
+    };
+    let r = send("admin", "correct horse battery", "correct horse batterx")
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 422);
+    assert!(
+        r.text()
+            .await
+            .unwrap()
+            .contains("The two passwords differ.")
+    );
+    let r = send("admin", "short", "short").await.unwrap();
+    assert_eq!(r.status(), 422);
+    assert!(r.text().await.unwrap().contains("at least 12"));
+    assert!(p.accounts.users().is_empty(), "refusals create nobody");
+    let r = send("admin", "correct horse battery", "correct horse battery")
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 303);
+    assert_eq!(r.headers()["location"], "/login");
+    assert_eq!(p.accounts.users().len(), 1);
+    assert!(p.accounts.setup_token().is_none());
+    // Used up: a second POST and the link itself are void.
+    let r = send("second", "correct horse battery", "correct horse battery")
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 404);
+    assert_eq!(get(token.clone()).await.unwrap().status(), 404);
+    assert_eq!(p.accounts.users().len(), 1);
+    // A cross-site form is refused before anything.
+    let r = p
+        .post("/setup")
+        .header("origin", "https://evil.example")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 403);
+    p.stop().await;
+}
+
+#[tokio::test]
+async fn the_login_form_leads_to_the_dashboard_and_its_logout_button_needs_the_token() {
+    // The dashboard rendered from the real supervisor's status.
+    let app = testkit::Appliance::start("").await;
+    let api::Response::Status(status) = app.running().handle(api::Request::Status).await else {
+        panic!("status answers with a Status");
+    };
+    let real = serde_json::to_string(&api::Response::Status(status)).unwrap();
+    app.stop().await;
+    let p = start_with(std::sync::Arc::new(move |_| {
+        let real = real.clone();
+        Box::pin(async move { Ok(serde_json::from_str(&real).unwrap()) })
+    }))
+    .await
+    .with_admin()
+    .await;
+    let r = form_post(
+        &p,
+        "/login",
+        &[("username", "admin"), ("password", "not the password")],
+    )
+    .send()
+    .await
+    .unwrap();
+    assert_eq!(r.status(), 401);
+    assert!(
+        r.text()
+            .await
+            .unwrap()
+            .contains("Wrong user name or password.")
+    );
+    let r = form_post(
+        &p,
+        "/login",
+        &[("username", "admin"), ("password", "correct horse battery")],
+    )
+    .send()
+    .await
+    .unwrap();
+    assert_eq!(r.status(), 303);
+    assert_eq!(r.headers()["location"], "/");
+    let set = r.headers()["set-cookie"].to_str().unwrap().to_string();
+    for flag in ["Secure", "HttpOnly", "SameSite=Strict"] {
+        assert!(set.split("; ").any(|f| f == flag), "{flag} in {set}");
+    }
+    let cookie = set.split("; ").next().unwrap().to_string();
+    let dashboard = || {
+        p.client
+            .get(format!("{}/", p.base))
+            .header("cookie", &cookie)
+            .send()
+    };
+    let r = dashboard().await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert_security_headers(&r);
+    assert_eq!(r.headers()["cache-control"], "no-store");
+    let page = r.text().await.unwrap();
+    for part in [
+        "Alerts",
+        "Archive",
+        "Forwarding",
+        "Instances",
+        "Logged in as admin",
+    ] {
+        assert!(page.contains(part), "{part} in {page}");
+    }
+    assert!(!page.contains("<script"));
+    let csrf = page
+        .split("name=\"csrf_token\" value=\"")
+        .nth(1)
+        .and_then(|s| s.split('"').next())
+        .expect("the logout form carries the CSRF token")
+        .to_string();
+    // Without the token the button logs nobody out.
+    let r = form_post(&p, "/logout", &[("csrf_token", "nope")])
+        .header("cookie", &cookie)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 403);
+    assert_eq!(dashboard().await.unwrap().status(), 200);
+    let r = form_post(&p, "/logout", &[("csrf_token", &csrf)])
+        .header("cookie", &cookie)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 303);
+    assert_eq!(r.headers()["location"], "/login");
+    let r = dashboard().await.unwrap();
+    assert_eq!(r.status(), 303);
+    assert_eq!(r.headers()["location"], "/login");
+    p.stop().await;
+}
