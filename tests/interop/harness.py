@@ -283,6 +283,16 @@ class Outpost:
             self.wait_ready(timeout)
         return self
 
+    def control_answers(self) -> bool:
+        """Whether a service listens on this instance's control socket (a file a killed run
+        left behind refuses the connection)."""
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+            try:
+                s.connect(str(self.data_dir / "control.sock"))
+                return True
+            except OSError:
+                return False
+
     def wait_ready(self, timeout: float = 20) -> None:
         deadline = time.monotonic() + timeout
         while True:
@@ -290,7 +300,10 @@ class Outpost:
                 raise AssertionError(
                     f"outpost exited with {self.proc.returncode} before listening:\n"
                     f"{self.log_tail()}")
-            if port_accepts(self.port):
+            # The DICOM port is bound before the service starts (so it accepts into its
+            # backlog early); the control socket answers only once start-up is done, and a
+            # test's first `outpost status` must not race it.
+            if port_accepts(self.port) and self.control_answers():
                 return
             if time.monotonic() > deadline:
                 raise AssertionError(f"outpost did not listen on {self.port} within "
